@@ -1,0 +1,100 @@
+"""Cross-field rules of the job config, and the resolution of its ``auto``/``null`` defaults.
+
+Each rule raises one :class:`ConfigError` naming the field, its value and what is allowed. Rules that need
+the launcher's world size live in :mod:`locmoe.topology` (``topology_from_config``).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from locmoe.config.loader import ConfigError
+from locmoe.config.schema import CONFIG_VERSION, JobConfig, MoEConfig
+
+# Experts per token each router uses when top_k is null; None = any k.
+DEFAULT_TOP_K = {"locmoe": 2, "gshard": 2, "switch": 1, "hash": 1, "expert_choice": 2}
+FIXED_TOP_K = {"gshard": 2, "switch": 1, "hash": 1}
+
+
+def resolve_and_check(cfg: JobConfig) -> JobConfig:
+    """Fill ``top_k: null`` and ``gate: auto`` with the router's own values, then apply every rule."""
+    if cfg.version != CONFIG_VERSION:
+        raise ConfigError("version", f"{cfg.version} is not supported by this locmoe: the config format "
+                          f"version is {CONFIG_VERSION}")
+    router = cfg.moe.router
+    if router.top_k is None:
+        router = dataclasses.replace(router, top_k=DEFAULT_TOP_K[router.kind])
+    if router.gate == "auto":
+        router = dataclasses.replace(router, gate="grap" if router.kind == "locmoe" else "dense")
+    cfg = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, router=router))
+    _check_model(cfg)
+    _check_moe(cfg.moe, cfg.model.d_model)
+    _check_parallel(cfg)
+    _check_train(cfg)
+    return cfg
+
+
+def _check_model(cfg: JobConfig) -> None:
+    m = cfg.model
+    if m.d_model % m.n_heads:
+        raise ConfigError("model.n_heads", f"{m.n_heads} must divide model.d_model ({m.d_model})")
+    if (m.d_model // m.n_heads) % 2:
+        raise ConfigError("model.n_heads", f"{m.n_heads} leaves an odd head size {m.d_model // m.n_heads}; "
+                          "rotary embeddings need an even head size")
+    if m.dense_layers > m.n_layers:
+        raise ConfigError("model.dense_layers", f"{m.dense_layers} must be <= model.n_layers ({m.n_layers})")
+    if m.max_seq_len < cfg.data.seq_len:
+        raise ConfigError("data.seq_len", f"{cfg.data.seq_len} must be <= model.max_seq_len ({m.max_seq_len})")
+
+
+def _check_moe(moe: MoEConfig, d_model: int) -> None:
+    r, E, D = moe.router, moe.num_experts, moe.domains.num_domains
+    fixed = FIXED_TOP_K.get(r.kind)
+    if fixed is not None and r.top_k != fixed:
+        raise ConfigError("moe.router.top_k", f"{r.top_k} is not allowed for router '{r.kind}', which routes "
+                          f"each token to exactly {fixed} expert(s): set top_k: {fixed} or null")
+    if E % D:
+        raise ConfigError("moe.domains.num_domains", f"{D} must divide moe.num_experts ({E}) so that every "
+                          "domain gets an equal group of experts")
+    group = E // D
+    if r.top_k > group:
+        where = "moe.num_experts" if D == 1 else "moe.domains.num_domains"
+        raise ConfigError("moe.router.top_k", f"{r.top_k} must be <= the experts a token may use ({group}; "
+                          f"set by {where})")
+    if r.gate == "grap" and d_model % E:
+        raise ConfigError("moe.num_experts", f"{E} must divide model.d_model ({d_model}): the GrAP gate cuts "
+                          "the hidden vector into E equal groups")
+    if r.kind == "expert_choice" and moe.capacity.mode != "factor":
+        raise ConfigError("moe.capacity.mode", f"'{moe.capacity.mode}' is not allowed for router expert_choice, "
+                          "whose experts each pick ceil(factor*k*T/E) tokens: use factor")
+    if moe.domains.names and len(moe.domains.names) != D:
+        raise ConfigError("moe.domains.names", f"{len(moe.domains.names)} names given for {D} domains")
+
+
+def _check_parallel(cfg: JobConfig) -> None:
+    p, E = cfg.parallel, cfg.moe.num_experts
+    if p.placement == "explicit" and len(p.placement_table) != E:
+        raise ConfigError("parallel.placement_table", f"has {len(p.placement_table)} entries; placement "
+                          f"explicit needs one rank per expert ({E})")
+    if p.placement != "explicit" and p.placement_table:
+        raise ConfigError("parallel.placement_table", f"is only read with placement explicit, not "
+                          f"'{p.placement}'")
+    if (p.nodes == 0) != (p.devices_per_node == 0):
+        raise ConfigError("parallel.nodes", f"nodes={p.nodes}, devices_per_node={p.devices_per_node}: set both "
+                          "to emulate a topology, or both to 0 to take it from the launcher")
+    if p.expert_parallel_size and E % p.expert_parallel_size:
+        raise ConfigError("moe.num_experts", f"{E} is not divisible by parallel.expert_parallel_size "
+                          f"({p.expert_parallel_size})")
+
+
+def _check_train(cfg: JobConfig) -> None:
+    t = cfg.train
+    if t.min_lr > t.lr:
+        raise ConfigError("train.min_lr", f"{t.min_lr} must be <= train.lr ({t.lr})")
+    if t.warmup_steps > t.steps:
+        raise ConfigError("train.warmup_steps", f"{t.warmup_steps} must be <= train.steps ({t.steps})")
+    for i, src in enumerate(cfg.data.sources):
+        if not src.path:
+            raise ConfigError(f"data.sources[{i}].path", "is empty: name a file or folder")
+        if src.domain >= cfg.moe.domains.num_domains:
+            raise ConfigError(f"data.sources[{i}].domain", f"{src.domain} must be < moe.domains.num_domains "
+                              f"({cfg.moe.domains.num_domains})")

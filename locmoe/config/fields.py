@@ -1,0 +1,52 @@
+"""Field declarations for the typed config: a default, a one-line doc and the allowed values.
+
+Every config field is declared with :func:`spec` so that the loader can check it generically: the type
+comes from the dataclass annotation, the allowed values from the rules given here.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+_MISSING = dataclasses.MISSING
+
+
+def spec(default: Any = _MISSING, doc: str = "", *, factory: Any = _MISSING, choices: tuple | None = None,
+         ge: float | None = None, gt: float | None = None, le: float | None = None,
+         lt: float | None = None) -> Any:
+    """Declare a config field.
+
+    Args:
+        default: the default value (immutable values only; use ``factory`` for lists and nested configs).
+        doc: what the field means, shown by ``locmoe train --help-config``.
+        factory: a zero-argument callable producing the default.
+        choices: the allowed values.
+        ge, gt, le, lt: numeric bounds (inclusive / exclusive).
+    """
+    rules = {k: v for k, v in dict(choices=choices, ge=ge, gt=gt, le=le, lt=lt).items() if v is not None}
+    metadata = {"doc": doc, "rules": rules}
+    if factory is not _MISSING:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def describe_rules(rules: dict) -> str:
+    """Human-readable statement of what a field allows, e.g. ``one of ['a', 'b']`` or ``>= 0``."""
+    parts = []
+    if "choices" in rules:
+        parts.append(f"one of {list(rules['choices'])}")
+    for key, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if key in rules:
+            parts.append(f"{sym} {rules[key]}")
+    return " and ".join(parts)
+
+
+def violates(value: Any, rules: dict) -> bool:
+    """True when ``value`` breaks one of ``rules`` (lists are checked element by element)."""
+    if isinstance(value, list):
+        return any(violates(v, rules) for v in value)
+    if "choices" in rules and value not in rules["choices"]:
+        return True
+    checks = {"ge": lambda a, b: a >= b, "gt": lambda a, b: a > b,
+              "le": lambda a, b: a <= b, "lt": lambda a, b: a < b}
+    return any(key in rules and not ok(value, rules[key]) for key, ok in checks.items())

@@ -1,0 +1,187 @@
+"""The job config: one typed dataclass per section, every field documented and bounded.
+
+A YAML job file mirrors this tree (``model:``, ``moe:``, ``parallel:``, ...). ``locmoe.config.load``
+checks types and bounds field by field; the cross-field rules live in ``locmoe.config.checks``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from locmoe.config.fields import spec
+
+CONFIG_VERSION = 1
+
+ROUTER_KINDS = ("locmoe", "gshard", "switch", "hash", "expert_choice")
+GATE_KINDS = ("auto", "grap", "dense")
+CAPACITY_MODES = ("factor", "bound", "dropless")
+BOUND_RULES = ("cone", "quantile")
+ACTIVATIONS = ("swiglu", "gelu")
+EXPERT_IMPLS = ("auto", "grouped", "loop")
+PLACEMENTS = ("contiguous", "round_robin", "explicit")
+DISPATCH_SCHEMES = ("hierarchical", "flat")
+BACKENDS = ("torch", "mindspore")
+DEVICES = ("auto", "cpu", "cuda", "npu", "ascend", "gpu")
+DATA_FORMATS = ("auto", "text", "jsonl", "bin_uint16", "bin_uint32")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of the PanGu-Sigma-style decoder (dense layers at the bottom, MoE layers above)."""
+    vocab_size: int = spec(256, "vocabulary size; 256 for the byte-level tokenizer", ge=2)
+    d_model: int = spec(128, "hidden size d", ge=1)
+    n_layers: int = spec(4, "number of transformer blocks", ge=1)
+    n_heads: int = spec(4, "attention heads; must divide d_model", ge=1)
+    d_ff: int = spec(512, "hidden size of the dense (non-MoE) SwiGLU FFN", ge=1)
+    max_seq_len: int = spec(256, "longest sequence the rotary tables cover", ge=1)
+    dense_layers: int = spec(1, "the first this-many blocks are dense; the blocks above follow moe_every", ge=0)
+    moe_every: int = spec(1, "above the dense layers, every moe_every-th block is an MoE block", ge=1)
+    tie_embeddings: bool = spec(True, "share the input embedding and the output projection")
+    rope_theta: float = spec(10000.0, "rotary embedding base", gt=0)
+    norm_eps: float = spec(1e-5, "RMSNorm epsilon", gt=0)
+    init_std: float = spec(0.02, "standard deviation of the normal weight init", gt=0)
+
+
+@dataclass
+class RouterConfig:
+    """Which router picks the experts, and the weights of its auxiliary losses."""
+    kind: str = spec("locmoe", "router: locmoe, gshard (top-2), switch (top-1), hash, expert_choice",
+                     choices=ROUTER_KINDS)
+    gate: str = spec("auto", "gate scores: grap (fixed orthogonal GrAP), dense (learned); auto = grap for "
+                     "locmoe, dense otherwise", choices=GATE_KINDS)
+    top_k: Optional[int] = spec(None, "experts per token; null = the router's own (locmoe 2, gshard 2, "
+                                "switch 1, hash 1, expert_choice 2 on average)", ge=1)
+    temperature: float = spec(1.0, "softmax temperature tau_g of the gate scores", gt=0)
+    rho: float = spec(0.5, "intra-node-first threshold: a local expert with p >= rho * p_(k) replaces the "
+                      "lowest-ranked remote choice; 1 disables the rule", gt=0, le=1)
+    aux_loss_coef: float = spec(1e-2, "alpha, weight of the load-balance loss", ge=0)
+    locality_loss_coef: float = spec(1e-2, "mu, weight of the locality loss (locmoe only)", ge=0)
+    hash_seed: int = spec(1234, "seed of the fixed token-id -> expert table of the hash router", ge=0)
+
+
+@dataclass
+class CapacityConfig:
+    """How many token copies each expert admits per step (over the expert-parallel group)."""
+    mode: str = spec("factor", "factor: ceil(factor*k*T/E); bound: the angular-deviation lower bound; "
+                     "dropless: no limit", choices=CAPACITY_MODES)
+    factor: float = spec(1.25, "capacity factor c_f of mode factor (and of expert_choice)", gt=0)
+    bound_rule: str = spec("cone", "estimator of the lower bound: cone (max angle per expert) or quantile "
+                           "(an angle quantile, per-expert capacities)", choices=BOUND_RULES)
+    min_factor: float = spec(0.0, "mode bound never goes below ceil(min_factor*k*T/E)", ge=0)
+    angle_momentum: float = spec(0.9, "exponential moving average of the per-expert angles across steps",
+                                 ge=0, lt=1)
+    angle_quantile: float = spec(0.5, "quantile of the angles used by bound_rule quantile", gt=0, le=1)
+    slack: float = spec(1.05, "multiplier on the per-expert capacities of bound_rule quantile", gt=0)
+
+
+@dataclass
+class DomainsConfig:
+    """Random Routed Experts (PanGu-Sigma): a sample's domain selects its group of experts."""
+    num_domains: int = spec(1, "number of domains; 1 = every token may use every expert", ge=1)
+    seed: int = spec(0, "seed of the fixed random domain -> expert-group map", ge=0)
+    names: list[str] = spec(factory=list, doc="optional domain names, index = domain id")
+
+
+@dataclass
+class MoEConfig:
+    """The MoE layers: experts, router, capacity and domain groups."""
+    num_experts: int = spec(8, "experts per MoE layer (E)", ge=1)
+    d_expert: int = spec(256, "hidden size of each expert FFN", ge=1)
+    activation: str = spec("swiglu", "expert FFN activation", choices=ACTIVATIONS)
+    expert_impl: str = spec("auto", "grouped GEMM, per-expert loop, or auto (grouped where supported)",
+                            choices=EXPERT_IMPLS)
+    overlap_chunks: int = spec(1, "split dispatch into this many chunks to overlap expert compute with "
+                               "all-to-all; 1 = no overlap", ge=1)
+    router: RouterConfig = spec(factory=RouterConfig, doc="router")
+    capacity: CapacityConfig = spec(factory=CapacityConfig, doc="expert capacity")
+    domains: DomainsConfig = spec(factory=DomainsConfig, doc="random routed experts")
+
+
+@dataclass
+class ParallelConfig:
+    """Backend, device and the expert-parallel topology."""
+    backend: str = spec("torch", "framework backend", choices=BACKENDS)
+    device: str = spec("auto", "device kind; auto = cuda, else npu, else cpu", choices=DEVICES)
+    nodes: int = spec(0, "nodes in the topology; 0 = from the launcher (one node per host)", ge=0)
+    devices_per_node: int = spec(0, "ranks per node; 0 = from the launcher (LOCAL_WORLD_SIZE)", ge=0)
+    expert_parallel_size: int = spec(0, "ranks that share one copy of the experts; 0 = all ranks", ge=0)
+    placement: str = spec("contiguous", "expert -> rank map", choices=PLACEMENTS)
+    placement_table: list[int] = spec(factory=list, doc="expert -> rank table of placement explicit")
+    dispatch: str = spec("hierarchical", "all-to-all scheme: hierarchical (intra-node, then inter-node) "
+                         "or flat", choices=DISPATCH_SCHEMES)
+    timeout_s: float = spec(600.0, "collective timeout; a dead rank ends the job after this long", gt=0)
+    jit: bool = spec(False, "MindSpore: compile the dense blocks with mindspore.jit")
+
+
+@dataclass
+class DataSource:
+    """One corpus: a file or folder, its format and the domain its samples belong to."""
+    path: str = spec("", "file or folder")
+    domain: int = spec(0, "domain id of every sample from this source (jsonl rows may override)", ge=0)
+    format: str = spec("auto", "text, jsonl, bin_uint16, bin_uint32, or auto (by extension)",
+                       choices=DATA_FORMATS)
+
+
+@dataclass
+class DataConfig:
+    """Training data: sources, tokenizer, sequence length and split."""
+    sources: list[DataSource] = spec(factory=list, doc="corpora; empty = the Python standard library's "
+                                     "own source files (real text, nothing to download)")
+    tokenizer: str = spec("byte", "byte, or the path of a tokenizers JSON file")
+    seq_len: int = spec(128, "tokens per training sequence", ge=2)
+    val_fraction: float = spec(0.05, "share of each source held out for validation", gt=0, lt=1)
+    max_bytes: int = spec(0, "read at most this many bytes per source; 0 = all", ge=0)
+    seed: int = spec(0, "seed of the sampling order", ge=0)
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser, schedule, batch and checkpointing."""
+    steps: int = spec(200, "optimiser steps", ge=1)
+    batch_size: int = spec(8, "sequences per rank per micro-batch", ge=1)
+    grad_accum: int = spec(1, "micro-batches per optimiser step", ge=1)
+    lr: float = spec(3e-3, "peak learning rate", gt=0)
+    min_lr: float = spec(3e-4, "learning rate at the end of the cosine decay", ge=0)
+    warmup_steps: int = spec(20, "linear warm-up steps", ge=0)
+    weight_decay: float = spec(0.1, "AdamW weight decay (not applied to norms and biases)", ge=0)
+    beta1: float = spec(0.9, "AdamW beta1", ge=0, lt=1)
+    beta2: float = spec(0.95, "AdamW beta2", ge=0, lt=1)
+    grad_clip: float = spec(1.0, "clip the global gradient norm to this; 0 = off", ge=0)
+    dtype: str = spec("float32", "compute dtype; bfloat16 autocasts on CUDA/NPU", choices=DTYPES)
+    eval_every: int = spec(50, "validate every this many steps; 0 = only at the end", ge=0)
+    eval_batches: int = spec(8, "validation batches per evaluation", ge=1)
+    seed: int = spec(0, "seed of the weights and of dropout", ge=0)
+    out_dir: str = spec("runs/default", "checkpoints, logs and the exported router go here")
+    ckpt_every: int = spec(100, "checkpoint every this many steps (and at the end); 0 = only at the end", ge=0)
+    keep_checkpoints: int = spec(2, "keep the newest this many checkpoints", ge=1)
+
+
+@dataclass
+class LoggingConfig:
+    """Progress bar, tensorboard scalars and console logs."""
+    log_every: int = spec(10, "write scalars every this many steps", ge=1)
+    tensorboard: bool = spec(True, "write tensorboardX events under out_dir/tb")
+    progress: bool = spec(True, "tqdm progress bar on rank 0")
+    heatmap_every: int = spec(100, "expert-load heatmap image every this many steps; 0 = off", ge=0)
+
+
+@dataclass
+class ExportConfig:
+    """Router export for serving."""
+    at_end: bool = spec(True, "export the routers to out_dir/router when training ends")
+    dir: str = spec("", "export directory; empty = out_dir/router")
+
+
+@dataclass
+class JobConfig:
+    """A whole job: what to train, on what, how, and where the results go."""
+    version: int = spec(CONFIG_VERSION, "config format version", ge=1)
+    name: str = spec("locmoe", "job name, used in logs")
+    model: ModelConfig = spec(factory=ModelConfig, doc="model sizes")
+    moe: MoEConfig = spec(factory=MoEConfig, doc="MoE layers")
+    parallel: ParallelConfig = spec(factory=ParallelConfig, doc="backend and topology")
+    data: DataConfig = spec(factory=DataConfig, doc="data")
+    train: TrainConfig = spec(factory=TrainConfig, doc="training")
+    logging: LoggingConfig = spec(factory=LoggingConfig, doc="logging")
+    export: ExportConfig = spec(factory=ExportConfig, doc="router export")

@@ -1,0 +1,1 @@
+"""Planning for serving and scale-out: deployment search, request scheduling, cluster simulation."""

@@ -1,0 +1,33 @@
+"""LocMoE: Mixture-of-Experts training and serving with a locality-aware router.
+
+Install torch explicitly first (``pip install torch==2.13.0`` on CPU machines): a bare ``torch``
+requirement resolves to a multi-GB CUDA build. ``scripts/setup_env.sh`` does this for you.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="locmoe",
+    version="0.1.0",
+    description="LocMoE: MoE training and serving whose router keeps tokens close to home",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["locmoe", "locmoe.*", "backends", "backends.*", "models", "models.*"]),
+    package_data={"": ["*.yaml"]},
+    install_requires=[
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "pyyaml>=6.0",
+        "tqdm>=4.60",
+        "tensorboardX>=2.6",
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        "torch": ["torch>=2.4"],
+        # MindSpore 2.10 fails with numpy 2 ("numpy.core.multiarray failed to import").
+        "mindspore": ["mindspore>=2.10,<2.11", "numpy<2"],
+        "npu": ["torch>=2.4", "torch-npu"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"],
+    },
+    entry_points={"console_scripts": ["locmoe=locmoe.cli:main"]},
+)
