@@ -50,5 +50,6 @@ def run(args: argparse.Namespace) -> list[dict]:
           f"{args.capacity_factor} (fractions of token copies; bytes at bf16)")
     print(format_table(rows, floatfmt=".3f"))
     if args.json:
-        write_json(args.json, {"args": vars(args), "rows": rows})
+        settings = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str))}
+        write_json(args.json, {"args": settings, "rows": rows})
     return rows

@@ -71,7 +71,7 @@ class CapacityConfig:
     min_factor: float = spec(0.0, "mode bound never goes below ceil(min_factor*k*T/E)", ge=0)
     angle_momentum: float = spec(0.9, "exponential moving average of the per-expert angles across steps",
                                  ge=0, lt=1)
-    angle_quantile: float = spec(0.5, "quantile of the angles used by bound_rule quantile", gt=0, le=1)
+    angle_quantile: float = spec(0.75, "quantile of the angles used by bound_rule quantile", gt=0, le=1)
     slack: float = spec(1.05, "multiplier on the per-expert capacities of bound_rule quantile", gt=0)
 
 
