@@ -87,11 +87,21 @@ class ParallelLayout:
     ep_rank: int                # rank inside the EP group
     ep_group_ranks: tuple       # global ranks of this process's EP group
     expert_dp_ranks: tuple      # global ranks holding the same experts as this one (gradient averaging)
+    emulated: bool = False      # one process stands in for the whole EP group (holds every expert)
 
 
 def layout_from_config(parallel, env: LaunchEnv) -> ParallelLayout:
-    """Combine the launcher's view with the config's ``nodes x devices_per_node`` and EP-size overrides."""
+    """Combine the launcher's view with the config's ``nodes x devices_per_node`` and EP-size overrides.
+
+    A single process with a multi-rank topology in the config emulates that EP group (``emulated``).
+    """
     world, local = env.world_size, env.local_world_size
+    if world == 1 and parallel.nodes * parallel.devices_per_node > 1:
+        if parallel.expert_parallel_size not in (0, parallel.nodes * parallel.devices_per_node):
+            raise ConfigError("parallel.expert_parallel_size", f"{parallel.expert_parallel_size}: one process "
+                              f"emulates the whole {parallel.nodes} x {parallel.devices_per_node} group; set it to 0")
+        topo = Topology(parallel.nodes, parallel.devices_per_node)
+        return ParallelLayout(topo, 1, 0, 0, (0,), (0,), emulated=True)
     if parallel.nodes:
         if parallel.nodes * parallel.devices_per_node != world:
             raise ConfigError("parallel.nodes", f"{parallel.nodes} nodes x {parallel.devices_per_node} devices "

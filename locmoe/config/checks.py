@@ -66,6 +66,10 @@ def _check_moe(moe: MoEConfig, d_model: int) -> None:
     if r.kind == "expert_choice" and moe.capacity.mode != "factor":
         raise ConfigError("moe.capacity.mode", f"'{moe.capacity.mode}' is not allowed for router expert_choice, "
                           "whose experts each pick ceil(factor*k*T/E) tokens: use factor")
+    if r.kind == "hash" and moe.capacity.mode == "bound":
+        raise ConfigError("moe.capacity.mode", "'bound' is not allowed for router hash: the bound is measured "
+                          "from the angles between tokens and gate vectors, and the hash router has no gate; use "
+                          "factor or dropless")
     if moe.domains.names and len(moe.domains.names) != D:
         raise ConfigError("moe.domains.names", f"{len(moe.domains.names)} names given for {D} domains")
 

@@ -81,28 +81,37 @@ class DispatchPlan:
         return np.argsort(self.send_order(rank), kind="stable")
 
     # --------------------------------------------------------------- traffic
-    def traffic(self, bytes_per_copy: int, scheme: str = "flat") -> dict:
-        """Bytes each rank sends during one dispatch (the combine sends the same amounts back).
+    def traffic(self, bytes_per_copy: int, scheme: str = "flat", direction: str = "dispatch") -> dict:
+        """Bytes each rank sends during one dispatch, or during the combine that brings the outputs back.
 
         flat: one all-to-all over the EP group. hierarchical: stage 1 inside the node to the rank with the
-        destination's local index, stage 2 across nodes among ranks of equal local index, carrying only the
-        copies whose expert lives on another node.
+        destination's local index (the relay), stage 2 across nodes among ranks of equal local index, carrying
+        only the copies whose expert lives on another node; the combine is the mirror (stage 2 reversed, then
+        stage 1 reversed).
         Returns:
             {"intra_node": [W], "cross_node": [W]} bytes sent by each rank (self-sends excluded).
         """
+        if scheme not in ("flat", "hierarchical") or direction not in ("dispatch", "combine"):
+            raise ValueError(f"traffic: scheme must be 'flat' or 'hierarchical' (got {scheme!r}) and direction "
+                             f"'dispatch' or 'combine' (got {direction!r})")
         topo, W = self.placement.topology, self.world_size
         src, dst = self.src_rank[self.kept], self.dst_rank[self.kept]
         intra, cross = np.zeros(W, dtype=np.int64), np.zeros(W, dtype=np.int64)
         src_node, dst_node = topo.node_of(src), topo.node_of(dst)
+        crossing = src_node != dst_node
         if scheme == "flat":
-            np.add.at(intra, src[(src != dst) & (src_node == dst_node)], bytes_per_copy)
-            np.add.at(cross, src[src_node != dst_node], bytes_per_copy)
-        elif scheme == "hierarchical":
-            relay = src_node * topo.devices_per_node + topo.local_index(dst)
-            np.add.at(intra, src[relay != src], bytes_per_copy)
-            np.add.at(cross, relay[src_node != dst_node], bytes_per_copy)
+            sender = src if direction == "dispatch" else dst
+            np.add.at(intra, sender[(src != dst) & ~crossing], bytes_per_copy)
+            np.add.at(cross, sender[crossing], bytes_per_copy)
+            return {"intra_node": intra, "cross_node": cross}
+        relay = src_node * topo.devices_per_node + topo.local_index(dst)
+        hop1 = relay != src
+        if direction == "dispatch":
+            np.add.at(intra, src[hop1], bytes_per_copy)
+            np.add.at(cross, relay[crossing], bytes_per_copy)
         else:
-            raise ValueError(f"parallel.dispatch: unknown scheme {scheme!r}; allowed: ['flat', 'hierarchical']")
+            np.add.at(cross, dst[crossing], bytes_per_copy)
+            np.add.at(intra, relay[hop1], bytes_per_copy)
         return {"intra_node": intra, "cross_node": cross}
 
     def locality_fractions(self) -> dict:

@@ -103,6 +103,8 @@ RULES = [
      "domain gets an equal group of experts"),
     (["moe.router.kind=expert_choice", "moe.capacity.mode=dropless"], "moe.capacity.mode: 'dropless' is not "
      "allowed for router expert_choice, whose experts each pick ceil(factor*k*T/E) tokens: use factor"),
+    (["moe.router.kind=hash", "moe.capacity.mode=bound"], "moe.capacity.mode: 'bound' is not allowed for router "
+     "hash: the bound is measured from the angles between tokens and gate vectors, and the hash router has no gate"),
     (["model.n_heads=3"], "model.n_heads: 3 must divide model.d_model (128)"),
     (["model.n_heads=128"], "model.n_heads: 128 leaves an odd head size 1; rotary embeddings need an even head "
      "size"),

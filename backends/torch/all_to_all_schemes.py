@@ -1,0 +1,70 @@
+"""Flat and hierarchical (intra-node first, then inter-node) dispatch/combine of token copies.
+
+Both take the send buffer of this rank, laid out destination-major (rank 0's copies first), and return the
+receive buffer laid out source-major — the same layout for both schemes, so results are identical.
+``S`` is the global [W, W] matrix of kept copies from each source rank (row) to each destination (column),
+known on every rank from the gathered routing decisions.
+
+Hierarchical: stage 1 inside the node sends each copy to the rank with its destination's local index;
+the relay reorders [source in node][destination node] → [destination node][source in node]; stage 2
+among ranks of equal local index carries only the copies bound for other nodes. Combine is the mirror:
+stage 2 reversed, then stage 1 reversed.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from backends.torch.collectives import Group, TrafficCounter, all_to_all
+from locmoe.routing.dispatch_plan import chunk_permutation
+from locmoe.topology import Topology
+
+
+class FlatAllToAll:
+    def __init__(self, S: np.ndarray, rank: int, group: Group, counter: TrafficCounter | None):
+        self.send, self.recv = S[rank].tolist(), S[:, rank].tolist()
+        self.group, self.counter = group, counter
+
+    def dispatch(self, x: torch.Tensor) -> torch.Tensor:
+        return all_to_all(x, self.send, self.recv, self.group, self.counter, "flat")
+
+    def combine(self, y: torch.Tensor) -> torch.Tensor:
+        return all_to_all(y, self.recv, self.send, self.group, self.counter, "flat:combine")
+
+
+class HierarchicalAllToAll:
+    def __init__(self, S: np.ndarray, rank: int, topology: Topology, intra: Group, inter: Group,
+                 counter: TrafficCounter | None):
+        N, G = topology.num_nodes, topology.devices_per_node
+        n, g = divmod(rank, G)
+        S4 = S.reshape(N, G, N, G)                         # [src node, src local, dst node, dst local]
+        mine = S4[n, g]                                    # [dst node, dst local]
+        # stage 1: my buffer is [dst node][dst local]; regroup to [dst local][dst node] and send by dst local
+        self.perm1 = _perm(chunk_permutation(mine))
+        self.send1 = mine.sum(axis=0).tolist()             # to each local index g'
+        self.recv1 = S4[n, :, :, g].sum(axis=1).tolist()   # from each source local index, bound for local index g
+        # relay: received [src local][dst node] -> [dst node][src local]
+        self.perm2 = _perm(chunk_permutation(S4[n, :, :, g]))
+        self.send2 = S4[n, :, :, g].sum(axis=0).tolist()   # to each node n' (same local index)
+        self.recv2 = S4[:, :, n, g].sum(axis=1).tolist()   # from each node, relayed by its rank of index g
+        self.intra, self.inter, self.counter = intra, inter, counter
+
+    def dispatch(self, x: torch.Tensor) -> torch.Tensor:
+        h = all_to_all(x[self.perm1.to(x.device)], self.send1, self.recv1, self.intra, self.counter, "stage1")
+        return all_to_all(h[self.perm2.to(x.device)], self.send2, self.recv2, self.inter, self.counter, "stage2")
+
+    def combine(self, y: torch.Tensor) -> torch.Tensor:
+        h = all_to_all(y, self.recv2, self.send2, self.inter, self.counter, "stage2:combine")
+        h = h[_inverse(self.perm2).to(y.device)]
+        h = all_to_all(h, self.recv1, self.send1, self.intra, self.counter, "stage1:combine")
+        return h[_inverse(self.perm1).to(y.device)]
+
+
+def _perm(p: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(p, dtype=np.int64))
+
+
+def _inverse(p: torch.Tensor) -> torch.Tensor:
+    inv = torch.empty_like(p)
+    inv[p] = torch.arange(p.numel())
+    return inv

@@ -1,0 +1,103 @@
+"""Collectives the dispatcher needs: an autograd-aware uneven all-to-all with byte counters, and all-gather.
+
+Works on gloo (CPU), NCCL (CUDA) and HCCL (torch-npu). Every all-to-all adds the bytes this rank sends to
+other ranks of its node and of other nodes to a :class:`TrafficCounter`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class TrafficCounter:
+    """Bytes this rank sent, split by link, accumulated over calls (reset each step by the caller)."""
+    intra_node: int = 0
+    cross_node: int = 0
+    calls: int = 0
+    by_stage: dict = field(default_factory=dict)
+
+    def add(self, nbytes_to_peers: Sequence[int], peer_nodes: Sequence[int], my_node: int, peer_ranks: Sequence[int],
+            my_rank: int, stage: str) -> None:
+        intra = sum(b for b, n, r in zip(nbytes_to_peers, peer_nodes, peer_ranks) if n == my_node and r != my_rank)
+        cross = sum(b for b, n in zip(nbytes_to_peers, peer_nodes) if n != my_node)
+        self.intra_node += intra
+        self.cross_node += cross
+        self.calls += 1
+        s = self.by_stage.setdefault(stage, [0, 0])
+        s[0] += intra
+        s[1] += cross
+
+    def reset(self) -> None:
+        self.intra_node = self.cross_node = self.calls = 0
+        self.by_stage = {}
+
+
+@dataclass(frozen=True)
+class Group:
+    """A process group with the global ranks it spans, their nodes, and this rank's place in it."""
+    handle: Optional[dist.ProcessGroup]
+    ranks: tuple          # EP ranks of the members, in group order
+    nodes: tuple          # node of each member
+    my_index: int
+
+    @property
+    def size(self) -> int:
+        return len(self.ranks)
+
+
+class _AllToAll(torch.autograd.Function):
+    """Uneven all-to-all; its backward is the all-to-all with the split sizes swapped."""
+
+    @staticmethod
+    def forward(ctx, x, send_splits, recv_splits, group, counter, stage):
+        ctx.splits = (send_splits, recv_splits)
+        ctx.group, ctx.counter, ctx.stage = group, counter, stage
+        return _exchange(x, send_splits, recv_splits, group, counter, stage)
+
+    @staticmethod
+    def backward(ctx, grad):
+        send, recv = ctx.splits
+        return _exchange(grad, recv, send, ctx.group, ctx.counter, ctx.stage + ":grad"), None, None, None, None, None
+
+
+def _exchange(x: torch.Tensor, send: list, recv: list, group: Group, counter: Optional[TrafficCounter],
+              stage: str) -> torch.Tensor:
+    row_bytes = math.prod(x.shape[1:]) * x.element_size()
+    if counter is not None:
+        counter.add([s * row_bytes for s in send], group.nodes, group.nodes[group.my_index], group.ranks,
+                    group.ranks[group.my_index], stage)
+    if group.size == 1:
+        return x.clone()
+    out = x.new_empty((sum(recv), *x.shape[1:]))
+    dist.all_to_all_single(out, x.contiguous(), output_split_sizes=recv, input_split_sizes=send,
+                           group=group.handle)
+    return out
+
+
+def all_to_all(x: torch.Tensor, send_splits: list, recv_splits: list, group: Group,
+               counter: Optional[TrafficCounter] = None, stage: str = "a2a") -> torch.Tensor:
+    """Send ``send_splits[i]`` rows of ``x`` to member i; receive ``recv_splits[i]`` rows from member i.
+
+    Differentiable: the gradient travels back along the same routes.
+    """
+    return _AllToAll.apply(x, list(map(int, send_splits)), list(map(int, recv_splits)), group, counter, stage)
+
+
+def all_gather_rows(x: torch.Tensor, group: Group) -> torch.Tensor:
+    """Concatenate every member's ``x`` (equal shapes) along dim 0, in group order. Not differentiable."""
+    if group.size == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(group.size)]
+    dist.all_gather(parts, x.contiguous(), group=group.handle)
+    return torch.cat(parts)
+
+
+def all_reduce_(x: torch.Tensor, group: Group, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    if group.size > 1:
+        dist.all_reduce(x, op=op, group=group.handle)
+    return x

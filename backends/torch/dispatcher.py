@@ -1,0 +1,177 @@
+"""Token dispatcher: capacity and admission over the whole EP group, then permute → all-to-all → expert-major
+sort for the grouped GEMM, and the mirror image for the combine.
+
+Mirrors ``locmoe.routing.dispatch_plan``: a rank's send buffer holds its kept copies by (destination rank,
+expert slot, copy id); the experts process theirs by (slot, source rank, copy id). Admission is global, so
+every rank all-gathers the compact routing decisions (expert, probability, angle per copy) of the group —
+except in dropless mode and for expert choice, where nothing is dropped and only counts are exchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from backends.torch import routing_ops as ops
+from backends.torch.all_to_all_schemes import FlatAllToAll, HierarchicalAllToAll
+from backends.torch.collectives import TrafficCounter, all_gather_rows, all_reduce_
+from backends.torch.distributed import ExpertParallel
+from backends.torch.router import Router, RouterOutput
+from locmoe.config.schema import MoEConfig
+from locmoe.routing import capacity as cap
+from locmoe.routing.dispatch_plan import chunk_permutation
+
+
+@dataclass
+class Dispatch:
+    """One chunk's movement plan on this rank."""
+    order: torch.Tensor                # my kept copies (router copy ids) in send order
+    expert_counts: torch.Tensor        # [E_local] rows each local expert processes
+    recv_perm: Optional[torch.Tensor]  # receive buffer -> expert-major (None in one process)
+    exchange: object                   # FlatAllToAll / HierarchicalAllToAll, or None in one process
+
+
+@dataclass
+class GroupStats:
+    """Routing statistics of the whole EP group for one layer call (device tensors unless noted)."""
+    expert_load: torch.Tensor      # [E] copies routed before capacity
+    admitted: torch.Tensor         # [E] copies processed
+    capacity: torch.Tensor         # [E]
+    capacity_bound: Optional[int]  # angular bound (mode bound)
+    locality_counts: torch.Tensor  # [3] kept copies on-rank / in-node / cross-node
+    total_copies: int
+
+
+class TokenDispatcher:
+    def __init__(self, ep: ExpertParallel, moe: MoEConfig, counter: Optional[TrafficCounter] = None):
+        self.ep, self.moe = ep, moe
+        self.counter = counter if counter is not None else TrafficCounter()
+        self.E, self.W = moe.num_experts, ep.topology.world_size
+        self.El = len(ep.local_experts)
+        pl = ep.placement
+        self.rank_of = torch.from_numpy(pl.rank_array)
+        self.slot_of = torch.from_numpy(pl.local_slot())
+        self.admission_needed = moe.router.kind != "expert_choice" and moe.capacity.mode != "dropless"
+
+    # ------------------------------------------------------------------ planning
+    def plan(self, out: RouterOutput, router: Router, token_rank: torch.Tensor, num_tokens: int,
+             chunks: int = 1) -> tuple[list[Dispatch], GroupStats, torch.Tensor]:
+        """Decide which copies are kept and how each chunk of this rank's tokens moves.
+
+        Returns the chunks' plans, the group's statistics, and ``kept`` [C] for this rank's copies.
+        """
+        dev = out.expert.device
+        rank_of, slot_of = self.rank_of.to(dev), self.slot_of.to(dev)
+        src, g_expert, g_prob, g_angle, mine = self._group_view(out, token_rank)
+        T_group = num_tokens * (self.W if self.ep.distributed else 1)
+        capacity, bound = self._capacity(out, router, g_expert, g_angle, T_group, dev)
+        locality = self._locality(src, rank_of[g_expert])
+        kept = ops.admit(g_expert, g_prob, locality, capacity) if self.admission_needed else \
+            torch.ones_like(g_expert, dtype=torch.bool)
+        kept_mine = kept[mine]
+        dst, slot = rank_of[out.expert], slot_of[out.expert]
+        chunk_of = torch.div(out.token * chunks, num_tokens, rounding_mode="floor")
+        counts = self._counts(kept_mine, dst, slot, chunk_of, chunks) if self.ep.distributed else None
+        plans = [self._chunk(c, kept_mine & (chunk_of == c), dst, slot, out, counts, token_rank)
+                 for c in range(chunks)]
+        return plans, self._stats(g_expert, kept, locality, capacity, bound), kept_mine
+
+    def _group_view(self, out: RouterOutput, token_rank: torch.Tensor):
+        """(source rank, expert, prob, angle) of every copy of the group, and which of them are mine."""
+        angle = out.angles[out.token, out.expert] if out.angles is not None else torch.zeros_like(out.prob).double()
+        if not self.ep.distributed:
+            return token_rank[out.token], out.expert, out.prob, angle, slice(None)
+        if not self.admission_needed:
+            # nothing is dropped: the group view of the copies is not needed, only counts (see _counts)
+            me = self.ep.ep_rank
+            return torch.full_like(out.expert, me), out.expert, out.prob, angle, slice(None)
+        C = out.expert.numel()
+        payload = torch.stack([out.expert.double(), out.prob.double(), angle.double()], dim=1)
+        g = all_gather_rows(payload, self.ep.ep)
+        src = torch.arange(self.W, device=g.device).repeat_interleave(C)
+        me = self.ep.ep_rank
+        return src, g[:, 0].long(), g[:, 1].to(out.prob.dtype), g[:, 2], slice(me * C, (me + 1) * C)
+
+    def _locality(self, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        G = self.ep.topology.devices_per_node
+        same_node = torch.div(src, G, rounding_mode="floor") == torch.div(dst, G, rounding_mode="floor")
+        return torch.where(src == dst, 0, torch.where(same_node, 1, 2))
+
+    def _capacity(self, out, router, g_expert, g_angle, T, dev) -> tuple[torch.Tensor, Optional[int]]:
+        c, E, k = self.moe.capacity, self.E, self.moe.router.top_k
+        if not self.admission_needed:
+            return torch.full((E,), k * T, dtype=torch.long, device=dev), None
+        if c.mode == "factor":
+            return torch.full((E,), cap.factor_capacity(c.factor, k, T, E), dtype=torch.long, device=dev), None
+        # mode bound: the same numpy functions as the reference, on the group's angles
+        quantile = 1.0 if c.bound_rule == "cone" else c.angle_quantile
+        delta, seen = cap.expert_angles(g_angle.cpu().numpy(), g_expert.cpu().numpy(), E, quantile)
+        prev = router.angle_ema.cpu().numpy()
+        ema = cap.update_angle_ema(None if np.isnan(prev).any() else prev, delta, seen, c.angle_momentum)
+        if router.training:
+            router.angle_ema.copy_(torch.from_numpy(ema))
+        floor = cap.factor_capacity(c.min_factor, k, T, E) if c.min_factor > 0 else 1
+        if c.bound_rule == "cone":
+            n = E if router.gate == "grap" else router.gate_weight.shape[0]
+            capacity = np.full(E, cap.capacity_lower_bound(ema, n, k, T), dtype=np.int64)
+        else:
+            inside = (out.angles <= torch.from_numpy(ema).to(dev)[None, :]).sum(dim=0).double()
+            inside = all_reduce_(inside, self.ep.ep).cpu().numpy()
+            shares = inside / inside.sum() if inside.sum() > 0 else np.full(E, 1.0 / E)
+            capacity = cap.per_expert_bound(shares, k, T, c.slack)
+        return torch.from_numpy(np.maximum(capacity, floor)).to(dev), int(capacity.max())
+
+    def _counts(self, kept, dst, slot, chunk_of, chunks) -> np.ndarray:
+        """[W src, chunks, W dst, E_local] kept copies, from every rank (one small all-gather; the host reads
+        it once, which is the only sync the split sizes need)."""
+        flat = (chunk_of * self.W + dst) * self.El + slot
+        mine = torch.bincount(flat[kept], minlength=chunks * self.W * self.El)
+        return all_gather_rows(mine[None], self.ep.ep).reshape(-1, chunks, self.W, self.El).cpu().numpy()
+
+    def _chunk(self, c, keep, dst, slot, out, counts, token_rank) -> Dispatch:
+        ids = torch.nonzero(keep).flatten()
+        if not self.ep.distributed:
+            # one process holds every expert: process them in expert order, each by (source rank, copy id)
+            key = out.expert[ids] * self.W + token_rank[out.token[ids]]
+            order = ids[torch.sort(key, stable=True).indices]
+            return Dispatch(order, torch.bincount(out.expert[order], minlength=self.E), None, None)
+        order = ids[torch.sort(dst[ids] * self.El + slot[ids], stable=True).indices]
+        S = counts[:, c].sum(axis=-1)                                 # [W src, W dst]
+        recv = counts[:, c, self.ep.ep_rank, :]                       # [W src, E_local]
+        perm = torch.from_numpy(chunk_permutation(recv)).to(order.device)
+        return Dispatch(order, torch.from_numpy(recv.sum(axis=0)).to(order.device), perm, self._exchange(S))
+
+    def _exchange(self, S: np.ndarray):
+        ep = self.ep
+        if ep.scheme == "hierarchical" and ep.topology.num_nodes > 1 and ep.topology.devices_per_node > 1:
+            return HierarchicalAllToAll(S, ep.ep_rank, ep.topology, ep.intra, ep.inter, self.counter)
+        return FlatAllToAll(S, ep.ep_rank, ep.ep, self.counter)
+
+    def _stats(self, g_expert, kept, locality, capacity, bound) -> GroupStats:
+        E = self.E
+        load = torch.bincount(g_expert, minlength=E)
+        admitted = torch.bincount(g_expert[kept], minlength=E)
+        loc = torch.bincount(locality[kept], minlength=3)
+        if self.ep.distributed and not self.admission_needed:
+            load = all_reduce_(load.clone(), self.ep.ep)
+            admitted, loc = load, all_reduce_(loc.clone(), self.ep.ep)
+        return GroupStats(load, admitted, capacity, bound, loc, int(load.sum()))
+
+    # ------------------------------------------------------------------ moving tokens
+    def dispatch(self, x: torch.Tensor, out: RouterOutput, d: Dispatch) -> torch.Tensor:
+        """Rows for the local experts, expert-major. x: [T, d] -> [M, d]."""
+        rows = x[out.token[d.order]]
+        if d.exchange is None:
+            return rows
+        return d.exchange.dispatch(rows)[d.recv_perm]
+
+    def combine(self, y: torch.Tensor, out: RouterOutput, d: Dispatch, result: torch.Tensor) -> torch.Tensor:
+        """Bring expert outputs [M, d] home and add them, weighted, into ``result`` [T, d]."""
+        if d.exchange is not None:
+            back = torch.empty_like(d.recv_perm)
+            back[d.recv_perm] = torch.arange(d.recv_perm.numel(), device=back.device)
+            y = d.exchange.combine(y[back])
+        weighted = y * out.weight[d.order, None].to(y.dtype)
+        return result.index_add(0, out.token[d.order], weighted)

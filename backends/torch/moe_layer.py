@@ -1,0 +1,113 @@
+"""The MoE layer: route → permute → all-to-all → grouped-GEMM experts → all-to-all back → weighted combine.
+
+Dropped copies contribute nothing here; the token keeps its residual path in the transformer block.
+With ``overlap_chunks > 1`` this rank's tokens move in chunks so that, on CUDA, one chunk's expert
+compute runs while the next chunk's all-to-all is in flight (NCCL runs on its own stream; the chunks'
+split sizes are all known before the first one is sent, so no host sync sits between them).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+from backends.torch.collectives import TrafficCounter
+from backends.torch.dispatcher import GroupStats, TokenDispatcher
+from backends.torch.distributed import ExpertParallel
+from backends.torch.experts import GroupedExperts
+from backends.torch.router import Router
+from locmoe.config.schema import MoEConfig
+
+
+@dataclass
+class MoEMetrics:
+    """What one call of the layer reports (device tensors; read them when logging)."""
+    stats: GroupStats
+    aux_loss: torch.Tensor
+    locality_loss: torch.Tensor
+    traffic: TrafficCounter
+    token: torch.Tensor            # [C] this rank's copies: local token index,
+    expert: torch.Tensor           # [C] expert,
+    kept: torch.Tensor             # [C] admitted or dropped
+    dropped: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        self.dropped = self.stats.expert_load.sum() - self.stats.admitted.sum()
+
+    def summary(self) -> dict:
+        """Plain numbers for logs (one host sync)."""
+        s = self.stats
+        loc = s.locality_counts.double()
+        frac = (loc / loc.sum().clamp(min=1)).tolist()
+        return {"aux_loss": float(self.aux_loss), "locality_loss": float(self.locality_loss),
+                "dropped_fraction": float(self.dropped) / max(s.total_copies, 1),
+                "on_rank_fraction": frac[0], "in_node_fraction": frac[1], "cross_node_fraction": frac[2],
+                "capacity_max": int(s.capacity.max()), "capacity_bound": s.capacity_bound,
+                "max_expert_load": int(s.expert_load.max()), "intra_node_bytes": self.traffic.intra_node,
+                "cross_node_bytes": self.traffic.cross_node}
+
+
+class MoELayer(nn.Module):
+    def __init__(self, moe: MoEConfig, d_model: int, vocab_size: int, ep: ExpertParallel, layer_id: int = 0):
+        super().__init__()
+        self.layer_id, self.d_model, self.ep, self.moe = layer_id, d_model, ep, moe
+        self.router = Router(moe, d_model, vocab_size, ep.placement)
+        self.experts = GroupedExperts(len(ep.local_experts), d_model, moe.d_expert, moe.activation,
+                                      moe.expert_impl)
+        self.traffic = TrafficCounter()
+        self.dispatcher = TokenDispatcher(ep, moe, self.traffic)
+        r = moe.router
+        self.aux_coef = r.aux_loss_coef
+        self.loc_coef = r.locality_loss_coef if r.kind == "locmoe" else 0.0
+
+    def forward(self, x: torch.Tensor, token_ids: Optional[torch.Tensor] = None,
+                domain: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, MoEMetrics]:
+        """x: [..., d] -> (y [..., d], auxiliary objective α·L_aux + μ·L_loc, metrics).
+
+        token_ids, domain: [...] per token (hash router; Random Routed Experts). In one process emulating W
+        ranks, the tokens are W equal blocks, rank 0's first.
+        """
+        shape = x.shape
+        self._check_input(x)
+        x = x.reshape(-1, self.d_model)
+        T = x.shape[0]
+        token_rank = self._token_ranks(T, x.device)
+        flat = lambda t: None if t is None else t.reshape(-1)  # noqa: E731
+        emulated_ranks = 1 if self.ep.distributed else self.ep.topology.world_size
+        out = self.router(x, token_rank, emulated_ranks, flat(token_ids), flat(domain),
+                          gather=self._gather, ep_rank=self.ep.ep_rank if self.ep.distributed else 0)
+        self.traffic.reset()
+        plans, stats, kept = self.dispatcher.plan(out, self.router, token_rank, T, self.moe.overlap_chunks)
+        y = x.new_zeros(T, self.d_model)
+        rows = [self.dispatcher.dispatch(x, out, d) for d in plans]        # every chunk's send is issued first
+        for d, r in zip(plans, rows):
+            y = self.dispatcher.combine(self.experts(r, d.expert_counts), out, d, y)
+        aux = self.aux_coef * out.aux_loss + self.loc_coef * out.locality_loss
+        metrics = MoEMetrics(stats, out.aux_loss.detach(), out.locality_loss.detach(), self.traffic, out.token,
+                             out.expert, kept)
+        return y.reshape(shape), aux, metrics
+
+    def _token_ranks(self, T: int, device) -> torch.Tensor:
+        if self.ep.distributed:
+            return torch.full((T,), self.ep.ep_rank, dtype=torch.long, device=device)
+        W = self.ep.topology.world_size
+        if T % W:
+            raise ValueError(f"MoE layer {self.layer_id}: one process emulating {W} ranks needs a token count "
+                             f"divisible by {W}, got {T}")
+        return torch.arange(W, device=device).repeat_interleave(T // W)
+
+    def _gather(self, t: torch.Tensor) -> torch.Tensor:
+        from backends.torch.collectives import all_gather_rows
+
+        return all_gather_rows(t, self.ep.ep) if self.ep.distributed else t
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.d_model:
+            raise ValueError(f"MoE layer {self.layer_id}: expected hidden size {self.d_model}, got {x.shape[-1]} "
+                             f"(input shape {tuple(x.shape)})")
+        bad = (~torch.isfinite(x)).sum()
+        if bool(bad):
+            raise FloatingPointError(f"MoE layer {self.layer_id} on rank {self.ep.ep_rank}: the input "
+                                     f"activations hold {int(bad)} non-finite values (NaN/Inf)")

@@ -1,0 +1,116 @@
+"""Torch mirrors of ``locmoe.routing``: the same formulas and tie rules, on device and differentiable.
+
+Every function here has a numpy twin of the same name in ``locmoe/routing/`` and is tested against it.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def grap_scores(x: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """GrAP: x [T, d] -> [T, E], the mean of each of E contiguous feature groups."""
+    T, d = x.shape
+    return x.view(T, num_experts, d // num_experts).mean(dim=-1)
+
+
+def top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
+    """[T, k] the k most probable experts, best first; ties go to the lower id (a stable descending sort)."""
+    return torch.sort(probs, dim=-1, descending=True, stable=True).indices[:, :k]
+
+
+def sort_choices(probs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Reorder each row of chosen experts best first (ties: lower id)."""
+    by_id = torch.sort(idx, dim=-1).values
+    vals = probs.gather(1, by_id)
+    order = torch.sort(vals, dim=-1, descending=True, stable=True).indices
+    return by_id.gather(1, order)
+
+
+def intra_node_first(probs: torch.Tensor, k: int, local_mask: torch.Tensor, rho: float) -> torch.Tensor:
+    """Top-k where local experts with p >= rho * p_(k) replace the lowest-ranked remote choices.
+
+    See ``locmoe.routing.selection.intra_node_first`` for the exact rule. probs, local_mask: [T, E].
+    """
+    idx = top_k(probs, k)
+    if rho >= 1.0:
+        return idx
+    T, E = probs.shape
+    rows = torch.arange(T, device=probs.device)
+    threshold = rho * probs.gather(1, idx[:, -1:])
+    neg_inf = torch.tensor(float("-inf"), device=probs.device, dtype=probs.dtype)
+    for _ in range(k):
+        chosen = torch.zeros(T, E, dtype=torch.bool, device=probs.device).scatter_(1, idx, True)
+        cand = torch.where(local_mask & ~chosen & (probs >= threshold), probs, neg_inf)
+        best_val, best = cand.max(dim=-1)        # max returns the first (lowest) index among equal values
+        remote = ~local_mask.gather(1, idx)
+        last_remote = k - 1 - remote.flip(-1).to(torch.int8).argmax(dim=-1)
+        swap = torch.isfinite(best_val) & remote.any(dim=-1)
+        if not bool(swap.any()):
+            break
+        idx = idx.clone()
+        idx[rows[swap], last_remote[swap]] = best[swap]
+        idx = sort_choices(probs, idx)
+    return idx
+
+
+def combine_weights(chosen: torch.Tensor) -> torch.Tensor:
+    """Renormalise the chosen probabilities over the k choices when k > 1 (k = 1 keeps the raw p)."""
+    return chosen if chosen.shape[-1] == 1 else chosen / chosen.sum(dim=-1, keepdim=True)
+
+
+def load_balance_loss(probs: torch.Tensor, expert_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """E · Σ_e f_e · P_e over one rank's tokens; f from the choices (no gradient), P from probs."""
+    T, k = expert_ids.shape
+    f = torch.bincount(expert_ids.reshape(-1), minlength=num_experts).to(probs.dtype) / (T * k)
+    return num_experts * torch.dot(f, probs.mean(dim=0))
+
+
+def locality_loss(log_probs: torch.Tensor, local_mask: torch.Tensor) -> torch.Tensor:
+    """(1/T) Σ_t KL(uniform over the token's local allowed experts ‖ p_t); tokens without any give 0."""
+    n_local = local_mask.sum(dim=-1)
+    safe = torch.where(local_mask, log_probs, torch.zeros_like(log_probs)).sum(dim=-1)
+    has = n_local > 0
+    n = n_local.clamp(min=1).to(log_probs.dtype)
+    per_token = torch.where(has, -torch.log(n) - safe / n, torch.zeros_like(safe))
+    return per_token.mean()
+
+
+def admission_order(expert: torch.Tensor, prob: torch.Tensor, locality: torch.Tensor) -> torch.Tensor:
+    """Copy ids sorted by (expert, class, -prob, copy id): successive stable sorts, least significant first."""
+    order = torch.sort(-prob, stable=True).indices
+    order = order[torch.sort(locality[order], stable=True).indices]
+    return order[torch.sort(expert[order], stable=True).indices]
+
+
+def admit(expert: torch.Tensor, prob: torch.Tensor, locality: torch.Tensor, capacity: torch.Tensor) -> torch.Tensor:
+    """kept [C]: each expert admits its first ``capacity[e]`` copies in admission order."""
+    order = admission_order(expert, prob, locality)
+    sorted_expert = expert[order]
+    counts = torch.bincount(sorted_expert, minlength=capacity.numel())
+    starts = torch.cumsum(counts, 0) - counts
+    position = torch.arange(order.numel(), device=expert.device) - starts[sorted_expert]
+    kept = torch.zeros_like(expert, dtype=torch.bool)
+    kept[order] = position < capacity[sorted_expert]
+    return kept
+
+
+def expert_choice(probs: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each expert takes its ``capacity`` most probable tokens; returns (token, expert) sorted by token, expert."""
+    T, E = probs.shape
+    take = min(capacity, T)
+    order = torch.sort(probs, dim=0, descending=True, stable=True).indices[:take]       # [take, E]
+    token = order.t().reshape(-1)
+    expert = torch.arange(E, device=probs.device).repeat_interleave(take)
+    ok = probs[token, expert] > 0
+    token, expert = token[ok], expert[ok]
+    key = token * E + expert
+    sort = torch.sort(key).indices
+    return token[sort], expert[sort]
+
+
+def gate_angles(vectors: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """[T, E] angles between token vectors [T, n] and gate directions [n, E]; zero vectors give π/2."""
+    dot = vectors @ directions
+    norms = vectors.norm(dim=-1, keepdim=True) * directions.norm(dim=0, keepdim=True)
+    cos = torch.where(norms > 0, dot / norms.clamp(min=torch.finfo(dot.dtype).tiny), torch.zeros_like(dot))
+    return torch.arccos(cos.clamp(-1.0, 1.0))

@@ -1,0 +1,62 @@
+"""Write and read an exported router directory: ``router.safetensors`` + ``manifest.json``.
+
+Tensor names (per MoE layer index i): ``layers.{i}.router.gate_weight`` [d, E] (learned gate only),
+``layers.{i}.router.angle_ema`` [E] (capacity bound state); ``router.hash_table`` [V] (hash router).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from locmoe.atomic_io import atomic_directory
+from locmoe.export.manifest import ExportError, PlacementTable, RouterManifest
+
+WEIGHTS = "router.safetensors"
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class ExportedRouter:
+    manifest: RouterManifest
+    tensors: dict[str, np.ndarray]
+
+    @property
+    def placement(self) -> PlacementTable:
+        return PlacementTable.from_dict(self.manifest.placement)
+
+    def layer_tensor(self, layer: int, name: str) -> np.ndarray | None:
+        return self.tensors.get(f"layers.{layer}.router.{name}")
+
+
+def write_router_export(out_dir: str | Path, manifest: RouterManifest, tensors: dict[str, np.ndarray],
+                        overwrite: bool = True) -> Path:
+    """Write the export atomically: the directory appears complete or not at all."""
+    manifest.tensors = {k: list(v.shape) for k, v in sorted(tensors.items())}
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp / WEIGHTS))
+        (tmp / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+    return Path(out_dir)
+
+
+def load_router(path: str | Path) -> ExportedRouter:
+    """Read an export; a missing file, a corrupt file or a tensor that disagrees with the manifest is an
+    :class:`ExportError` naming what is wrong."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ExportError(f"router export {path} is not a directory")
+    manifest = RouterManifest.from_file(path / MANIFEST)
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise ExportError(f"{weights} not found")
+    try:
+        tensors = load_file(str(weights))
+    except Exception as err:  # safetensors raises its own error types for truncated/corrupt files
+        raise ExportError(f"{weights} is corrupt: {err}") from None
+    expected = {k: tuple(v) for k, v in manifest.tensors.items()}
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    if expected != found:
+        raise ExportError(f"{weights} holds {found}, the manifest lists {expected}")
+    return ExportedRouter(manifest, tensors)
