@@ -66,7 +66,9 @@ class _AllToAll(torch.autograd.Function):
 
 
 def _exchange(x: torch.Tensor, send: list, recv: list, group: Group, counter: Optional[TrafficCounter],
-              stage: str) -> torch.Tensor:
+              stage: str, handle: Optional["Handle"] = None) -> torch.Tensor:
+    """The all-to-all itself. With a ``handle`` it is launched asynchronously: the output must not be read
+    before ``handle.wait()`` (on CUDA that lets the compute stream run on while NCCL moves the data)."""
     row_bytes = math.prod(x.shape[1:]) * x.element_size()
     if counter is not None:
         counter.add([s * row_bytes for s in send], group.nodes, group.nodes[group.my_index], group.ranks,
@@ -74,9 +76,55 @@ def _exchange(x: torch.Tensor, send: list, recv: list, group: Group, counter: Op
     if group.size == 1:
         return x.clone()
     out = x.new_empty((sum(recv), *x.shape[1:]))
-    dist.all_to_all_single(out, x.contiguous(), output_split_sizes=recv, input_split_sizes=send,
-                           group=group.handle)
+    work = dist.all_to_all_single(out, x.contiguous(), output_split_sizes=recv, input_split_sizes=send,
+                                  group=group.handle, async_op=handle is not None)
+    if handle is not None:
+        handle.work = work
     return out
+
+
+class Handle:
+    """An all-to-all in flight."""
+    work = None
+
+    def wait(self) -> None:
+        if self.work is not None:
+            self.work.wait()
+            self.work = None
+
+
+class _AllToAllStart(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, send_splits, recv_splits, group, counter, stage, handle):
+        ctx.splits = (send_splits, recv_splits)
+        ctx.group, ctx.counter, ctx.stage = group, counter, stage
+        return _exchange(x, send_splits, recv_splits, group, counter, stage, handle)
+
+    @staticmethod
+    def backward(ctx, grad):
+        send, recv = ctx.splits
+        out = _exchange(grad, recv, send, ctx.group, ctx.counter, ctx.stage + ":grad")
+        return out, None, None, None, None, None, None
+
+
+class _Wait(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, out, handle):
+        handle.wait()
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def all_to_all_start(x: torch.Tensor, send_splits: list, recv_splits: list, group: Group,
+                     counter: Optional[TrafficCounter] = None, stage: str = "a2a"):
+    """Launch an all-to-all and return ``finish``: calling it waits and returns the received rows."""
+    handle = Handle()
+    out = _AllToAllStart.apply(x, list(map(int, send_splits)), list(map(int, recv_splits)), group, counter,
+                               stage, handle)
+    return lambda: _Wait.apply(out, handle)
 
 
 def all_to_all(x: torch.Tensor, send_splits: list, recv_splits: list, group: Group,

@@ -74,7 +74,8 @@ class TokenDispatcher:
         dst, slot = rank_of[out.expert], slot_of[out.expert]
         chunk_of = torch.div(out.token * chunks, num_tokens, rounding_mode="floor")
         counts = self._counts(kept_mine, dst, slot, chunk_of, chunks) if self.ep.distributed else None
-        plans = [self._chunk(c, kept_mine & (chunk_of == c), dst, slot, out, counts, token_rank)
+        everything = chunks == 1 and not self.admission_needed     # every copy kept, in one chunk
+        plans = [self._chunk(c, kept_mine & (chunk_of == c), everything, dst, slot, out, counts, token_rank)
                  for c in range(chunks)]
         return plans, self._stats(g_expert, kept, locality, capacity, bound), kept_mine
 
@@ -130,8 +131,9 @@ class TokenDispatcher:
         mine = torch.bincount(flat[kept], minlength=chunks * self.W * self.El)
         return all_gather_rows(mine[None], self.ep.ep).reshape(-1, chunks, self.W, self.El).cpu().numpy()
 
-    def _chunk(self, c, keep, dst, slot, out, counts, token_rank) -> Dispatch:
-        ids = torch.nonzero(keep).flatten()
+    def _chunk(self, c, keep, everything, dst, slot, out, counts, token_rank) -> Dispatch:
+        # when every copy goes, arange spares nonzero's host sync
+        ids = torch.arange(keep.numel(), device=keep.device) if everything else torch.nonzero(keep).flatten()
         if not self.ep.distributed:
             # one process holds every expert: process them in expert order, each by (source rank, copy id)
             key = out.expert[ids] * self.W + token_rank[out.token[ids]]
@@ -160,18 +162,25 @@ class TokenDispatcher:
         return GroupStats(load, admitted, capacity, bound, loc, int(load.sum()))
 
     # ------------------------------------------------------------------ moving tokens
-    def dispatch(self, x: torch.Tensor, out: RouterOutput, d: Dispatch) -> torch.Tensor:
-        """Rows for the local experts, expert-major. x: [T, d] -> [M, d]."""
+    def dispatch(self, x: torch.Tensor, out: RouterOutput, d: Dispatch):
+        """Launch the movement of this chunk's rows; returns ``finish`` → rows for the local experts,
+        expert-major [M, d]."""
         rows = x[out.token[d.order]]
         if d.exchange is None:
-            return rows
-        return d.exchange.dispatch(rows)[d.recv_perm]
+            return lambda: rows
+        finish = d.exchange.dispatch(rows)
+        return lambda: finish()[d.recv_perm]
 
-    def combine(self, y: torch.Tensor, out: RouterOutput, d: Dispatch, result: torch.Tensor) -> torch.Tensor:
-        """Bring expert outputs [M, d] home and add them, weighted, into ``result`` [T, d]."""
-        if d.exchange is not None:
-            back = torch.empty_like(d.recv_perm)
-            back[d.recv_perm] = torch.arange(d.recv_perm.numel(), device=back.device)
-            y = d.exchange.combine(y[back])
+    def combine(self, y: torch.Tensor, d: Dispatch):
+        """Launch the return of expert outputs [M, d]; returns ``finish`` → rows in this rank's send order."""
+        if d.exchange is None:
+            return lambda: y
+        back = torch.empty_like(d.recv_perm)
+        back[d.recv_perm] = torch.arange(d.recv_perm.numel(), device=back.device)
+        return d.exchange.combine(y[back])
+
+    @staticmethod
+    def accumulate(y: torch.Tensor, out: RouterOutput, d: Dispatch, result: torch.Tensor) -> torch.Tensor:
+        """Add the returned rows, weighted, into ``result`` [T, d] at their tokens."""
         weighted = y * out.weight[d.order, None].to(y.dtype)
         return result.index_add(0, out.token[d.order], weighted)

@@ -80,10 +80,14 @@ class MoELayer(nn.Module):
                           gather=self._gather, ep_rank=self.ep.ep_rank if self.ep.distributed else 0)
         self.traffic.reset()
         plans, stats, kept = self.dispatcher.plan(out, self.router, token_rank, T, self.moe.overlap_chunks)
+        # Pipeline: every chunk's dispatch is launched first; chunk i's experts run while chunk i+1 is in
+        # flight, and chunk i's combine travels while chunk i+1's experts run.
+        arriving = [self.dispatcher.dispatch(x, out, d) for d in plans]
+        returning = [self.dispatcher.combine(self.experts(rows(), d.expert_counts), d)
+                     for d, rows in zip(plans, arriving)]
         y = x.new_zeros(T, self.d_model)
-        rows = [self.dispatcher.dispatch(x, out, d) for d in plans]        # every chunk's send is issued first
-        for d, r in zip(plans, rows):
-            y = self.dispatcher.combine(self.experts(r, d.expert_counts), out, d, y)
+        for d, rows in zip(plans, returning):
+            y = self.dispatcher.accumulate(rows(), out, d, y)
         aux = self.aux_coef * out.aux_loss + self.loc_coef * out.locality_loss
         metrics = MoEMetrics(stats, out.aux_loss.detach(), out.locality_loss.detach(), self.traffic, out.token,
                              out.expert, kept)
@@ -107,6 +111,8 @@ class MoELayer(nn.Module):
         if x.shape[-1] != self.d_model:
             raise ValueError(f"MoE layer {self.layer_id}: expected hidden size {self.d_model}, got {x.shape[-1]} "
                              f"(input shape {tuple(x.shape)})")
+        if not self.moe.check_finite:
+            return
         bad = (~torch.isfinite(x)).sum()
         if bool(bad):
             raise FloatingPointError(f"MoE layer {self.layer_id} on rank {self.ep.ep_rank}: the input "

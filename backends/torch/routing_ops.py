@@ -35,7 +35,6 @@ def intra_node_first(probs: torch.Tensor, k: int, local_mask: torch.Tensor, rho:
     if rho >= 1.0:
         return idx
     T, E = probs.shape
-    rows = torch.arange(T, device=probs.device)
     threshold = rho * probs.gather(1, idx[:, -1:])
     neg_inf = torch.tensor(float("-inf"), device=probs.device, dtype=probs.dtype)
     for _ in range(k):
@@ -44,12 +43,11 @@ def intra_node_first(probs: torch.Tensor, k: int, local_mask: torch.Tensor, rho:
         best_val, best = cand.max(dim=-1)        # max returns the first (lowest) index among equal values
         remote = ~local_mask.gather(1, idx)
         last_remote = k - 1 - remote.flip(-1).to(torch.int8).argmax(dim=-1)
+        # no early exit: testing "any swap left" would cost a host sync per round
         swap = torch.isfinite(best_val) & remote.any(dim=-1)
-        if not bool(swap.any()):
-            break
-        idx = idx.clone()
-        idx[rows[swap], last_remote[swap]] = best[swap]
-        idx = sort_choices(probs, idx)
+        col = torch.where(swap, last_remote, 0)
+        new = torch.where(swap, best, idx.gather(1, col[:, None])[:, 0])
+        idx = sort_choices(probs, idx.scatter(1, col[:, None], new[:, None]))
     return idx
 
 

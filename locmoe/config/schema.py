@@ -93,6 +93,8 @@ class MoEConfig:
                             choices=EXPERT_IMPLS)
     overlap_chunks: int = spec(1, "split dispatch into this many chunks to overlap expert compute with "
                                "all-to-all; 1 = no overlap", ge=1)
+    check_finite: bool = spec(True, "stop with a clear error when an MoE layer's input holds NaN/Inf (costs "
+                              "one host sync per layer on an accelerator)")
     router: RouterConfig = spec(factory=RouterConfig, doc="router")
     capacity: CapacityConfig = spec(factory=CapacityConfig, doc="expert capacity")
     domains: DomainsConfig = spec(factory=DomainsConfig, doc="random routed experts")

@@ -1,0 +1,201 @@
+"""Heterogeneous deployment planning: a throughput model per device kind and deployment configuration, and
+an exhaustive search for the best mix of serving instances under a device budget (after "High-Throughput
+LLM inference on Heterogeneous Clusters", arXiv 2504.15303).
+
+An *instance* of config (kind, tp, ep, batch) spans ``max(tp, ep)`` devices of one kind: attention and
+dense weights are sharded ``tp`` ways (and replicated over the rest), expert weights over all its devices
+(``ep`` ways by expert, split further by TP inside), the KV cache spread over all its devices; ``batch``
+is the most requests it runs at once. Prefill is
+compute-bound, a decode step is bound by the larger of weight + KV reads and compute, plus the
+collectives (TP all-reduce, EP all-to-all: two of each per layer) over the device link.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from locmoe.planning.errors import PlanningError
+
+GB = 1e9
+STEP_OVERHEAD_S = 2e-3           # per decode step: kernel launches, sampling, scheduling (stated)
+USABLE_MEMORY = 0.9              # share of device memory for weights + KV (the rest: activations, runtime)
+
+
+@dataclass(frozen=True)
+class DeviceKind:
+    """What one device of a kind achieves (not its spec-sheet peak): bf16 GEMM TFLOP/s, HBM TB/s, memory
+    GB, and the link an instance's collectives use (GB/s per device) with its fixed cost per collective call. ``source`` says where they came from."""
+    name: str
+    tflops: float
+    mem_gb: float
+    hbm_tbps: float
+    link_gbps: float
+    link_latency_us: float = 35.0
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The served MoE model: parameters in billions (total for memory, active per token for compute)."""
+    name: str
+    total_params_b: float
+    active_params_b: float
+    expert_params_b: float          # the part of total_params_b that is expert weights
+    num_layers: int
+    d_model: int
+    num_experts: int
+    top_k: int
+    kv_bytes_per_token: int         # K and V of every layer for one token
+    bytes_per_param: float = 2.0
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    kind: str
+    tp: int
+    ep: int
+    batch: int
+
+    @property
+    def devices(self) -> int:
+        return max(self.tp, self.ep)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Mean request lengths (tokens) and the longest context an instance must hold per request."""
+    mean_prompt: float
+    mean_output: float
+    max_context: int
+
+
+class InstanceModel:
+    """Time model of one instance; every time in seconds."""
+
+    def __init__(self, kind: DeviceKind, model: ModelSpec, config: DeployConfig):
+        self.kind, self.model, self.config = kind, model, config
+
+    def weight_gb_per_device(self) -> float:
+        m, c = self.model, self.config
+        dense = (m.total_params_b - m.expert_params_b) / c.tp
+        return (dense + m.expert_params_b / c.devices) * m.bytes_per_param
+
+    def kv_token_capacity(self) -> int:
+        """KV-cache tokens the instance holds once the weights are in (0 if they do not fit)."""
+        free = (self.kind.mem_gb * USABLE_MEMORY - self.weight_gb_per_device()) * GB * self.config.devices
+        return max(0, int(free // self.model.kv_bytes_per_token))
+
+    def fits(self, max_context: int) -> bool:
+        return self.kv_token_capacity() >= self.config.batch * max_context
+
+    def prefill_time(self, tokens: float) -> float:
+        m, c = self.model, self.config
+        compute = 2 * m.active_params_b * GB * tokens / (c.devices * self.kind.tflops * 1e12)
+        return compute + self._collectives(tokens)
+
+    def decode_step_time(self, batch: int, context: float) -> float:
+        """One decode step of ``batch`` requests whose contexts average ``context`` tokens."""
+        if batch <= 0:
+            return 0.0
+        m, c, k = self.model, self.config, self.kind
+        touched = 1.0 - (1.0 - m.top_k / m.num_experts) ** batch   # share of experts the step reads
+        weights = (m.total_params_b - m.expert_params_b) / c.tp + m.expert_params_b * touched / c.devices
+        read = weights * GB * m.bytes_per_param + batch * context * m.kv_bytes_per_token / c.devices
+        memory = read / (k.hbm_tbps * 1e12)
+        compute = 2 * m.active_params_b * GB * batch / (c.devices * k.tflops * 1e12)
+        return max(memory, compute) + self._collectives(batch) + STEP_OVERHEAD_S
+
+    def _collectives(self, tokens: float) -> float:
+        """Two TP all-reduces and two EP all-to-alls per layer for ``tokens`` tokens."""
+        m, c = self.model, self.config
+        act = tokens * m.d_model * 2.0                               # bf16 activations
+        bw, lat = self.kind.link_gbps * GB, self.kind.link_latency_us * 1e-6
+        t = 0.0
+        if c.tp > 1:                                                 # ring all-reduce moves 2(n-1)/n
+            t += 2 * (2 * act * (c.tp - 1) / c.tp / bw + lat)
+        if c.ep > 1:                                                 # dispatch + combine of k copies
+            t += 2 * (act * m.top_k * (c.ep - 1) / c.ep / bw + lat)
+        return t * m.num_layers
+
+    def throughput(self, w: Workload) -> float:
+        """Output tokens/s at full batch: each request costs its prefill, then shares decode steps."""
+        b = self.config.batch
+        per_request = self.prefill_time(w.mean_prompt) + w.mean_output * self.decode_step_time(
+            b, w.mean_prompt + w.mean_output / 2) / b
+        return w.mean_output / per_request
+
+
+@dataclass
+class Deployment:
+    """A mix of instances: (config, count) pairs, and its modelled output tokens/s."""
+    instances: list
+    throughput: float
+
+    def devices_used(self) -> dict:
+        used: dict = {}
+        for cfg, n in self.instances:
+            used[cfg.kind] = used.get(cfg.kind, 0) + n * cfg.devices
+        return used
+
+    def expand(self) -> list[DeployConfig]:
+        return [cfg for cfg, n in self.instances for _ in range(n)]
+
+
+def candidate_configs(kind: DeviceKind, model: ModelSpec, w: Workload, max_devices: int,
+                      sizes=(1, 2, 4, 8), batches=(8, 16, 32, 64, 128, 256)) -> list[DeployConfig]:
+    """Every (tp, ep, batch) of ``kind`` that fits in memory on at most ``max_devices`` devices."""
+    out = []
+    for tp, ep, b in itertools.product(sizes, sizes, batches):
+        if max(tp, ep) > max_devices or (tp % ep and ep % tp) or model.num_experts % ep:
+            continue
+        cfg = DeployConfig(kind.name, tp, ep, b)
+        if InstanceModel(kind, model, cfg).fits(w.max_context):
+            out.append(cfg)
+    return out
+
+
+def plan_deployment(kinds: dict, model: ModelSpec, w: Workload, budget: dict) -> Deployment:
+    """The mix of instances with the most modelled output tokens/s using at most ``budget[kind]`` devices
+    of each kind (exhaustive: every count of every instance size, best config per size)."""
+    unknown = sorted(set(budget) - set(kinds))
+    if unknown:
+        raise PlanningError(f"budget names device kinds {unknown}; known kinds: {sorted(kinds)}")
+    per_kind = []
+    for name, count in sorted(budget.items()):
+        best = {}                                    # instance size -> (throughput, config)
+        for cfg in candidate_configs(kinds[name], model, w, count):
+            thr = InstanceModel(kinds[name], model, cfg).throughput(w)
+            if cfg.devices not in best or thr > best[cfg.devices][0]:
+                best[cfg.devices] = (thr, cfg)
+        per_kind.append(_mixes(best, count))
+    if all(len(m) <= 1 for m in per_kind):          # only the empty mix everywhere
+        raise PlanningError(_infeasible_message(kinds, model, w, budget))
+    winner = max(itertools.product(*per_kind), key=lambda combo: (sum(t for t, _ in combo),
+                                                                   -sum(len(i) for _, i in combo)))
+    return Deployment([ci for _, inst in winner for ci in inst], sum(t for t, _ in winner))
+
+
+def _mixes(best: dict, count: int) -> list[tuple[float, list]]:
+    """Every way to fill at most ``count`` devices with instances of the sizes in ``best``."""
+    sizes = sorted(best)
+    out = []
+    for ns in itertools.product(*[range(count // s + 1) for s in sizes]):
+        if sum(n * s for n, s in zip(ns, sizes)) <= count:
+            out.append((sum(n * best[s][0] for n, s in zip(ns, sizes)),
+                        [(best[s][1], n) for n, s in zip(ns, sizes) if n]))
+    return out
+
+
+def _infeasible_message(kinds: dict, model: ModelSpec, w: Workload, budget: dict) -> str:
+    need = model.total_params_b * model.bytes_per_param
+    parts = []
+    for name, count in sorted(budget.items()):
+        k = kinds[name]
+        n = max([s for s in (1, 2, 4, 8) if s <= count] or [0])
+        usable = n * k.mem_gb * USABLE_MEMORY
+        parts.append(f"{count} x {name} ({k.mem_gb:g} GB each): the largest instance, {n} devices, has "
+                     f"{usable:.0f} GB usable")
+    return (f"infeasible budget: model {model.name} needs {need:.0f} GB of weights plus "
+            f"{model.kv_bytes_per_token * w.max_context / GB:.2f} GB of KV cache per request of "
+            f"{w.max_context} tokens (at least 8 requests per instance), which does not fit: " + "; ".join(parts)
+            + ". Add devices of a kind or lower max_context.")

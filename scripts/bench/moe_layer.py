@@ -1,0 +1,192 @@
+"""MoE layer benchmark on GPUs: forward+backward time and expert-FLOP rate against a dense FFN of the same
+FLOPs (1 GPU), and all-to-all bandwidth of the dispatch schemes against raw ``all_to_all_single`` plus
+overlap on/off (2 GPUs, NCCL). One table, one JSON.
+
+    python scripts/bench/moe_layer.py [--tokens 32768] [--out bench_results/moe_layer.json]
+
+With two or more GPUs visible it relaunches itself under torchrun for the multi-GPU part.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from backends.torch.collectives import Group, all_to_all_start  # noqa: E402
+from backends.torch.distributed import ExpertParallel, expert_parallel, init_distributed  # noqa: E402
+from backends.torch.experts import GroupedExperts, expert_flops  # noqa: E402
+from backends.torch.moe_layer import MoELayer  # noqa: E402
+from locmoe.config import load_config  # noqa: E402
+from locmoe.report import format_table, write_json  # noqa: E402
+from locmoe.topology import ExpertPlacement, Topology  # noqa: E402
+
+E, D, F, K = 64, 2048, 1408, 2
+
+
+def timed(fn, warmup=3, reps=10) -> float:
+    """Median milliseconds of ``fn`` over ``reps`` runs, CUDA events around each."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return sorted(times)[len(times) // 2]
+
+
+def job(kind="gshard", mode="dropless", impl="auto", chunks=1, nodes=1, per_node=1, dispatch="hierarchical"):
+    return load_config(overrides=[
+        f"model.d_model={D}", "model.n_heads=16", f"moe.num_experts={E}", f"moe.d_expert={F}",
+        f"moe.router.kind={kind}", f"moe.capacity.mode={mode}", f"moe.expert_impl={impl}",
+        f"moe.overlap_chunks={chunks}", "moe.check_finite=false", f"parallel.dispatch={dispatch}",
+        *([f"parallel.nodes={nodes}", f"parallel.devices_per_node={per_node}"] if nodes * per_node > 1 else [])])
+
+
+def make_layer(cfg, ep, seed=0):
+    torch.manual_seed(seed)
+    layer = MoELayer(cfg.moe, D, 256, ep).cuda()
+    layer.experts.reset_parameters(0.02)
+    if layer.router.gate_weight is not None:
+        torch.nn.init.normal_(layer.router.gate_weight, 0, 0.02)
+    return layer.to(torch.bfloat16)
+
+
+def fwd_bwd(layer, x, g):
+    def step():
+        y, aux, _ = layer(x)
+        torch.autograd.backward([y, aux], [g, torch.ones_like(aux)])
+    return step
+
+
+def dense_ffn_step(M):
+    """A dense SwiGLU FFN over M rows: the same FLOPs as the experts over M routed copies."""
+    w1 = torch.randn(D, F, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w3 = torch.randn(D, F, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w2 = torch.randn(F, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    x = torch.randn(M, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    g = torch.randn(M, D, device="cuda", dtype=torch.bfloat16)
+
+    def step():
+        y = (torch.nn.functional.silu(x @ w1) * (x @ w3)) @ w2
+        y.backward(g)
+    return step
+
+
+def single_gpu(args) -> list[dict]:
+    T, rows = args.tokens, []
+    one = Group(None, (0,), (0,), 0)
+    topo = Topology(1, 1)
+    ep = ExpertParallel(topo, ExpertPlacement.contiguous(E, topo), 0, False, one, one, one, "flat")
+    M = T * K
+    flops = 3 * expert_flops(M, D, F, "swiglu")                   # forward + backward (2x forward)
+    n = 8192
+    a, b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16), torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    gemm = 2 * n ** 3 / timed(lambda: a @ b) / 1e9
+    rows.append(dict(part="1 GPU", what="dense bf16 GEMM 8192^3", ms=None, tflops=gemm, pct_of_dense=None))
+    dense_ms = timed(dense_ffn_step(M))
+    dense = flops / dense_ms / 1e9
+    rows.append(dict(part="1 GPU", what=f"dense SwiGLU FFN, {M} rows (reference)", ms=dense_ms, tflops=dense,
+                     pct_of_dense=100.0))
+    x = torch.randn(T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    g = torch.randn(T, D, device="cuda", dtype=torch.bfloat16)
+    for kind, mode, impl in (("gshard", "dropless", "grouped"), ("locmoe", "dropless", "grouped"),
+                             ("gshard", "factor", "grouped"), ("gshard", "dropless", "loop")):
+        layer = make_layer(job(kind, mode, impl), ep)
+        ms = timed(fwd_bwd(layer, x, g), reps=args.reps)
+        rows.append(dict(part="1 GPU", what=f"MoE layer fwd+bwd: {kind} top-2, {mode}, {impl} experts", ms=ms,
+                         tflops=flops / ms / 1e9, pct_of_dense=100 * flops / ms / 1e9 / dense))
+        del layer
+    counts = torch.full((E,), M // E, device="cuda")
+    xe = torch.randn(M, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    ge = torch.randn(M, D, device="cuda", dtype=torch.bfloat16)
+    for impl in ("grouped", "loop"):
+        ex = GroupedExperts(E, D, F, "swiglu", impl).cuda()
+        ex.reset_parameters(0.02)
+        ex = ex.to(torch.bfloat16)
+        ms = timed(lambda: ex(xe, counts).backward(ge), reps=args.reps)
+        rows.append(dict(part="1 GPU", what=f"experts only, balanced, {impl}", ms=ms, tflops=flops / ms / 1e9,
+                         pct_of_dense=100 * flops / ms / 1e9 / dense))
+    return rows
+
+
+def multi_gpu(args) -> None:
+    """Runs under torchrun on 2+ GPUs; rank 0 writes its rows to args.part_out."""
+    T, rows = args.tokens, []
+    W = int(os.environ["WORLD_SIZE"])
+    cfg = job(nodes=W, per_node=1)
+    ctx = init_distributed(cfg.parallel)
+    ep = expert_parallel(ctx, cfg.parallel, E)
+    torch.manual_seed(1 + ctx.rank)
+    x = torch.randn(T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    g = torch.randn(T, D, device="cuda", dtype=torch.bfloat16)
+    layer = make_layer(cfg, ep)
+    out = layer.router(x, torch.full((T,), ep.ep_rank, device="cuda"), 1)
+    plans, _, _ = layer.dispatcher.plan(out, layer.router, torch.full((T,), ep.ep_rank, device="cuda"), T)
+    d = plans[0]
+    rows_send = x.detach()[out.token[d.order]]
+    ex = d.exchange
+    nbytes = sum(s for i, s in enumerate(ex.send) if i != ep.ep_rank) * D * 2
+    raw_out = rows_send.new_empty((sum(ex.recv), D))
+    raw_ms = timed(lambda: dist.all_to_all_single(raw_out, rows_send, ex.recv, ex.send), reps=args.reps)
+    flat_ms = timed(lambda: ex.dispatch(rows_send)(), reps=args.reps)
+    rows.append(dict(part=f"{W} GPUs", what=f"raw all_to_all_single ({nbytes / 1e6:.0f} MB to peers)", ms=raw_ms,
+                     GBps=nbytes / raw_ms / 1e6, pct_of_raw=100.0))
+    rows.append(dict(part=f"{W} GPUs", what="flat scheme dispatch", ms=flat_ms, GBps=nbytes / flat_ms / 1e6,
+                     pct_of_raw=100 * raw_ms / flat_ms))
+    full_ms = timed(lambda: layer.dispatcher.dispatch(x.detach(), out, d)(), reps=args.reps)
+    rows.append(dict(part=f"{W} GPUs", what="flat dispatch incl. permute + expert sort", ms=full_ms,
+                     GBps=nbytes / full_ms / 1e6, pct_of_raw=100 * raw_ms / full_ms))
+    for chunks in (1, 4):
+        lay = make_layer(job(nodes=W, per_node=1, chunks=chunks), ep)
+        ms = timed(fwd_bwd(lay, x, g), reps=args.reps)
+        rows.append(dict(part=f"{W} GPUs", what=f"MoE layer fwd+bwd, overlap_chunks={chunks}", ms=ms))
+        del lay
+    if ctx.rank == 0:
+        Path(args.part_out).write_text(json.dumps(rows))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tokens", type=int, default=32768, help="tokens per GPU (default 32768)")
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--out", default="bench_results/moe_layer.json")
+    p.add_argument("--part", default="all", choices=["all", "multi"])
+    p.add_argument("--part-out", default="")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("moe_layer.py needs CUDA GPUs (run it through the device tool)")
+    if args.part == "multi":
+        return multi_gpu(args)
+    rows = single_gpu(args)
+    if torch.cuda.device_count() >= 2:
+        part = Path(args.out).with_suffix(".multi.json")
+        part.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               str(torch.cuda.device_count()), __file__, "--part", "multi", "--part-out", str(part),
+               "--tokens", str(args.tokens), "--reps", str(args.reps)]
+        subprocess.run(cmd, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        rows += json.loads(part.read_text())
+    device = torch.cuda.get_device_name()
+    print(f"MoE layer: E={E}, d={D}, f={F}, top-{K}, {args.tokens} tokens/GPU, bf16, {device}, torch {torch.__version__}")
+    print(format_table(rows, ["part", "what", "ms", "tflops", "pct_of_dense", "GBps", "pct_of_raw"], ".3g"))
+    write_json(args.out, {"device": device, "torch": torch.__version__, "args": vars(args), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
