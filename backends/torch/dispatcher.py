@@ -73,10 +73,22 @@ class TokenDispatcher:
         kept_mine = kept[mine]
         dst, slot = rank_of[out.expert], slot_of[out.expert]
         chunk_of = torch.div(out.token * chunks, num_tokens, rounding_mode="floor")
-        counts = self._counts(kept_mine, dst, slot, chunk_of, chunks) if self.ep.distributed else None
-        everything = chunks == 1 and not self.admission_needed     # every copy kept, in one chunk
-        plans = [self._chunk(c, kept_mine & (chunk_of == c), everything, dst, slot, out, counts, token_rank)
-                 for c in range(chunks)]
+        if self.ep.distributed:
+            counts = self._counts(kept_mine, dst, slot, chunk_of, chunks)              # host numpy
+            key = (chunk_of * self.W + dst) * self.El + slot
+            sizes = counts[self.ep.ep_rank].sum(axis=(1, 2)).tolist()
+        else:
+            # one process holds every expert: expert order, each expert's copies by (source rank, copy id)
+            counts = None
+            key = (chunk_of * self.E + out.expert) * self.W + token_rank[out.token]
+            sizes = [out.expert.numel()] if chunks == 1 and not self.admission_needed else \
+                torch.bincount(chunk_of[kept_mine], minlength=chunks).tolist()
+        # One stable sort for every chunk, dropped copies last; the chunk sizes come from the host, so no
+        # nonzero (and its host sync) is needed.
+        key = torch.where(kept_mine, key, torch.iinfo(key.dtype).max)
+        order = torch.sort(key, stable=True).indices
+        bounds = np.cumsum([0, *sizes])
+        plans = [self._chunk(c, order[bounds[c]:bounds[c + 1]], out, counts) for c in range(chunks)]
         return plans, self._stats(g_expert, kept, locality, capacity, bound), kept_mine
 
     def _group_view(self, out: RouterOutput, token_rank: torch.Tensor):
@@ -131,15 +143,9 @@ class TokenDispatcher:
         mine = torch.bincount(flat[kept], minlength=chunks * self.W * self.El)
         return all_gather_rows(mine[None], self.ep.ep).reshape(-1, chunks, self.W, self.El).cpu().numpy()
 
-    def _chunk(self, c, keep, everything, dst, slot, out, counts, token_rank) -> Dispatch:
-        # when every copy goes, arange spares nonzero's host sync
-        ids = torch.arange(keep.numel(), device=keep.device) if everything else torch.nonzero(keep).flatten()
-        if not self.ep.distributed:
-            # one process holds every expert: process them in expert order, each by (source rank, copy id)
-            key = out.expert[ids] * self.W + token_rank[out.token[ids]]
-            order = ids[torch.sort(key, stable=True).indices]
+    def _chunk(self, c: int, order: torch.Tensor, out: RouterOutput, counts: Optional[np.ndarray]) -> Dispatch:
+        if counts is None:
             return Dispatch(order, torch.bincount(out.expert[order], minlength=self.E), None, None)
-        order = ids[torch.sort(dst[ids] * self.El + slot[ids], stable=True).indices]
         S = counts[:, c].sum(axis=-1)                                 # [W src, W dst]
         recv = counts[:, c, self.ep.ep_rank, :]                       # [W src, E_local]
         perm = torch.from_numpy(chunk_permutation(recv)).to(order.device)
@@ -162,14 +168,16 @@ class TokenDispatcher:
         return GroupStats(load, admitted, capacity, bound, loc, int(load.sum()))
 
     # ------------------------------------------------------------------ moving tokens
+    # NOTE: index_select rather than x[idx]: its backward is an index_add, whereas advanced indexing
+    # backpropagates through a sort-based index_put.
     def dispatch(self, x: torch.Tensor, out: RouterOutput, d: Dispatch):
         """Launch the movement of this chunk's rows; returns ``finish`` → rows for the local experts,
         expert-major [M, d]."""
-        rows = x[out.token[d.order]]
+        rows = x.index_select(0, out.token.index_select(0, d.order))
         if d.exchange is None:
             return lambda: rows
         finish = d.exchange.dispatch(rows)
-        return lambda: finish()[d.recv_perm]
+        return lambda: finish().index_select(0, d.recv_perm)
 
     def combine(self, y: torch.Tensor, d: Dispatch):
         """Launch the return of expert outputs [M, d]; returns ``finish`` → rows in this rank's send order."""
@@ -177,10 +185,26 @@ class TokenDispatcher:
             return lambda: y
         back = torch.empty_like(d.recv_perm)
         back[d.recv_perm] = torch.arange(d.recv_perm.numel(), device=back.device)
-        return d.exchange.combine(y[back])
+        return d.exchange.combine(y.index_select(0, back))
 
     @staticmethod
-    def accumulate(y: torch.Tensor, out: RouterOutput, d: Dispatch, result: torch.Tensor) -> torch.Tensor:
-        """Add the returned rows, weighted, into ``result`` [T, d] at their tokens."""
-        weighted = y * out.weight[d.order, None].to(y.dtype)
-        return result.index_add(0, out.token[d.order], weighted)
+    def accumulate(returned: list, out: RouterOutput, plans: list, num_tokens: int) -> torch.Tensor:
+        """Weighted sum of each token's returned copies → [T, d]; dropped copies add nothing.
+
+        Token-choice copies are token-major (copy t·k + j), so the rows go back to copy order and are summed
+        over k; expert choice gives tokens any number of copies and uses an index_add instead.
+        """
+        rows0 = returned[0]
+        d_model = rows0.shape[-1]
+        if out.choices is not None:
+            k = out.choices.shape[1]
+            copies = rows0.new_zeros(num_tokens * k, d_model)
+            for d, rows in zip(plans, returned):
+                copies.index_copy_(0, d.order, rows)
+            w = out.weight.view(num_tokens, k, 1).to(rows0.dtype)
+            return (copies.view(num_tokens, k, d_model) * w).sum(dim=1)
+        y = rows0.new_zeros(num_tokens, d_model)
+        for d, rows in zip(plans, returned):
+            weighted = rows * out.weight.index_select(0, d.order)[:, None].to(rows.dtype)
+            y = y.index_add(0, out.token.index_select(0, d.order), weighted)
+        return y

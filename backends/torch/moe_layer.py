@@ -85,9 +85,7 @@ class MoELayer(nn.Module):
         arriving = [self.dispatcher.dispatch(x, out, d) for d in plans]
         returning = [self.dispatcher.combine(self.experts(rows(), d.expert_counts), d)
                      for d, rows in zip(plans, arriving)]
-        y = x.new_zeros(T, self.d_model)
-        for d, rows in zip(plans, returning):
-            y = self.dispatcher.accumulate(rows(), out, d, y)
+        y = self.dispatcher.accumulate([rows() for rows in returning], out, plans, T)
         aux = self.aux_coef * out.aux_loss + self.loc_coef * out.locality_loss
         metrics = MoEMetrics(stats, out.aux_loss.detach(), out.locality_loss.detach(), self.traffic, out.token,
                              out.expert, kept)

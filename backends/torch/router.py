@@ -49,6 +49,8 @@ class Router(nn.Module):
         groups = domain_expert_groups(moe.domains.num_domains, moe.num_experts, moe.domains.seed)
         self.register_buffer("domain_groups", torch.from_numpy(groups), persistent=False)
         self.register_buffer("node_mask", torch.from_numpy(placement.node_mask()), persistent=False)
+        # on a single node every expert is local and the intra-node-first rule cannot change a choice
+        self.single_node = placement.topology.num_nodes == 1
         self.devices_per_node = placement.topology.devices_per_node
         table = hash_table(vocab_size, moe.num_experts // moe.domains.num_domains, r.hash_seed)
         self.register_buffer("hash_table", torch.from_numpy(table), persistent=r.kind == "hash")
@@ -91,7 +93,10 @@ class Router(nn.Module):
         if self.kind == "expert_choice":
             return self._expert_choice(probs, T, gather, ep_rank, angles, zero)
         p = probs.detach()
-        idx = ops.intra_node_first(p, self.k, local, self.rho) if self.kind == "locmoe" else ops.top_k(p, self.k)
+        if self.kind == "locmoe" and not self.single_node:
+            idx = ops.intra_node_first(p, self.k, local, self.rho)
+        else:
+            idx = ops.top_k(p, self.k)
         chosen = probs.gather(1, idx)                                              # [T, k]
         token = torch.arange(T, device=x.device).repeat_interleave(self.k)
         aux = _mean_over_ranks(probs, idx, E, num_source_ranks)

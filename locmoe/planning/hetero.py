@@ -199,3 +199,15 @@ def _infeasible_message(kinds: dict, model: ModelSpec, w: Workload, budget: dict
             f"{model.kv_bytes_per_token * w.max_context / GB:.2f} GB of KV cache per request of "
             f"{w.max_context} tokens (at least 8 requests per instance), which does not fit: " + "; ".join(parts)
             + ". Add devices of a kind or lower max_context.")
+
+
+def naive_deployment(kinds: dict, model: ModelSpec, w: Workload, budget: dict, batch: int = 32) -> Deployment:
+    """The baseline: one config for every kind (tp = ep = the smallest power-of-two size whose instance
+    fits on every kind of the budget, a fixed ``batch``), as many instances as the budget allows."""
+    for size in (1, 2, 4, 8):
+        cfgs = {name: DeployConfig(name, size, size, batch) for name in budget}
+        if all(size <= budget[n] and InstanceModel(kinds[n], model, c).fits(w.max_context) for n, c in cfgs.items()):
+            inst = [(cfgs[n], budget[n] // size) for n in sorted(budget)]
+            thr = sum(k * InstanceModel(kinds[c.kind], model, c).throughput(w) for c, k in inst)
+            return Deployment(inst, thr)
+    raise PlanningError(_infeasible_message(kinds, model, w, budget))

@@ -32,20 +32,37 @@ from locmoe.topology import ExpertPlacement, Topology  # noqa: E402
 E, D, F, K = 64, 2048, 1408, 2
 
 
-def timed(fn, warmup=3, reps=10) -> float:
-    """Median milliseconds of ``fn`` over ``reps`` runs, CUDA events around each."""
+def timed(fn, warmup=3, reps=10, rounds=3) -> float:
+    """Milliseconds per call of ``fn``: CUDA events around ``reps`` back-to-back calls (as in training, the
+    host runs ahead of the GPU), the median of ``rounds`` such batches."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     times = []
-    for _ in range(reps):
+    for _ in range(rounds):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        fn()
+        for _ in range(reps):
+            fn()
         b.record()
         torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
+        times.append(a.elapsed_time(b) / reps)
     return sorted(times)[len(times) // 2]
+
+
+def profile(fn, label: str) -> None:
+    """Print the CUDA kernels that take the time of ``fn`` (three calls after warm-up)."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+    print(f"--- profile: {label} (3 calls)")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=70))
 
 
 def job(kind="gshard", mode="dropless", impl="auto", chunks=1, nodes=1, per_node=1, dispatch="hierarchical"):
@@ -107,6 +124,8 @@ def single_gpu(args) -> list[dict]:
                              ("gshard", "factor", "grouped"), ("gshard", "dropless", "loop")):
         layer = make_layer(job(kind, mode, impl), ep)
         ms = timed(fwd_bwd(layer, x, g), reps=args.reps)
+        if args.profile and (kind, mode, impl) == ("gshard", "dropless", "grouped"):
+            profile(fwd_bwd(layer, x, g), "MoE layer fwd+bwd, gshard dropless grouped")
         rows.append(dict(part="1 GPU", what=f"MoE layer fwd+bwd: {kind} top-2, {mode}, {impl} experts", ms=ms,
                          tflops=flops / ms / 1e9, pct_of_dense=100 * flops / ms / 1e9 / dense))
         del layer
@@ -114,10 +133,11 @@ def single_gpu(args) -> list[dict]:
     xe = torch.randn(M, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     ge = torch.randn(M, D, device="cuda", dtype=torch.bfloat16)
     for impl in ("grouped", "loop"):
+        reps = args.reps if impl == "grouped" else max(2, args.reps // 4)    # the loop is ~10x slower
         ex = GroupedExperts(E, D, F, "swiglu", impl).cuda()
         ex.reset_parameters(0.02)
         ex = ex.to(torch.bfloat16)
-        ms = timed(lambda: ex(xe, counts).backward(ge), reps=args.reps)
+        ms = timed(lambda: ex(xe, counts).backward(ge), reps=reps)
         rows.append(dict(part="1 GPU", what=f"experts only, balanced, {impl}", ms=ms, tflops=flops / ms / 1e9,
                          pct_of_dense=100 * flops / ms / 1e9 / dense))
     return rows
@@ -168,6 +188,7 @@ def main() -> None:
     p.add_argument("--out", default="bench_results/moe_layer.json")
     p.add_argument("--part", default="all", choices=["all", "multi"])
     p.add_argument("--part-out", default="")
+    p.add_argument("--profile", action="store_true", help="print the top CUDA kernels of the layer")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("moe_layer.py needs CUDA GPUs (run it through the device tool)")
