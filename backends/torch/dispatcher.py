@@ -18,6 +18,7 @@ from backends.torch import routing_ops as ops
 from backends.torch.all_to_all_schemes import FlatAllToAll, HierarchicalAllToAll
 from backends.torch.collectives import TrafficCounter, all_gather_rows, all_reduce_
 from backends.torch.distributed import ExpertParallel
+from backends.torch.permute import PermuteTokens, UnpermuteTokens, copy_positions
 from backends.torch.router import Router, RouterOutput
 from locmoe.config.schema import MoEConfig
 from locmoe.routing import capacity as cap
@@ -27,10 +28,20 @@ from locmoe.routing.dispatch_plan import chunk_permutation
 @dataclass
 class Dispatch:
     """One chunk's movement plan on this rank."""
-    order: torch.Tensor                # my kept copies (router copy ids) in send order
+    order: torch.Tensor                # the chunk's kept copies (router copy ids) in send order
     expert_counts: torch.Tensor        # [E_local] rows each local expert processes
     recv_perm: Optional[torch.Tensor]  # receive buffer -> expert-major (None in one process)
     exchange: object                   # FlatAllToAll / HierarchicalAllToAll, or None in one process
+
+
+@dataclass
+class Layout:
+    """This rank's kept copies in send order, all chunks one after the other."""
+    order: torch.Tensor                # [M] router copy ids
+    bounds: list                       # chunk c is rows bounds[c] .. bounds[c+1]
+    kept: Optional[torch.Tensor]       # [C] kept mask, None when every copy is kept
+    chunks: list                       # one Dispatch per chunk
+    pos: Optional[torch.Tensor]        # [T, k] row of each copy (token-choice routers), else None
 
 
 @dataclass
@@ -57,10 +68,10 @@ class TokenDispatcher:
 
     # ------------------------------------------------------------------ planning
     def plan(self, out: RouterOutput, router: Router, token_rank: torch.Tensor, num_tokens: int,
-             chunks: int = 1) -> tuple[list[Dispatch], GroupStats, torch.Tensor]:
+             chunks: int = 1) -> tuple[Layout, GroupStats, torch.Tensor]:
         """Decide which copies are kept and how each chunk of this rank's tokens moves.
 
-        Returns the chunks' plans, the group's statistics, and ``kept`` [C] for this rank's copies.
+        Returns the layout of this rank's copies, the group's statistics, and ``kept`` [C] for its copies.
         """
         dev = out.expert.device
         rank_of, slot_of = self.rank_of.to(dev), self.slot_of.to(dev)
@@ -87,9 +98,15 @@ class TokenDispatcher:
         # nonzero (and its host sync) is needed.
         key = torch.where(kept_mine, key, torch.iinfo(key.dtype).max)
         order = torch.sort(key, stable=True).indices
-        bounds = np.cumsum([0, *sizes])
+        bounds = np.cumsum([0, *sizes]).tolist()
         plans = [self._chunk(c, order[bounds[c]:bounds[c + 1]], out, counts) for c in range(chunks)]
-        return plans, self._stats(g_expert, kept, locality, capacity, bound), kept_mine
+        kept_order = order[:bounds[-1]]
+        pos = None
+        if out.choices is not None:
+            T, k = out.choices.shape
+            pos = copy_positions(kept_order, kept_order.numel(), T * k).view(T, k)
+        layout = Layout(kept_order, bounds, kept_mine if self.admission_needed else None, plans, pos)
+        return layout, self._stats(g_expert, kept, locality, capacity, bound), kept_mine
 
     def _group_view(self, out: RouterOutput, token_rank: torch.Tensor):
         """(source rank, expert, prob, angle) of every copy of the group, and which of them are mine."""
@@ -168,19 +185,23 @@ class TokenDispatcher:
         return GroupStats(load, admitted, capacity, bound, loc, int(load.sum()))
 
     # ------------------------------------------------------------------ moving tokens
-    # NOTE: index_select rather than x[idx]: its backward is an index_add, whereas advanced indexing
-    # backpropagates through a sort-based index_put.
-    def dispatch(self, x: torch.Tensor, out: RouterOutput, d: Dispatch):
-        """Launch the movement of this chunk's rows; returns ``finish`` → rows for the local experts,
-        expert-major [M, d]."""
-        rows = x.index_select(0, out.token.index_select(0, d.order))
+    def permute(self, x: torch.Tensor, out: RouterOutput, layout: Layout) -> torch.Tensor:
+        """This rank's send buffer: [M, d] rows of its kept copies, chunk by chunk in send order."""
+        if out.choices is None:         # expert choice: tokens have any number of copies
+            return x.index_select(0, out.token.index_select(0, layout.order))
+        kept = None if layout.kept is None else layout.kept.view(layout.pos.shape)
+        return PermuteTokens.apply(x, out.token.index_select(0, layout.order), layout.pos, kept)
+
+    def dispatch(self, rows: torch.Tensor, d: Dispatch):
+        """Launch the movement of one chunk's send rows; returns ``finish`` → rows for the local experts,
+        expert-major."""
         if d.exchange is None:
             return lambda: rows
         finish = d.exchange.dispatch(rows)
         return lambda: finish().index_select(0, d.recv_perm)
 
     def combine(self, y: torch.Tensor, d: Dispatch):
-        """Launch the return of expert outputs [M, d]; returns ``finish`` → rows in this rank's send order."""
+        """Launch the return of one chunk's expert outputs; returns ``finish`` → rows in send order."""
         if d.exchange is None:
             return lambda: y
         back = torch.empty_like(d.recv_perm)
@@ -188,23 +209,15 @@ class TokenDispatcher:
         return d.exchange.combine(y.index_select(0, back))
 
     @staticmethod
-    def accumulate(returned: list, out: RouterOutput, plans: list, num_tokens: int) -> torch.Tensor:
-        """Weighted sum of each token's returned copies → [T, d]; dropped copies add nothing.
-
-        Token-choice copies are token-major (copy t·k + j), so the rows go back to copy order and are summed
-        over k; expert choice gives tokens any number of copies and uses an index_add instead.
-        """
-        rows0 = returned[0]
-        d_model = rows0.shape[-1]
-        if out.choices is not None:
-            k = out.choices.shape[1]
-            copies = rows0.new_zeros(num_tokens * k, d_model)
-            for d, rows in zip(plans, returned):
-                copies.index_copy_(0, d.order, rows)
-            w = out.weight.view(num_tokens, k, 1).to(rows0.dtype)
-            return (copies.view(num_tokens, k, d_model) * w).sum(dim=1)
-        y = rows0.new_zeros(num_tokens, d_model)
-        for d, rows in zip(plans, returned):
-            weighted = rows * out.weight.index_select(0, d.order)[:, None].to(rows.dtype)
-            y = y.index_add(0, out.token.index_select(0, d.order), weighted)
-        return y
+    def unpermute(rows: torch.Tensor, out: RouterOutput, layout: Layout, num_tokens: int) -> torch.Tensor:
+        """Weighted sum of each token's returned copies: rows [M, d] in send order → [T, d]."""
+        if out.choices is None:
+            weighted = rows * out.weight.index_select(0, layout.order)[:, None].to(rows.dtype)
+            return rows.new_zeros(num_tokens, rows.shape[1]).index_add(
+                0, out.token.index_select(0, layout.order), weighted)
+        T, k = out.choices.shape
+        weight = out.weight.view(T, k)
+        if layout.kept is not None:
+            weight = weight * layout.kept.view(T, k)     # dropped copies weigh nothing
+        return UnpermuteTokens.apply(rows, weight.to(rows.dtype), layout.pos,
+                                     out.token.index_select(0, layout.order), layout.order)

@@ -79,13 +79,16 @@ class MoELayer(nn.Module):
         out = self.router(x, token_rank, emulated_ranks, flat(token_ids), flat(domain),
                           gather=self._gather, ep_rank=self.ep.ep_rank if self.ep.distributed else 0)
         self.traffic.reset()
-        plans, stats, kept = self.dispatcher.plan(out, self.router, token_rank, T, self.moe.overlap_chunks)
+        layout, stats, kept = self.dispatcher.plan(out, self.router, token_rank, T, self.moe.overlap_chunks)
+        send = self.dispatcher.permute(x, out, layout)
+        b = layout.bounds
         # Pipeline: every chunk's dispatch is launched first; chunk i's experts run while chunk i+1 is in
         # flight, and chunk i's combine travels while chunk i+1's experts run.
-        arriving = [self.dispatcher.dispatch(x, out, d) for d in plans]
+        arriving = [self.dispatcher.dispatch(send[b[c]:b[c + 1]], d) for c, d in enumerate(layout.chunks)]
         returning = [self.dispatcher.combine(self.experts(rows(), d.expert_counts), d)
-                     for d, rows in zip(plans, arriving)]
-        y = self.dispatcher.accumulate([rows() for rows in returning], out, plans, T)
+                     for d, rows in zip(layout.chunks, arriving)]
+        back = [rows() for rows in returning]
+        y = self.dispatcher.unpermute(back[0] if len(back) == 1 else torch.cat(back), out, layout, T)
         aux = self.aux_coef * out.aux_loss + self.loc_coef * out.locality_loss
         metrics = MoEMetrics(stats, out.aux_loss.detach(), out.locality_loss.detach(), self.traffic, out.token,
                              out.expert, kept)
