@@ -95,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from locmoe.checkpointing import CheckpointError
     from locmoe.config import ConfigError
+    from locmoe.data import DataError
+    from locmoe.export import ExportError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -106,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except ConfigError as err:
         print(f"locmoe {args.command}: config error: {err}", file=sys.stderr)
+        return 2
+    except (DataError, CheckpointError, ExportError) as err:
+        print(f"locmoe {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
 
 

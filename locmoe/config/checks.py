@@ -52,6 +52,9 @@ def _check_moe(moe: MoEConfig, d_model: int) -> None:
     if fixed is not None and r.top_k != fixed:
         raise ConfigError("moe.router.top_k", f"{r.top_k} is not allowed for router '{r.kind}', which routes "
                           f"each token to exactly {fixed} expert(s): set top_k: {fixed} or null")
+    if D > E:
+        raise ConfigError("moe.domains.num_domains", f"{D} domains for {E} experts would leave domains with no "
+                          "expert; each domain needs at least one (num_domains <= moe.num_experts)")
     if E % D:
         raise ConfigError("moe.domains.num_domains", f"{D} must divide moe.num_experts ({E}) so that every "
                           "domain gets an equal group of experts")

@@ -1,7 +1,8 @@
 """Write and read an exported router directory: ``router.safetensors`` + ``manifest.json``.
 
-Tensor names (per MoE layer index i): ``layers.{i}.router.gate_weight`` [d, E] (learned gate only),
-``layers.{i}.router.angle_ema`` [E] (capacity bound state); ``router.hash_table`` [V] (hash router).
+Tensor names are the model's (``models.spec``), per MoE layer index i: ``layers.{i}.moe.router.gate_weight``
+[d, E] (learned gate only), ``layers.{i}.moe.router.angle_ema`` [E] (capacity-bound state) and
+``layers.{i}.moe.router.hash_table`` [V] (hash router only).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ class ExportedRouter:
         return PlacementTable.from_dict(self.manifest.placement)
 
     def layer_tensor(self, layer: int, name: str) -> np.ndarray | None:
-        return self.tensors.get(f"layers.{layer}.router.{name}")
+        return self.tensors.get(f"layers.{layer}.moe.router.{name}")
 
 
 def write_router_export(out_dir: str | Path, manifest: RouterManifest, tensors: dict[str, np.ndarray],

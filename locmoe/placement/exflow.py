@@ -33,7 +33,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from locmoe.placement.brute_force import brute_force_placement
 from locmoe.placement.errors import PlacementError
 from locmoe.placement.greedy import greedy_placement, load_caps, within_load_limit
-from locmoe.placement.hops import expected_hops, pair_weights
+from locmoe.placement.hops import check_devices, expected_hops, pair_weights
 from locmoe.placement.trace import RoutingTrace
 
 METHODS = ("auto", "ilp", "greedy", "brute_force")
@@ -77,8 +77,7 @@ def place_exflow(trace: RoutingTrace, num_devices: int, method: str = "auto", ti
     if method not in METHODS:
         raise PlacementError(f"placement method {method!r}; allowed: {', '.join(METHODS)}")
     L, E, D = trace.num_layers, trace.num_experts, num_devices
-    if D < 1 or E % D:
-        raise PlacementError(f"--devices {D}: the {E} experts of each layer must divide evenly over the devices")
+    check_devices(E, D)
     if load_limit is not None and load_limit < 1.0:
         raise PlacementError(f"load limit {load_limit}: must be >= 1 (a factor of the mean device load)")
     weights, loads = pair_weights(trace), trace.expert_load().astype(np.float64)
@@ -107,7 +106,8 @@ def place_exflow(trace: RoutingTrace, num_devices: int, method: str = "auto", ti
         proven = cutoff is not None and status == "infeasible"
         plan = _plan(greedy, "greedy", "optimal" if proven else "heuristic", weights, start, candidates)
         bound = candidates["greedy"] - CUTOFF_TOL / max(L - 1, 1) if proven else bound
-    plan.hops_lower_bound = bound
+    # the solver's bound covers the placements better than the cutoff; greedy's own covers the rest
+    plan.hops_lower_bound = None if bound is None else min(bound, candidates["greedy"])
     return plan
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from locmoe.placement.affinity import coactivation_counts
 from locmoe.placement.errors import PlacementError
 from locmoe.placement.exflow import place_exflow
-from locmoe.placement.hops import baseline_assignment, imbalance
+from locmoe.placement.hops import baseline_assignment, check_devices, imbalance
 from locmoe.placement.replica_routing import route_tokens
 from locmoe.placement.replication import ReplicatedLayer, flows, replicate_layer, routed_loads
 from locmoe.placement.trace import RoutingTrace
@@ -105,8 +105,7 @@ def plan_grace(trace: RoutingTrace, num_devices: int, slots: int = 2, threshold:
         raise PlacementError(f"slots {slots} must be >= 0 and threshold {threshold} >= 1 (a factor of the "
                              "mean device load)")
     E, D = trace.num_experts, num_devices
-    if D < 1 or E % D:
-        raise PlacementError(f"--devices {D}: the {E} experts of each layer must divide evenly over the devices")
+    check_devices(E, D)
     assignment = grouping_assignment(trace, D, grouping, time_limit, seed) if base is None else np.asarray(base)
     plan = GracePlan(assignment, [], grouping if base is None else "given", slots, threshold, token_placement)
     dest = None

@@ -75,10 +75,18 @@ def coherent_fraction(trace: RoutingTrace, assignment: np.ndarray) -> float:
     return float(hits / ((trace.num_layers - 1) * trace.layers[0].size))
 
 
+def check_devices(num_experts: int, num_devices: int) -> None:
+    """Every device must hold the same number of experts of each layer (the weight layout of training)."""
+    if num_devices < 1 or num_experts % num_devices:
+        raise PlacementError(f"--devices {num_devices}: the {num_experts} experts of each layer must divide "
+                             f"evenly over the devices (a divisor of {num_experts})")
+
+
 def baseline_assignment(kind: str, num_layers: int, num_experts: int, num_devices: int) -> np.ndarray:
     """[L, E] the training topology's fixed maps (``contiguous`` or ``round_robin``) on every layer."""
     if kind not in ("contiguous", "round_robin"):
         raise PlacementError(f"baseline placement {kind!r}; allowed: contiguous, round_robin")
+    check_devices(num_experts, num_devices)
     row = getattr(ExpertPlacement, kind)(num_experts, Topology(1, num_devices)).rank_array
     return np.tile(row, (num_layers, 1))
 

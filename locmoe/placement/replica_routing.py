@@ -55,6 +55,11 @@ def route_counts(n: np.ndarray, holders: np.ndarray, threshold: float = 1.05) ->
     A[src, exp, src] = n[src, exp]
     loads = A.sum(axis=(0, 1)).astype(np.float64)
     remote = np.where(local, 0, n)                          # copies with no local holder
+    single = holders.sum(axis=1) == 1                       # one holder: no choice to make
+    only = holders[single].argmax(axis=1)
+    A[:, single, only] += remote[:, single]
+    loads += np.bincount(only, weights=remote[:, single].sum(axis=0), minlength=D)
+    remote[:, single] = 0
     for e in np.argsort(-remote.sum(axis=0), kind="stable"):
         total = int(remote[:, e].sum())
         if total == 0:

@@ -39,7 +39,8 @@ def planted_trace(num_tokens: int = 20000, num_experts: int = 16, top_k: int = 2
         for c in range(groups):
             q[c, perm[c * size:(c + 1) * size]] += strength * inside
         gumbel = -np.log(-np.log(rng.random((num_tokens, E))))
-        keys = np.log(q[topic]) + gumbel                      # [T, E]: Gumbel top-k = sampling w/o replacement
+        with np.errstate(divide="ignore"):                    # strength 1: log 0 = -inf, never drawn
+            keys = np.log(q[topic]) + gumbel                  # [T, E]: Gumbel top-k = sampling w/o replacement
         layers.append(np.argsort(-keys, axis=1)[:, :top_k].astype(np.int32))
     fingerprint = {"num_experts": E, "top_k": top_k, "moe_layers": list(range(num_layers)),
                    "router_kind": "synthetic", "d_model": 0, "vocab_size": 0}

@@ -14,8 +14,9 @@ Recording (the model code calls this; nothing else is needed)::
 ``[T, k]`` (``[T]`` when k = 1) integer expert ids in ``[0, num_experts)``, the router's choices *before*
 capacity (a dropped copy still records its choice). Row t of every layer must be the same token: the
 affinity between consecutive layers is read row by row. ``save`` checks that every layer got the same
-number of tokens and writes one ``.npz`` file atomically: arrays ``layer_<i>`` (int32 ``[T, k]``, i = the
-MoE layer ordinal) and ``meta`` (a JSON string: format version, fingerprint, source).
+number of tokens and writes one compressed ``.npz`` file atomically: arrays ``layer_<i>`` (``[T, k]``,
+i = the MoE layer ordinal; uint8 when E ≤ 256, uint16 when E ≤ 65536; read back as int32) and ``meta``
+(a JSON string: format version, fingerprint, source).
 
 Reading: ``load_trace(path, expect=fingerprint)`` returns a :class:`RoutingTrace`; a missing or corrupt
 file, or a trace whose fingerprint disagrees with ``expect`` (a trace from another model), raises
@@ -98,7 +99,8 @@ class RoutingTrace:
     def save(self, path: str | Path) -> Path:
         """Write the trace as one ``.npz`` file, atomically (complete under its name or not at all)."""
         meta = {"format_version": TRACE_FORMAT_VERSION, "fingerprint": self.fingerprint, "source": self.source}
-        arrays = {f"layer_{i}": a for i, a in enumerate(self.layers)}
+        store = np.uint8 if self.num_experts <= 256 else np.uint16 if self.num_experts <= 65536 else np.int32
+        arrays = {f"layer_{i}": a.astype(store) for i, a in enumerate(self.layers)}   # compact on disk
         buf = io.BytesIO()
         np.savez_compressed(buf, meta=np.array(json.dumps(meta, default=_plain)), **arrays)
         return atomic_write_bytes(path, buf.getvalue())
@@ -140,17 +142,20 @@ def load_trace(path: str | Path, expect: Mapping[str, Any] | None = None) -> Rou
     if not path.is_file():
         raise TraceError(f"routing trace {path} not found")
     meta, arrays = _read_npz(path)
-    n = len(meta.get("fingerprint", {}).get("moe_layers", []))
-    missing = [f"layer_{i}" for i in range(n) if f"layer_{i}" not in arrays]
-    if missing:
-        raise TraceError(f"{path} lacks arrays {missing}; the file is truncated or corrupt")
-    layers = [arrays[f"layer_{i}"] for i in range(n)]
     version = meta.get("format_version")
     if version != TRACE_FORMAT_VERSION:
         raise TraceError(f"{path}: trace format_version {version!r} is not supported; this locmoe reads "
                          f"version {TRACE_FORMAT_VERSION}")
+    fingerprint = meta.get("fingerprint")
+    if not isinstance(fingerprint, dict):
+        raise TraceError(f"{path}: 'meta' has no fingerprint object; the file is corrupt")
+    n = len(fingerprint.get("moe_layers") or [])
+    missing = [f"layer_{i}" for i in range(n) if f"layer_{i}" not in arrays]
+    if missing:
+        raise TraceError(f"{path} lacks arrays {missing}; the file is truncated or corrupt")
+    layers = [arrays[f"layer_{i}"] for i in range(n)]
     try:
-        trace = RoutingTrace(meta.get("fingerprint", {}), layers, meta.get("source", {}))
+        trace = RoutingTrace(fingerprint, layers, meta.get("source", {}))
     except TraceError as err:
         raise TraceError(f"{path}: {err}") from None
     if expect is not None:

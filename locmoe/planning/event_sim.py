@@ -97,13 +97,18 @@ class _Sim:
 
     def run(self) -> None:
         while self.events:
-            now, _, kind, payload = heapq.heappop(self.events)
-            if kind == "arrive":
-                self.sched.submit(payload, now, self.insts)
-            else:
-                self._end_step(payload, now)
-            for req, i in self.sched.dispatch(now, self.insts):
-                self._admit(req, i)
+            now = self.events[0][0]
+            changed = False
+            while self.events and self.events[0][0] == now:   # everything that happens at this instant
+                _, _, kind, payload = heapq.heappop(self.events)
+                if kind == "arrive":
+                    self.sched.submit(payload, now, self.insts)
+                    changed = True
+                else:
+                    changed |= self._end_step(payload, now)
+            if changed:                                        # only arrivals and completions free room
+                for req, i in self.sched.dispatch(now, self.insts):
+                    self._admit(req, i)
             for i in range(len(self.insts)):
                 if not self.busy[i] and self.insts[i].running:
                     self._start_step(i, now)
@@ -132,8 +137,10 @@ class _Sim:
         self.busy[i] = True
         self.push(now + dt, "step", (i, tuple(inst.running)))
 
-    def _end_step(self, payload, now: float) -> None:
+    def _end_step(self, payload, now: float) -> bool:
+        """Advance the step's requests by one token; True if any completed."""
         i, stepped = payload
+        done = False
         inst = self.insts[i]
         self.busy[i] = False
         for rid in stepped:
@@ -144,3 +151,5 @@ class _Sim:
                 inst.kv_reserved -= entry[0].kv_reserve
                 self.finish[rid] = now
                 self.served[i] += 1
+                done = True
+        return done

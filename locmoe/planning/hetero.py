@@ -24,7 +24,8 @@ USABLE_MEMORY = 0.9              # share of device memory for weights + KV (the 
 @dataclass(frozen=True)
 class DeviceKind:
     """What one device of a kind achieves (not its spec-sheet peak): bf16 GEMM TFLOP/s, HBM TB/s, memory
-    GB, and the link an instance's collectives use (GB/s per device) with its fixed cost per collective call. ``source`` says where they came from."""
+    GB, and the link an instance's collectives use (GB/s per device) with its fixed cost per collective
+    call. ``source`` says where the numbers came from."""
     name: str
     tflops: float
     mem_gb: float
@@ -70,15 +71,22 @@ class Workload:
 
 
 class InstanceModel:
-    """Time model of one instance; every time in seconds."""
+    """Time model of one instance; every time in seconds. Both times are affine in the token count
+    (plus a max for the decode step), so the coefficients are computed once here."""
 
     def __init__(self, kind: DeviceKind, model: ModelSpec, config: DeployConfig):
         self.kind, self.model, self.config = kind, model, config
+        m, c, n = model, config, config.devices
+        self._flop_s = 2 * m.active_params_b * GB / (n * kind.tflops * 1e12)       # compute s per token
+        self._coll_s, self._coll_fixed = self._collectives()
+        self._dense_bytes = (m.total_params_b - m.expert_params_b) / c.tp * GB * m.bytes_per_param
+        self._expert_bytes = m.expert_params_b / n * GB * m.bytes_per_param
+        self._kv_bytes = m.kv_bytes_per_token / n                                   # per token of context
+        self._hbm = kind.hbm_tbps * 1e12
+        self._miss = 1.0 - m.top_k / m.num_experts
 
     def weight_gb_per_device(self) -> float:
-        m, c = self.model, self.config
-        dense = (m.total_params_b - m.expert_params_b) / c.tp
-        return (dense + m.expert_params_b / c.devices) * m.bytes_per_param
+        return (self._dense_bytes + self._expert_bytes) / GB
 
     def kv_token_capacity(self) -> int:
         """KV-cache tokens the instance holds once the weights are in (0 if they do not fit)."""
@@ -89,33 +97,27 @@ class InstanceModel:
         return self.kv_token_capacity() >= self.config.batch * max_context
 
     def prefill_time(self, tokens: float) -> float:
-        m, c = self.model, self.config
-        compute = 2 * m.active_params_b * GB * tokens / (c.devices * self.kind.tflops * 1e12)
-        return compute + self._collectives(tokens)
+        return (self._flop_s + self._coll_s) * tokens + self._coll_fixed
 
     def decode_step_time(self, batch: int, context: float) -> float:
         """One decode step of ``batch`` requests whose contexts average ``context`` tokens."""
         if batch <= 0:
             return 0.0
-        m, c, k = self.model, self.config, self.kind
-        touched = 1.0 - (1.0 - m.top_k / m.num_experts) ** batch   # share of experts the step reads
-        weights = (m.total_params_b - m.expert_params_b) / c.tp + m.expert_params_b * touched / c.devices
-        read = weights * GB * m.bytes_per_param + batch * context * m.kv_bytes_per_token / c.devices
-        memory = read / (k.hbm_tbps * 1e12)
-        compute = 2 * m.active_params_b * GB * batch / (c.devices * k.tflops * 1e12)
-        return max(memory, compute) + self._collectives(batch) + STEP_OVERHEAD_S
+        touched = 1.0 - self._miss ** batch                         # share of experts the step reads
+        memory = (self._dense_bytes + self._expert_bytes * touched + batch * context * self._kv_bytes) / self._hbm
+        return max(memory, self._flop_s * batch) + self._coll_s * batch + self._coll_fixed + STEP_OVERHEAD_S
 
-    def _collectives(self, tokens: float) -> float:
-        """Two TP all-reduces and two EP all-to-alls per layer for ``tokens`` tokens."""
+    def _collectives(self) -> tuple[float, float]:
+        """(s per token, s per call) of two TP all-reduces and two EP all-to-alls per layer."""
         m, c = self.model, self.config
-        act = tokens * m.d_model * 2.0                               # bf16 activations
+        act = m.d_model * 2.0                                        # bf16 activation bytes per token
         bw, lat = self.kind.link_gbps * GB, self.kind.link_latency_us * 1e-6
-        t = 0.0
+        per_token, fixed = 0.0, 0.0
         if c.tp > 1:                                                 # ring all-reduce moves 2(n-1)/n
-            t += 2 * (2 * act * (c.tp - 1) / c.tp / bw + lat)
+            per_token, fixed = per_token + 2 * 2 * act * (c.tp - 1) / c.tp / bw, fixed + 2 * lat
         if c.ep > 1:                                                 # dispatch + combine of k copies
-            t += 2 * (act * m.top_k * (c.ep - 1) / c.ep / bw + lat)
-        return t * m.num_layers
+            per_token, fixed = per_token + 2 * act * m.top_k * (c.ep - 1) / c.ep / bw, fixed + 2 * lat
+        return per_token * m.num_layers, fixed * m.num_layers
 
     def throughput(self, w: Workload) -> float:
         """Output tokens/s at full batch: each request costs its prefill, then shares decode steps."""
@@ -201,13 +203,17 @@ def _infeasible_message(kinds: dict, model: ModelSpec, w: Workload, budget: dict
             + ". Add devices of a kind or lower max_context.")
 
 
-def naive_deployment(kinds: dict, model: ModelSpec, w: Workload, budget: dict, batch: int = 32) -> Deployment:
-    """The baseline: one config for every kind (tp = ep = the smallest power-of-two size whose instance
-    fits on every kind of the budget, a fixed ``batch``), as many instances as the budget allows."""
+def naive_deployment(kinds: dict, model: ModelSpec, w: Workload, budget: dict,
+                     batches=(8, 16, 32, 64, 128, 256)) -> Deployment:
+    """The baseline: one config for every kind: tp = ep = the smallest power-of-two size whose instance
+    fits on every kind of the budget, with the largest batch that fits on all of them; as many instances
+    as each kind's budget allows (none on a kind with fewer devices than that size)."""
     for size in (1, 2, 4, 8):
-        cfgs = {name: DeployConfig(name, size, size, batch) for name in budget}
-        if all(size <= budget[n] and InstanceModel(kinds[n], model, c).fits(w.max_context) for n, c in cfgs.items()):
-            inst = [(cfgs[n], budget[n] // size) for n in sorted(budget)]
+        fitting = [b for b in batches if all(InstanceModel(kinds[n], model, DeployConfig(n, size, size, b))
+                                             .fits(w.max_context) for n in budget)]
+        if fitting and any(budget[n] >= size for n in budget):
+            inst = [(DeployConfig(n, size, size, max(fitting)), budget[n] // size) for n in sorted(budget)
+                    if budget[n] >= size]
             thr = sum(k * InstanceModel(kinds[c.kind], model, c).throughput(w) for c, k in inst)
             return Deployment(inst, thr)
     raise PlanningError(_infeasible_message(kinds, model, w, budget))

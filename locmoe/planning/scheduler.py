@@ -1,11 +1,13 @@
 """Request schedulers for a set of serving instances of unequal speed.
 
 - :class:`EarliestCompletionScheduler` (after arXiv 2504.15303's capacity-aware scheduler): requests wait
-  in one central FIFO; each goes to the instance with the earliest *predicted* completion time. An
-  instance with room predicts ``now + prefill(prompt) + expected_output × decode_step(batch + 1)``; a full
-  one adds the time until its first running request ends. When the best is a full instance the request
-  keeps waiting (it is reconsidered at the next completion), so the scheduler never puts a request on
-  an instance over its capacity.
+  in one central FIFO; each goes to the instance with the earliest *predicted* completion time,
+  ``wait + prefill(prompt) + expected_output × decode_step(batch + 1)``, where ``wait`` is 0 on a free
+  slot and otherwise the predicted end of the running request whose slot it would take (requests ahead
+  of it in the queue take the earlier slots). The first ``LOOKAHEAD`` waiting requests may choose a slot
+  that is not free yet and keep waiting for it (a fast instance soon is better than a slow one now);
+  the rest only choose among instances with room now, so no slot idles while requests wait. A request
+  is only ever placed on an instance with room: the scheduler never exceeds an instance's capacity.
 - :class:`RoundRobinScheduler`: the baseline; request i goes to instance i mod n and waits in that
   instance's own queue until it has room.
 
@@ -58,16 +60,10 @@ class InstanceState:
             return 0.0
         return sum(r.prompt + done for r, done in self.running.values()) / len(self.running)
 
-    def time_to_free(self) -> float:
-        """Predicted time until the running request closest to its end finishes."""
-        if not self.running:
-            return 0.0
-        step = self.model.decode_step_time(len(self.running), self.context())
-        return min(max(r.expected_output - done, 1.0) for r, done in self.running.values()) * step
-
 
 class EarliestCompletionScheduler:
     name = "earliest-completion"
+    LOOKAHEAD = 128
 
     def __init__(self):
         self.waiting: deque = deque()
@@ -75,34 +71,73 @@ class EarliestCompletionScheduler:
     def submit(self, req: Request, now: float, instances: list[InstanceState]) -> None:
         if not any(i.can_ever_hold(req) for i in instances):
             raise PlanningError(f"request {req.rid} needs {req.kv_reserve} KV tokens; the largest instance "
-                             f"holds {max(i.kv_capacity for i in instances)}")
+                                f"holds {max(i.kv_capacity for i in instances)}")
         self.waiting.append(req)
 
-    def predicted_finish(self, req: Request, inst: InstanceState, now: float) -> float:
+    def slot_times(self, inst: InstanceState) -> list[float]:
+        """Predicted delay until each of the instance's batch slots is free: 0 for a free slot, else when
+        its running request ends (remaining expected tokens × the current step time), soonest first."""
+        free = [0.0] * max(inst.max_batch - len(inst.running), 0)
+        if not inst.running:
+            return free
+        step = inst.model.decode_step_time(len(inst.running), inst.context())
+        return free + sorted(max(r.expected_output - done, 1.0) * step for r, done in inst.running.values())
+
+    def predicted_finish(self, req: Request, inst: InstanceState, wait: float) -> float:
+        """Delay until ``req`` would finish on ``inst`` if it started after ``wait`` seconds."""
         if not inst.can_ever_hold(req):
             return float("inf")
-        wait = 0.0 if inst.has_room(req) else inst.time_to_free()
         batch = min(len(inst.running) + 1, inst.max_batch)
-        ctx = (inst.context() * len(inst.running) + req.prompt) / (len(inst.running) + 1)
-        return (now + wait + inst.model.prefill_time(req.prompt)
-                + req.expected_output * inst.model.decode_step_time(batch, ctx + req.expected_output / 2))
+        ctx = req.prompt + req.expected_output / 2
+        decode = req.expected_output * inst.model.decode_step_time(batch, ctx)
+        return wait + inst.model.prefill_time(req.prompt) + decode
 
     def dispatch(self, now: float, instances: list[InstanceState]) -> list[tuple[Request, int]]:
-        """Assignments to make now, in order; the caller admits each before the next is computed."""
+        """Assignments to make now, in order (the caller admits each before the next is computed).
+
+        Waiting requests in FIFO order. The first ``LOOKAHEAD`` each claim the slot, free now or freed
+        later, that finishes them first (so later ones see it taken) and wait when that slot is not free
+        yet; the rest take the best instance with room now (work-conserving), or wait."""
         out, keep = [], deque()
+        slots = [self.slot_times(inst) for inst in instances]
+        claimed = [0] * len(instances)
+        pos = 0
         while self.waiting:
+            if pos >= self.LOOKAHEAD and not any(len(i.running) < i.max_batch for i in instances):
+                break                                       # every batch full: only the head could wait
             req = self.waiting.popleft()
-            times = [self.predicted_finish(req, inst, now) for inst in instances]
-            best = min(range(len(instances)), key=lambda i: (times[i], i))
-            if instances[best].has_room(req):
+            best = self._choose(req, instances, slots, claimed, may_wait=pos < self.LOOKAHEAD)
+            pos += 1
+            if best is not None and instances[best].has_room(req):
                 out.append((req, best))
-                _reserve(instances[best], req)          # so the next request sees this one
+                _reserve(instances[best], req)              # so the next request sees this one
             else:
                 keep.append(req)
+        keep.extend(self.waiting)
         self.waiting = keep
-        for req, i in out:                              # the caller admits them for real
+        for req, i in out:                                  # the caller admits them for real
             _release(instances[i], req)
         return out
+
+    def _choose(self, req, instances, slots, claimed, may_wait: bool) -> int | None:
+        """The instance whose next unclaimed slot finishes ``req`` first (only those with room now unless
+        ``may_wait``); the slot is claimed. None if no instance qualifies."""
+        best, best_t = None, float("inf")
+        for i, inst in enumerate(instances):
+            room = inst.has_room(req)
+            if claimed[i] >= len(slots[i]) or not (room or may_wait):
+                continue
+            # no room: wait for the next unclaimed slot, or for the last one if that slot is free but the
+            # KV cache is too full for this request
+            wait = 0.0 if room else (slots[i][claimed[i]] or slots[i][-1])
+            t = self.predicted_finish(req, inst, wait)
+            if t < best_t:
+                best, best_t = i, t
+        if best is not None:
+            claimed[best] += 1
+            if not instances[best].has_room(req):
+                return None
+        return best
 
 
 class RoundRobinScheduler:

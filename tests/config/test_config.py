@@ -105,6 +105,8 @@ RULES = [
      "allowed for router expert_choice, whose experts each pick ceil(factor*k*T/E) tokens: use factor"),
     (["moe.router.kind=hash", "moe.capacity.mode=bound"], "moe.capacity.mode: 'bound' is not allowed for router "
      "hash: the bound is measured from the angles between tokens and gate vectors, and the hash router has no gate"),
+    (["moe.domains.num_domains=16"], "moe.domains.num_domains: 16 domains for 8 experts would leave domains with "
+     "no expert; each domain needs at least one (num_domains <= moe.num_experts)"),
     (["model.n_heads=3"], "model.n_heads: 3 must divide model.d_model (128)"),
     (["model.n_heads=128"], "model.n_heads: 128 leaves an odd head size 1; rotary embeddings need an even head "
      "size"),

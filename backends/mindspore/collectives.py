@@ -1,0 +1,220 @@
+"""Collectives the dispatcher needs: an uneven all-to-all with its own backward and byte counters, all-gather
+and all-reduce.
+
+Ascend: the native uneven all-to-all (HCCL AlltoAllV through
+``mindspore.communication.comm_func.all_to_all_single_with_output_shape``), AllGather and AllReduce on the
+sub-group. Everywhere else (CPU), MindSpore 2.10 has no AlltoAll, AlltoAllV, Send or Recv, runs AllGather on
+the world group only (``AllGather only support mccl_world_group on CPU``) and without a backward, and
+AllReduce for float32 only (measured under msrun). There an all-to-all is built exactly from one world
+AllGather: every rank pads its send buffer to the largest one in the world, all ranks gather all buffers,
+and each keeps the rows addressed to it. Its backward is the same construction with the routes reversed,
+i.e. an all-to-all with the split sizes swapped, as on Ascend. Because the CPU path always uses the world
+group, every rank of the world must run the same sequence of collectives (true of SPMD MoE layers).
+
+Every all-to-all adds the bytes of the *logical* exchange (what this rank sends to other ranks of its node
+and of other nodes) to a :class:`TrafficCounter`, so the counters equal the numpy plan's predictions on
+both paths, not the padded bytes the CPU emulation moves.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn, ops
+
+
+@dataclass
+class TrafficCounter:
+    """Bytes this rank sent, split by link, accumulated over calls (reset each step by the caller)."""
+    intra_node: int = 0
+    cross_node: int = 0
+    calls: int = 0
+    by_stage: dict = field(default_factory=dict)
+
+    def add(self, nbytes_to_peers: Sequence[int], peer_nodes: Sequence[int], my_node: int, peer_ranks: Sequence[int],
+            my_rank: int, stage: str) -> None:
+        intra = sum(b for b, n, r in zip(nbytes_to_peers, peer_nodes, peer_ranks) if n == my_node and r != my_rank)
+        cross = sum(b for b, n in zip(nbytes_to_peers, peer_nodes) if n != my_node)
+        self.intra_node += intra
+        self.cross_node += cross
+        self.calls += 1
+        s = self.by_stage.setdefault(stage, [0, 0])
+        s[0] += intra
+        s[1] += cross
+
+    def reset(self) -> None:
+        self.intra_node = self.cross_node = self.calls = 0
+        self.by_stage = {}
+
+
+@dataclass(frozen=True)
+class Group:
+    """A communication group with the ranks it spans, their nodes, and this rank's place in it."""
+    name: Optional[str]       # the group's name for create_group / HCCL; None for a group of one
+    ranks: tuple              # EP ranks of the members, in group order
+    nodes: tuple              # node of each member
+    my_index: int
+    world_ranks: tuple = (0,)  # global ranks of the members (the CPU path gathers over the world)
+    world_size: int = 1
+
+    @property
+    def size(self) -> int:
+        return len(self.ranks)
+
+    @property
+    def my_world_rank(self) -> int:
+        return self.world_ranks[self.my_index]
+
+
+def native_collectives() -> bool:
+    """True where MindSpore has the uneven all-to-all and sub-group collectives (Ascend)."""
+    return ms.get_context("device_target") == "Ascend"
+
+
+# ----------------------------------------------------------------------------- all-to-all
+
+class _AllToAll(nn.Cell):
+    """Uneven all-to-all of the rows of x; its bprop is the all-to-all with the split sizes swapped."""
+
+    def __init__(self, send: list, recv: list, group: Group, counter: Optional[TrafficCounter], stage: str):
+        super().__init__()
+        self.send, self.recv, self.group, self.counter, self.stage = send, recv, group, counter, stage
+        self.routes = None      # CPU: [world, world] rows each rank sends to each rank, found in construct
+
+    def construct(self, x):
+        out, self.routes = _exchange(x, self.send, self.recv, self.group, self.counter, self.stage)
+        return out
+
+    def bprop(self, x, out, dout):
+        routes = None if self.routes is None else self.routes.T
+        grad, _ = _exchange(dout, self.recv, self.send, self.group, self.counter, self.stage + ":grad", routes)
+        return (grad,)
+
+
+def _exchange(x: Tensor, send: list, recv: list, group: Group, counter: Optional[TrafficCounter], stage: str,
+              routes: Optional[np.ndarray] = None) -> tuple[Tensor, Optional[np.ndarray]]:
+    """Send ``send[i]`` rows of x to member i, receive ``recv[i]`` from member i; returns (rows, routes)."""
+    row_bytes = math.prod(x.shape[1:]) * x.itemsize
+    if counter is not None:
+        counter.add([s * row_bytes for s in send], group.nodes, group.nodes[group.my_index], group.ranks,
+                    group.ranks[group.my_index], stage)
+    if group.size == 1:
+        return x, None
+    if native_collectives():
+        return _native_all_to_all(x, send, recv, group), None
+    if routes is None:
+        routes = _world_routes(send, group)
+    return _all_to_all_by_gather(x, recv, group, routes, stage), routes
+
+
+def _native_all_to_all(x: Tensor, send: list, recv: list, group: Group) -> Tensor:
+    """HCCL AlltoAllV (Ascend only; this path cannot run on CPU)."""
+    from mindspore.communication import comm_func
+
+    native = getattr(comm_func, "all_to_all_single_with_output_shape", None)
+    if native is None:
+        raise RuntimeError(f"MindSpore {ms.__version__} has no communication.comm_func."
+                           "all_to_all_single_with_output_shape, which the Ascend dispatch uses; install "
+                           "mindspore>=2.10,<2.11 (`pip install 'locmoe[mindspore]'`)")
+    shape = (int(sum(recv)), *x.shape[1:])
+    out, _ = native(shape, x, output_split_sizes=list(recv), input_split_sizes=list(send), group=group.name)
+    return out
+
+
+def _world_routes(send: list, group: Group) -> np.ndarray:
+    """[world, world] rows every rank sends to every rank in this call (one small world all-gather)."""
+    row = np.zeros(group.world_size, dtype=np.int64)
+    row[list(group.world_ranks)] = send
+    return ops.AllGather()(Tensor(row[None])).asnumpy()
+
+
+def _all_to_all_by_gather(x: Tensor, recv: list, group: Group, routes: np.ndarray, stage: str) -> Tensor:
+    """The exact all-to-all from one world AllGather: pad, gather every buffer, keep the rows sent to me.
+
+    A sender's buffer lists its rows member by member in group order; the rows for me start after those it
+    sends to the members before me. Empty buffers are padded to one row (AllGather rejects zero rows).
+    """
+    me, members = group.my_world_rank, list(group.world_ranks)
+    got = routes[members, me]
+    if got.tolist() != list(recv):
+        raise RuntimeError(f"all-to-all '{stage}': rank {me} expects {list(recv)} rows from ranks {members}, "
+                           f"but they send {got.tolist()}: the split sizes disagree across ranks")
+    width = max(1, int(routes.sum(axis=1).max()))
+    pad = width - x.shape[0]
+    padded = ops.cat([x, ops.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+    gathered = ops.AllGather()(padded)                               # [world * width, ...]
+    before = group.my_index
+    index = [s * width + int(routes[s, members[:before]].sum()) + np.arange(routes[s, me]) for s in members]
+    return ops.gather(gathered, Tensor(np.concatenate(index).astype(np.int64)), 0)
+
+
+def all_to_all(x: Tensor, send_splits: list, recv_splits: list, group: Group,
+               counter: Optional[TrafficCounter] = None, stage: str = "a2a") -> Tensor:
+    """Send ``send_splits[i]`` rows of ``x`` to member i; receive ``recv_splits[i]`` rows from member i.
+
+    Differentiable: the gradient travels back along the same routes.
+    """
+    send, recv = [int(s) for s in send_splits], [int(r) for r in recv_splits]
+    if group.size == 1:
+        return _exchange(x, send, recv, group, counter, stage)[0]
+    return _AllToAll(send, recv, group, counter, stage)(x)
+
+
+def all_to_all_start(x: Tensor, send_splits: list, recv_splits: list, group: Group,
+                     counter: Optional[TrafficCounter] = None, stage: str = "a2a") -> Callable[[], Tensor]:
+    """Start an all-to-all and return ``finish`` (→ the received rows), as the torch backend does.
+
+    NOTE: both paths run synchronously for now (PyNative on CPU has no asynchronous collective to overlap
+    with; the Ascend ``async_op`` handle is not wired in yet), so ``finish`` only hands the result over.
+    """
+    out = all_to_all(x, send_splits, recv_splits, group, counter, stage)
+    return lambda: out
+
+
+# ----------------------------------------------------------------------------- gather / reduce
+
+def all_gather_rows(x: Tensor, group: Group) -> Tensor:
+    """Concatenate every member's ``x`` (equal shapes within the group) along dim 0, in group order.
+
+    Not differentiable. Booleans travel as int32 (AllGather has no bool kernel on CPU).
+    """
+    if group.size == 1:
+        return x
+    if x.dtype == ms.bool_:
+        return all_gather_rows(x.astype(ms.int32), group).astype(ms.bool_)
+    x = ops.stop_gradient(x)
+    if native_collectives():
+        return ops.AllGather(group.name)(x)
+    if group.size == group.world_size:
+        return _gather_world(x, x.shape[0])
+    # other groups may hold other shapes: pad every rank to the world's largest block first
+    rows = _gather_world(Tensor(np.array([x.shape[0]], dtype=np.int64)), 1).asnumpy()
+    width = int(rows.max())
+    blocks = _gather_world(x, width).reshape(group.world_size, width, *x.shape[1:])
+    return blocks[Tensor(np.array(group.world_ranks, dtype=np.int64))][:, :x.shape[0]].reshape(-1, *x.shape[1:])
+
+
+def _gather_world(x: Tensor, width: int) -> Tensor:
+    """World AllGather of x padded to ``width`` rows (at least one: AllGather rejects zero rows)."""
+    pad = max(1, width) - x.shape[0]
+    padded = ops.cat([x, ops.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+    out = ops.AllGather()(padded)
+    if width == 0:
+        return out[:0]
+    return out
+
+
+def all_reduce(x: Tensor, group: Group) -> Tensor:
+    """Sum of every member's ``x`` (a new tensor). Not differentiable.
+
+    On CPU it is a gather and a sum in group order: exact for every dtype (CPU AllReduce takes float32
+    only) and the same bits on every rank.
+    """
+    if group.size == 1:
+        return x
+    if native_collectives():
+        return ops.AllReduce(ops.ReduceOp.SUM, group.name)(ops.stop_gradient(x))
+    return all_gather_rows(x.expand_dims(0), group).sum(axis=0)

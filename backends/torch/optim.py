@@ -1,0 +1,83 @@
+"""AdamW, gradient synchronisation across ranks, and global-norm clipping.
+
+The objective of a W-rank run is the mean of the ranks' losses, so every gradient is averaged over W.
+Replicated parameters: all-reduce over the world, divide by W. Expert parameters: the all-to-all's
+backward already summed every rank's contribution on the expert's owner; all-reduce over the ranks that
+hold the same experts (if EP < world) and divide by W. One process emulating W ranks needs neither.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from backends.torch.collectives import all_reduce_
+from backends.torch.distributed import DistContext
+from locmoe.config.schema import TrainConfig
+from models.spec import is_expert_param
+
+
+def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
+    """Weight decay on matrices and embeddings, none on norms."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8)
+
+
+def _split(model: torch.nn.Module) -> tuple[list, list]:
+    dense, expert = [], []
+    for name, p in model.named_parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)          # a rank whose experts got no tokens still joins the reduce
+        (expert if is_expert_param(name) else dense).append(p.grad)
+    return dense, expert
+
+
+def _reduce_flat(grads: list, group, scale: float) -> None:
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    all_reduce_(flat, group)
+    flat.mul_(scale)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def sync_gradients(model: torch.nn.Module, ctx: DistContext) -> None:
+    if ctx.world_size == 1:
+        return
+    dense, expert = _split(model)
+    W = ctx.world_size
+    _reduce_flat(dense, ctx.world, 1.0 / W)
+    _reduce_flat(expert, ctx.expert_dp, 1.0 / W)
+
+
+def clip_grad_norm(model: torch.nn.Module, ctx: DistContext, max_norm: float) -> float:
+    """Global L2 norm over every parameter of the model (experts counted once per EP group); clip to
+    ``max_norm`` when > 0. Returns the norm before clipping."""
+    dense, expert = _split(model)
+    sq = lambda gs: torch.stack([g.float().pow(2).sum() for g in gs]).sum() if gs else torch.zeros(())  # noqa
+    dense_sq = sq(dense)
+    expert_sq = sq(expert).to(dense_sq.device)
+    if ctx.world_size > 1:
+        all_reduce_(expert_sq, ctx.ep)
+    norm = float((dense_sq + expert_sq).sqrt())
+    if max_norm > 0 and norm > max_norm:
+        for g in dense + expert:
+            g.mul_(max_norm / (norm + 1e-6))
+    return norm
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def all_reduce_mean(values: list[float], ctx: DistContext, device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if ctx.world_size > 1:
+        dist.all_reduce(t, group=ctx.world.handle)
+        t /= ctx.world_size
+    return t.tolist()

@@ -1,0 +1,31 @@
+"""Deterministic batches: the global batch of step s is a pure function of (seed, s), so resuming at step s
+and running on any number of data-parallel ranks see the same sequences.
+
+Each sequence is a window of seq_len + 1 tokens from one domain's stream; the domain is drawn in proportion
+to its number of windows. Rank r of W takes rows r·B .. (r+1)·B of the global batch of W·B rows.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from locmoe.data.corpus import Corpus
+
+
+class BatchSampler:
+    def __init__(self, corpus: Corpus, seq_len: int, batch_per_rank: int, rank: int, world: int, seed: int):
+        self.corpus, self.seq_len, self.B = corpus, seq_len, batch_per_rank
+        self.rank, self.world, self.seed = rank, world, seed
+
+    def batch(self, step: int, micro: int = 0, split: str = "train") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(inputs [B, S], targets [B, S], domain [B]) of this rank, int64."""
+        streams = getattr(self.corpus, split)
+        domains = sorted(streams)
+        windows = np.array([len(streams[d]) - self.seq_len - 1 for d in domains], dtype=np.float64)
+        tag = 0 if split == "train" else 1
+        rng = np.random.default_rng([self.seed, tag, step, micro])
+        n = self.B * self.world
+        pick = rng.choice(len(domains), size=n, p=windows / windows.sum())
+        starts = (rng.random(n) * (windows[pick] + 1)).astype(np.int64)
+        rows = slice(self.rank * self.B, (self.rank + 1) * self.B)
+        seqs = np.stack([streams[domains[p]][s:s + self.seq_len + 1] for p, s in zip(pick[rows], starts[rows])])
+        return seqs[:, :-1].copy(), seqs[:, 1:].copy(), np.asarray(domains)[pick[rows]].astype(np.int64)

@@ -1,0 +1,47 @@
+"""Tokenizers: byte-level by default (vocab 256, nothing to download), or a ``tokenizers`` JSON file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class ByteTokenizer:
+    """UTF-8 bytes are the tokens."""
+    vocab_size = 256
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8", errors="replace"), dtype=np.uint8).astype(np.int64)
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+
+class FileTokenizer:
+    """A Hugging Face ``tokenizers`` JSON file (``pip install tokenizers``)."""
+
+    def __init__(self, path: str | Path):
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise ImportError(f"data.tokenizer = {path!r} needs the tokenizers package: pip install tokenizers") \
+                from None
+        self.tok = Tokenizer.from_file(str(path))
+        self.vocab_size = self.tok.get_vocab_size()
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self.tok.encode(text).ids, dtype=np.int64)
+
+    def decode(self, ids) -> str:
+        return self.tok.decode([int(i) for i in ids])
+
+
+def load_tokenizer(spec: str):
+    """``byte`` or the path of a tokenizers JSON file."""
+    if spec == "byte":
+        return ByteTokenizer()
+    if not Path(spec).is_file():
+        from locmoe.config import ConfigError
+
+        raise ConfigError("data.tokenizer", f"{spec!r} is neither 'byte' nor an existing tokenizers JSON file")
+    return FileTokenizer(spec)

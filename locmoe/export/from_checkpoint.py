@@ -1,0 +1,52 @@
+"""``locmoe export CHECKPOINT OUT_DIR``: the routers of a checkpoint (either backend) as an export directory."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from locmoe import __version__
+from locmoe.checkpointing import resolve, verify
+from locmoe.config import config_from_dict
+from locmoe.export.manifest import PlacementTable, RouterManifest
+from locmoe.export.router_export import write_router_export
+from locmoe.routing.domains import domain_expert_groups
+from locmoe.topology import ExpertPlacement, Topology
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Read the routers' tensors and settings from a checkpoint and write ``out_dir`` atomically."""
+    path = resolve(checkpoint)
+    verify(path)
+    state = json.loads((path / "train_state.json").read_text())
+    cfg = config_from_dict(state["config"])
+    from models.spec import moe_layer_indices   # models.spec is framework-free
+
+    weights = load_file(str(path / "model.safetensors"))
+    layers = moe_layer_indices(cfg.model)
+    tensors = {}
+    for i in layers:
+        for name in ("gate_weight", "angle_ema", "hash_table"):
+            key = f"layers.{i}.moe.router.{name}"
+            if key in weights:
+                tensors[key] = weights[key]
+    lay = state["layout"]
+    topo = Topology(lay["nodes"], lay["devices_per_node"])
+    placement = ExpertPlacement.from_config(cfg.parallel, cfg.moe.num_experts, topo)
+    table = PlacementTable(topo.world_size, layers, [list(placement.expert_to_rank) for _ in layers],
+                           source=cfg.parallel.placement)
+    r, c, dom = cfg.moe.router, cfg.moe.capacity, cfg.moe.domains
+    manifest = RouterManifest(
+        router_kind=r.kind, gate=r.gate, top_k=r.top_k, num_experts=cfg.moe.num_experts, d_model=cfg.model.d_model,
+        vocab_size=cfg.model.vocab_size, moe_layers=layers, temperature=r.temperature, rho=r.rho,
+        capacity={"mode": c.mode, "factor": c.factor, "bound_rule": c.bound_rule, "min_factor": c.min_factor,
+                  "angle_quantile": c.angle_quantile, "slack": c.slack, "hash_seed": r.hash_seed},
+        topology={"nodes": topo.num_nodes, "devices_per_node": topo.devices_per_node},
+        placement=table.to_dict(),
+        domains={"num_domains": dom.num_domains, "seed": dom.seed, "names": dom.names,
+                 "groups": domain_expert_groups(dom.num_domains, cfg.moe.num_experts, dom.seed).tolist()},
+        tensors={}, source={"checkpoint": str(path), "step": state["step"], "backend": state.get("backend"),
+                            "locmoe_version": __version__, "config": state["config"]})
+    return write_router_export(out_dir, manifest, {k: np.asarray(v) for k, v in tensors.items()})

@@ -1,0 +1,144 @@
+"""PanGu-Sigma-style decoder in PyTorch: dense blocks at the bottom, MoE blocks above (Random Routed Experts:
+a sample's domain picks its expert group, the router picks inside it). Pre-norm (RMSNorm), rotary
+attention, SwiGLU FFNs. Parameter names follow ``models.spec`` (the checkpoint contract).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from backends.torch.distributed import ExpertParallel
+from backends.torch.moe_layer import MoELayer, MoEMetrics
+from locmoe.config.schema import JobConfig, ModelConfig
+from models.spec import init_rule, init_seed, is_expert_param, moe_layer_indices, parameter_shapes
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # normalise in fp32: bf16's 8-bit mantissa loses the mean square of large activations
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (h * self.weight).to(x.dtype)
+
+
+def rotary_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin: [max_len, head_dim/2]."""
+    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, H, S, hd]; rotate each (even, odd) feature pair by its position's angle."""
+    x1, x2 = x[..., 0::2].float(), x[..., 1::2].float()
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    return out.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, m: ModelConfig):
+        super().__init__()
+        self.n_heads, self.head_dim = m.n_heads, m.d_model // m.n_heads
+        self.wqkv = nn.Linear(m.d_model, 3 * m.d_model, bias=False)
+        self.wo = nn.Linear(m.d_model, m.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, S, d = x.shape
+        q, k, v = self.wqkv(x).view(B, S, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [B, H, S, hd]
+        q, k = apply_rotary(q, cos[:S], sin[:S]), apply_rotary(k, cos[:S], sin[:S])
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.wo(y.transpose(1, 2).reshape(B, S, d))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d: int, d_ff: int):
+        super().__init__()
+        self.w1 = nn.Linear(d, d_ff, bias=False)
+        self.w3 = nn.Linear(d, d_ff, bias=False)
+        self.w2 = nn.Linear(d_ff, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: JobConfig, layer_id: int, ep: Optional[ExpertParallel]):
+        super().__init__()
+        m = cfg.model
+        self.attn_norm, self.ffn_norm = RMSNorm(m.d_model, m.norm_eps), RMSNorm(m.d_model, m.norm_eps)
+        self.attn = Attention(m)
+        if ep is None:
+            self.ffn = FeedForward(m.d_model, m.d_ff)
+        else:
+            self.moe = MoELayer(cfg.moe, m.d_model, m.vocab_size, ep, layer_id)
+
+    def forward(self, x, cos, sin, token_ids, domain):
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        h = self.ffn_norm(x)
+        if hasattr(self, "ffn"):
+            return x + self.ffn(h), None, None
+        y, aux, metrics = self.moe(h, token_ids=token_ids, domain=domain)   # dropped copies: y = 0 here
+        return x + y, aux, metrics
+
+
+class PanGuSigma(nn.Module):
+    def __init__(self, cfg: JobConfig, ep: ExpertParallel):
+        super().__init__()
+        m = cfg.model
+        self.cfg = cfg
+        self.moe_layers = moe_layer_indices(m)
+        self.embed = nn.Embedding(m.vocab_size, m.d_model)
+        self.layers = nn.ModuleList(Block(cfg, i, ep if i in self.moe_layers else None) for i in range(m.n_layers))
+        self.norm = RMSNorm(m.d_model, m.norm_eps)
+        self.lm_head = None if m.tie_embeddings else nn.Linear(m.d_model, m.vocab_size, bias=False)
+        cos, sin = rotary_tables(m.d_model // m.n_heads, m.max_seq_len, m.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(self, tokens: torch.Tensor, domain: Optional[torch.Tensor] = None
+                ) -> tuple[torch.Tensor, torch.Tensor, list[MoEMetrics]]:
+        """tokens: [B, S], domain: [B] -> (logits [B, S, V], summed auxiliary objective, per-MoE-layer metrics)."""
+        B, S = tokens.shape
+        if S > self.rope_cos.shape[0]:
+            raise ValueError(f"sequence length {S} exceeds model.max_seq_len ({self.rope_cos.shape[0]})")
+        dom = None if domain is None else domain[:, None].expand(B, S)
+        x = self.embed(tokens)
+        aux, metrics = x.new_zeros((), dtype=torch.float32), []
+        for block in self.layers:
+            x, a, m = block(x, self.rope_cos, self.rope_sin, tokens, dom)
+            if a is not None:
+                aux, metrics = aux + a, metrics + [m]
+        x = self.norm(x)
+        logits = F.linear(x, self.embed.weight if self.lm_head is None else self.lm_head.weight)
+        return logits, aux, metrics
+
+    def reset_parameters(self, seed: int) -> None:
+        """Draw every parameter from its own seeded generator (global shape, then this rank's experts), so
+        the weights do not depend on the number of ranks or the order of construction."""
+        shapes = parameter_shapes(self.cfg)
+        local = {n: p for n, p in self.named_parameters()}
+        local.update({n: b for n, b in self.named_buffers() if n in shapes})
+        for name, t in local.items():
+            kind, std = init_rule(name, self.cfg.model)
+            with torch.no_grad():
+                if kind == "ones":
+                    t.fill_(1.0)
+                elif kind == "normal":
+                    g = torch.Generator().manual_seed(init_seed(name, seed))
+                    full = torch.randn(shapes[name], generator=g) * std
+                    if is_expert_param(name):
+                        full = full[list(self.expert_ids())]
+                    t.copy_(full)
+
+    def expert_ids(self) -> tuple:
+        """Global ids of the experts this rank holds (in slot order)."""
+        block = self.layers[self.moe_layers[0]] if self.moe_layers else None
+        return block.moe.ep.local_experts if block is not None else ()

@@ -1,0 +1,7 @@
+"""Cross-backend conformance: the numpy reference, torch and MindSpore on identical inputs and weights.
+
+- ``test_moe_layer_conformance.py``: one MoE layer, every router and capacity mode, decisions exact and
+  outputs, losses and gradients within stated fp32 tolerances (``runners.py`` runs each backend).
+- ``test_model_conformance.py`` (not written yet; comes with the MindSpore model): a torch checkpoint loaded in
+  MindSpore gives the same logits, and back. Add a model runner beside ``runners.py`` for it.
+"""
