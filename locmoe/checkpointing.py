@@ -12,14 +12,16 @@ import re
 import shutil
 import signal
 from pathlib import Path
+from typing import Callable
 
 from locmoe.atomic_io import fsync_dir, fsync_tree
+from locmoe.errors import LocMoEError
 
 CHECKPOINT_FORMAT_VERSION = 1
 _NAME = re.compile(r"^step_(\d{8})$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LocMoEError):
     """A checkpoint that is missing, incomplete, corrupt or from another version or layout."""
 
 
@@ -133,3 +135,56 @@ def maybe_inject_fault(point: str, step: int) -> None:
     spec = os.environ.get("LOCMOE_FAULT_INJECT", "")
     if spec == f"{point}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- shared by the backends
+
+def layout_record(layout) -> dict:
+    """What exact resume needs to match: ranks and the EP topology (``layout``: a ``ParallelLayout``)."""
+    t = layout.topology
+    return {"world_size": layout.world_size, "ep_size": t.world_size, "nodes": t.num_nodes,
+            "devices_per_node": t.devices_per_node, "emulated": layout.emulated}
+
+
+def write_checkpoint(out_dir: str | Path, step: int, keep: int, is_main: bool, barrier: Callable[[], None],
+                     write: Callable[[Path], None], backend: str) -> Path | None:
+    """The protocol every rank follows: rank 0 makes the temporary directory, every rank ``write``s its files
+    into it (rank 0 also the shared ones), rank 0 seals it and prunes old checkpoints. Returns the sealed
+    directory on rank 0, None elsewhere."""
+    tmp = temp_dir(out_dir, step)
+    if is_main:
+        tmp.mkdir(parents=True, exist_ok=True)
+    barrier()
+    write(tmp)
+    barrier()
+    final = None
+    if is_main:
+        final = seal(out_dir, step, {"backend": backend})
+        prune(out_dir, keep)
+    barrier()
+    return final
+
+
+def write_train_state(tmp: Path, step: int, cfg, layout, backend: str, extra: dict) -> None:
+    """``train_state.json`` of a checkpoint being written (rank 0)."""
+    from locmoe import __version__
+    from locmoe.config import config_to_dict
+
+    state = {"step": step, "config": config_to_dict(cfg), "layout": layout_record(layout), "backend": backend,
+             "locmoe_version": __version__, **extra}
+    (tmp / "train_state.json").write_text(json.dumps(state, indent=2) + "\n")
+
+
+def read_train_state(path: Path, layout, backend: str) -> dict:
+    """Verify a checkpoint and read its train state; exact resume needs the backend and the layout it was
+    written with (``locmoe convert`` changes the backend)."""
+    verify(path)
+    state = json.loads((path / "train_state.json").read_text())
+    written_by = state.get("backend", "torch")
+    if written_by != backend:
+        raise CheckpointError(f"{path} was written by the {written_by} backend and this run uses {backend}: "
+                              f"convert it first with `locmoe convert {path} OUT_DIR --to {backend}`")
+    if state.get("layout") != layout_record(layout):
+        raise CheckpointError(f"{path} was written with layout {state.get('layout')}, this run has "
+                              f"{layout_record(layout)}; exact resume needs the same ranks and topology")
+    return state

@@ -14,7 +14,7 @@ def _train(args: argparse.Namespace) -> int:
     from locmoe.config import load_config
     import backends
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set, layers=args.layers)
     backends.get(cfg.parallel.backend).train(cfg, resume=args.resume)
     return 0
 
@@ -36,8 +36,10 @@ def _route_demo(args: argparse.Namespace) -> int:
 
 def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML job file (see configs/)")
+    p.add_argument("--with", dest="layers", action="append", default=[], metavar="FRAGMENT.yaml",
+                   help="merge a YAML fragment over CONFIG, e.g. --with configs/routers/gshard.yaml (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override a config field, e.g. --set train.steps=50 (repeatable)")
+                   help="override a config field, e.g. --set train.steps=50 (repeatable; applied last)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.out_dir")
 
 
@@ -52,33 +54,39 @@ def _add_route_demo(p: argparse.ArgumentParser) -> None:
     demo.add_arguments(p)
 
 
-def _add_plan(p: argparse.ArgumentParser) -> None:
-    from locmoe.planning import cli as plan_cli
+class _Module:
+    """A subcommand whose parser and handler live in their own module (``add_arguments`` and ``main``),
+    imported only when that subcommand is used or its help is built."""
 
-    plan_cli.add_arguments(p)
+    def __init__(self, module: str):
+        self.module = module
 
-
-def _add_bench(p: argparse.ArgumentParser) -> None:
-    from locmoe import bench_cli
-
-    bench_cli.add_arguments(p)
-
-
-def _delegate(module: str) -> Callable[[argparse.Namespace], int]:
-    def handler(args: argparse.Namespace) -> int:
+    def _load(self):
         import importlib
 
-        return importlib.import_module(module).main(args)
-    return handler
+        return importlib.import_module(self.module)
+
+    def add(self, p: argparse.ArgumentParser) -> None:
+        self._load().add_arguments(p)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return self._load().main(args)
+
+
+def _module(help_text: str, module: str) -> tuple[str, Callable, Callable]:
+    m = _Module(module)
+    return help_text, m.add, m.run
 
 
 COMMANDS = {
     "train": ("pretrain an MoE model from a YAML job (torchrun / msrun launch it on many ranks)", _add_train, _train),
     "export": ("export the routers of a checkpoint for serving", _add_export, _export),
-    "plan": ("expert placement and deployment planning from routing traces", _add_plan,
-             _delegate("locmoe.planning.cli")),
-    "bench": ("benchmarks: calibrate the expert cost model, prefill throughput, capacity bound", _add_bench,
-              _delegate("locmoe.bench_cli")),
+    "convert": _module("convert a checkpoint between the torch and MindSpore backends", "locmoe.convert_cli"),
+    "trace": _module("record a routing trace of a checkpoint on a corpus (input of `locmoe plan`)",
+                     "locmoe.placement.trace_cli"),
+    "plan": _module("expert placement and deployment planning from routing traces", "locmoe.planning.cli"),
+    "generate": _module("generate text from a checkpoint and its exported routers", "locmoe.inference.generate_cli"),
+    "bench": _module("benchmarks: calibrate the expert cost model, prefill throughput", "locmoe.bench_cli"),
     "route-demo": ("route a random batch on an emulated cluster and compare routers", _add_route_demo, _route_demo),
 }
 
@@ -95,10 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from locmoe.checkpointing import CheckpointError
     from locmoe.config import ConfigError
-    from locmoe.data import DataError
-    from locmoe.export import ExportError
+    from locmoe.errors import LocMoEError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -110,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"locmoe {args.command}: config error: {err}", file=sys.stderr)
         return 2
-    except (DataError, CheckpointError, ExportError) as err:
+    except LocMoEError as err:
         print(f"locmoe {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
 

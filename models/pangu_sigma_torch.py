@@ -13,7 +13,7 @@ from torch import nn
 from backends.torch.distributed import ExpertParallel
 from backends.torch.moe_layer import MoELayer, MoEMetrics
 from locmoe.config.schema import JobConfig, ModelConfig
-from models.spec import init_rule, init_seed, is_expert_param, moe_layer_indices, parameter_shapes
+from models.spec import initial_state, moe_layer_indices, parameter_shapes
 
 
 class RMSNorm(nn.Module):
@@ -70,7 +70,8 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: JobConfig, layer_id: int, ep: Optional[ExpertParallel]):
+    def __init__(self, cfg: JobConfig, layer_id: int, ep: Optional[ExpertParallel], moe_cls: type = MoELayer):
+        """``moe_cls``: the MoE layer of MoE blocks (serving passes its own; same constructor, same names)."""
         super().__init__()
         m = cfg.model
         self.attn_norm, self.ffn_norm = RMSNorm(m.d_model, m.norm_eps), RMSNorm(m.d_model, m.norm_eps)
@@ -78,7 +79,7 @@ class Block(nn.Module):
         if ep is None:
             self.ffn = FeedForward(m.d_model, m.d_ff)
         else:
-            self.moe = MoELayer(cfg.moe, m.d_model, m.vocab_size, ep, layer_id)
+            self.moe = moe_cls(cfg.moe, m.d_model, m.vocab_size, ep, layer_id)
 
     def forward(self, x, cos, sin, token_ids, domain):
         x = x + self.attn(self.attn_norm(x), cos, sin)
@@ -121,22 +122,14 @@ class PanGuSigma(nn.Module):
         return logits, aux, metrics
 
     def reset_parameters(self, seed: int) -> None:
-        """Draw every parameter from its own seeded generator (global shape, then this rank's experts), so
-        the weights do not depend on the number of ranks or the order of construction."""
+        """Copy every parameter's global starting value (``models.spec.initial_value``, the same numbers the
+        MindSpore model starts from), keeping this rank's experts."""
         shapes = parameter_shapes(self.cfg)
         local = {n: p for n, p in self.named_parameters()}
         local.update({n: b for n, b in self.named_buffers() if n in shapes})
-        for name, t in local.items():
-            kind, std = init_rule(name, self.cfg.model)
-            with torch.no_grad():
-                if kind == "ones":
-                    t.fill_(1.0)
-                elif kind == "normal":
-                    g = torch.Generator().manual_seed(init_seed(name, seed))
-                    full = torch.randn(shapes[name], generator=g) * std
-                    if is_expert_param(name):
-                        full = full[list(self.expert_ids())]
-                    t.copy_(full)
+        with torch.no_grad():
+            for name, value in initial_state(self.cfg, seed, local, list(self.expert_ids())):
+                local[name].copy_(torch.from_numpy(value))
 
     def expert_ids(self) -> tuple:
         """Global ids of the experts this rank holds (in slot order)."""

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import zlib
 
+import numpy as np
+
 from locmoe.config.schema import JobConfig, ModelConfig
 
 
@@ -85,3 +87,26 @@ def init_rule(name: str, cfg: ModelConfig) -> tuple[str, float]:
 def init_seed(name: str, seed: int) -> int:
     """A per-parameter seed: every rank and every layout draws the same global tensor for a name."""
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
+
+
+def initial_value(name: str, cfg: JobConfig, seed: int) -> np.ndarray | None:
+    """The global fp32 starting value of a parameter, or None for router state (the router sets it).
+
+    Drawn with numpy from the parameter's own seed, so both backends start from the same weights for the same
+    seed, whatever the rank count or construction order.
+    """
+    kind, std = init_rule(name, cfg.model)
+    shape = parameter_shapes(cfg)[name]
+    if kind == "ones":
+        return np.ones(shape, np.float32)
+    if kind == "normal":
+        return (np.random.default_rng(init_seed(name, seed)).standard_normal(shape, np.float32) * std)
+    return None
+
+
+def initial_state(cfg: JobConfig, seed: int, names, experts: list):
+    """(name, this rank's starting array) for each of ``names`` that has one; experts sliced to ``experts``."""
+    for name in names:
+        full = initial_value(name, cfg, seed)
+        if full is not None:
+            yield name, (full[experts] if is_expert_param(name) else full)

@@ -5,6 +5,7 @@
     build_model(cfg, ctx)           the PanGu-Sigma-style model
     train(cfg, resume=False)        the pretraining loop
     save_checkpoint / load_checkpoint
+    record_trace(checkpoint, out, …) a routing trace of a checkpoint for the placement planners
 """
 from backends.torch.distributed import init_distributed
 from backends.torch.moe_layer import MoELayer
@@ -34,4 +35,10 @@ def load_checkpoint(*args, **kwargs):
     return _load(*args, **kwargs)
 
 
-__all__ = ["MoELayer", "build_model", "init_distributed", "load_checkpoint", "save_checkpoint", "train"]
+def record_trace(*args, **kwargs):
+    from backends.torch.trace import record_trace as _record
+
+    return _record(*args, **kwargs)
+
+
+__all__ = ["MoELayer", "build_model", "init_distributed", "load_checkpoint", "record_trace", "save_checkpoint", "train"]

@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import random
 from pathlib import Path
 
@@ -20,16 +20,8 @@ from safetensors.torch import save_file
 
 from backends.torch.collectives import all_gather_rows
 from backends.torch.distributed import DistContext
-from locmoe import __version__
-from locmoe.checkpointing import CheckpointError, prune, seal, temp_dir, verify
-from locmoe.config import config_to_dict
+from locmoe.checkpointing import CheckpointError, read_train_state, write_checkpoint, write_train_state
 from models.spec import is_expert_param, parameter_shapes
-
-
-def layout_of(ctx: DistContext) -> dict:
-    t = ctx.layout.topology
-    return {"world_size": ctx.world_size, "ep_size": t.world_size, "nodes": t.num_nodes,
-            "devices_per_node": t.devices_per_node, "emulated": ctx.emulated}
 
 
 def consolidated_state(model, ctx: DistContext) -> dict[str, torch.Tensor]:
@@ -52,28 +44,20 @@ def consolidated_state(model, ctx: DistContext) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(model, optimizer, ctx: DistContext, step: int, extra: dict) -> Path | None:
     cfg = model.cfg
-    tmp = temp_dir(cfg.train.out_dir, step)
-    if ctx.is_main:
-        tmp.mkdir(parents=True, exist_ok=True)
-    _barrier(ctx)
-    state = consolidated_state(model, ctx)
-    r = ctx.rank
-    torch.save(optimizer.state_dict(), tmp / f"optimizer_rank{r}.pt")
-    torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-               tmp / f"rng_rank{r}.pt")
-    if ctx.is_main:
-        save_file(state, str(tmp / "model.safetensors"))
-        train_state = {"step": step, "config": config_to_dict(cfg), "layout": layout_of(ctx),
-                       "backend": "torch", "locmoe_version": __version__, **extra}
-        (tmp / "train_state.json").write_text(json.dumps(train_state, indent=2) + "\n")
-    _barrier(ctx)
-    final = None
-    if ctx.is_main:
-        final = seal(cfg.train.out_dir, step, {"backend": "torch"})
-        prune(cfg.train.out_dir, cfg.train.keep_checkpoints)
-    _barrier(ctx)
-    return final
+
+    def write(tmp: Path) -> None:
+        state = consolidated_state(model, ctx)
+        r = ctx.rank
+        torch.save(optimizer.state_dict(), tmp / f"optimizer_rank{r}.pt")
+        torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                   tmp / f"rng_rank{r}.pt")
+        if ctx.is_main:
+            save_file(state, str(tmp / "model.safetensors"))
+            write_train_state(tmp, step, cfg, ctx.layout, "torch", extra)
+
+    return write_checkpoint(cfg.train.out_dir, step, cfg.train.keep_checkpoints, ctx.is_main, lambda: _barrier(ctx),
+                            write, "torch")
 
 
 def load_model_weights(model, path: Path) -> None:
@@ -100,11 +84,7 @@ def load_model_weights(model, path: Path) -> None:
 
 def load_checkpoint(path: Path, model, optimizer, ctx: DistContext) -> tuple[int, dict]:
     """Restore weights, optimiser and RNG; returns (step to continue from, train_state)."""
-    verify(path)
-    state = json.loads((path / "train_state.json").read_text())
-    if state.get("layout") != layout_of(ctx):
-        raise CheckpointError(f"{path} was written with layout {state.get('layout')}, this run has "
-                              f"{layout_of(ctx)}; exact resume needs the same ranks and topology")
+    state = read_train_state(path, ctx.layout, "torch")
     load_model_weights(model, path)
     optimizer.load_state_dict(torch.load(path / f"optimizer_rank{ctx.rank}.pt", weights_only=False))
     rng = torch.load(path / f"rng_rank{ctx.rank}.pt", weights_only=False)
@@ -119,3 +99,63 @@ def load_checkpoint(path: Path, model, optimizer, ctx: DistContext) -> tuple[int
 def _barrier(ctx: DistContext) -> None:
     if ctx.world_size > 1:
         dist.barrier()
+
+
+# ----------------------------------------------------------------------------- conversion (locmoe convert)
+
+def optimizer_names(cfg) -> list[str]:
+    """Parameter names in the order of ``make_optimizer``'s state indices (decay group, then the rest),
+    read from a model built on the meta device (no memory; the order does not depend on the layout)."""
+    from backends.torch.collectives import Group
+    from backends.torch.distributed import ExpertParallel
+    from backends.torch.optim import make_optimizer
+    from locmoe.topology import ExpertPlacement, Topology
+    from models.pangu_sigma_torch import PanGuSigma
+
+    topo, one = Topology(1, 1), Group(None, (0,), (0,), 0)
+    placement = ExpertPlacement.from_config(dataclasses.replace(cfg.parallel, placement="contiguous",
+                                                                placement_table=[]), cfg.moe.num_experts, topo)
+    with torch.device("meta"):
+        model = PanGuSigma(cfg, ExpertParallel(topo, placement, 0, True, one, one, one, cfg.parallel.dispatch))
+    index = {id(p): n for n, p in model.named_parameters()}
+    return [index[id(p)] for g in make_optimizer(model, cfg.train).param_groups for p in g["params"]]
+
+
+def read_optimizer(path: Path, rank: int, cfg) -> dict:
+    """Rank ``rank``'s AdamW state as {"step", "exp_avg": {name: array}, "exp_avg_sq": {...}} (numpy)."""
+    saved = torch.load(path / f"optimizer_rank{rank}.pt", weights_only=False)
+    names, out = optimizer_names(cfg), {"step": 0, "exp_avg": {}, "exp_avg_sq": {}}
+    for i, s in saved["state"].items():
+        out["step"] = max(out["step"], int(s["step"]))
+        for key in ("exp_avg", "exp_avg_sq"):
+            out[key][names[i]] = s[key].float().numpy()
+    return out
+
+
+def write_optimizer(state: dict, path: Path, rank: int, cfg) -> None:
+    """The inverse of :func:`read_optimizer`: a ``torch.optim.AdamW.state_dict()`` the torch loop loads."""
+    names = optimizer_names(cfg)
+    decay = sum(1 for n in names if len(parameter_shapes(cfg)[n]) >= 2)
+    t = cfg.train
+    group = lambda ids, wd: {"weight_decay": wd, "lr": t.lr, "betas": (t.beta1, t.beta2), "eps": 1e-8,  # noqa
+                             "amsgrad": False, "foreach": None, "maximize": False, "capturable": False,
+                             "differentiable": False, "fused": None, "decoupled_weight_decay": True, "params": ids}
+    body = {i: {"step": torch.tensor(float(state["step"])), "exp_avg": torch.from_numpy(state["exp_avg"][n]),
+                "exp_avg_sq": torch.from_numpy(state["exp_avg_sq"][n])}
+            for i, n in enumerate(names) if n in state["exp_avg"]}
+    groups = [group(list(range(decay)), t.weight_decay), group(list(range(decay, len(names))), 0.0)]
+    torch.save({"state": body, "param_groups": groups}, path / f"optimizer_rank{rank}.pt")
+
+
+def read_rng(path: Path, rank: int) -> dict:
+    """numpy and python RNG states of a rank (the framework-neutral part of ``rng_rank{r}.pt``)."""
+    rng = torch.load(path / f"rng_rank{rank}.pt", weights_only=False)
+    return {"numpy": rng["numpy"], "python": rng["python"]}
+
+
+def write_rng(state: dict, path: Path, rank: int, seed: int) -> None:
+    """``rng_rank{r}.pt`` from numpy/python states; torch's own generator restarts from the run's seed, as
+    ``backends.torch.train`` seeds it (the model draws its weights from numpy, so nothing else consumed it)."""
+    torch_state = torch.Generator().manual_seed(seed + rank).get_state()
+    torch.save({"torch": torch_state, "numpy": state["numpy"], "python": state["python"], "cuda": None},
+               path / f"rng_rank{rank}.pt")

@@ -42,6 +42,7 @@ class Layout:
     kept: Optional[torch.Tensor]       # [C] kept mask, None when every copy is kept
     chunks: list                       # one Dispatch per chunk
     pos: Optional[torch.Tensor]        # [T, k] row of each copy (token-choice routers), else None
+    counts: Optional[np.ndarray] = None  # [W src, chunks, W dst, E_local] kept copies (host; EP only)
 
 
 @dataclass
@@ -105,7 +106,7 @@ class TokenDispatcher:
         if out.choices is not None:
             T, k = out.choices.shape
             pos = copy_positions(kept_order, kept_order.numel(), T * k).view(T, k)
-        layout = Layout(kept_order, bounds, kept_mine if self.admission_needed else None, plans, pos)
+        layout = Layout(kept_order, bounds, kept_mine if self.admission_needed else None, plans, pos, counts)
         return layout, self._stats(g_expert, kept, locality, capacity, bound), kept_mine
 
     def _group_view(self, out: RouterOutput, token_rank: torch.Tensor):

@@ -3,7 +3,8 @@
 Every token has k copies; copy (t, j) sits at row ``pos[t, j]`` of the permuted buffer (expert-major, or a
 rank's send order), or is dropped. Autograd's own backward of ``index_select`` is an atomic scatter
 (``index_add``) and the weighted combine a broadcast multiply; both were a third of the MoE layer's time on
-an H200. Knowing ``pos`` turns each backward into a gather and the k-way weighted sum into a ``bmm``.
+an H200. Knowing ``pos`` turns each backward into gathers, and the k-way weighted sum into k gathers with fused
+multiply-adds (``weighted_row_sum``).
 """
 from __future__ import annotations
 
@@ -24,10 +25,8 @@ class PermuteTokens(torch.autograd.Function):
         T, k = pos.shape
         if grad_rows.shape[0] == 0:
             return grad_rows.new_zeros(T, grad_rows.shape[1]), None, None, None
-        g = grad_rows.index_select(0, pos.reshape(-1)).view(T, k, -1)
-        if kept is not None:                       # None: every copy was kept
-            g = g * kept.view(T, k, 1).to(g.dtype)
-        return g.sum(dim=1), None, None, None
+        mask = None if kept is None else kept.view(T, k).to(grad_rows.dtype)   # None: every copy was kept
+        return weighted_row_sum(grad_rows, pos, mask), None, None, None
 
 
 class UnpermuteTokens(torch.autograd.Function):
@@ -40,8 +39,7 @@ class UnpermuteTokens(torch.autograd.Function):
         ctx.save_for_backward(rows, weight, pos, row_token, row_copy)
         if rows.shape[0] == 0:
             return rows.new_zeros(T, rows.shape[1])
-        gathered = rows.index_select(0, pos.reshape(-1)).view(T, k, -1)
-        return torch.bmm(weight.view(T, 1, k), gathered).view(T, -1)
+        return weighted_row_sum(rows, pos, weight.to(rows.dtype))
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
@@ -49,10 +47,26 @@ class UnpermuteTokens(torch.autograd.Function):
         T, k = pos.shape
         if rows.shape[0] == 0:
             return rows.new_zeros(rows.shape), weight.new_zeros(weight.shape), None, None, None
-        grad_rows = grad_y.index_select(0, row_token) * weight.reshape(-1).index_select(0, row_copy)[:, None]
+        grad_rows = grad_y.index_select(0, row_token).mul_(weight.reshape(-1).index_select(0, row_copy)[:, None])
         gathered = rows.index_select(0, pos.reshape(-1)).view(T, k, -1)
         grad_w = torch.bmm(gathered, grad_y.view(T, -1, 1)).view(T, k)
         return grad_rows, grad_w, None, None, None
+
+
+def weighted_row_sum(rows: torch.Tensor, pos: torch.Tensor, weight) -> torch.Tensor:
+    """out[t] = Σ_j weight[t, j] · rows[pos[t, j]] (weight None = all ones), one gather and one fused
+    multiply-add per j. A [T,1,k] x [T,k,d] ``bmm`` runs as T tiny GEMVs (0.7 ms for 32k tokens, d=2048 on an
+    H200) and ``sum(dim=1)`` over a [T,k,d] view as a strided reduction; k passes over [T, d] do neither."""
+    out = None
+    for j in range(pos.shape[1]):
+        part = rows.index_select(0, pos[:, j])
+        if out is None:
+            out = part if weight is None else part.mul_(weight[:, j, None])
+        elif weight is None:
+            out.add_(part)
+        else:
+            out.addcmul_(part, weight[:, j, None])
+    return out
 
 
 def copy_positions(order: torch.Tensor, num_kept: int, num_copies: int) -> torch.Tensor:

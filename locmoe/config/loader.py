@@ -15,9 +15,10 @@ import yaml
 
 from locmoe.config.fields import describe_rules, violates
 from locmoe.config.schema import JobConfig
+from locmoe.errors import LocMoEError
 
 
-class ConfigError(ValueError):
+class ConfigError(LocMoEError):
     """A config value that is unknown, of the wrong type, or out of range."""
 
     def __init__(self, field: str, message: str):
@@ -150,11 +151,15 @@ def _join(path: str, key: str) -> str:
 
 # ----------------------------------------------------------------------------- public entry points
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> JobConfig:
-    """Load, override, type-check and cross-check a job config. ``path=None`` starts from the defaults."""
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
+                layers: Iterable[str | Path] = ()) -> JobConfig:
+    """Load, layer, override, type-check and cross-check a job config. ``path=None`` starts from the defaults;
+    ``layers`` are YAML fragments merged over it in order (e.g. a router variant), ``overrides`` come last."""
     from locmoe.config.checks import resolve_and_check
 
     raw = read_yaml_with_defaults(path) if path is not None else {}
+    for layer in layers:
+        raw = deep_merge(raw, read_yaml_with_defaults(layer))
     raw = apply_overrides(raw, overrides)
     cfg = build(JobConfig, raw)
     return resolve_and_check(cfg)

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from locmoe.config.schema import DataConfig
+from locmoe.errors import LocMoEError
 
 
-class DataError(ValueError):
+class DataError(LocMoEError):
     """A data source that is missing, empty or malformed."""
 
 

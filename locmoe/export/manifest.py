@@ -9,11 +9,12 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from locmoe.errors import LocMoEError
 
 EXPORT_FORMAT_VERSION = 1
 
 
-class ExportError(ValueError):
+class ExportError(LocMoEError):
     """An export directory or placement file that is missing, corrupt, or from another version/model."""
 
 

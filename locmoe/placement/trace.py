@@ -35,12 +35,13 @@ from typing import Any, Mapping
 import numpy as np
 
 from locmoe.atomic_io import atomic_write_bytes
+from locmoe.errors import LocMoEError
 
 TRACE_FORMAT_VERSION = 1
 FINGERPRINT_KEYS = ("num_experts", "top_k", "moe_layers", "router_kind", "d_model", "vocab_size")
 
 
-class TraceError(ValueError):
+class TraceError(LocMoEError):
     """A routing trace that is missing, corrupt, inconsistent, or recorded from another model."""
 
 

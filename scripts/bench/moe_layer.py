@@ -144,36 +144,44 @@ def single_gpu(args) -> list[dict]:
 
 
 def multi_gpu(args) -> None:
-    """Runs under torchrun on 2+ GPUs; rank 0 writes its rows to args.part_out."""
+    """Runs under torchrun on 2+ GPUs as ``--nodes`` nodes (default: one GPU per node); rank 0 writes its rows
+    to args.part_out. Raw ``all_to_all_single`` moves the same bytes as the dispatch of one routed batch."""
     T, rows = args.tokens, []
     W = int(os.environ["WORLD_SIZE"])
-    cfg = job(nodes=W, per_node=1)
+    N = args.nodes or W
+    cfg = job(nodes=N, per_node=W // N)
     ctx = init_distributed(cfg.parallel)
     ep = expert_parallel(ctx, cfg.parallel, E)
     torch.manual_seed(1 + ctx.rank)
     x = torch.randn(T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     g = torch.randn(T, D, device="cuda", dtype=torch.bfloat16)
-    layer = make_layer(cfg, ep)
-    out = layer.router(x, torch.full((T,), ep.ep_rank, device="cuda"), 1)
-    plans, _, _ = layer.dispatcher.plan(out, layer.router, torch.full((T,), ep.ep_rank, device="cuda"), T)
-    d = plans[0]
-    rows_send = x.detach()[out.token[d.order]]
-    ex = d.exchange
-    nbytes = sum(s for i, s in enumerate(ex.send) if i != ep.ep_rank) * D * 2
-    raw_out = rows_send.new_empty((sum(ex.recv), D))
-    raw_ms = timed(lambda: dist.all_to_all_single(raw_out, rows_send, ex.recv, ex.send), reps=args.reps)
-    flat_ms = timed(lambda: ex.dispatch(rows_send)(), reps=args.reps)
-    rows.append(dict(part=f"{W} GPUs", what=f"raw all_to_all_single ({nbytes / 1e6:.0f} MB to peers)", ms=raw_ms,
-                     GBps=nbytes / raw_ms / 1e6, pct_of_raw=100.0))
-    rows.append(dict(part=f"{W} GPUs", what="flat scheme dispatch", ms=flat_ms, GBps=nbytes / flat_ms / 1e6,
-                     pct_of_raw=100 * raw_ms / flat_ms))
-    full_ms = timed(lambda: layer.dispatcher.dispatch(x.detach(), out, d)(), reps=args.reps)
-    rows.append(dict(part=f"{W} GPUs", what="flat dispatch incl. permute + expert sort", ms=full_ms,
-                     GBps=nbytes / full_ms / 1e6, pct_of_raw=100 * raw_ms / full_ms))
+    part = f"{W} GPUs ({N}x{W // N})"
+    raw_ms = None
+    for scheme in ("flat", "hierarchical") if W // N > 1 and N > 1 else ("flat",):
+        layer = make_layer(job(nodes=N, per_node=W // N, dispatch=scheme), ep)
+        rank_ids = torch.full((T,), ep.ep_rank, device="cuda")
+        out = layer.router(x, rank_ids, 1)
+        plans, _, _ = layer.dispatcher.plan(out, layer.router, rank_ids, T)
+        d = plans[0]
+        rows_send = x.detach()[out.token[d.order]]
+        if raw_ms is None:   # the raw reference: one flat all_to_all_single of the same send matrix
+            send, recv = d.exchange.send, d.exchange.recv
+            nbytes = sum(n for i, n in enumerate(send) if i != ep.ep_rank) * D * 2
+            raw_out = rows_send.new_empty((sum(recv), D))
+            raw_ms = timed(lambda: dist.all_to_all_single(raw_out, rows_send, recv, send), reps=args.reps)
+            rows.append(dict(part=part, what=f"raw all_to_all_single ({nbytes / 1e6:.0f} MB to peers)", ms=raw_ms,
+                             GBps=nbytes / raw_ms / 1e6, pct_of_raw=100.0))
+        ms = timed(lambda: d.exchange.dispatch(rows_send)(), reps=args.reps)
+        rows.append(dict(part=part, what=f"{scheme} scheme dispatch", ms=ms, GBps=nbytes / ms / 1e6,
+                         pct_of_raw=100 * raw_ms / ms))
+        full_ms = timed(lambda: layer.dispatcher.dispatch(x.detach(), out, d)(), reps=args.reps)
+        rows.append(dict(part=part, what=f"{scheme} dispatch incl. permute + expert sort", ms=full_ms,
+                         GBps=nbytes / full_ms / 1e6, pct_of_raw=100 * raw_ms / full_ms))
+        del layer
     for chunks in (1, 4):
-        lay = make_layer(job(nodes=W, per_node=1, chunks=chunks), ep)
+        lay = make_layer(job(nodes=N, per_node=W // N, chunks=chunks), ep)
         ms = timed(fwd_bwd(lay, x, g), reps=args.reps)
-        rows.append(dict(part=f"{W} GPUs", what=f"MoE layer fwd+bwd, overlap_chunks={chunks}", ms=ms))
+        rows.append(dict(part=part, what=f"MoE layer fwd+bwd, overlap_chunks={chunks}", ms=ms))
         del lay
     if ctx.rank == 0:
         Path(args.part_out).write_text(json.dumps(rows))
@@ -188,6 +196,7 @@ def main() -> None:
     p.add_argument("--out", default="bench_results/moe_layer.json")
     p.add_argument("--part", default="all", choices=["all", "multi"])
     p.add_argument("--part-out", default="")
+    p.add_argument("--nodes", type=int, default=0, help="multi-GPU part: nodes the GPUs form (0 = one GPU per node)")
     p.add_argument("--profile", action="store_true", help="print the top CUDA kernels of the layer")
     args = p.parse_args()
     if not torch.cuda.is_available():
@@ -200,7 +209,7 @@ def main() -> None:
         part.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                str(torch.cuda.device_count()), __file__, "--part", "multi", "--part-out", str(part),
-               "--tokens", str(args.tokens), "--reps", str(args.reps)]
+               "--tokens", str(args.tokens), "--reps", str(args.reps), "--nodes", str(args.nodes)]
         subprocess.run(cmd, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         rows += json.loads(part.read_text())
     device = torch.cuda.get_device_name()

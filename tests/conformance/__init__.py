@@ -2,6 +2,6 @@
 
 - ``test_moe_layer_conformance.py``: one MoE layer, every router and capacity mode, decisions exact and
   outputs, losses and gradients within stated fp32 tolerances (``runners.py`` runs each backend).
-- ``test_model_conformance.py`` (not written yet; comes with the MindSpore model): a torch checkpoint loaded in
-  MindSpore gives the same logits, and back. Add a model runner beside ``runners.py`` for it.
+- ``test_model_conformance.py``: the whole model; the same seed gives the same weights in both frameworks, and
+  a torch checkpoint loaded in MindSpore gives the same logits, and back.
 """

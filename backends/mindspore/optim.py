@@ -1,0 +1,111 @@
+"""AdamW, gradient synchronisation across ranks, and global-norm clipping (the twin of ``backends.torch.optim``).
+
+The objective of a W-rank run is the mean of the ranks' losses, so every gradient is averaged over W.
+Replicated parameters: all-reduce over the world, divide by W. Expert parameters: the all-to-all's
+backward already summed every rank's contribution on the expert's owner; all-reduce over the ranks that
+hold the same experts (if EP < world) and divide by W. One process emulating W ranks needs neither.
+
+AdamW is written out (torch's update rule exactly: decoupled decay, bias-corrected moments) rather than taken
+from ``mindspore.nn``/``mint.optim``, so that its state — per parameter name, ``exp_avg`` and ``exp_avg_sq``,
+plus one step count — converts one to one to and from a torch optimiser (``locmoe convert``).
+"""
+from __future__ import annotations
+
+import math
+
+import mindspore as ms
+from mindspore import Parameter, Tensor, ops
+
+from backends.mindspore.collectives import all_reduce
+from backends.mindspore.distributed import DistContext
+from locmoe.config.schema import TrainConfig
+from models.spec import is_expert_param
+
+
+class AdamW:
+    """AdamW over named parameters; weight decay on matrices and embeddings, none on norms."""
+
+    def __init__(self, params: dict[str, Parameter], t: TrainConfig):
+        self.params = params
+        self.lr, self.betas, self.eps = t.lr, (t.beta1, t.beta2), 1e-8
+        self.decay = {n: (t.weight_decay if p.ndim >= 2 else 0.0) for n, p in params.items()}
+        self.step_count = 0
+        self.exp_avg = {n: ops.zeros(p.shape, ms.float32) for n, p in params.items()}
+        self.exp_avg_sq = {n: ops.zeros(p.shape, ms.float32) for n, p in params.items()}
+
+    def step(self, grads: dict[str, Tensor]) -> None:
+        self.step_count += 1
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1 ** self.step_count, 1 - b2 ** self.step_count
+        for name, p in self.params.items():
+            g = grads[name]
+            m = self.exp_avg[name] = b1 * self.exp_avg[name] + (1 - b1) * g
+            v = self.exp_avg_sq[name] = b2 * self.exp_avg_sq[name] + (1 - b2) * g * g
+            w = p * (1 - self.lr * self.decay[name]) if self.decay[name] else p.value()
+            denom = ops.sqrt(v) / math.sqrt(c2) + self.eps
+            p.set_data(w - (self.lr / c1) * m / denom)
+
+    def state_dict(self) -> dict:
+        """{"step": int, "exp_avg": {name: Tensor}, "exp_avg_sq": {name: Tensor}}."""
+        return {"step": self.step_count, "exp_avg": dict(self.exp_avg), "exp_avg_sq": dict(self.exp_avg_sq)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("exp_avg", "exp_avg_sq"):
+            missing = set(self.params) - set(state[key])
+            if missing:
+                raise KeyError(f"optimiser state lacks {key} of {sorted(missing)[:5]}")
+            getattr(self, key).update({n: Tensor(state[key][n], ms.float32) for n in self.params})
+        self.step_count = int(state["step"])
+
+
+def make_optimizer(model, t: TrainConfig) -> AdamW:
+    return AdamW({n: p for n, p in model.parameters_and_names() if p.requires_grad}, t)
+
+
+def set_lr(optimizer: AdamW, lr: float) -> None:
+    optimizer.lr = lr
+
+
+def _reduce_flat(grads: dict, names: list, group, scale: float) -> None:
+    if not names:
+        return
+    flat = all_reduce(ops.cat([grads[n].reshape(-1) for n in names]), group) * scale
+    offset = 0
+    for n in names:
+        size = grads[n].size
+        grads[n] = flat[offset:offset + size].reshape(grads[n].shape)
+        offset += size
+
+
+def sync_gradients(grads: dict[str, Tensor], ctx: DistContext) -> None:
+    """Average ``grads`` (name → gradient, replaced in place) over the ranks, as the torch backend does."""
+    if ctx.world_size == 1:
+        return
+    dense = [n for n in grads if not is_expert_param(n)]
+    expert = [n for n in grads if is_expert_param(n)]
+    W = ctx.world_size
+    _reduce_flat(grads, dense, ctx.world, 1.0 / W)
+    _reduce_flat(grads, expert, ctx.expert_dp, 1.0 / W)
+
+
+def clip_grad_norm(grads: dict[str, Tensor], ctx: DistContext, max_norm: float) -> float:
+    """Global L2 norm over every parameter of the model (experts counted once per EP group); clip to
+    ``max_norm`` when > 0. Returns the norm before clipping."""
+    sq = lambda names: sum(float((grads[n].astype(ms.float64) ** 2).sum().asnumpy()) for n in names)  # noqa
+    dense_sq = sq([n for n in grads if not is_expert_param(n)])
+    expert_sq = sq([n for n in grads if is_expert_param(n)])
+    if ctx.world_size > 1:
+        expert_sq = float(all_reduce(Tensor([expert_sq], ms.float64), ctx.ep).asnumpy()[0])
+    norm = math.sqrt(dense_sq + expert_sq)
+    if max_norm > 0 and norm > max_norm:
+        scale = max_norm / (norm + 1e-6)
+        for n in grads:
+            grads[n] = grads[n] * scale
+    return norm
+
+
+def all_reduce_mean(values: list[float], ctx: DistContext) -> list[float]:
+    t = Tensor(values, ms.float64)
+    if ctx.world_size > 1:
+        t = all_reduce(t, ctx.world) / ctx.world_size
+    return [float(v) for v in t.asnumpy()]

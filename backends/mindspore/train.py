@@ -1,0 +1,139 @@
+"""Pretraining loop of the MindSpore backend: ``locmoe train CONFIG`` with ``parallel.backend: mindspore``
+(one process, or msrun: ``scripts/train_msrun.sh``). The twin of ``backends.torch.train``.
+
+Order of work: check every input (config, data, checkpoint to resume) before writing anything, build the
+model, then step: micro-batches (``mindspore.value_and_grad``) → gradient sync → clip → AdamW; log,
+validate, checkpoint; export the routers at the end.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, ops
+
+from backends.mindspore.checkpoint import load_checkpoint, save_checkpoint
+from backends.mindspore.distributed import DistContext, expert_parallel, init_distributed
+from backends.mindspore.optim import all_reduce_mean, clip_grad_norm, make_optimizer, set_lr, sync_gradients
+from locmoe import train_common as common
+from locmoe.checkpointing import clean_temporaries
+from locmoe.config import ConfigError
+from locmoe.config.schema import JobConfig
+from locmoe.data import BatchSampler
+from locmoe.schedule import lr_at
+from locmoe.train_log import TrainLogger
+from models.pangu_sigma_mindspore import PanGuSigma
+
+
+def build_model(cfg: JobConfig, ctx: DistContext) -> PanGuSigma:
+    model = PanGuSigma(cfg, expert_parallel(ctx, cfg.parallel, cfg.moe.num_experts))
+    model.reset_parameters(cfg.train.seed)
+    model.set_train(True)          # MindSpore cells start in eval mode; the router's angle EMA learns in training
+    return model
+
+
+@dataclass
+class Batches:
+    """This process's view of the data: one rank's rows, or every emulated rank's rows."""
+    sampler: BatchSampler
+
+    def get(self, step: int, micro: int = 0, split: str = "train"):
+        return tuple(Tensor(a) for a in self.sampler.batch(step, micro, split))
+
+
+def prepare(cfg: JobConfig, resume: bool):
+    """Everything that can fail on bad input, before any output is written."""
+    ctx = init_distributed(cfg.parallel)
+    if cfg.train.dtype != "float32" and ctx.device != "CPU":
+        # on CPU bfloat16 means fp32 compute in both backends (torch autocasts on CUDA/NPU only)
+        raise ConfigError("train.dtype", f"'{cfg.train.dtype}' on {ctx.device} is not supported by the MindSpore "
+                          "backend yet; allowed: float32")
+    corpus, ckpt = common.check_inputs(cfg, resume)
+    ranks = ctx.layout.topology.world_size if ctx.emulated else 1
+    sampler = BatchSampler(corpus, cfg.data.seq_len, cfg.train.batch_size * ranks, ctx.rank, ctx.world_size,
+                           cfg.data.seed)
+    return ctx, corpus, ckpt, Batches(sampler)
+
+
+def loss_of(model, x, y, d):
+    logits, aux, metrics = model(x, d)
+    lm = ops.cross_entropy(logits.astype(ms.float32).reshape(-1, logits.shape[-1]), y.reshape(-1))
+    return lm, aux, metrics
+
+
+class Step:
+    """Forward + backward of one micro-batch: (lm loss, aux objective, metrics, gradients by name)."""
+
+    def __init__(self, model, optimizer, grad_accum: int):
+        self.model, self.names = model, list(optimizer.params)
+        self.seen: dict = {}
+
+        def objective(x, y, d):
+            lm, aux, metrics = loss_of(model, x, y, d)
+            self.seen.update(lm=lm, aux=aux, metrics=metrics)
+            return (lm + aux) / grad_accum
+
+        self.grad = ms.value_and_grad(objective, None, list(optimizer.params.values()))
+
+    def __call__(self, x, y, d):
+        _, grads = self.grad(x, y, d)
+        s = self.seen
+        return s["lm"], s["aux"], s["metrics"], dict(zip(self.names, grads))
+
+
+def validate(model, batches: Batches, ctx, eval_batches: int) -> float:
+    model.set_train(False)
+    losses = [float(loss_of(model, *batches.get(i, split="val"))[0].asnumpy()) for i in range(eval_batches)]
+    model.set_train(True)
+    return all_reduce_mean([float(np.mean(losses))], ctx)[0]
+
+
+def moe_scalars(metrics: list, logger: TrainLogger, step: int, layers: list) -> dict:
+    return common.moe_scalars([m.summary() for m in metrics], [m.stats.expert_load for m in metrics],
+                              logger, step, layers)
+
+
+def accumulate(total: dict | None, grads: dict) -> dict:
+    return grads if total is None else {n: total[n] + g for n, g in grads.items()}
+
+
+def train(cfg: JobConfig, resume: bool = False) -> dict:
+    """Run the job; returns the last logged scalars (rank 0) and the final checkpoint path."""
+    ctx, corpus, ckpt, batches = prepare(cfg, resume)
+    ms.set_seed(cfg.train.seed + ctx.rank)
+    model = build_model(cfg, ctx)
+    optimizer = make_optimizer(model, cfg.train)
+    start = 0
+    if ckpt is not None:
+        start, _ = load_checkpoint(ckpt, model, optimizer, ctx)
+    if ctx.is_main:
+        clean_temporaries(cfg.train.out_dir)
+    run = common.RunRecord(cfg, ctx.is_main, start)
+    t = cfg.train
+    tokens_per_step = batches.sampler.B * ctx.world_size * cfg.data.seq_len * t.grad_accum
+    n_params = sum(p.size for p in model.trainable_params())
+    run.logger.message(f"{cfg.name}: {n_params / 1e6:.2f}M parameters on this rank, {corpus.tokens() / 1e6:.1f}M "
+                       f"training tokens ({corpus.description}), {ctx.world_size} rank(s)"
+                       f"{' emulating ' + str(ctx.layout.topology) if ctx.emulated else ''}, MindSpore {ctx.device} "
+                       f"{'PyNative + jit' if cfg.parallel.jit else 'PyNative'}")
+    micro_step = Step(model, optimizer, t.grad_accum)
+    for step in range(start, t.steps):
+        set_lr(optimizer, lr_at(step, t))
+        grads = None
+        for micro in range(t.grad_accum):
+            lm, aux, metrics, g = micro_step(*batches.get(step, micro))
+            grads = accumulate(grads, g)
+        sync_gradients(grads, ctx)
+        grad_norm = clip_grad_norm(grads, ctx, t.grad_clip)
+        optimizer.step(grads)
+        done = step + 1
+
+        def scalars() -> dict:
+            loss, aux_v = all_reduce_mean([float(lm.asnumpy()), float(aux.asnumpy())], ctx)
+            return dict(common.step_scalars(loss, aux_v, lr_at(step, t), grad_norm, tokens_per_step, run.clock, done),
+                        **moe_scalars(metrics, run.logger, done, model.moe_layers))
+
+        run.end_step(done, scalars, lambda: validate(model, batches, ctx, t.eval_batches),
+                     lambda extra: save_checkpoint(model, optimizer, ctx, done, extra))
+    return run.finish()

@@ -1,0 +1,11 @@
+"""Serving with the torch backend: an inference model loaded from a checkpoint and its exported routers,
+expert-parallel over N processes, with the EPS-style expert pipeline (kernel choice by load, chunked
+all-to-all overlapped with expert compute).
+
+    load_inference_model(checkpoint, router_dir, ...)   → InferenceModel
+    generate(model, prompts, ...)                        greedy / top-p decoding
+    ServeOptions                                         plain / chunked / pipelined, kernel, profile
+"""
+from backends.torch.inference.options import ServeOptions
+
+__all__ = ["ServeOptions"]

@@ -1,0 +1,134 @@
+"""The framework-free parts of a training run that both backends' loops share: checking every input before
+anything is written, the per-step MoE scalars, and the tokens/s clock that leaves out evaluation and
+checkpoint time."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from locmoe.checkpointing import CheckpointError, latest, list_checkpoints
+from locmoe.config import ConfigError
+from locmoe.config.schema import JobConfig
+from locmoe.data import Corpus, load_corpus, load_tokenizer
+from locmoe.train_log import TrainLogger
+
+MOE_MEAN_KEYS = ("dropped_fraction", "cross_node_fraction", "in_node_fraction", "locality_loss", "aux_loss")
+
+
+def check_inputs(cfg: JobConfig, resume: bool) -> tuple[Corpus, Optional[Path]]:
+    """Tokenizer, corpus and the checkpoint to resume from; a clear error on any bad input."""
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise ConfigError("model.vocab_size", f"{cfg.model.vocab_size} is smaller than the tokenizer's "
+                          f"vocabulary ({tokenizer.vocab_size})")
+    corpus = load_corpus(cfg.data, tokenizer, cfg.moe.domains.num_domains)
+    ckpt = None
+    if resume:
+        rejected: list = []
+        ckpt = latest(cfg.train.out_dir, rejected)
+        if ckpt is None:
+            why = f" ({'; '.join(rejected)})" if rejected else ""
+            raise CheckpointError(f"--resume: no valid checkpoint in {cfg.train.out_dir}/checkpoints{why}")
+        for reason in rejected:
+            print(f"warning: skipping a newer checkpoint that does not verify: {reason}")
+    elif list_checkpoints(cfg.train.out_dir):
+        raise CheckpointError(f"{cfg.train.out_dir} already holds checkpoints: pass --resume to continue, or "
+                              "choose another train.out_dir")
+    return corpus, ckpt
+
+
+def moe_scalars(summaries: list[dict], loads: list[np.ndarray], logger: TrainLogger, step: int,
+                layers: list) -> dict:
+    """Per-step MoE numbers averaged over layers, from each layer's ``MoEMetrics.summary()`` and expert load."""
+    if not summaries:
+        return {}
+    for layer, load in zip(layers, loads):
+        logger.expert_load(step, layer, load)
+    out = {k: float(np.mean([r[k] for r in summaries])) for k in MOE_MEAN_KEYS}
+    bound = [r["capacity_bound"] for r in summaries if r["capacity_bound"] is not None]
+    out.update(capacity=float(np.mean([r["capacity_max"] for r in summaries])),
+               max_expert_load=float(np.mean([r["max_expert_load"] for r in summaries])),
+               cross_node_bytes=float(sum(r["cross_node_bytes"] for r in summaries)))
+    if bound:
+        out["capacity_bound"] = float(np.mean(bound))
+    return out
+
+
+class StepClock:
+    """Training time per step since the last log, leaving out validation and checkpoint pauses."""
+
+    def __init__(self, start_step: int):
+        self.t, self.step, self.paused = time.perf_counter(), start_step, 0.0
+        self._pause_start = 0.0
+
+    def lap(self, done: int) -> tuple[float, int]:
+        """(training seconds, steps) since the previous lap; starts the next lap."""
+        now = time.perf_counter()
+        elapsed, steps = now - self.t - self.paused, done - self.step
+        self.t, self.step, self.paused = now, done, 0.0
+        return elapsed, steps
+
+    def pause(self) -> None:
+        self._pause_start = time.perf_counter()
+
+    def resume(self) -> None:
+        self.paused += time.perf_counter() - self._pause_start
+
+
+def step_scalars(loss: float, aux: float, lr: float, grad_norm: float, tokens_per_step: int, clock: StepClock,
+                 done: int) -> dict:
+    """The scalars of a logged step; a non-finite loss stops the run."""
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"step {done}: the training loss is {loss}")
+    elapsed, steps = clock.lap(done)
+    return dict(loss=loss + aux, lm_loss=loss, aux_objective=aux, lr=lr, grad_norm=grad_norm,
+                tokens_per_s=tokens_per_step * steps / elapsed, step_time_s=elapsed / steps)
+
+
+def due(step: int, every: int, last: int) -> bool:
+    """Whether a periodic action (log, eval, checkpoint) runs after ``step``: every N steps and at the end."""
+    return bool(every and step % every == 0) or step == last
+
+
+def export_at_end(cfg: JobConfig, is_main: bool, final_ckpt: Optional[Path], logger: TrainLogger) -> None:
+    """Export the routers of the final checkpoint (rank 0) when ``export.at_end``."""
+    if is_main and cfg.export.at_end and final_ckpt is not None:
+        from locmoe.export import export_checkpoint
+
+        out = export_checkpoint(final_ckpt, cfg.export.dir or f"{cfg.train.out_dir}/router")
+        logger.message(f"exported the routers to {out}")
+
+
+class RunRecord:
+    """What the loop keeps across steps: the logger, the tokens/s clock, the last logged scalars and the
+    newest checkpoint. ``end_step`` does a step's logging, validation and checkpoint in the same order in
+    both backends; the backend passes in what only it can compute."""
+
+    def __init__(self, cfg: JobConfig, is_main: bool, start: int):
+        self.cfg, self.is_main = cfg, is_main
+        self.logger = TrainLogger(cfg, is_main, start)
+        self.clock = StepClock(start)
+        self.last: dict = {}
+        self.final_ckpt: Optional[Path] = None
+
+    def end_step(self, done: int, scalars: Callable[[], dict], validate: Callable[[], float],
+                 save: Callable[[dict], Optional[Path]]) -> None:
+        t = self.cfg.train
+        values = scalars() if due(done, self.cfg.logging.log_every, t.steps) else None
+        self.clock.pause()
+        if due(done, t.eval_every, t.steps):
+            values = dict(values or {}, val_loss=validate())
+        self.logger.step(done, values)
+        if values:
+            self.last = dict(self.last, **values, step=done)
+        if due(done, t.ckpt_every, t.steps):
+            self.final_ckpt = save({"last": self.last})
+        self.clock.resume()
+
+    def finish(self) -> dict:
+        self.logger.close()
+        export_at_end(self.cfg, self.is_main, self.final_ckpt, self.logger)
+        return {"last": self.last, "checkpoint": str(self.final_ckpt) if self.final_ckpt else None}

@@ -1,0 +1,188 @@
+"""PanGu-Sigma-style decoder in MindSpore, the twin of ``models.pangu_sigma_torch``: dense blocks at the bottom,
+MoE blocks above (Random Routed Experts: a sample's domain picks its expert group, the router picks inside it).
+Pre-norm (RMSNorm), rotary attention, SwiGLU FFNs. Parameter names follow ``models.spec`` (the checkpoint
+contract), so a checkpoint of either backend loads into the other, and the same seed gives the same weights.
+
+With ``parallel.jit`` the attention and the dense SwiGLU FFN are compiled (``mindspore.jit`` of pure functions);
+the MoE layer stays PyNative because its dispatcher reads split sizes on the host.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+
+from backends.mindspore.distributed import ExpertParallel
+from backends.mindspore.moe_layer import MoELayer, MoEMetrics
+from locmoe.config.schema import JobConfig, ModelConfig
+from models.spec import initial_state, moe_layer_indices, parameter_shapes
+
+
+def _weight(*shape: int) -> Parameter:
+    # zeros until reset_parameters / a checkpoint fills them; the name comes from the attribute path
+    return Parameter(Tensor(np.zeros(shape, np.float32)), name="weight")
+
+
+def linear(x: Tensor, w: Tensor) -> Tensor:
+    """y = x W^T, W: [out, in] (the torch layout, so checkpoints need no transpose)."""
+    return ops.matmul(x, w.T)
+
+
+class Linear(nn.Cell):
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.weight = _weight(d_out, d_in)
+
+    def construct(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight)
+
+
+class Embedding(nn.Cell):
+    def __init__(self, vocab_size: int, d: int):
+        super().__init__()
+        self.weight = _weight(vocab_size, d)
+
+    def construct(self, tokens: Tensor) -> Tensor:
+        return ops.gather(self.weight, tokens, 0)
+
+
+class RMSNorm(nn.Cell):
+    def __init__(self, d: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = Parameter(Tensor(np.ones(d, np.float32)), name="weight")
+
+    def construct(self, x: Tensor) -> Tensor:
+        # normalise in fp32: bf16's 8-bit mantissa loses the mean square of large activations
+        h = x.astype(ms.float32)
+        h = h * ops.rsqrt(ops.pow(h, 2).mean(-1, keep_dims=True) + self.eps)
+        return (h * self.weight).astype(x.dtype)
+
+
+def rotary_tables(head_dim: int, max_len: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos, sin: [max_len, head_dim/2] (fp32, computed as the torch model does)."""
+    inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim)
+    angles = np.outer(np.arange(max_len, dtype=np.float32), inv.astype(np.float32))
+    return Tensor(np.cos(angles)), Tensor(np.sin(angles))
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: [B, H, S, hd]; rotate each (even, odd) feature pair by its position's angle."""
+    x1, x2 = x[..., 0::2].astype(ms.float32), x[..., 1::2].astype(ms.float32)
+    out = ops.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+    return out.reshape(x.shape).astype(x.dtype)
+
+
+def attention(x: Tensor, cos: Tensor, sin: Tensor, wqkv: Tensor, wo: Tensor, n_heads: int) -> Tensor:
+    """Causal rotary self-attention of x: [B, S, d] (a pure function of its inputs, so ``mindspore.jit`` can
+    compile it and still return gradients for the weights)."""
+    B, S, d = x.shape
+    hd = d // n_heads
+    qkv = linear(x, wqkv).reshape(B, S, 3, n_heads, hd).transpose(2, 0, 3, 1, 4)         # [3, B, H, S, hd]
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    q, k = apply_rotary(q, cos[:S], sin[:S]), apply_rotary(k, cos[:S], sin[:S])
+    scores = ops.matmul(q, k.swapaxes(-1, -2)) * (hd ** -0.5)                            # [B, H, S, S]
+    future = ops.triu(ops.ones((S, S), ms.float32), 1).astype(ms.bool_)
+    probs = ops.softmax(ops.masked_fill(scores, future, float("-inf")), -1)
+    y = ops.matmul(probs, v)                                                             # [B, H, S, hd]
+    return linear(y.swapaxes(1, 2).reshape(B, S, d), wo)
+
+
+def swiglu(x: Tensor, w1: Tensor, w3: Tensor, w2: Tensor) -> Tensor:
+    return linear(ops.silu(linear(x, w1)) * linear(x, w3), w2)
+
+
+# NOTE: ast capture of these pure functions; bytecode capture of a Cell method was measured to run but to
+# return zero gradients for the Cell's parameters in PyNative (MindSpore 2.10, CPU)
+attention_jit, swiglu_jit = ms.jit(attention), ms.jit(swiglu)
+
+
+class Attention(nn.Cell):
+    def __init__(self, m: ModelConfig, jit: bool = False):
+        super().__init__()
+        self.n_heads = m.n_heads
+        self.wqkv = Linear(m.d_model, 3 * m.d_model)
+        self.wo = Linear(m.d_model, m.d_model)
+        self.fn = attention_jit if jit else attention
+
+    def construct(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        return self.fn(x, cos, sin, self.wqkv.weight, self.wo.weight, self.n_heads)
+
+
+class FeedForward(nn.Cell):
+    def __init__(self, d: int, d_ff: int, jit: bool = False):
+        super().__init__()
+        self.w1, self.w3, self.w2 = Linear(d, d_ff), Linear(d, d_ff), Linear(d_ff, d)
+        self.fn = swiglu_jit if jit else swiglu
+
+    def construct(self, x: Tensor) -> Tensor:
+        return self.fn(x, self.w1.weight, self.w3.weight, self.w2.weight)
+
+
+class Block(nn.Cell):
+    def __init__(self, cfg: JobConfig, layer_id: int, ep: Optional[ExpertParallel]):
+        super().__init__()
+        m, jit = cfg.model, cfg.parallel.jit
+        self.attn_norm, self.ffn_norm = RMSNorm(m.d_model, m.norm_eps), RMSNorm(m.d_model, m.norm_eps)
+        self.attn = Attention(m, jit)
+        self.is_moe = ep is not None
+        if ep is None:
+            self.ffn = FeedForward(m.d_model, m.d_ff, jit)
+        else:
+            self.moe = MoELayer(cfg.moe, m.d_model, m.vocab_size, ep, layer_id)
+
+    def construct(self, x, cos, sin, token_ids, domain):
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        h = self.ffn_norm(x)
+        if not self.is_moe:
+            return x + self.ffn(h), None, None
+        y, aux, metrics = self.moe(h, token_ids=token_ids, domain=domain)   # dropped copies: y = 0 here
+        return x + y, aux, metrics
+
+
+class PanGuSigma(nn.Cell):
+    def __init__(self, cfg: JobConfig, ep: ExpertParallel):
+        super().__init__()
+        m = cfg.model
+        self.cfg = cfg
+        self.moe_layers = moe_layer_indices(m)
+        self.embed = Embedding(m.vocab_size, m.d_model)
+        self.layers = nn.CellList([Block(cfg, i, ep if i in self.moe_layers else None) for i in range(m.n_layers)])
+        self.norm = RMSNorm(m.d_model, m.norm_eps)
+        self.lm_head = None if m.tie_embeddings else Linear(m.d_model, m.vocab_size)
+        self.rope_cos, self.rope_sin = rotary_tables(m.d_model // m.n_heads, m.max_seq_len, m.rope_theta)
+
+    def construct(self, tokens: Tensor, domain: Optional[Tensor] = None
+                  ) -> tuple[Tensor, Tensor, list[MoEMetrics]]:
+        """tokens: [B, S], domain: [B] -> (logits [B, S, V], summed auxiliary objective, per-MoE-layer metrics)."""
+        B, S = tokens.shape
+        if S > self.rope_cos.shape[0]:
+            raise ValueError(f"sequence length {S} exceeds model.max_seq_len ({self.rope_cos.shape[0]})")
+        dom = None if domain is None else ops.broadcast_to(domain[:, None], (B, S))
+        x = self.embed(tokens)
+        aux, metrics = ops.zeros((), ms.float32), []
+        for block in self.layers:
+            x, a, m = block(x, self.rope_cos, self.rope_sin, tokens, dom)
+            if a is not None:
+                aux, metrics = aux + a, metrics + [m]
+        x = self.norm(x)
+        logits = linear(x, self.embed.weight if self.lm_head is None else self.lm_head.weight)
+        return logits, aux, metrics
+
+    def named_state(self) -> dict[str, Parameter]:
+        """Every checkpointed tensor of this rank by its ``models.spec`` name (experts: this rank's slots)."""
+        names = set(parameter_shapes(self.cfg))
+        return {n: p for n, p in self.parameters_and_names() if n in names}
+
+    def reset_parameters(self, seed: int) -> None:
+        """Copy every parameter's global starting value (``models.spec.initial_value``, the same numbers the
+        torch model starts from), keeping this rank's experts."""
+        own = self.named_state()
+        for name, value in initial_state(self.cfg, seed, own, list(self.expert_ids())):
+            own[name].set_data(Tensor(value))
+
+    def expert_ids(self) -> tuple:
+        """Global ids of the experts this rank holds (in slot order)."""
+        return self.layers[self.moe_layers[0]].moe.ep.local_experts if self.moe_layers else ()
