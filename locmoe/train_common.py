@@ -88,6 +88,13 @@ def step_scalars(loss: float, aux: float, lr: float, grad_norm: float, tokens_pe
                 tokens_per_s=tokens_per_step * steps / elapsed, step_time_s=elapsed / steps)
 
 
+def start_message(cfg: JobConfig, n_params: int, corpus: Corpus, ctx, device: str) -> str:
+    """The first line of a run: model size, data, ranks (and the emulated topology), device."""
+    emulating = f" emulating {ctx.layout.topology}" if ctx.emulated else ""
+    return (f"{cfg.name}: {n_params / 1e6:.2f}M parameters on this rank, {corpus.tokens() / 1e6:.1f}M training tokens "
+            f"({corpus.description}), {ctx.world_size} rank(s){emulating}, {device}")
+
+
 def due(step: int, every: int, last: int) -> bool:
     """Whether a periodic action (log, eval, checkpoint) runs after ``step``: every N steps and at the end."""
     return bool(every and step % every == 0) or step == last

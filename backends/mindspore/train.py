@@ -112,11 +112,9 @@ def train(cfg: JobConfig, resume: bool = False) -> dict:
     run = common.RunRecord(cfg, ctx.is_main, start)
     t = cfg.train
     tokens_per_step = batches.sampler.B * ctx.world_size * cfg.data.seq_len * t.grad_accum
-    n_params = sum(p.size for p in model.trainable_params())
-    run.logger.message(f"{cfg.name}: {n_params / 1e6:.2f}M parameters on this rank, {corpus.tokens() / 1e6:.1f}M "
-                       f"training tokens ({corpus.description}), {ctx.world_size} rank(s)"
-                       f"{' emulating ' + str(ctx.layout.topology) if ctx.emulated else ''}, MindSpore {ctx.device} "
-                       f"{'PyNative + jit' if cfg.parallel.jit else 'PyNative'}")
+    mode = "PyNative + jit" if cfg.parallel.jit else "PyNative"
+    run.logger.message(common.start_message(cfg, sum(p.size for p in model.trainable_params()), corpus, ctx,
+                                            f"MindSpore {ctx.device} {mode}"))
     micro_step = Step(model, optimizer, t.grad_accum)
     for step in range(start, t.steps):
         set_lr(optimizer, lr_at(step, t))

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backends.torch.fusion import swiglu
+
 _grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
 
@@ -54,7 +56,7 @@ class GroupedExperts(nn.Module):
 
     def _ffn(self, mm, x):
         h = mm(x, self.w1)
-        h = F.silu(h) * mm(x, self.w3) if self.activation == "swiglu" else F.gelu(h)
+        h = swiglu(h, mm(x, self.w3)) if self.activation == "swiglu" else F.gelu(h)
         return mm(h, self.w2)
 
     def _grouped(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from backends.torch import fusion
 from backends.torch.collectives import TrafficCounter
 from backends.torch.dispatcher import GroupStats, TokenDispatcher
 from backends.torch.distributed import ExpertParallel
@@ -53,6 +54,7 @@ class MoELayer(nn.Module):
     def __init__(self, moe: MoEConfig, d_model: int, vocab_size: int, ep: ExpertParallel, layer_id: int = 0):
         super().__init__()
         self.layer_id, self.d_model, self.ep, self.moe = layer_id, d_model, ep, moe
+        fusion.set_enabled(moe.fuse_kernels)
         self.router = Router(moe, d_model, vocab_size, ep.placement)
         self.experts = GroupedExperts(len(ep.local_experts), d_model, moe.d_expert, moe.activation,
                                       moe.expert_impl)

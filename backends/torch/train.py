@@ -94,9 +94,8 @@ def train(cfg: JobConfig, resume: bool = False) -> dict:
     run = common.RunRecord(cfg, ctx.is_main, start)
     t = cfg.train
     tokens_per_step = batches.sampler.B * ctx.world_size * cfg.data.seq_len * t.grad_accum
-    run.logger.message(f"{cfg.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on this "
-                       f"rank, {corpus.tokens() / 1e6:.1f}M training tokens ({corpus.description}), {ctx.world_size} "
-                       f"rank(s){' emulating ' + str(ctx.layout.topology) if ctx.emulated else ''}, device {ctx.device}")
+    run.logger.message(common.start_message(cfg, sum(p.numel() for p in model.parameters()), corpus, ctx,
+                                            f"device {ctx.device}"))
     for step in range(start, t.steps):
         set_lr(optimizer, lr_at(step, t))
         for micro in range(t.grad_accum):

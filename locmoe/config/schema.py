@@ -95,6 +95,8 @@ class MoEConfig:
                                "all-to-all; 1 = no overlap", ge=1)
     check_finite: bool = spec(True, "stop with a clear error when an MoE layer's input holds NaN/Inf (costs "
                               "one host sync per layer on an accelerator)")
+    fuse_kernels: bool = spec(True, "torch on CUDA: fuse the layer's element-wise and gather kernels with "
+                              "torch.compile (needs Triton and a C compiler); false = eager kernels")
     router: RouterConfig = spec(factory=RouterConfig, doc="router")
     capacity: CapacityConfig = spec(factory=CapacityConfig, doc="expert capacity")
     domains: DomainsConfig = spec(factory=DomainsConfig, doc="random routed experts")

@@ -9,6 +9,7 @@ With two or more GPUs visible it relaunches itself under torchrun for the multi-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from backends.torch.collectives import Group, all_to_all_start  # noqa: E402
 from backends.torch.distributed import ExpertParallel, expert_parallel, init_distributed  # noqa: E402
+from backends.torch import fusion  # noqa: E402
 from backends.torch.experts import GroupedExperts, expert_flops  # noqa: E402
 from backends.torch.moe_layer import MoELayer  # noqa: E402
 from locmoe.config import load_config  # noqa: E402
@@ -57,12 +59,13 @@ def profile(fn, label: str) -> None:
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
-    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
             fn()
         torch.cuda.synchronize()
     print(f"--- profile: {label} (3 calls)")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=70))
+    # aten ops by the CUDA time of the kernels they launched (names the op behind each kernel), then kernels
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60))
 
 
 def job(kind="gshard", mode="dropless", impl="auto", chunks=1, nodes=1, per_node=1, dispatch="hierarchical"):
@@ -82,8 +85,18 @@ def make_layer(cfg, ep, seed=0):
     return layer.to(torch.bfloat16)
 
 
+def fresh_grads(*tensors) -> None:
+    """As a training step after ``zero_grad(set_to_none=True)``: backward writes gradients, it does not add
+    them to the last call's (accumulating 3 x 369 MB of expert gradients would cost ~1 ms the layer does not)."""
+    for t in tensors:
+        t.grad = None
+
+
 def fwd_bwd(layer, x, g):
+    params = [x, *layer.parameters()]
+
     def step():
+        fresh_grads(*params)
         y, aux, _ = layer(x)
         torch.autograd.backward([y, aux], [g, torch.ones_like(aux)])
     return step
@@ -98,9 +111,41 @@ def dense_ffn_step(M):
     g = torch.randn(M, D, device="cuda", dtype=torch.bfloat16)
 
     def step():
-        y = (torch.nn.functional.silu(x @ w1) * (x @ w3)) @ w2
+        fresh_grads(x, w1, w3, w2)
+        y = fusion.swiglu(x @ w1, x @ w3) @ w2
         y.backward(g)
     return step
+
+
+def swiglu_check() -> dict:
+    """The fused (compiled) SwiGLU against the eager expression: output and both input gradients, bf16."""
+    h1, h3, go = (torch.randn(65536, F, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    outs = []
+    for ctx in (contextlib.nullcontext, fusion.disabled):
+        a, b = h1.clone().requires_grad_(), h3.clone().requires_grad_()
+        with ctx():
+            y = fusion.swiglu(a, b)
+            y.backward(go)
+        outs.append((y.float(), a.grad.float(), b.grad.float()))
+    diffs = [float((p - q).abs().max() / q.abs().max()) for p, q in zip(*outs)]
+    return dict(part="check", what=f"fused vs eager SwiGLU, max rel. diff y/dh1/dh3: "
+                f"{diffs[0]:.1e}/{diffs[1]:.1e}/{diffs[2]:.1e} (bf16 ulp 7.8e-3)", ms=None)
+
+
+def layer_check(ep, x, g) -> dict:
+    """The whole layer with fused kernels against eager: output, input and parameter gradients (bf16)."""
+    outs = []
+    for ctx in (contextlib.nullcontext, fusion.disabled):
+        layer = make_layer(job(), ep)
+        xi = x.detach().clone().requires_grad_()
+        with ctx():
+            y, aux, _ = layer(xi)
+            torch.autograd.backward([y, aux], [g, torch.ones_like(aux)])
+        outs.append([y.float(), xi.grad.float(), layer.experts.w1.grad.float(), layer.experts.w2.grad.float()])
+        del layer
+    diffs = [float((p - q).abs().max() / q.abs().max()) for p, q in zip(*outs)]
+    return dict(part="check", what="fused vs eager MoE layer, max rel. diff y/dx/dw1/dw2: " +
+                "/".join(f"{d:.1e}" for d in diffs), ms=None)
 
 
 def single_gpu(args) -> list[dict]:
@@ -120,26 +165,37 @@ def single_gpu(args) -> list[dict]:
                      pct_of_dense=100.0))
     x = torch.randn(T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     g = torch.randn(T, D, device="cuda", dtype=torch.bfloat16)
-    for kind, mode, impl in (("gshard", "dropless", "grouped"), ("locmoe", "dropless", "grouped"),
-                             ("gshard", "factor", "grouped"), ("gshard", "dropless", "loop")):
+    rows.append(swiglu_check())
+    rows.append(layer_check(ep, x, g))
+    cases = (("gshard", "dropless", "grouped", True), ("gshard", "dropless", "grouped", False),
+             ("locmoe", "dropless", "grouped", True), ("gshard", "factor", "grouped", True),
+             ("gshard", "dropless", "loop", True))
+    for kind, mode, impl, fused in cases:
         layer = make_layer(job(kind, mode, impl), ep)
-        ms = timed(fwd_bwd(layer, x, g), reps=args.reps)
-        if args.profile and (kind, mode, impl) == ("gshard", "dropless", "grouped"):
+        with contextlib.nullcontext() if fused else fusion.disabled():
+            ms = timed(fwd_bwd(layer, x, g), reps=args.reps)
+        if args.profile and (kind, mode, impl, fused) == cases[0]:
             profile(fwd_bwd(layer, x, g), "MoE layer fwd+bwd, gshard dropless grouped")
-        rows.append(dict(part="1 GPU", what=f"MoE layer fwd+bwd: {kind} top-2, {mode}, {impl} experts", ms=ms,
+        act = "" if fused else ", unfused"
+        rows.append(dict(part="1 GPU", what=f"MoE layer fwd+bwd: {kind} top-2, {mode}, {impl} experts{act}", ms=ms,
                          tflops=flops / ms / 1e9, pct_of_dense=100 * flops / ms / 1e9 / dense))
         del layer
     counts = torch.full((E,), M // E, device="cuda")
     xe = torch.randn(M, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     ge = torch.randn(M, D, device="cuda", dtype=torch.bfloat16)
-    for impl in ("grouped", "loop"):
+    for impl, fused in (("grouped", True), ("grouped", False), ("loop", True)):
         reps = args.reps if impl == "grouped" else max(2, args.reps // 4)    # the loop is ~10x slower
         ex = GroupedExperts(E, D, F, "swiglu", impl).cuda()
         ex.reset_parameters(0.02)
         ex = ex.to(torch.bfloat16)
-        ms = timed(lambda: ex(xe, counts).backward(ge), reps=reps)
-        rows.append(dict(part="1 GPU", what=f"experts only, balanced, {impl}", ms=ms, tflops=flops / ms / 1e9,
+        with contextlib.nullcontext() if fused else fusion.disabled():
+            ms = timed(lambda: (fresh_grads(xe, *ex.parameters()), ex(xe, counts).backward(ge)), reps=reps)
+        act = "" if fused else ", unfused"
+        rows.append(dict(part="1 GPU", what=f"experts only, balanced, {impl}{act}", ms=ms, tflops=flops / ms / 1e9,
                          pct_of_dense=100 * flops / ms / 1e9 / dense))
+    for r in rows:
+        if r.get("tflops"):
+            r["pct_of_gemm"] = 100 * r["tflops"] / gemm
     return rows
 
 
@@ -214,7 +270,10 @@ def main() -> None:
         rows += json.loads(part.read_text())
     device = torch.cuda.get_device_name()
     print(f"MoE layer: E={E}, d={D}, f={F}, top-{K}, {args.tokens} tokens/GPU, bf16, {device}, torch {torch.__version__}")
-    print(format_table(rows, ["part", "what", "ms", "tflops", "pct_of_dense", "GBps", "pct_of_raw"], ".3g"))
+    print("pct_of_dense: expert-FLOP rate vs a dense SwiGLU FFN of the same FLOPs (same activation kernel); "
+          "pct_of_gemm: vs the dense bf16 GEMM rate")
+    print(format_table(rows, ["part", "what", "ms", "tflops", "pct_of_dense", "pct_of_gemm", "GBps", "pct_of_raw"],
+                       ".3g"))
     write_json(args.out, {"device": device, "torch": torch.__version__, "args": vars(args), "rows": rows})
 
 
