@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -83,10 +84,11 @@ class MoELayer(nn.Module):
         self.traffic.reset()
         layout, stats, kept = self.dispatcher.plan(out, self.router, token_rank, T, self.moe.overlap_chunks)
         send = self.dispatcher.permute(x, out, layout)
-        b = layout.bounds
+        # split, not slices: a slice's backward zero-fills a buffer of the whole send size per chunk
+        parts = send.split(list(np.diff(layout.bounds))) if len(layout.chunks) > 1 else [send]
         # Pipeline: every chunk's dispatch is launched first; chunk i's experts run while chunk i+1 is in
         # flight, and chunk i's combine travels while chunk i+1's experts run.
-        arriving = [self.dispatcher.dispatch(send[b[c]:b[c + 1]], d) for c, d in enumerate(layout.chunks)]
+        arriving = [self.dispatcher.dispatch(part, d) for part, d in zip(parts, layout.chunks)]
         returning = [self.dispatcher.combine(self.experts(rows(), d.expert_counts), d)
                      for d, rows in zip(layout.chunks, arriving)]
         back = [rows() for rows in returning]

@@ -4,13 +4,27 @@ Every function here has a numpy twin of the same name in ``locmoe/routing/`` and
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
 def grap_scores(x: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """GrAP: x [T, d] -> [T, E], the mean of each of E contiguous feature groups."""
+    """GrAP: x [T, d] -> [T, E], the mean of each of E contiguous feature groups.
+
+    On CUDA as the equivalent fixed gate x @ A (A[i, e] = E/d where feature i is in group e): a bf16 reduction
+    over 32-wide groups took 0.46 ms for 32k x 2048 on an H200, the GEMM microseconds. Elsewhere the mean
+    itself, whose summation order the numpy reference shares, so routing decisions agree bit for bit."""
     T, d = x.shape
+    if x.device.type == "cuda":
+        return x @ _grap_matrix(d, num_experts, x.dtype, x.device)
     return x.view(T, num_experts, d // num_experts).mean(dim=-1)
+
+
+@functools.cache
+def _grap_matrix(d: int, num_experts: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    group = torch.arange(d, device=device) // (d // num_experts)
+    return (group[:, None] == torch.arange(num_experts, device=device)).to(dtype) * (num_experts / d)
 
 
 def top_k(probs: torch.Tensor, k: int) -> torch.Tensor:

@@ -174,8 +174,8 @@ def single_gpu(args) -> list[dict]:
         layer = make_layer(job(kind, mode, impl), ep)
         with contextlib.nullcontext() if fused else fusion.disabled():
             ms = timed(fwd_bwd(layer, x, g), reps=args.reps)
-        if args.profile and (kind, mode, impl, fused) == cases[0]:
-            profile(fwd_bwd(layer, x, g), "MoE layer fwd+bwd, gshard dropless grouped")
+        if args.profile == kind and mode == "dropless" and impl == "grouped" and fused:
+            profile(fwd_bwd(layer, x, g), f"MoE layer fwd+bwd, {kind} dropless grouped")
         act = "" if fused else ", unfused"
         rows.append(dict(part="1 GPU", what=f"MoE layer fwd+bwd: {kind} top-2, {mode}, {impl} experts{act}", ms=ms,
                          tflops=flops / ms / 1e9, pct_of_dense=100 * flops / ms / 1e9 / dense))
@@ -253,7 +253,8 @@ def main() -> None:
     p.add_argument("--part", default="all", choices=["all", "multi"])
     p.add_argument("--part-out", default="")
     p.add_argument("--nodes", type=int, default=0, help="multi-GPU part: nodes the GPUs form (0 = one GPU per node)")
-    p.add_argument("--profile", action="store_true", help="print the top CUDA kernels of the layer")
+    p.add_argument("--profile", default="", choices=["", "gshard", "locmoe"],
+                   help="print the top CUDA kernels of this router's dropless grouped layer")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("moe_layer.py needs CUDA GPUs (run it through the device tool)")

