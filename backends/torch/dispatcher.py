@@ -136,19 +136,19 @@ class TokenDispatcher:
             return torch.full((E,), k * T, dtype=torch.long, device=dev), None
         if c.mode == "factor":
             return torch.full((E,), cap.factor_capacity(c.factor, k, T, E), dtype=torch.long, device=dev), None
-        # mode bound: the same numpy functions as the reference, on the group's angles
+        # mode bound: the per-copy work (angles per expert, EMA) on the device, bit-identical to the numpy
+        # reference; the host only sees E numbers for the closing formula (one small transfer)
         quantile = 1.0 if c.bound_rule == "cone" else c.angle_quantile
-        delta, seen = cap.expert_angles(g_angle.cpu().numpy(), g_expert.cpu().numpy(), E, quantile)
-        prev = router.angle_ema.cpu().numpy()
-        ema = cap.update_angle_ema(None if np.isnan(prev).any() else prev, delta, seen, c.angle_momentum)
+        delta, seen = ops.expert_angles(g_angle, g_expert, E, quantile)
+        ema = ops.update_angle_ema(router.angle_ema.to(dev), delta, seen, c.angle_momentum)
         if router.training:
-            router.angle_ema.copy_(torch.from_numpy(ema))
+            router.angle_ema.copy_(ema)
         floor = cap.factor_capacity(c.min_factor, k, T, E) if c.min_factor > 0 else 1
         if c.bound_rule == "cone":
             n = E if router.gate == "grap" else router.gate_weight.shape[0]
-            capacity = np.full(E, cap.capacity_lower_bound(ema, n, k, T), dtype=np.int64)
+            capacity = np.full(E, cap.capacity_lower_bound(ema.cpu().numpy(), n, k, T), dtype=np.int64)
         else:
-            inside = (out.angles <= torch.from_numpy(ema).to(dev)[None, :]).sum(dim=0).double()
+            inside = (out.angles <= ema[None, :]).sum(dim=0).double()
             inside = all_reduce_(inside, self.ep.ep).cpu().numpy()
             shares = inside / inside.sum() if inside.sum() > 0 else np.full(E, 1.0 / E)
             capacity = cap.per_expert_bound(shares, k, T, c.slack)

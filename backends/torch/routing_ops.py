@@ -126,3 +126,39 @@ def gate_angles(vectors: torch.Tensor, directions: torch.Tensor) -> torch.Tensor
     norms = vectors.norm(dim=-1, keepdim=True) * directions.norm(dim=0, keepdim=True)
     cos = torch.where(norms > 0, dot / norms.clamp(min=torch.finfo(dot.dtype).tiny), torch.zeros_like(dot))
     return torch.arccos(cos.clamp(-1.0, 1.0))
+
+
+def expert_angles(angles: torch.Tensor, expert: torch.Tensor, num_experts: int,
+                  quantile: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-expert cone half-angle δ_e (float64) on the device: the max, or numpy's default ("linear")
+    quantile computed as ``np.quantile`` does (order statistics at floor/ceil of (n−1)·q, its ``_lerp``), so
+    the result is bit-identical to the numpy twin without moving the copies to the host."""
+    angles = angles.double()
+    counts = torch.bincount(expert, minlength=num_experts)[:num_experts]
+    seen = counts > 0
+    if quantile >= 1.0:
+        delta = torch.zeros(num_experts, dtype=torch.float64, device=angles.device)
+        return delta.scatter_reduce(0, expert, angles, "amax", include_self=False), seen
+    by_angle = torch.argsort(angles)
+    order = by_angle[torch.argsort(expert[by_angle], stable=True)]      # by expert, then by angle
+    ordered = angles[order]
+    start = torch.cumsum(counts, 0) - counts
+    n = counts.clamp(min=1)
+    virtual = (n - 1).double() * quantile
+    lo = torch.floor(virtual)
+    gamma = virtual - lo
+    lo = lo.long()
+    hi = torch.minimum(lo + 1, n - 1)
+    last = max(ordered.numel() - 1, 0)
+    a = ordered[(start + lo).clamp(max=last)]
+    b = ordered[(start + hi).clamp(max=last)]
+    diff = b - a
+    value = torch.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+    return torch.where(seen, value, torch.zeros_like(value)), seen
+
+
+def update_angle_ema(ema: torch.Tensor, delta: torch.Tensor, seen: torch.Tensor, momentum: float) -> torch.Tensor:
+    """δ̄_e ← m·δ̄_e + (1−m)·δ_e for experts seen this step; the first step (an all-NaN ``ema``) takes δ as it
+    is. Decided on the device: no host sync."""
+    update = torch.where(seen, momentum * ema + (1.0 - momentum) * delta, ema)
+    return torch.where(torch.isnan(ema).any(), delta, update)

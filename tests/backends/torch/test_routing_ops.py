@@ -68,3 +68,26 @@ def test_losses_and_weights(rng):
         ref.locality_loss(np.log(p), local), abs=1e-12)
     chosen = np.take_along_axis(p, idx, 1)
     np.testing.assert_allclose(ops.combine_weights(torch.from_numpy(chosen)).numpy(), ref.combine_weights(chosen))
+
+
+@pytest.mark.parametrize("q", [1.0, 0.75, 0.5, 0.1, 0.999])
+def test_expert_angles_bit_identical_to_numpy(rng, q):
+    E = 16
+    expert = rng.integers(0, E - 3, size=int(rng.integers(1, 3000)))    # some experts get no copy
+    angles = np.round(rng.random(expert.size) * 1.5, 3)                  # ties included
+    delta, seen = ops.expert_angles(torch.from_numpy(angles), torch.from_numpy(expert), E, q)
+    ref_delta, ref_seen = ref.expert_angles(angles, expert, E, q)
+    np.testing.assert_array_equal(seen.numpy(), ref_seen)
+    np.testing.assert_array_equal(delta.numpy(), ref_delta)               # exact, not approximately
+
+
+def test_update_angle_ema_bit_identical_to_numpy(rng):
+    E = 8
+    delta = rng.random(E)
+    seen = rng.random(E) < 0.7
+    first = ops.update_angle_ema(torch.full((E,), float("nan"), dtype=torch.float64), torch.from_numpy(delta),
+                                 torch.from_numpy(seen), 0.9)
+    np.testing.assert_array_equal(first.numpy(), ref.update_angle_ema(None, delta, seen, 0.9))
+    prev = rng.random(E)
+    later = ops.update_angle_ema(torch.from_numpy(prev), torch.from_numpy(delta), torch.from_numpy(seen), 0.9)
+    np.testing.assert_array_equal(later.numpy(), ref.update_angle_ema(prev, delta, seen, 0.9))
