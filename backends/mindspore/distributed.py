@@ -8,7 +8,6 @@ treats its batch as the ranks' batches, rank 0's first.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import mindspore as ms
@@ -17,57 +16,11 @@ from mindspore import communication as comm
 from backends.mindspore.collectives import Group
 from locmoe.config.loader import ConfigError
 from locmoe.config.schema import ParallelConfig
+from locmoe.parallel_context import DistContext, ExpertParallel  # noqa: F401 (re-exported)
 from locmoe.topology import ExpertPlacement, LaunchEnv, ParallelLayout, Topology, layout_from_config
 
 DEVICE_TARGETS = {"cpu": "CPU", "ascend": "Ascend", "npu": "Ascend", "gpu": "GPU", "cuda": "GPU"}
 _created: set = set()          # groups this process has created (create_group must not run twice)
-
-
-@dataclass
-class DistContext:
-    layout: ParallelLayout
-    device: str           # MindSpore device target: "CPU", "Ascend" or "GPU"
-    ep: Group             # the expert-parallel group
-    intra: Group          # this rank's node inside the EP group
-    inter: Group          # ranks of equal local index across the EP group's nodes
-    expert_dp: Group      # ranks holding the same experts (their gradients are averaged)
-    world: Group
-    emulated: bool        # one process stands in for the whole EP group
-
-    @property
-    def rank(self) -> int:
-        return self.layout.rank
-
-    @property
-    def world_size(self) -> int:
-        return self.layout.world_size
-
-    @property
-    def is_main(self) -> bool:
-        return self.layout.rank == 0
-
-
-@dataclass(frozen=True)
-class ExpertParallel:
-    """What an MoE layer needs to know about expert parallelism."""
-    topology: Topology
-    placement: ExpertPlacement
-    ep_rank: int
-    emulated: bool
-    ep: Group
-    intra: Group
-    inter: Group
-    scheme: str               # "hierarchical" or "flat"
-
-    @property
-    def distributed(self) -> bool:
-        return self.ep.size > 1
-
-    @property
-    def local_experts(self) -> tuple:
-        if self.distributed:
-            return self.placement.local_experts(self.ep_rank)
-        return tuple(range(self.placement.num_experts))
 
 
 def resolve_device(name: str) -> str:

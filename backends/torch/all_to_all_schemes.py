@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from backends.torch.collectives import Group, TrafficCounter, all_to_all, all_to_all_start
-from locmoe.routing.dispatch_plan import chunk_permutation
+from locmoe.routing.hierarchical_splits import HierarchicalSplits
 from locmoe.topology import Topology
 
 
@@ -37,18 +37,9 @@ class FlatAllToAll:
 class HierarchicalAllToAll:
     def __init__(self, S: np.ndarray, rank: int, topology: Topology, intra: Group, inter: Group,
                  counter: TrafficCounter | None):
-        N, G = topology.num_nodes, topology.devices_per_node
-        n, g = divmod(rank, G)
-        S4 = S.reshape(N, G, N, G)                         # [src node, src local, dst node, dst local]
-        mine = S4[n, g]                                    # [dst node, dst local]
-        # stage 1: my buffer is [dst node][dst local]; regroup to [dst local][dst node] and send by dst local
-        self.perm1 = _perm(chunk_permutation(mine))
-        self.send1 = mine.sum(axis=0).tolist()             # to each local index g'
-        self.recv1 = S4[n, :, :, g].sum(axis=1).tolist()   # from each source local index, bound for local index g
-        # relay: received [src local][dst node] -> [dst node][src local]
-        self.perm2 = _perm(chunk_permutation(S4[n, :, :, g]))
-        self.send2 = S4[n, :, :, g].sum(axis=0).tolist()   # to each node n' (same local index)
-        self.recv2 = S4[:, :, n, g].sum(axis=1).tolist()   # from each node, relayed by its rank of index g
+        h = HierarchicalSplits.of(S, rank, topology)
+        self.perm1, self.perm2 = _perm(h.perm1), _perm(h.perm2)
+        self.send1, self.recv1, self.send2, self.recv2 = h.send1, h.recv1, h.send2, h.recv2
         self.intra, self.inter, self.counter = intra, inter, counter
 
     def dispatch(self, x: torch.Tensor):

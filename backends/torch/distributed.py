@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -17,54 +16,8 @@ import torch.distributed as dist
 from backends.torch.collectives import Group
 from locmoe.config.loader import ConfigError
 from locmoe.config.schema import ParallelConfig
+from locmoe.parallel_context import DistContext, ExpertParallel  # noqa: F401 (re-exported)
 from locmoe.topology import ExpertPlacement, LaunchEnv, ParallelLayout, Topology, layout_from_config
-
-
-@dataclass
-class DistContext:
-    layout: ParallelLayout
-    device: torch.device
-    ep: Group             # the expert-parallel group
-    intra: Group          # this rank's node inside the EP group
-    inter: Group          # ranks of equal local index across the EP group's nodes
-    expert_dp: Group      # ranks holding the same experts (their gradients are averaged)
-    world: Group
-    emulated: bool        # one process stands in for the whole EP group
-
-    @property
-    def rank(self) -> int:
-        return self.layout.rank
-
-    @property
-    def world_size(self) -> int:
-        return self.layout.world_size
-
-    @property
-    def is_main(self) -> bool:
-        return self.layout.rank == 0
-
-
-@dataclass(frozen=True)
-class ExpertParallel:
-    """What an MoE layer needs to know about expert parallelism."""
-    topology: Topology
-    placement: ExpertPlacement
-    ep_rank: int
-    emulated: bool
-    ep: Group
-    intra: Group
-    inter: Group
-    scheme: str               # "hierarchical" or "flat"
-
-    @property
-    def distributed(self) -> bool:
-        return self.ep.size > 1
-
-    @property
-    def local_experts(self) -> tuple:
-        if self.distributed:
-            return self.placement.local_experts(self.ep_rank)
-        return tuple(range(self.placement.num_experts))
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -115,7 +68,7 @@ def init_distributed(parallel: ParallelConfig, env: Optional[LaunchEnv] = None) 
 
 def _make_groups(layout: ParallelLayout) -> tuple:
     topo, world = layout.topology, layout.world_size
-    ep_size, G = topo.world_size, topo.devices_per_node
+    ep_size = topo.world_size
     mine = {}
     for start in range(0, world, ep_size):
         _add(mine, "ep", list(range(start, start + ep_size)), layout, topo, start)
