@@ -120,6 +120,9 @@ class RunRecord:
         self.clock = StepClock(start)
         self.last: dict = {}
         self.final_ckpt: Optional[Path] = None
+        if start >= cfg.train.steps:
+            self.logger.message(f"nothing to train: the checkpoint is at step {start} and train.steps = "
+                                f"{cfg.train.steps} (raise train.steps to continue)")
 
     def end_step(self, done: int, scalars: Callable[[], dict], validate: Callable[[], float],
                  save: Callable[[dict], Optional[Path]]) -> None:
