@@ -27,7 +27,8 @@ setup(
         # MindSpore 2.10 fails with numpy 2 ("numpy.core.multiarray failed to import").
         "mindspore": ["mindspore>=2.10,<2.11", "numpy<2"],
         "npu": ["torch>=2.4", "torch-npu"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"],
+        "tokenizers": ["tokenizers>=0.15"],          # data.tokenizer = a tokenizers JSON file
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "tokenizers>=0.15"],
     },
     entry_points={"console_scripts": ["locmoe=locmoe.cli:main"]},
 )

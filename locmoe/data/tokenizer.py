@@ -21,12 +21,17 @@ class FileTokenizer:
     """A Hugging Face ``tokenizers`` JSON file (``pip install tokenizers``)."""
 
     def __init__(self, path: str | Path):
+        from locmoe.data.corpus import DataError
+
         try:
             from tokenizers import Tokenizer
         except ImportError:
-            raise ImportError(f"data.tokenizer = {path!r} needs the tokenizers package: pip install tokenizers") \
-                from None
-        self.tok = Tokenizer.from_file(str(path))
+            raise DataError(f"data.tokenizer = {str(path)!r} needs the tokenizers package: "
+                            "pip install 'locmoe[tokenizers]'") from None
+        try:
+            self.tok = Tokenizer.from_file(str(path))
+        except Exception as err:   # the library raises a bare Exception for a malformed file
+            raise DataError(f"data.tokenizer = {str(path)!r} is not a tokenizers JSON file ({err})") from None
         self.vocab_size = self.tok.get_vocab_size()
 
     def encode(self, text: str) -> np.ndarray:
