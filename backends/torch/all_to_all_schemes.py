@@ -1,7 +1,8 @@
 """Flat and hierarchical (intra-node first, then inter-node) dispatch/combine of token copies.
 
 Both take the send buffer of this rank, laid out destination-major (rank 0's copies first), and return a
-``finish`` callable that yields the receive buffer laid out source-major — the same layout for both schemes, so results are identical.
+``finish`` callable that yields the receive buffer laid out source-major — the same layout for both
+schemes, so results are identical.
 ``S`` is the global [W, W] matrix of kept copies from each source rank (row) to each destination (column),
 known on every rank from the gathered routing decisions.
 

@@ -158,7 +158,7 @@ def expert_angles(angles: torch.Tensor, expert: torch.Tensor, num_experts: int,
 
 
 def update_angle_ema(ema: torch.Tensor, delta: torch.Tensor, seen: torch.Tensor, momentum: float) -> torch.Tensor:
-    """δ̄_e ← m·δ̄_e + (1−m)·δ_e for experts seen this step; the first step (an all-NaN ``ema``) takes δ as it
-    is. Decided on the device: no host sync."""
+    """δ̄_e ← m·δ̄_e + (1−m)·δ_e for experts seen this step; the first step (an all-NaN ``ema``) takes δ
+    as it is. Decided on the device: no host sync."""
     update = torch.where(seen, momentum * ema + (1.0 - momentum) * delta, ema)
     return torch.where(torch.isnan(ema).any(), delta, update)

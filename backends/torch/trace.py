@@ -39,7 +39,8 @@ def trace_config(checkpoint: Path, data_overrides: list[str]):
 
         bad = [o for o in data_overrides if not o.startswith("data.")]
         if bad:
-            raise ConfigError("--set", f"{bad[0]!r}: trace only overrides data.* fields (the model is the checkpoint's)")
+            raise ConfigError("--set", f"{bad[0]!r}: trace only overrides data.* fields "
+                                       "(the model is the checkpoint's)")
         cfg = config_from_dict(apply_overrides(config_to_dict(cfg), data_overrides))
     return cfg
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from backends.torch.collectives import Group, all_to_all_start  # noqa: E402
+from backends.torch.collectives import Group  # noqa: E402
 from backends.torch.distributed import ExpertParallel, expert_parallel, init_distributed  # noqa: E402
 from backends.torch import fusion  # noqa: E402
 from backends.torch.experts import GroupedExperts, expert_flops  # noqa: E402
@@ -32,6 +32,7 @@ from locmoe.report import format_table, write_json  # noqa: E402
 from locmoe.topology import ExpertPlacement, Topology  # noqa: E402
 
 E, D, F, K = 64, 2048, 1408, 2
+DEV, DT = "cuda", torch.bfloat16      # --smoke: the multi-process part on CPU (gloo, fp32, small) to check it
 
 
 def timed(fn, warmup=3, reps=10, rounds=3) -> float:
@@ -39,6 +40,13 @@ def timed(fn, warmup=3, reps=10, rounds=3) -> float:
     host runs ahead of the GPU), the median of ``rounds`` such batches."""
     for _ in range(warmup):
         fn()
+    if DEV == "cpu":
+        import time
+
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return 1e3 * (time.perf_counter() - t0) / reps
     torch.cuda.synchronize()
     times = []
     for _ in range(rounds):
@@ -78,11 +86,11 @@ def job(kind="gshard", mode="dropless", impl="auto", chunks=1, nodes=1, per_node
 
 def make_layer(cfg, ep, seed=0):
     torch.manual_seed(seed)
-    layer = MoELayer(cfg.moe, D, 256, ep).cuda()
+    layer = MoELayer(cfg.moe, D, 256, ep).to(DEV)
     layer.experts.reset_parameters(0.02)
     if layer.router.gate_weight is not None:
         torch.nn.init.normal_(layer.router.gate_weight, 0, 0.02)
-    return layer.to(torch.bfloat16)
+    return layer.to(DT)
 
 
 def fresh_grads(*tensors) -> None:
@@ -156,7 +164,7 @@ def single_gpu(args) -> list[dict]:
     M = T * K
     flops = 3 * expert_flops(M, D, F, "swiglu")                   # forward + backward (2x forward)
     n = 8192
-    a, b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16), torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     gemm = 2 * n ** 3 / timed(lambda: a @ b) / 1e9
     rows.append(dict(part="1 GPU", what="dense bf16 GEMM 8192^3", ms=None, tflops=gemm, pct_of_dense=None))
     dense_ms = timed(dense_ffn_step(M))
@@ -209,31 +217,32 @@ def multi_gpu(args) -> None:
     ctx = init_distributed(cfg.parallel)
     ep = expert_parallel(ctx, cfg.parallel, E)
     torch.manual_seed(1 + ctx.rank)
-    x = torch.randn(T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    g = torch.randn(T, D, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(T, D, device=DEV, dtype=DT, requires_grad=True)
+    g = torch.randn(T, D, device=DEV, dtype=DT)
     part = f"{W} GPUs ({N}x{W // N})"
     raw_ms = None
     for scheme in ("flat", "hierarchical") if W // N > 1 and N > 1 else ("flat",):
-        layer = make_layer(job(nodes=N, per_node=W // N, dispatch=scheme), ep)
-        rank_ids = torch.full((T,), ep.ep_rank, device="cuda")
+        cfg_s = job(nodes=N, per_node=W // N, dispatch=scheme)
+        layer = make_layer(cfg_s, expert_parallel(ctx, cfg_s.parallel, E))     # the scheme lives in the EP view
+        rank_ids = torch.full((T,), ep.ep_rank, device=DEV)
         out = layer.router(x, rank_ids, 1)
-        plans, _, _ = layer.dispatcher.plan(out, layer.router, rank_ids, T)
-        d = plans[0]
-        rows_send = x.detach()[out.token[d.order]]
+        layout, _, _ = layer.dispatcher.plan(out, layer.router, rank_ids, T)
+        d = layout.chunks[0]
+        send = layer.dispatcher.permute(x.detach(), out, layout)     # this rank's copies in send order
         if raw_ms is None:   # the raw reference: one flat all_to_all_single of the same send matrix
-            send, recv = d.exchange.send, d.exchange.recv
-            nbytes = sum(n for i, n in enumerate(send) if i != ep.ep_rank) * D * 2
-            raw_out = rows_send.new_empty((sum(recv), D))
-            raw_ms = timed(lambda: dist.all_to_all_single(raw_out, rows_send, recv, send), reps=args.reps)
+            split_send, split_recv = d.exchange.send, d.exchange.recv
+            nbytes = sum(n for i, n in enumerate(split_send) if i != ep.ep_rank) * D * send.element_size()
+            raw_out = send.new_empty((sum(split_recv), D))
+            raw_ms = timed(lambda: dist.all_to_all_single(raw_out, send, split_recv, split_send), reps=args.reps)
             rows.append(dict(part=part, what=f"raw all_to_all_single ({nbytes / 1e6:.0f} MB to peers)", ms=raw_ms,
                              GBps=nbytes / raw_ms / 1e6, pct_of_raw=100.0))
-        ms = timed(lambda: d.exchange.dispatch(rows_send)(), reps=args.reps)
+        exchange, dispatcher = d.exchange, layer.dispatcher
+        ms = timed(lambda: exchange.dispatch(send)(), reps=args.reps)
         rows.append(dict(part=part, what=f"{scheme} scheme dispatch", ms=ms, GBps=nbytes / ms / 1e6,
                          pct_of_raw=100 * raw_ms / ms))
-        full_ms = timed(lambda: layer.dispatcher.dispatch(x.detach(), out, d)(), reps=args.reps)
+        full_ms = timed(lambda: dispatcher.dispatch(dispatcher.permute(x.detach(), out, layout), d)(), reps=args.reps)
         rows.append(dict(part=part, what=f"{scheme} dispatch incl. permute + expert sort", ms=full_ms,
                          GBps=nbytes / full_ms / 1e6, pct_of_raw=100 * raw_ms / full_ms))
-        del layer
     for chunks in (1, 4):
         lay = make_layer(job(nodes=N, per_node=W // N, chunks=chunks), ep)
         ms = timed(fwd_bwd(lay, x, g), reps=args.reps)
@@ -252,11 +261,15 @@ def main() -> None:
     p.add_argument("--out", default="bench_results/moe_layer.json")
     p.add_argument("--part", default="all", choices=["all", "multi"])
     p.add_argument("--part-out", default="")
+    p.add_argument("--smoke", action="store_true", help="multi part only: CPU, gloo, fp32, small sizes")
     p.add_argument("--nodes", type=int, default=0, help="multi-GPU part: nodes the GPUs form (0 = one GPU per node)")
     p.add_argument("--profile", default="", choices=["", "gshard", "locmoe"],
                    help="print the top CUDA kernels of this router's dropless grouped layer")
     args = p.parse_args()
-    if not torch.cuda.is_available():
+    if args.smoke:
+        global DEV, DT, E, D, F
+        DEV, DT, E, D, F = "cpu", torch.float32, 8, 64, 32
+    if not torch.cuda.is_available() and not args.smoke:
         sys.exit("moe_layer.py needs CUDA GPUs (run it through the device tool)")
     if args.part == "multi":
         return multi_gpu(args)
@@ -270,7 +283,8 @@ def main() -> None:
         subprocess.run(cmd, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         rows += json.loads(part.read_text())
     device = torch.cuda.get_device_name()
-    print(f"MoE layer: E={E}, d={D}, f={F}, top-{K}, {args.tokens} tokens/GPU, bf16, {device}, torch {torch.__version__}")
+    print(f"MoE layer: E={E}, d={D}, f={F}, top-{K}, {args.tokens} tokens/GPU, bf16, {device}, "
+          f"torch {torch.__version__}")
     print("pct_of_dense: expert-FLOP rate vs a dense SwiGLU FFN of the same FLOPs (same activation kernel); "
           "pct_of_gemm: vs the dense bf16 GEMM rate")
     print(format_table(rows, ["part", "what", "ms", "tflops", "pct_of_dense", "pct_of_gemm", "GBps", "pct_of_raw"],

@@ -58,7 +58,8 @@ def run_router(entry: str, args, out: Path) -> dict:
         raise SystemExit(f"{router}: training failed\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     from locmoe.config import load_config
 
-    cfg = load_config(ROOT / "configs" / f"{args.job}.yaml", sets, layers=[ROOT / "configs" / "routers" / f"{router}.yaml"])
+    cfg = load_config(ROOT / "configs" / f"{args.job}.yaml", sets,
+                      layers=[ROOT / "configs" / "routers" / f"{router}.yaml"])
     ranks = 2 * max(args.nproc // 2, 1)             # emulated ranks when one process plays both nodes
     tokens = cfg.train.batch_size * ranks * cfg.data.seq_len
     mean_load = cfg.moe.router.top_k * tokens / cfg.moe.num_experts   # copies per expert if balanced
@@ -89,7 +90,8 @@ def compare(rows: list[dict]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="training text (e.g. tinyshakespeare.txt)")
-    p.add_argument("--steps", type=int, default=150, help="150: on tinyshakespeare the GPU model starts to overfit after ~150 steps")
+    p.add_argument("--steps", type=int, default=150,
+                   help="150: on tinyshakespeare the GPU model starts to overfit after ~150 steps")
     p.add_argument("--nproc", type=int, default=2, help="processes = GPUs, half per node; 1 = one process emulates "
                    "both nodes (routing, traffic and loss are the 2-node ones; no all-to-all is timed)")
     p.add_argument("--routers", default="locmoe,gshard,switch", help="comma-separated configs/routers/ names, each "
@@ -121,7 +123,8 @@ def main() -> None:
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.smoke else "cpu"
-    print(f"wrote {write_json(args.out, {'device': device, 'nproc': args.nproc, 'steps': args.steps, 'rows': rows, 'vs_gshard': goals})}")
+    payload = {"device": device, "nproc": args.nproc, "steps": args.steps, "rows": rows, "vs_gshard": goals}
+    print(f"wrote {write_json(args.out, payload)}")
 
 
 if __name__ == "__main__":
