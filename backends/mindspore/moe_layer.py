@@ -9,11 +9,10 @@ on the host once per call (the model builder may compile the dense blocks with `
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import mindspore as ms
-import numpy as np
 from mindspore import Tensor, nn, ops
 
 from backends.mindspore.collectives import TrafficCounter, all_gather_rows
@@ -22,6 +21,7 @@ from backends.mindspore.distributed import ExpertParallel
 from backends.mindspore.experts import GroupedExperts
 from backends.mindspore.router import Router
 from locmoe.config.schema import MoEConfig
+from locmoe.layer_metrics import layer_summary
 
 
 @dataclass
@@ -34,22 +34,13 @@ class MoEMetrics:
     token: Tensor                  # [C] this rank's copies: local token index,
     expert: Tensor                 # [C] expert,
     kept: Tensor                   # [C] admitted or dropped
-    dropped: int = field(init=False)
-
-    def __post_init__(self):
-        self.dropped = int(self.stats.expert_load.sum() - self.stats.admitted.sum())
 
     def summary(self) -> dict:
         """Plain numbers for logs."""
         s = self.stats
-        loc = s.locality_counts.astype(np.float64)
-        frac = (loc / max(loc.sum(), 1.0)).tolist()
-        return {"aux_loss": float(self.aux_loss.asnumpy()), "locality_loss": float(self.locality_loss.asnumpy()),
-                "dropped_fraction": self.dropped / max(s.total_copies, 1),
-                "on_rank_fraction": frac[0], "in_node_fraction": frac[1], "cross_node_fraction": frac[2],
-                "capacity_max": int(s.capacity.max()), "capacity_bound": s.capacity_bound,
-                "max_expert_load": int(s.expert_load.max()), "intra_node_bytes": self.traffic.intra_node,
-                "cross_node_bytes": self.traffic.cross_node}
+        return layer_summary(s.expert_load, s.admitted, s.capacity, s.capacity_bound, s.locality_counts,
+                             s.total_copies, float(self.aux_loss.asnumpy()), float(self.locality_loss.asnumpy()),
+                             self.traffic)
 
 
 class MoELayer(nn.Cell):

@@ -7,7 +7,7 @@ split sizes are all known before the first one is sent, so no host sync sits bet
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -21,6 +21,7 @@ from backends.torch.distributed import ExpertParallel
 from backends.torch.experts import GroupedExperts
 from backends.torch.router import Router
 from locmoe.config.schema import MoEConfig
+from locmoe.layer_metrics import layer_summary
 
 
 @dataclass
@@ -33,22 +34,13 @@ class MoEMetrics:
     token: torch.Tensor            # [C] this rank's copies: local token index,
     expert: torch.Tensor           # [C] expert,
     kept: torch.Tensor             # [C] admitted or dropped
-    dropped: torch.Tensor = field(init=False)
-
-    def __post_init__(self):
-        self.dropped = self.stats.expert_load.sum() - self.stats.admitted.sum()
 
     def summary(self) -> dict:
-        """Plain numbers for logs (one host sync)."""
+        """Plain numbers for logs (reads the device tensors back to the host)."""
         s = self.stats
-        loc = s.locality_counts.double()
-        frac = (loc / loc.sum().clamp(min=1)).tolist()
-        return {"aux_loss": float(self.aux_loss), "locality_loss": float(self.locality_loss),
-                "dropped_fraction": float(self.dropped) / max(s.total_copies, 1),
-                "on_rank_fraction": frac[0], "in_node_fraction": frac[1], "cross_node_fraction": frac[2],
-                "capacity_max": int(s.capacity.max()), "capacity_bound": s.capacity_bound,
-                "max_expert_load": int(s.expert_load.max()), "intra_node_bytes": self.traffic.intra_node,
-                "cross_node_bytes": self.traffic.cross_node}
+        host = [t.detach().cpu().numpy() for t in (s.expert_load, s.admitted, s.capacity, s.locality_counts)]
+        return layer_summary(*host[:3], s.capacity_bound, host[3], s.total_copies, float(self.aux_loss),
+                             float(self.locality_loss), self.traffic)
 
 
 class MoELayer(nn.Module):
