@@ -12,15 +12,21 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["locmoe", "locmoe.*", "backends", "backends.*", "models", "models.*"]),
-    package_data={"": ["*.yaml"]},
+    packages=find_packages(include=["locmoe", "locmoe.*", "backends", "backends.*", "models", "models.*"])
+    + ["locmoe.configs"],
+    # The shipped configs: the top-level configs/ folder (the one source) installs as locmoe/configs/, found by
+    # name from anywhere (locmoe.config.shipped); an editable install reads configs/ in place.
+    package_dir={"locmoe.configs": "configs"},
+    package_data={"locmoe.configs": ["*.yaml", "routers/*.yaml"]},
     install_requires=[
         "numpy>=1.24",
         "scipy>=1.10",
         "pyyaml>=6.0",
         "tqdm>=4.60",
         "tensorboardX>=2.6",
+        "Pillow>=9",                # tensorboardX's add_image (the expert-load images) imports PIL
         "safetensors>=0.4",
+        "matplotlib>=3.7",          # the expert-load heatmap (training's default path) and `locmoe report`
     ],
     extras_require={
         "torch": ["torch>=2.4"],
@@ -28,7 +34,11 @@ setup(
         "mindspore": ["mindspore>=2.10,<2.11", "numpy<2"],
         "npu": ["torch>=2.4", "torch-npu"],
         "tokenizers": ["tokenizers>=0.15"],          # data.tokenizer = a tokenizers JSON file
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "tokenizers>=0.15"],
+        "tensorboard": ["tensorboard>=2.14"],        # to view the logs: tensorboard --logdir runs
+        # transformers: the Hugging Face export's tests and scripts/bench/decode.py load the export with it
+        # (pinned to what pip installs on CPU; the GPU image's 5.17 loads the same export, checked by hand)
+        "hf": ["transformers==5.24.0"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "tokenizers>=0.15", "transformers==5.24.0"],
     },
     entry_points={"console_scripts": ["locmoe=locmoe.cli:main"]},
 )

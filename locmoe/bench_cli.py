@@ -4,8 +4,17 @@ tokens/s of a checkpoint for a batch of prompts of given lengths, plain and with
 from __future__ import annotations
 
 import argparse
+import time
 
+from locmoe.cli_args import int_at_least
 from locmoe.inference.errors import InferenceError
+
+# Calibration shapes by device: an accelerator's are the 1B-class expert sizes the cost model plans for; the
+# CPU's are small enough to finish in seconds on a laptop (GPU sizes ran > 10 minutes and 4.7 GB there).
+SHAPES = {
+    "accelerator": dict(experts=64, d_model=2048, d_expert=1408, rows="64,128,256,512,1024,2048", reps=5),
+    "cpu": dict(experts=8, d_model=256, d_expert=512, rows="16,32,64,128", reps=3),
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -13,22 +22,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     sub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     c = sub.add_parser("calibrate", help="measure this device; write the cost model's profile (JSON)")
+    gpu, cpu = SHAPES["accelerator"], SHAPES["cpu"]
     c.add_argument("--out", required=True, help="profile JSON to write")
-    c.add_argument("--experts", type=int, default=64, help="experts per MoE layer, all ranks (E)")
-    c.add_argument("--d-model", type=int, default=2048)
-    c.add_argument("--d-expert", type=int, default=1408)
-    c.add_argument("--rows", default="64,128,256,512,1024,2048",
-                   help="mean rows per local expert of the measured batches (comma-separated)")
-    c.add_argument("--reps", type=int, default=5)
-    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    c.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    c.add_argument("--experts", type=int_at_least(1), default=None,
+                   help=f"experts per MoE layer, all ranks (E); default {gpu['experts']} on CUDA, {cpu['experts']} on CPU")
+    c.add_argument("--d-model", type=int_at_least(1), default=None,
+                   help=f"hidden size d; default {gpu['d_model']} on CUDA, {cpu['d_model']} on CPU")
+    c.add_argument("--d-expert", type=int_at_least(1), default=None,
+                   help=f"expert FFN hidden size; default {gpu['d_expert']} on CUDA, {cpu['d_expert']} on CPU")
+    c.add_argument("--rows", default=None, help="mean rows per local expert of the measured batches "
+                   f"(comma-separated); default {gpu['rows']} on CUDA, {cpu['rows']} on CPU")
+    c.add_argument("--reps", type=int_at_least(1), default=None,
+                   help=f"timed repetitions per call; default {gpu['reps']} on CUDA, {cpu['reps']} on CPU")
+    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda if present")
+    c.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="default bfloat16 on CUDA, float32 on CPU")
     f = sub.add_parser("prefill", help="prefill tokens/s of a checkpoint (plain vs pipelined)")
-    f.add_argument("checkpoint")
-    f.add_argument("router")
+    f.add_argument("checkpoint", help="checkpoint directory, or a run's out_dir (its newest checkpoint)")
+    f.add_argument("router", help="exported router directory (`locmoe export`, or out_dir/router)")
     f.add_argument("--lengths", default="128", help="prompt lengths to measure (comma-separated)")
-    f.add_argument("--batch", type=int, default=4, help="prompts per rank per measured batch")
-    f.add_argument("--reps", type=int, default=3)
-    f.add_argument("--json", default=None, help="also write the results here")
+    f.add_argument("--batch", type=int_at_least(1), default=4, help="prompts per rank per measured batch")
+    f.add_argument("--reps", type=int_at_least(1), default=3, help="timed repetitions per measurement")
+    f.add_argument("--json", default=None, help="also write the results here (default: print only)")
     add_serving_arguments(f)
 
 
@@ -57,8 +72,12 @@ def calibrate(args: argparse.Namespace) -> int:
     from backends.torch.inference.calibrate import CalibrationShape, calibrate as run
     from backends.torch.inference.loader import DTYPES
 
-    rows = _ints(args.rows, "--rows")
     device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
+    defaults = SHAPES["cpu" if device.type == "cpu" else "accelerator"]
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    rows = _ints(args.rows, "--rows")
     W = int(os.environ.get("WORLD_SIZE", 1))
     if args.experts % W:
         raise InferenceError(f"--experts {args.experts} is not divisible by the {W} launched processes")
@@ -68,7 +87,15 @@ def calibrate(args: argparse.Namespace) -> int:
     group = Group(dist.group.WORLD if W > 1 else None, tuple(range(W)), (0,) * W, rank)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     shape = CalibrationShape(args.experts // W, args.d_model, args.d_expert, tuple(rows), reps=args.reps)
-    profile = run(shape, device, dtype, group)
+    start = time.perf_counter()
+
+    def progress(text: str) -> None:
+        if rank == 0:
+            print(f"calibrate [{time.perf_counter() - start:5.1f} s] {text}", flush=True)
+
+    progress(f"{device.type}, {str(dtype).replace('torch.', '')}: E={args.experts} (local {shape.experts}), "
+             f"d={args.d_model}, f={args.d_expert}, rows per expert {rows}, {args.reps} reps")
+    profile = run(shape, device, dtype, group, progress)
     if rank == 0:
         profile.save(args.out)
         a2a = profile.all_to_all

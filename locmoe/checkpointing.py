@@ -2,23 +2,32 @@
 ``manifest.json`` (file sizes and SHA-256) written last. A directory is built under a temporary name and
 renamed when complete, so a crash mid-write leaves the previous checkpoints intact; a checkpoint whose
 files do not match its manifest is reported as corrupt, never loaded half-way.
+
+Format 2 holds nothing that is unpickled: tensors in safetensors, everything else in JSON (see
+``locmoe.checkpoint_files``). Format 1 (locmoe before it) kept the torch backend's optimiser and RNG states in
+pickles; those are read only when the user says they trust the file (``--trust-checkpoint``).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
-import signal
+import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from locmoe.atomic_io import fsync_dir, fsync_tree
+from locmoe.atomic_io import fault_due, fsync_dir, fsync_tree, write_error, write_text, writing
 from locmoe.errors import LocMoEError
 
-CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 2
+LEGACY_FORMAT_VERSIONS = (1,)       # still read; their pickled files only with --trust-checkpoint
+TOKENIZER_FILE = "tokenizer.json"
+TRUST_FLAG = "--trust-checkpoint"
 _NAME = re.compile(r"^step_(\d{8})$")
+_trust_legacy = False
 
 
 class CheckpointError(LocMoEError):
@@ -46,20 +55,55 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def seal(out_dir: str | Path, step: int, meta: dict) -> Path:
-    """Rank 0, after every rank wrote into ``temp_dir``: checksum the files, write the manifest, fsync,
-    rename to the final name."""
-    tmp, final = temp_dir(out_dir, step), step_dir(out_dir, step)
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
-    maybe_inject_fault("kill_during_checkpoint", step)
-    manifest = {"format_version": CHECKPOINT_FORMAT_VERSION, "step": step, "files": files, **meta}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    fsync_tree(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
-    return final
+# ----------------------------------------------------------------------------- trust of legacy pickles
+
+def trust_legacy_checkpoints(trusted: bool = True) -> None:
+    """``--trust-checkpoint``: allow reading format-1 pickles (the CLI sets it for this process)."""
+    global _trust_legacy
+    _trust_legacy = trusted
+
+
+def require_trust(file: Path) -> None:
+    """A format-1 pickle may only be read when the user said they trust it."""
+    if not _trust_legacy:
+        raise CheckpointError(f"{file} is a pickle written by an older locmoe (checkpoint format 1); loading a "
+                              f"pickle can run code, so it is not read by default. If you trust where this "
+                              f"checkpoint came from, pass {TRUST_FLAG} (or convert it once with `locmoe convert "
+                              f"... {TRUST_FLAG}`)")
+
+
+# ----------------------------------------------------------------------------- reading, safely
+
+def read_json(path: Path) -> Any:
+    """A JSON file of a checkpoint; anything else (a pickle, a truncated file) is a CheckpointError naming it."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not a JSON file ({type(err).__name__}: {str(err)[:80]}); the checkpoint "
+                              "is corrupt or was tampered with") from None
+
+
+def _check_manifest(manifest: Any, path: Path) -> None:
+    where = path / "manifest.json"
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{where}: expected a JSON object, got {type(manifest).__name__}")
+    version = manifest.get("format_version")
+    if version != CHECKPOINT_FORMAT_VERSION and version not in LEGACY_FORMAT_VERSIONS:
+        raise CheckpointError(f"{path}: checkpoint format {version!r} is not supported (this locmoe reads "
+                              f"{CHECKPOINT_FORMAT_VERSION}, and {list(LEGACY_FORMAT_VERSIONS)})")
+    if not isinstance(manifest.get("step"), int) or isinstance(manifest["step"], bool) or manifest["step"] < 0:
+        raise CheckpointError(f"{where}: 'step' must be a non-negative integer, got {manifest.get('step')!r}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise CheckpointError(f"{where}: 'files' must be an object of file name -> {{bytes, sha256}}")
+    for name, info in files.items():
+        if "/" in name or "\\" in name or name in ("", ".", "..", "manifest.json"):
+            raise CheckpointError(f"{where}: file name {name!r} is not allowed (plain names inside the checkpoint)")
+        if (not isinstance(info, dict) or not isinstance(info.get("bytes"), int)
+                or not isinstance(info.get("sha256"), str)):
+            raise CheckpointError(f"{where}: the entry of {name!r} must be {{\"bytes\": int, \"sha256\": str}}")
 
 
 def verify(path: str | Path) -> dict:
@@ -68,13 +112,12 @@ def verify(path: str | Path) -> dict:
     man_path = path / "manifest.json"
     if not man_path.is_file():
         raise CheckpointError(f"{path} is not a complete checkpoint (no manifest.json)")
-    try:
-        manifest = json.loads(man_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{man_path} is corrupt: {err}") from None
-    if manifest.get("format_version") != CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {manifest.get('format_version')!r} is not supported "
-                              f"(this locmoe reads {CHECKPOINT_FORMAT_VERSION})")
+    manifest = read_json(man_path)
+    _check_manifest(manifest, path)
+    m = _NAME.match(path.name)
+    if m and int(m.group(1)) != manifest["step"]:
+        raise CheckpointError(f"{path}: the manifest says step {manifest['step']}, the directory name step "
+                              f"{int(m.group(1))}; the checkpoint was renamed or tampered with")
     for name, info in manifest["files"].items():
         f = path / name
         if not f.is_file():
@@ -83,6 +126,50 @@ def verify(path: str | Path) -> dict:
             raise CheckpointError(f"{path}: {name} does not match its checksum; the checkpoint is corrupt")
     return manifest
 
+
+def format_version(path: Path) -> int:
+    """The format of a verified checkpoint (1: torch's per-rank files are pickles; 2: nothing is)."""
+    return read_json(path / "manifest.json")["format_version"]
+
+
+def load_state(path: str | Path) -> dict:
+    """Verify a checkpoint and read its ``train_state.json`` (step, config, layout, backend), checked for
+    shape and for agreeing with the manifest's step."""
+    path = Path(path)
+    manifest = verify(path)
+    where = path / "train_state.json"
+    if "train_state.json" not in manifest["files"]:
+        raise CheckpointError(f"{path}: the manifest does not list train_state.json")
+    state = read_json(where)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where}: expected a JSON object, got {type(state).__name__}")
+    for key, kind in (("step", int), ("config", dict), ("layout", dict)):
+        if not isinstance(state.get(key), kind):
+            raise CheckpointError(f"{where}: {key!r} must be a JSON {kind.__name__}, got {state.get(key)!r:.80}")
+    if state["step"] != manifest["step"]:
+        raise CheckpointError(f"{where} says step {state['step']}, its manifest step {manifest['step']}; the "
+                              "checkpoint is inconsistent")
+    lay = state["layout"]
+    for key in ("world_size", "nodes", "devices_per_node"):
+        if not isinstance(lay.get(key), int) or lay[key] < 1:
+            raise CheckpointError(f"{where}: layout.{key} must be a positive integer, got {lay.get(key)!r}")
+    return state
+
+
+def safe_tensors(file: Path, framework: str = "np"):
+    """``safetensors.safe_open`` of a checkpoint's tensor file; a file that is not one is a CheckpointError."""
+    from safetensors import safe_open
+
+    if not file.is_file():
+        raise CheckpointError(f"{file} is missing")
+    try:
+        return safe_open(str(file), framework=framework)
+    except Exception as err:     # safetensors raises its own error type for a header it cannot parse
+        raise CheckpointError(f"{file} is not a safetensors file ({str(err)[:80]}); the checkpoint is corrupt or "
+                              "was tampered with") from None
+
+
+# ----------------------------------------------------------------------------- finding checkpoints
 
 def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
     """Sealed checkpoint directories, oldest first (temporary directories are not listed)."""
@@ -97,7 +184,7 @@ def latest(out_dir: str | Path, rejected: list | None = None) -> Path | None:
     """The newest checkpoint that verifies; newer ones that do not are appended to ``rejected`` with why."""
     for _, path in reversed(list_checkpoints(out_dir)):
         try:
-            verify(path)
+            load_state(path)
             return path
         except CheckpointError as err:
             if rejected is not None:
@@ -105,15 +192,55 @@ def latest(out_dir: str | Path, rejected: list | None = None) -> Path | None:
     return None
 
 
-def resolve(path: str | Path) -> Path:
-    """A checkpoint directory, or a run's out_dir (its newest valid checkpoint)."""
+def resolve(path: str | Path, announce: bool = True) -> Path:
+    """A checkpoint directory, or a run's out_dir: its newest checkpoint, which must verify.
+
+    Given a run directory, the checkpoint used is printed (stderr, rank 0); a newest checkpoint that does not
+    verify stops the command (CheckpointError naming it and the newest one that does) rather than silently
+    using an older one.
+    """
     path = Path(path)
     if (path / "manifest.json").is_file():
         return path
-    found = latest(path)
-    if found is None:
-        raise CheckpointError(f"{path} is neither a checkpoint nor a run directory holding a valid checkpoint")
-    return found
+    found = list_checkpoints(path)
+    if not found:
+        raise CheckpointError(f"{path} is neither a checkpoint nor a run directory holding a checkpoint")
+    newest = found[-1][1]
+    try:
+        load_state(newest)
+    except CheckpointError as err:
+        older = latest(path)
+        alt = (f"; the newest one that verifies is {older}: name it to use it" if older is not None
+               else "; no older checkpoint verifies either")
+        raise CheckpointError(f"the newest checkpoint of {path} does not verify ({err}){alt}") from None
+    if announce and _is_main():
+        print(f"using checkpoint {newest} (the newest of {path})", file=sys.stderr)
+    return newest
+
+
+def _is_main() -> bool:
+    from locmoe.topology import LaunchEnv
+
+    return LaunchEnv.from_environ().rank == 0
+
+
+# ----------------------------------------------------------------------------- writing
+
+def seal(out_dir: str | Path, step: int, meta: dict) -> Path:
+    """Rank 0, after every rank wrote into ``temp_dir``: checksum the files, write the manifest, fsync,
+    rename to the final name."""
+    tmp, final = temp_dir(out_dir, step), step_dir(out_dir, step)
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+    maybe_inject_fault("kill_during_checkpoint", step)
+    manifest = {"format_version": CHECKPOINT_FORMAT_VERSION, "step": step, "files": files, **meta}
+    write_text(tmp / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    with writing(final, remove_partial=False):
+        fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    return final
 
 
 def prune(out_dir: str | Path, keep: int) -> None:
@@ -123,7 +250,7 @@ def prune(out_dir: str | Path, keep: int) -> None:
 
 
 def clean_temporaries(out_dir: str | Path) -> None:
-    """Remove half-written checkpoints left by a crash (called before training starts)."""
+    """Remove half-written checkpoints left by a crash (called before training starts, under the run lock)."""
     root = checkpoint_root(out_dir)
     if root.is_dir():
         for p in root.glob(".step_*.tmp"):
@@ -132,8 +259,9 @@ def clean_temporaries(out_dir: str | Path) -> None:
 
 def maybe_inject_fault(point: str, step: int) -> None:
     """Test hook: ``LOCMOE_FAULT_INJECT=kill_during_checkpoint:20`` SIGKILLs this process at that point."""
-    spec = os.environ.get("LOCMOE_FAULT_INJECT", "")
-    if spec == f"{point}:{step}":
+    import signal
+
+    if fault_due(point, step):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -150,36 +278,62 @@ def write_checkpoint(out_dir: str | Path, step: int, keep: int, is_main: bool, b
                      write: Callable[[Path], None], backend: str) -> Path | None:
     """The protocol every rank follows: rank 0 makes the temporary directory, every rank ``write``s its files
     into it (rank 0 also the shared ones), rank 0 seals it and prunes old checkpoints. Returns the sealed
-    directory on rank 0, None elsewhere."""
+    directory on rank 0, None elsewhere. A failed write (disk full, read-only) removes the temporary
+    directory and raises a WriteError naming the file."""
     tmp = temp_dir(out_dir, step)
-    if is_main:
-        tmp.mkdir(parents=True, exist_ok=True)
-    barrier()
-    write(tmp)
-    barrier()
-    final = None
-    if is_main:
-        final = seal(out_dir, step, {"backend": backend})
-        prune(out_dir, keep)
+    try:
+        if is_main:
+            with writing(tmp, remove_partial=False):
+                tmp.mkdir(parents=True, exist_ok=True)
+        barrier()
+        write(tmp)
+        barrier()
+        final = None
+        if is_main:
+            final = seal(out_dir, step, {"backend": backend})
+            prune(out_dir, keep)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise write_error(err, tmp) from None
+        raise
     barrier()
     return final
 
 
 def write_train_state(tmp: Path, step: int, cfg, layout, backend: str, extra: dict) -> None:
-    """``train_state.json`` of a checkpoint being written (rank 0)."""
+    """``train_state.json`` of a checkpoint being written (rank 0), and the tokenizer file beside it."""
     from locmoe import __version__
     from locmoe.config import config_to_dict
 
     state = {"step": step, "config": config_to_dict(cfg), "layout": layout_record(layout), "backend": backend,
              "locmoe_version": __version__, **extra}
-    (tmp / "train_state.json").write_text(json.dumps(state, indent=2) + "\n")
+    copy_tokenizer(cfg.data.tokenizer, tmp)
+    write_text(tmp / "train_state.json", json.dumps(state, indent=2) + "\n")
+
+
+def copy_tokenizer(spec: str, into: Path) -> None:
+    """A tokenizers JSON file travels with the checkpoint (and the export) as ``tokenizer.json``, so serving
+    does not depend on the path it was trained with."""
+    if spec != "byte" and Path(spec).is_file():
+        with writing(into / TOKENIZER_FILE):
+            shutil.copyfile(spec, into / TOKENIZER_FILE)
+
+
+def tokenizer_spec(spec: str, *dirs: Path) -> str:
+    """What to load a run's tokenizer from (``spec``: its config's ``data.tokenizer``): the copy in the first
+    of ``dirs`` (a checkpoint, an export) that holds one, else ``spec`` itself."""
+    if spec != "byte":
+        for d in dirs:
+            if (Path(d) / TOKENIZER_FILE).is_file():
+                return str(Path(d) / TOKENIZER_FILE)
+    return spec
 
 
 def read_train_state(path: Path, layout, backend: str) -> dict:
     """Verify a checkpoint and read its train state; exact resume needs the backend and the layout it was
     written with (``locmoe convert`` changes the backend)."""
-    verify(path)
-    state = json.loads((path / "train_state.json").read_text())
+    state = load_state(path)
     written_by = state.get("backend", "torch")
     if written_by != backend:
         raise CheckpointError(f"{path} was written by the {written_by} backend and this run uses {backend}: "
@@ -188,3 +342,15 @@ def read_train_state(path: Path, layout, backend: str) -> dict:
         raise CheckpointError(f"{path} was written with layout {state.get('layout')}, this run has "
                               f"{layout_record(layout)}; exact resume needs the same ranks and topology")
     return state
+
+
+@contextlib.contextmanager
+def reading(file: Path):
+    """Around a framework's reader of one checkpoint file: any error becomes a CheckpointError naming it."""
+    try:
+        yield file
+    except LocMoEError:
+        raise
+    except Exception as err:
+        raise CheckpointError(f"{file} cannot be read ({type(err).__name__}: {str(err)[:120]}); the checkpoint "
+                              "is corrupt or was tampered with") from None

@@ -1,4 +1,5 @@
-"""``locmoe`` command line: one subcommand per job, each with its own ``--help``.
+"""``locmoe`` command line: one subcommand per job, each with its own ``--help`` (every flag's help shows its
+default: ``locmoe.cli_args``).
 
 Heavy imports (torch, mindspore, scipy) happen inside the handlers so that ``locmoe --help`` and the
 planning commands start fast on machines without a framework.
@@ -10,16 +11,12 @@ import sys
 from typing import Callable, Sequence
 
 
-def _train(args: argparse.Namespace) -> int:
-    from locmoe.config import load_config
-    import backends
-
-    cfg = load_config(args.config, args.set, layers=args.layers)
-    backends.get(cfg.parallel.backend).train(cfg, resume=args.resume)
-    return 0
-
-
 def _export(args: argparse.Namespace) -> int:
+    if getattr(args, "format", "router") == "hf":
+        from locmoe.export.hf_export import export_hf
+
+        print(f"exported the model for transformers (Qwen2-MoE) to {export_hf(args.checkpoint, args.out_dir)}")
+        return 0
     from locmoe.export import export_checkpoint
 
     out = export_checkpoint(args.checkpoint, args.out_dir)
@@ -34,18 +31,11 @@ def _route_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML job file (see configs/)")
-    p.add_argument("--with", dest="layers", action="append", default=[], metavar="FRAGMENT.yaml",
-                   help="merge a YAML fragment over CONFIG, e.g. --with configs/routers/gshard.yaml (repeatable)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override a config field, e.g. --set train.steps=50 (repeatable; applied last)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.out_dir")
-
-
 def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint directory (train.out_dir/checkpoints/step_N) or a run's out_dir")
     p.add_argument("out_dir", help="where to write router.safetensors and manifest.json")
+    p.add_argument("--format", choices=["router", "hf"], default="router", help="router: the routers for "
+                   "`locmoe generate`; hf: the whole model as a transformers (Qwen2-MoE) directory")
 
 
 def _add_route_demo(p: argparse.ArgumentParser) -> None:
@@ -79,21 +69,27 @@ def _module(help_text: str, module: str) -> tuple[str, Callable, Callable]:
 
 
 COMMANDS = {
-    "train": ("pretrain an MoE model from a YAML job (torchrun / msrun launch it on many ranks)", _add_train, _train),
+    "train": _module("pretrain an MoE model from a YAML job (torchrun / msrun launch it on many ranks)",
+                     "locmoe.train_cli"),
+    "configs": _module("list the shipped configs (usable by name anywhere), or print one", "locmoe.configs_cli"),
     "export": ("export the routers of a checkpoint for serving", _add_export, _export),
     "convert": _module("convert a checkpoint between the torch and MindSpore backends", "locmoe.convert_cli"),
     "trace": _module("record a routing trace of a checkpoint on a corpus (input of `locmoe plan`)",
                      "locmoe.placement.trace_cli"),
     "plan": _module("expert placement and deployment planning from routing traces", "locmoe.planning.cli"),
     "generate": _module("generate text from a checkpoint and its exported routers", "locmoe.inference.generate_cli"),
+    "report": _module("PNG plots of a training run: losses, tokens/s, routing, expert load", "locmoe.report_cli"),
     "bench": _module("benchmarks: calibrate the expert cost model, prefill throughput", "locmoe.bench_cli"),
+    "data": _module("prepare training data: tokenise once into an indexed dataset (.bin + .idx)", "locmoe.data.prepare_cli"),
     "route-demo": ("route a random batch on an emulated cluster and compare routers", _add_route_demo, _route_demo),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="locmoe", description="LocMoE: MoE training and serving with a "
-                                     "router that keeps tokens close to home.")
+    from locmoe.cli_args import Parser
+
+    parser = Parser(prog="locmoe", description="LocMoE: MoE training and serving with a router that keeps "
+                    "tokens close to home.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add, handler) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -103,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand. Bad input (a :class:`LocMoEError`, or a framework that is not installed) is one
+    line on stderr and exit code 2; anything else is a bug and stays a traceback."""
+    from locmoe.cli_args import print_error
     from locmoe.config import ConfigError
     from locmoe.errors import LocMoEError
 
@@ -114,11 +113,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ConfigError as err:
-        print(f"locmoe {args.command}: config error: {err}", file=sys.stderr)
-        return 2
+        return print_error(args.command, f"config error: {err}")
     except LocMoEError as err:
-        print(f"locmoe {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
-        return 2
+        return print_error(args.command, f"{type(err).__name__}: {err}")
+    except ImportError as err:
+        hint = _missing_framework_hint(err)
+        if hint is None:
+            raise
+        return print_error(args.command, hint)
+
+
+def _missing_framework_hint(err: ImportError) -> str | None:
+    """The install line for an ImportError of torch / mindspore that is really absent (not merely broken)."""
+    import importlib.util
+
+    import backends
+
+    framework = backends.missing_framework(err)
+    if framework is None:
+        return None
+    try:
+        if importlib.util.find_spec(framework) is not None:
+            return None            # installed but failing to import: a real error, keep its traceback
+    except (ImportError, ValueError):
+        pass
+    return backends.install_hint(framework)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens-per-rank", type=int, default=512, help="tokens on each rank (default 512)")
     p.add_argument("--rho", type=float, default=0.5, help="LocMoE intra-node-first threshold (default 0.5)")
     p.add_argument("--capacity-factor", type=float, default=1.25, help="capacity factor (default 1.25)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random batch and gate (default 0)")
     p.add_argument("--json", default="", help="also write the table to this JSON file")
 
 

@@ -9,44 +9,89 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from locmoe.checkpointing import CheckpointError, latest, list_checkpoints
+from locmoe import run_lock
+from locmoe.checkpointing import CheckpointError, checkpoint_root, latest, list_checkpoints, load_state
 from locmoe.config import ConfigError
 from locmoe.config.schema import JobConfig
 from locmoe.data import Corpus, load_corpus, load_tokenizer
+from locmoe.finite import NonFiniteError
+from locmoe.resume_check import resume_changes
+from locmoe.topology import LaunchEnv
 from locmoe.train_log import TrainLogger
 
 MOE_MEAN_KEYS = ("dropped_fraction", "cross_node_fraction", "in_node_fraction", "locality_loss", "aux_loss")
 
 
 def check_inputs(cfg: JobConfig, resume: bool) -> tuple[Corpus, Optional[Path]]:
-    """Tokenizer, corpus and the checkpoint to resume from; a clear error on any bad input."""
+    """Tokenizer, corpus, export directory and the checkpoint to resume from; a clear error on any bad input.
+    Rank 0 then holds the run directory's lock (``locmoe.run_lock``) for the run's life."""
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError("model.vocab_size", f"{cfg.model.vocab_size} is smaller than the tokenizer's "
                           f"vocabulary ({tokenizer.vocab_size})")
     corpus = load_corpus(cfg.data, tokenizer, cfg.moe.domains.num_domains)
-    ckpt = None
-    if resume:
-        rejected: list = []
-        ckpt = latest(cfg.train.out_dir, rejected)
-        if ckpt is None:
-            why = f" ({'; '.join(rejected)})" if rejected else ""
-            raise CheckpointError(f"--resume: no valid checkpoint in {cfg.train.out_dir}/checkpoints{why}")
-        for reason in rejected:
-            print(f"warning: skipping a newer checkpoint that does not verify: {reason}")
-    elif list_checkpoints(cfg.train.out_dir):
+    check_export_dir(cfg)
+    main = LaunchEnv.from_environ().rank == 0
+    if main:
+        run_lock.acquire(cfg.train.out_dir, message=lambda text: print(f"warning: {text}"))
+    try:
+        return corpus, checkpoint_to_resume(cfg, main) if resume else _no_checkpoints(cfg)
+    except BaseException:
+        run_lock.release(cfg.train.out_dir, remove_dir=True)
+        raise
+
+
+def _no_checkpoints(cfg: JobConfig) -> None:
+    if list_checkpoints(cfg.train.out_dir):
         raise CheckpointError(f"{cfg.train.out_dir} already holds checkpoints: pass --resume to continue, or "
                               "choose another train.out_dir")
-    return corpus, ckpt
+
+
+def checkpoint_to_resume(cfg: JobConfig, main: bool) -> Path:
+    """The newest checkpoint that verifies (newer ones that do not are named in a warning), checked against
+    this run's config: a shape change is an error, every other change is reported (rank 0)."""
+    rejected: list = []
+    ckpt = latest(cfg.train.out_dir, rejected)
+    if ckpt is None:
+        why = f" ({'; '.join(rejected)})" if rejected else ""
+        raise CheckpointError(f"--resume: no valid checkpoint in {cfg.train.out_dir}/checkpoints{why}")
+    state = load_state(ckpt)
+    lines = resume_changes(state["config"], cfg, state["step"], str(ckpt))
+    if main:
+        for reason in rejected:
+            print(f"warning: skipping a newer checkpoint that does not verify: {reason}; resuming from {ckpt}")
+        for line in lines:
+            print(line)
+    return ckpt
+
+
+def check_export_dir(cfg: JobConfig) -> None:
+    """``export.dir`` may not be (or hold) the run directory, nor lie among its checkpoints, nor be a
+    directory of other files: the export at the end replaces its directory."""
+    if not cfg.export.at_end:
+        return
+    from locmoe.export.router_export import is_export
+
+    run = Path(cfg.train.out_dir).absolute().resolve()
+    target = Path(cfg.export.dir or f"{cfg.train.out_dir}/router").absolute().resolve()
+    if target == run or target in run.parents or checkpoint_root(run) in (target, *target.parents):
+        raise ConfigError("export.dir", f"{cfg.export.dir!r} is the run directory {cfg.train.out_dir}, holds it or "
+                          "lies among its checkpoints: the export would replace them; choose another directory "
+                          "(default: out_dir/router)")
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not is_export(target))):
+        raise ConfigError("export.dir", f"{target} exists and is not an empty directory or a previous router "
+                          "export; the export would replace it: choose another directory")
 
 
 def moe_scalars(summaries: list[dict], loads: list[np.ndarray], logger: TrainLogger, step: int,
-                layers: list) -> dict:
-    """Per-step MoE numbers averaged over layers, from each layer's ``MoEMetrics.summary()`` and expert load."""
+                layers: list, capacities: Optional[list] = None) -> dict:
+    """Per-step MoE numbers averaged over layers, from each layer's ``MoEMetrics.summary()``, expert load [E]
+    and capacity [E] (default: the summary's largest capacity)."""
     if not summaries:
         return {}
-    for layer, load in zip(layers, loads):
-        logger.expert_load(step, layer, load)
+    capacities = capacities or [r["capacity_max"] for r in summaries]
+    for layer, load, capacity in zip(layers, loads, capacities):
+        logger.expert_load(step, layer, load, capacity)
     out = {k: float(np.mean([r[k] for r in summaries])) for k in MOE_MEAN_KEYS}
     bound = [r["capacity_bound"] for r in summaries if r["capacity_bound"] is not None]
     out.update(capacity=float(np.mean([r["capacity_max"] for r in summaries])),
@@ -80,9 +125,11 @@ class StepClock:
 
 def step_scalars(loss: float, aux: float, lr: float, grad_norm: float, tokens_per_step: int, clock: StepClock,
                  done: int) -> dict:
-    """The scalars of a logged step; a non-finite loss stops the run."""
-    if not np.isfinite(loss):
-        raise FloatingPointError(f"step {done}: the training loss is {loss}")
+    """The scalars of a logged step; a non-finite loss stops the run (NonFiniteError, no checkpoint of it)."""
+    if not np.isfinite(loss) or not np.isfinite(aux):
+        raise NonFiniteError(f"step {done}: the training loss is {loss} (aux objective {aux}); the run diverged "
+                             "and stops (a diverged step is never checkpointed): resume from the newest "
+                             "checkpoint (--resume) with a lower train.lr or a smaller train.grad_clip")
     elapsed, steps = clock.lap(done)
     return dict(loss=loss + aux, lm_loss=loss, aux_objective=aux, lr=lr, grad_norm=grad_norm,
                 tokens_per_s=tokens_per_step * steps / elapsed, step_time_s=elapsed / steps)
@@ -141,4 +188,5 @@ class RunRecord:
     def finish(self) -> dict:
         self.logger.close()
         export_at_end(self.cfg, self.is_main, self.final_ckpt, self.logger)
+        run_lock.release(self.cfg.train.out_dir)
         return {"last": self.last, "checkpoint": str(self.final_ckpt) if self.final_ckpt else None}

@@ -1,8 +1,11 @@
-"""Training logs, framework-free: tqdm on rank 0, tensorboardX scalars and expert-load heatmaps, and a
-``metrics.jsonl`` file (one JSON object per logged step) that scripts and tests read back."""
+"""Training logs, framework-free: tqdm on rank 0, tensorboardX scalars and expert-load heatmaps, a
+``metrics.jsonl`` file (one JSON object of scalars per logged step) that scripts and tests read back, and
+``expert_load.jsonl`` beside it (one object per logged step and MoE layer: the copies routed to each expert
+and each expert's capacity) that ``locmoe report`` draws."""
 from __future__ import annotations
 
 import json
+from collections import deque
 from pathlib import Path
 from typing import Optional
 
@@ -10,17 +13,35 @@ import numpy as np
 
 from locmoe.config.schema import JobConfig
 
+LOADS_FILE = "expert_load.jsonl"
+HEATMAP_ROWS = 200          # the tensorboard heatmap shows this process's newest logged steps, at most this many
+
+# Every logged scalar's tensorboard group, in one place: losses (and the optimiser's lr / grad norm) under
+# train/, validation under val/, throughput under perf/, MoE routing statistics under moe/.
+TAG_GROUPS = {
+    "loss": "train", "lm_loss": "train", "aux_objective": "train", "aux_loss": "train", "locality_loss": "train",
+    "lr": "train", "grad_norm": "train",
+    "val_loss": "val",
+    "tokens_per_s": "perf", "step_time_s": "perf",
+    "dropped_fraction": "moe", "cross_node_fraction": "moe", "in_node_fraction": "moe", "capacity": "moe",
+    "capacity_bound": "moe", "max_expert_load": "moe", "cross_node_bytes": "moe",
+}
+
 
 class TrainLogger:
     def __init__(self, cfg: JobConfig, is_main: bool, start_step: int):
         self.cfg, self.is_main = cfg, is_main
         self.out = Path(cfg.train.out_dir)
-        self.bar = self.writer = self.jsonl = None
-        self.loads: dict[int, list] = {}
+        self.bar = self.writer = self.jsonl = self.loads_jsonl = None
+        self.history: dict[int, deque] = {}      # layer -> (step, load [E], capacity [E]) rows of the heatmap
+        self.to_draw: list[tuple[int, int]] = []  # (step, layer) heatmaps drawn by the next step()
         if not is_main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.jsonl", LOADS_FILE):       # a resumed run rewrites the steps after its checkpoint
+            drop_records_after(self.out / name, start_step)
         self.jsonl = open(self.out / "metrics.jsonl", "a", encoding="utf-8")
+        self.loads_jsonl = open(self.out / LOADS_FILE, "a", encoding="utf-8")
         if cfg.logging.tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -36,6 +57,7 @@ class TrainLogger:
             return
         if self.bar is not None:
             self.bar.update(1)
+        self._draw_heatmaps()
         if not scalars:
             return
         if self.bar is not None:
@@ -48,36 +70,73 @@ class TrainLogger:
         self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
         self.jsonl.flush()
 
-    def expert_load(self, step: int, layer: int, load: np.ndarray) -> None:
-        """Remember a layer's per-expert load; every heatmap_every steps draw steps × experts as an image."""
-        if not self.is_main or self.writer is None or not self.cfg.logging.heatmap_every:
+    def expert_load(self, step: int, layer: int, load: np.ndarray, capacity) -> None:
+        """Record a layer's per-expert load (copies routed, [E]) and capacity ([E] or one number) of a logged
+        step in expert_load.jsonl; every heatmap_every steps (and at the last step) the next ``step()`` draws
+        the heatmap (the run's loop calls it outside the tokens/s clock)."""
+        if not self.is_main:
             return
-        self.loads.setdefault(layer, []).append(np.asarray(load, dtype=np.float64))
-        if step % self.cfg.logging.heatmap_every == 0:
-            self.writer.add_image(f"expert_load/layer_{layer}", heatmap(np.stack(self.loads[layer])), step)
-            self.loads[layer] = []
+        load = np.asarray(load).astype(np.int64)
+        cap = np.broadcast_to(np.asarray(capacity).astype(np.int64), load.shape)
+        cap_out = int(cap[0]) if np.all(cap == cap[0]) else cap.tolist()
+        self.loads_jsonl.write(json.dumps({"step": step, "layer": layer, "load": load.tolist(),
+                                           "capacity": cap_out}) + "\n")
+        self.loads_jsonl.flush()
+        every = self.cfg.logging.heatmap_every
+        if self.writer is None or not every:
+            return
+        rows = self.history.setdefault(layer, deque(maxlen=HEATMAP_ROWS))
+        rows.append((step, load, cap.copy()))
+        if step % every == 0 or step == self.cfg.train.steps:
+            self.to_draw.append((step, layer))
+
+    def _draw_heatmaps(self) -> None:
+        if not self.to_draw:
+            return
+        from locmoe.plots import heatmap
+
+        for step, layer in self.to_draw:
+            steps, loads, caps = zip(*self.history[layer])
+            image = heatmap(steps, np.stack(loads), np.stack(caps), layer)
+            self.writer.add_image(f"moe/expert_load/layer_{layer}", image, step, dataformats="CHW")
+        self.to_draw = []
 
     def message(self, text: str) -> None:
         if self.is_main:
             (self.bar.write if self.bar is not None else print)(text)
 
     def close(self) -> None:
-        for h in (self.bar, self.writer, self.jsonl):
+        if self.writer is not None:
+            self._draw_heatmaps()
+        for h in (self.bar, self.writer, self.jsonl, self.loads_jsonl):
             if h is not None:
                 h.close()
 
 
-def heatmap(loads: np.ndarray, scale: int = 8) -> np.ndarray:
-    """[steps, E] loads → a [3, H, W] uint8 image (rows: logged steps, columns: experts; dark = cold,
-    bright = hot, each row normalised by its mean so imbalance shows the same at every step)."""
-    rel = loads / np.maximum(loads.mean(axis=1, keepdims=True), 1e-9)
-    v = np.clip(rel / 2.0, 0.0, 1.0)                    # 2x the mean load or more is white
-    rgb = np.stack([v, v ** 2, 1.0 - np.abs(v - 0.5) * 2 * (v < 0.5)], axis=0)
-    img = np.repeat(np.repeat(rgb, scale, axis=1), scale, axis=2)
-    return (img * 255).astype(np.uint8)
+def drop_records_after(path: Path, step: int) -> None:
+    """Keep the records of steps <= ``step`` (and drop a line cut short by a crash), so that after a resume
+    from ``step`` every step appears once."""
+    if not path.is_file():
+        return
+    from locmoe.atomic_io import atomic_write_text
+
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 def _tag(key: str) -> str:
-    groups = {"loss": "train", "lm_loss": "train", "aux_loss": "train", "locality_loss": "train", "lr": "train",
-              "grad_norm": "train", "val_loss": "val", "tokens_per_s": "perf", "step_time_s": "perf"}
-    return f"{groups.get(key, 'moe')}/{key}"
+    """The tensorboard tag of a scalar; a key missing from TAG_GROUPS falls back by its name."""
+    group = TAG_GROUPS.get(key)
+    if group is None:
+        group = ("val" if key.startswith("val_") else "train" if key.endswith(("_loss", "_objective"))
+                 else "perf" if key.endswith(("_per_s", "_time_s")) else "moe")
+    return f"{group}/{key}"

@@ -9,6 +9,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
+from torch.utils.checkpoint import checkpoint
 
 from backends.torch.distributed import ExpertParallel
 from backends.torch.moe_layer import MoELayer, MoEMetrics
@@ -80,14 +82,32 @@ class Block(nn.Module):
             self.ffn = FeedForward(m.d_model, m.d_ff)
         else:
             self.moe = moe_cls(cfg.moe, m.d_model, m.vocab_size, ep, layer_id)
+        self.recompute = False        # train.activation_checkpointing (see ``PanGuSigma.set_execution``)
+
+    def mix(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention half: (residual stream after attention, its FFN-normed input)."""
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x, self.ffn_norm(x)
+
+    def dense_ffn(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The FFN half of a dense block: the residual stream after it."""
+        return x + self.ffn(h)
 
     def forward(self, x, cos, sin, token_ids, domain):
-        x = x + self.attn(self.attn_norm(x), cos, sin)
-        h = self.ffn_norm(x)
+        with record_function("attention"):
+            x, h = _maybe_recompute(self.mix, self.recompute, x, cos, sin)
         if hasattr(self, "ffn"):
-            return x + self.ffn(h), None, None
+            with record_function("dense_ffn"):
+                return _maybe_recompute(self.dense_ffn, self.recompute, x, h), None, None
         y, aux, metrics = self.moe(h, token_ids=token_ids, domain=domain)   # dropped copies: y = 0 here
         return x + y, aux, metrics
+
+
+def _maybe_recompute(fn, recompute: bool, *args):
+    """``fn(*args)``, or with activation checkpointing: keep only the inputs, recompute in the backward."""
+    if recompute and torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
 
 
 class PanGuSigma(nn.Module):
@@ -121,6 +141,23 @@ class PanGuSigma(nn.Module):
         logits = F.linear(x, self.embed.weight if self.lm_head is None else self.lm_head.weight)
         return logits, aux, metrics
 
+    def set_execution(self, compile_blocks: bool = False, activation_checkpointing: bool = False) -> None:
+        """How the blocks run; neither changes what they compute.
+
+        ``compile_blocks``: the attention half of each block, and the FFN half of each dense block, become
+        ``torch.compile``d graphs (norms, rotary, attention, SwiGLU fused; no graph breaks). The MoE layer stays
+        eager around its own fused kernels: its routing has no fixed shapes with expert parallelism.
+        ``activation_checkpointing``: per block, the attention half and the dense FFN (and, in MoE blocks, the
+        expert FFNs) keep only their inputs and recompute in the backward pass; the router runs once.
+        """
+        for block in self.layers:
+            block.recompute = activation_checkpointing
+            if hasattr(block, "moe"):
+                block.moe.experts.recompute = activation_checkpointing
+            if compile_blocks:
+                block.mix = torch.compile(block.mix, fullgraph=True)
+                block.dense_ffn = torch.compile(block.dense_ffn, fullgraph=True)
+
     def reset_parameters(self, seed: int) -> None:
         """Copy every parameter's global starting value (``models.spec.initial_value``, the same numbers the
         MindSpore model starts from), keeping this rank's experts."""
@@ -130,6 +167,11 @@ class PanGuSigma(nn.Module):
         with torch.no_grad():
             for name, value in initial_state(self.cfg, seed, local, list(self.expert_ids())):
                 local[name].copy_(torch.from_numpy(value))
+
+    def check_finite_inputs(self) -> None:
+        """Raise if an MoE layer saw NaN/Inf input since the last call (``moe.check_finite``; a host sync)."""
+        for i in self.moe_layers:
+            self.layers[i].moe.check_finite_inputs()
 
     def expert_ids(self) -> tuple:
         """Global ids of the experts this rank holds (in slot order)."""

@@ -14,6 +14,8 @@ the router export; a checkpoint holds exactly these tensors (experts consolidate
     MoE block i:
     layers.{i}.moe.router.gate_weight    [d, E]       (learned gate only; GrAP and hash have none)
     layers.{i}.moe.router.angle_ema      [E]          (float64 state of the capacity bound)
+    layers.{i}.moe.router.gate_bias      [E]          (learned gate bias eps, router.gate_bias only; init 0)
+    layers.{i}.moe.router.selection_bias [E]          (loss-free balancing state, router.bias_update_rate > 0)
     layers.{i}.moe.router.hash_table     [V]          (hash router only)
     layers.{i}.moe.experts.w1            [E, d, f]    (y = x w1, as grouped GEMMs take it)
     layers.{i}.moe.experts.w3            [E, d, f]    (SwiGLU only)
@@ -53,6 +55,10 @@ def parameter_shapes(cfg: JobConfig) -> dict[str, tuple]:
         if moe.router.gate == "dense" and moe.router.kind != "hash":
             shapes[r + "gate_weight"] = (d, E)
         shapes[r + "angle_ema"] = (E,)
+        if moe.router.gate_bias and moe.router.kind != "hash":
+            shapes[r + "gate_bias"] = (E,)
+        if moe.router.bias_update_rate > 0:
+            shapes[r + "selection_bias"] = (E,)
         if moe.router.kind == "hash":
             shapes[r + "hash_table"] = (V,)
         shapes.update({p + "moe.experts.w1": (E, d, f), p + "moe.experts.w2": (E, f, d)})
@@ -70,7 +76,8 @@ def is_expert_param(name: str) -> bool:
 
 
 def init_rule(name: str, cfg: ModelConfig) -> tuple[str, float]:
-    """How a parameter starts: ("ones", 0), ("normal", std) or ("state", 0) for router state buffers.
+    """How a parameter starts: ("ones", 0), ("zeros", 0), ("normal", std) or ("state", 0) for router state
+    buffers the router initialises itself.
 
     Output projections (attn.wo, ffn.w2, experts.w2) shrink with depth, GPT-2 style, so that the residual
     stream's variance stays bounded as blocks are added.
@@ -79,6 +86,8 @@ def init_rule(name: str, cfg: ModelConfig) -> tuple[str, float]:
         return "ones", 0.0
     if name.endswith(("angle_ema", "hash_table")):
         return "state", 0.0
+    if name.endswith(("router.gate_bias", "router.selection_bias")):
+        return "zeros", 0.0
     if name.endswith(("attn.wo.weight", "ffn.w2.weight", "experts.w2")):
         return "normal", cfg.init_std / (2 * cfg.n_layers) ** 0.5
     return "normal", cfg.init_std
@@ -99,6 +108,8 @@ def initial_value(name: str, cfg: JobConfig, seed: int) -> np.ndarray | None:
     shape = parameter_shapes(cfg)[name]
     if kind == "ones":
         return np.ones(shape, np.float32)
+    if kind == "zeros":
+        return np.zeros(shape, np.float32)
     if kind == "normal":
         return (np.random.default_rng(init_seed(name, seed)).standard_normal(shape, np.float32) * std)
     return None

@@ -9,7 +9,8 @@
 set -euo pipefail
 usage() { sed -n 2,8p "$0" >&2; exit 2; }
 [ $# -ge 1 ] || usage
-CONFIG="$(realpath "$1")"; shift
+CONFIG="$1"; shift    # a file (made absolute: we cd below) or a shipped config name (`locmoe configs`)
+[ -e "$CONFIG" ] && CONFIG="$(realpath "$CONFIG")"
 WORKERS=""; LOCAL=""; NODE_RANK=0; MASTER_ADDR=127.0.0.1; MASTER_PORT=8118; LOG_DIR=msrun_log
 while [ $# -gt 0 ]; do
     case "$1" in

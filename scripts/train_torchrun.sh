@@ -8,7 +8,8 @@
 set -euo pipefail
 usage() { sed -n 2,7p "$0" >&2; exit 2; }
 [ $# -ge 1 ] || usage
-CONFIG="$(realpath "$1")"; shift
+CONFIG="$1"; shift    # a file (made absolute: we cd below) or a shipped config name (`locmoe configs`)
+[ -e "$CONFIG" ] && CONFIG="$(realpath "$CONFIG")"
 NNODES=1; NODE_RANK=0; MASTER_ADDR=127.0.0.1; MASTER_PORT=29500; NPROC=""
 while [ $# -gt 0 ]; do
     case "$1" in

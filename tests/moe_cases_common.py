@@ -32,6 +32,12 @@ CASES = [
     dict(kind="expert_choice", mode="factor"),
     dict(kind="locmoe", mode="factor", placement="round_robin"),
     dict(kind="gshard", mode="factor", extra=("moe.activation=gelu", "moe.domains.num_domains=2")),
+    # issue 14: DeepSeek-V3's loss-free, node-limited sigmoid router; the paper's LocMoE (Theorem 1 bound)
+    dict(kind="gshard", mode="factor", extra=("moe.router.scoring=sigmoid", "moe.router.bias_update_rate=0.01",
+                                              "moe.router.node_limit=1")),
+    dict(kind="locmoe", mode="bound", extra=("moe.router.top_k=1", "moe.router.gate_activation=relu",
+                                             "moe.router.gate_bias=true", "moe.router.rho=1.0",
+                                             "moe.router.locality_loss=batch", "moe.capacity.bound_rule=paper")),
 ]
 CASES = [dict(c, dispatch=s) for c in CASES for s in ("hierarchical", "flat")] + [
     dict(kind="locmoe", mode="factor", chunks=2), dict(kind="gshard", mode="dropless", chunks=3, dispatch="flat")]

@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,14 +32,25 @@ def test_moe_layer_multi_process_part(tmp_path):
 
 
 def test_router_compare(tmp_path):
+    """Mean ± std over 2 seeds, the paper bound beside quantile and factor 1.25 on the same runs, the plot."""
     text = tmp_path / "corpus.txt"
     text.write_text(Path(ROOT / "README.md").read_text() * 20)
     out = tmp_path / "rc.json"
-    run("scripts/bench/router_compare.py", "--smoke", "--nproc", "1", "--steps", "4", "--routers", "locmoe,gshard",
-        "--data", text, "--work", tmp_path / "runs", "--out", out)
+    run("scripts/bench/router_compare.py", "--smoke", "--nproc", "1", "--steps", "3", "--seeds", "2",
+        "--routers", "locmoe_paper,gshard", "--data", text, "--work", tmp_path / "runs", "--out", out)
     result = json.loads(out.read_text())
-    assert [r["router"] for r in result["rows"]] == ["locmoe", "gshard"]
-    assert set(result["vs_gshard"]) == {"val_loss_vs_gshard", "cross_node_vs_gshard", "step_time_vs_gshard"}
+    assert [r["router"] for r in result["rows"]] == ["locmoe_paper", "gshard"]
+    assert [(r["router"], r["seed"]) for r in result["runs"]] == [("locmoe_paper", 0), ("locmoe_paper", 1),
+                                                                  ("gshard", 0), ("gshard", 1)]
+    for row in result["rows"]:
+        losses = [r["val_loss"] for r in result["runs"] if r["router"] == row["router"]]
+        assert row["val_loss"] == pytest.approx(np.mean(losses)) and row["val_loss_std"] == pytest.approx(
+            np.std(losses, ddof=1))
+    rules = result["rows"][0]["capacity_rules"]
+    assert set(rules) == {"paper", "quantile", "factor 1.25"}
+    assert rules["factor 1.25"]["capacity_over_mean_load"] == pytest.approx(1.25, abs=0.01)
+    assert "capacity_rules" not in result["rows"][1]                  # gshard has no paper bound
+    assert out.with_suffix(".png").stat().st_size > 1000
 
 
 def test_prefill(tmp_path):
@@ -44,3 +58,13 @@ def test_prefill(tmp_path):
     run("scripts/bench/prefill.py", "--smoke", "--out", out, nproc=2)
     result = json.loads(out.read_text())
     assert result["world_size"] == 2 and result["rows"] and result["layers"]
+
+
+def test_train_throughput(tmp_path):
+    out = tmp_path / "tt.json"
+    run("scripts/bench/train_throughput.py", "--smoke", "--rows", "locmoe,gshard,dense,locmoe-eager", "--curve", "2",
+        "--out", out)
+    result = json.loads(out.read_text())
+    assert [r["row"] for r in result["rows"]] == ["locmoe", "gshard", "dense", "locmoe-eager"]
+    assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 for r in result["rows"])
+    assert result["curves"][0]["steps"] == 2 and len(result["curves"][0]["fast_curve"]) == 2

@@ -12,12 +12,18 @@ layer and training run and are tested under msrun without an Ascend device.
 """
 from backends.mindspore.distributed import init_distributed
 from backends.mindspore.moe_layer import MoELayer
+# Imported here, before ``train`` below is defined: the import system binds a submodule to its package's
+# attribute of the same name when it first loads it, which would otherwise replace the function ``train``
+# with the module ``backends.mindspore.train`` the first time a caller imported it.
+import backends.mindspore.train  # noqa: E402,F401  isort: skip
 
 
 def train(cfg, resume: bool = False):
+    from backends.mindspore.liveness import rank_failures_reported
     from backends.mindspore.train import train as _train
 
-    return _train(cfg, resume)
+    with rank_failures_reported(cfg.train.out_dir):     # a stalled peer: one line naming it, exit 2
+        return _train(cfg, resume)
 
 
 def build_model(cfg, ctx):

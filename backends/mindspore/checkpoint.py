@@ -1,34 +1,38 @@
-"""Checkpoints of the MindSpore backend, in the shared directory format of ``locmoe.checkpointing``:
+"""Checkpoints of the MindSpore backend, in the shared directory format of ``locmoe.checkpointing`` (format 2):
 
-    model.safetensors        every parameter by its ``models.spec`` name, experts consolidated over the EP
-                             group, fp32 (rank 0 writes it; byte-for-byte the torch backend's format, so either
-                             backend reads it)
-    optimizer_rank{r}.ckpt   AdamW state of rank r, a MindSpore checkpoint: ``exp_avg.<name>``,
-                             ``exp_avg_sq.<name>`` (this rank's experts) and ``step``
-    rng_rank{r}.json         numpy / python RNG states of rank r (the model draws nothing from MindSpore's RNG)
-    train_state.json         step, job config, layout, backend
+    model.safetensors              every parameter by its ``models.spec`` name, experts consolidated over the
+                                   EP group, fp32 (rank 0 writes it; byte-for-byte the torch backend's format,
+                                   so either backend reads it)
+    optimizer_rank{r}.safetensors  AdamW moments of rank r, ``exp_avg.<name>``, ``exp_avg_sq.<name>`` (this
+                                   rank's experts), the torch backend's layout
+    optimizer_rank{r}.json         the step count and the hyper-parameters
+    rng_rank{r}.json               numpy / python RNG states of rank r (the model draws nothing from MindSpore's RNG)
+    train_state.json               step, job config, layout, backend (and tokenizer.json when the run has a file)
 
-``locmoe convert`` turns the per-rank optimiser and RNG files into the torch backend's and back.
+Nothing is unpickled. Format 1 kept the optimiser in a MindSpore checkpoint (``optimizer_rank{r}.ckpt``,
+protobuf, no pickle), which is still read. ``locmoe convert`` turns the per-rank files into the torch
+backend's and back.
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import mindspore as ms
 import numpy as np
 from mindspore import Tensor
-from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from backends.mindspore.collectives import all_gather_rows
 from backends.mindspore.distributed import DistContext
-from locmoe.checkpointing import CheckpointError, read_train_state, write_checkpoint, write_train_state
+from locmoe import checkpoint_files as files
+from locmoe.checkpointing import (CheckpointError, format_version, read_train_state, reading, safe_tensors,
+                                  write_checkpoint, write_train_state)
+from locmoe.finite import nonfinite_error
 from models.spec import is_expert_param
 
-OPTIMIZER_FILE = "optimizer_rank{rank}.ckpt"
-RNG_FILE = "rng_rank{rank}.json"
+LEGACY_OPTIMIZER_FILE = "optimizer_rank{rank}.ckpt"
+RNG_FILE = files.RNG_FILE
 
 
 def consolidated_state(model, ctx: DistContext) -> dict[str, np.ndarray]:
@@ -49,46 +53,60 @@ def consolidated_state(model, ctx: DistContext) -> dict[str, np.ndarray]:
     return state
 
 
-def save_optimizer(state: dict, path: Path) -> None:
-    """An AdamW ``state_dict`` (see ``backends.mindspore.optim``) as one MindSpore checkpoint file."""
-    entries = [{"name": f"{key}.{n}", "data": Tensor(v)} for key in ("exp_avg", "exp_avg_sq")
-               for n, v in state[key].items()]
-    ms.save_checkpoint(entries, str(path), append_dict={"step": int(state["step"])})
-
-
-def load_optimizer(path: Path) -> dict:
-    """The inverse of :func:`save_optimizer`: numpy arrays by parameter name."""
-    raw = ms.load_checkpoint(str(path))
-    state = {"step": int(raw.pop("step").asnumpy()), "exp_avg": {}, "exp_avg_sq": {}}
-    for key, value in raw.items():
-        kind, name = key.split(".", 1)
-        state[kind][name] = value.asnumpy()
+def load_legacy_optimizer(path: Path) -> dict:
+    """A format-1 ``optimizer_rank{r}.ckpt`` (a MindSpore protobuf checkpoint): numpy arrays by name."""
+    with reading(path):
+        raw = ms.load_checkpoint(str(path))
+        state = {"step": int(raw.pop("step").asnumpy()), "exp_avg": {}, "exp_avg_sq": {}}
+        for key, value in raw.items():
+            kind, name = key.split(".", 1)
+            state[kind][name] = value.asnumpy()
     return state
 
 
-def rng_to_json(numpy_state: tuple, python_state: tuple) -> dict:
-    kind, keys, pos, has_gauss, gauss = numpy_state
-    version, internal, gauss_next = python_state
-    return {"numpy": [kind, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(gauss)],
-            "python": [version, list(internal), gauss_next]}
+def first_nonfinite(model, optimizer) -> str | None:
+    """The first trained parameter (or AdamW moment) of this rank holding NaN/Inf, else None (router state such
+    as ``angle_ema`` may legitimately start unmeasured)."""
+    for name, p in optimizer.params.items():
+        if not np.isfinite(p.asnumpy()).all():
+            return name
+    for key in files.MOMENTS:
+        for name, t in getattr(optimizer, key).items():
+            if not np.isfinite(t.asnumpy()).all():
+                return f"{key} of {name}"
+    return None
 
 
-def rng_from_json(state: dict) -> tuple[tuple, tuple]:
-    """(numpy state, python state) as ``np.random.set_state`` and ``random.setstate`` take them."""
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    version, internal, gauss_next = state["python"]
-    return (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss), (version, tuple(internal), gauss_next)
+def check_finite(model, optimizer, ctx: DistContext, step: int) -> None:
+    """Before sealing: every rank's weights and moments are finite, or every rank stops (NonFiniteError)."""
+    from locmoe.atomic_io import fault_due
+
+    if fault_due("nan_weights", step):        # test hook: the update of this step diverged
+        p = next(iter(optimizer.params.values()))
+        p.set_data(Tensor(np.full(p.shape, np.nan, np.float32)))
+    bad = first_nonfinite(model, optimizer)
+    flag = 0.0 if bad is None else 1.0
+    if ctx.world_size > 1:
+        from backends.mindspore.collectives import all_reduce
+
+        flag = float(all_reduce(Tensor(np.array([flag], np.float32)), ctx.world).asnumpy()[0])
+    if flag > 0:
+        raise nonfinite_error(model.cfg.train.out_dir, step, bad, ctx.rank)
 
 
 def save_checkpoint(model, optimizer, ctx: DistContext, step: int, extra: dict) -> Path | None:
+    """Seal step ``step``'s checkpoint (all ranks); refuses (NonFiniteError) when the weights diverged."""
     cfg = model.cfg
+    check_finite(model, optimizer, ctx, step)
 
     def write(tmp: Path) -> None:
         state = consolidated_state(model, ctx)
-        write_optimizer(optimizer.state_dict(), tmp, ctx.rank)
+        opt = optimizer.state_dict()
+        write_optimizer({"step": opt["step"], **{k: {n: t.asnumpy() for n, t in opt[k].items()}
+                                                 for k in files.MOMENTS}}, tmp, ctx.rank, cfg, optimizer)
         write_rng({"numpy": np.random.get_state(), "python": random.getstate()}, tmp, ctx.rank)
         if ctx.is_main:
-            save_file(state, str(tmp / "model.safetensors"))
+            files.save_tensor_file(save_file, state, tmp / "model.safetensors")
             write_train_state(tmp, step, cfg, ctx.layout, "mindspore", extra)
 
     return write_checkpoint(cfg.train.out_dir, step, cfg.train.keep_checkpoints, ctx.is_main, lambda: _barrier(ctx),
@@ -100,13 +118,14 @@ def load_model_weights(model, path: Path) -> None:
     file = path / "model.safetensors"
     own = model.named_state()
     experts = list(model.expert_ids())
-    with safe_open(str(file), framework="np") as f:
+    with safe_tensors(file, "np") as f:
         found = set(f.keys())
         if found != set(own):
             raise CheckpointError(f"{path} was written for another model: missing {sorted(set(own) - found)[:5]}, "
                                   f"unexpected {sorted(found - set(own))[:5]}")
         for name, p in own.items():
-            t = f.get_tensor(name)
+            with reading(file):
+                t = f.get_tensor(name)
             if is_expert_param(name):
                 t = t[experts]
             if tuple(t.shape) != tuple(p.shape):
@@ -116,13 +135,19 @@ def load_model_weights(model, path: Path) -> None:
 
 
 def load_checkpoint(path: Path, model, optimizer, ctx: DistContext) -> tuple[int, dict]:
-    """Restore weights, optimiser and RNG; returns (step to continue from, train_state)."""
+    """Restore weights, optimiser and RNG; returns (step to continue from, train_state). The optimiser's
+    hyper-parameters stay this run's (the config's); ``locmoe.resume_check`` reported any change."""
     state = read_train_state(path, ctx.layout, "mindspore")
     load_model_weights(model, path)
-    optimizer.load_state_dict(read_optimizer(path, ctx.rank))
+    opt = read_optimizer(path, ctx.rank)
+    missing = sorted(set(optimizer.params) - set(opt["exp_avg"]))
+    if missing:
+        raise CheckpointError(f"{path}: the optimiser state of rank {ctx.rank} lacks {missing[:5]}")
+    optimizer.load_state_dict(opt)
     rng = read_rng(path, ctx.rank)
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
+    with reading(path / RNG_FILE.format(rank=ctx.rank)):
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
     return state["step"], state
 
 
@@ -138,19 +163,35 @@ def _barrier(ctx: DistContext) -> None:
 
 def read_optimizer(path: Path, rank: int, cfg=None) -> dict:
     """Rank ``rank``'s AdamW state as {"step", "exp_avg": {name: array}, "exp_avg_sq": {...}} (numpy)."""
-    return load_optimizer(path / OPTIMIZER_FILE.format(rank=rank))
+    if format_version(path) == 1:
+        return load_legacy_optimizer(path / LEGACY_OPTIMIZER_FILE.format(rank=rank))
+    return files.read_adamw(path, rank)
 
 
-def write_optimizer(state: dict, path: Path, rank: int, cfg=None) -> None:
-    save_optimizer(state, path / OPTIMIZER_FILE.format(rank=rank))
+def write_optimizer(state: dict, path: Path, rank: int, cfg=None, optimizer=None) -> None:
+    """The files of an AdamW state (numpy, by name): moments in safetensors, the step and hyper-parameters
+    (``optimizer``'s, else the config's) in JSON."""
+    names = sorted(state["exp_avg"])
+    if optimizer is not None:
+        lr, betas, eps, decay = optimizer.lr, list(optimizer.betas), optimizer.eps, optimizer.decay
+    else:
+        t = cfg.train
+        lr, betas, eps = t.lr, [t.beta1, t.beta2], 1e-8
+        decay = {n: (t.weight_decay if np.ndim(state["exp_avg"][n]) >= 2 else 0.0) for n in names}
+    groups = [{"lr": lr, "betas": betas, "eps": eps, "weight_decay": wd,
+               "params": [n for n in names if decay[n] == wd]} for wd in sorted(set(decay[n] for n in names))]
+    tensors = {f"{key}.{n}": np.ascontiguousarray(state[key][n], dtype=np.float32) for key in files.MOMENTS
+               for n in names}
+    files.write_optimizer_files(path, rank, tensors, {n: {"step": int(state["step"])} for n in names}, groups, {},
+                                save=save_file)
 
 
 def read_rng(path: Path, rank: int) -> dict:
     """{"numpy": state tuple, "python": state tuple} of a rank."""
-    np_state, py_state = rng_from_json(json.loads((path / RNG_FILE.format(rank=rank)).read_text()))
+    np_state, py_state, _ = files.read_rng_file(path, rank)
     return {"numpy": np_state, "python": py_state}
 
 
 def write_rng(state: dict, path: Path, rank: int, seed: int = 0) -> None:
     """``rng_rank{r}.json``; ``seed`` is unused (MindSpore's generator is reseeded from the config)."""
-    (path / RNG_FILE.format(rank=rank)).write_text(json.dumps(rng_to_json(state["numpy"], state["python"])) + "\n")
+    files.write_rng_file(files.rng_to_json(state["numpy"], state["python"]), path, rank)

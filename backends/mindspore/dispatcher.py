@@ -16,6 +16,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, ops
 
+from backends.mindspore import routing_extras as extras
 from backends.mindspore import routing_ops as rops
 from backends.mindspore.all_to_all_schemes import FlatAllToAll, HierarchicalAllToAll
 from backends.mindspore.collectives import TrafficCounter, all_gather_rows, all_reduce
@@ -24,6 +25,7 @@ from backends.mindspore.permute import copy_positions, take_rows, unpermute_toke
 from backends.mindspore.router import Router, RouterOutput
 from locmoe.config.schema import MoEConfig
 from locmoe.routing import capacity as cap
+from locmoe.routing import paper_bound
 from locmoe.routing.dispatch_plan import chunk_permutation
 
 
@@ -105,7 +107,13 @@ class TokenDispatcher:
         if out.choices is not None:
             pos = copy_positions(order, bounds[-1]).reshape(out.choices.shape)
         layout = Layout(order[:bounds[-1]], bounds, kept_mine if self.admission_needed else None, plans, pos)
-        return layout, self._stats(g_expert, kept, locality, capacity, bound), kept_mine
+        stats = self._stats(g_expert, kept, locality, capacity, bound)
+        if router.training and router.selection_bias is not None:
+            # loss-free balancing: b += γ·sign(mean load − load), from the group's load before capacity
+            rate = self.moe.router.bias_update_rate
+            router.selection_bias.set_data(Tensor(extras.update_selection_bias(
+                router.selection_bias.asnumpy(), stats.expert_load, rate)))
+        return layout, stats, kept_mine
 
     def _group_view(self, out: RouterOutput, token_rank: Tensor):
         """(source rank, expert, prob, angle) of every copy of the group, and which of them are mine."""
@@ -135,16 +143,18 @@ class TokenDispatcher:
         c, E, k = self.moe.capacity, self.E, self.moe.router.top_k
         if not self.admission_needed:
             return np.full(E, k * T, dtype=np.int64), None
+        factor = cap.factor_capacity(c.factor, k, T, E)
         if c.mode == "factor":
-            return np.full(E, cap.factor_capacity(c.factor, k, T, E), dtype=np.int64), None
+            return np.full(E, factor, dtype=np.int64), None
+        floor = cap.factor_capacity(c.min_factor, k, T, E) if c.min_factor > 0 else 1
+        if c.bound_rule == "paper":
+            return self._paper_capacity(router, g_expert, g_angle, T, floor, factor)
         # mode bound: the same numpy functions as the reference, on the group's angles
         quantile = 1.0 if c.bound_rule == "cone" else c.angle_quantile
         delta, seen = cap.expert_angles(g_angle.asnumpy(), g_expert.asnumpy(), E, quantile)
-        prev = router.angle_ema.asnumpy()
-        ema = cap.update_angle_ema(None if np.isnan(prev).any() else prev, delta, seen, c.angle_momentum)
+        ema = cap.update_angle_ema(router.angle_ema.asnumpy(), delta, seen, c.angle_momentum)
         if router.training:
             router.angle_ema.set_data(Tensor(ema))
-        floor = cap.factor_capacity(c.min_factor, k, T, E) if c.min_factor > 0 else 1
         if c.bound_rule == "cone":
             n = E if router.gate == "grap" else router.gate_weight.shape[0]
             capacity = np.full(E, cap.capacity_lower_bound(ema, n, k, T), dtype=np.int64)
@@ -153,7 +163,28 @@ class TokenDispatcher:
             inside = all_reduce(inside, self.ep.ep).asnumpy()
             shares = inside / inside.sum() if inside.sum() > 0 else np.full(E, 1.0 / E)
             capacity = cap.per_expert_bound(shares, k, T, c.slack)
-        return np.maximum(capacity, floor), int(capacity.max())
+        bound = int(capacity.max())
+        return np.maximum(cap.unseen_fallback(capacity, ema, factor), floor), bound
+
+    def _paper_capacity(self, router: Router, g_expert: Tensor, g_deviation: Tensor, T: int, floor: int,
+                        factor: int) -> tuple[np.ndarray, Optional[int]]:
+        """LocMoE Theorem 1 from δ_max, the largest token-space cosine distance of a routed copy (the
+        reference's ``paper_rule``; its state lives in ``angle_ema``)."""
+        c, E, k = self.moe.capacity, self.E, self.moe.router.top_k
+        d = router.grap_columns.shape[0] if router.grap_columns is not None else router.gate_weight.shape[0]
+        if c.paper_delta > 0:
+            bound = paper_bound.paper_capacity(c.paper_delta, d, E, k, T, c.paper_form)
+            return np.full(E, max(bound, floor), dtype=np.int64), bound
+        else:
+            delta, seen = cap.expert_angles(g_deviation.asnumpy(), g_expert.asnumpy(), E, 1.0)
+            state = paper_bound.update_paper_delta(router.angle_ema.asnumpy(), delta, seen, c.paper_schedule,
+                                                   c.angle_momentum)
+            if router.training:
+                router.angle_ema.set_data(Tensor(state))
+        if np.isnan(state).all():
+            return np.full(E, max(factor, floor), dtype=np.int64), None
+        bound = paper_bound.paper_capacity(float(np.nanmax(state)), d, E, k, T, c.paper_form)
+        return np.full(E, max(bound, floor), dtype=np.int64), bound
 
     def _counts(self, kept: Tensor, key: np.ndarray, chunks: int) -> np.ndarray:
         """[W src, chunks, W dst, E_local] kept copies, from every rank (one small all-gather)."""

@@ -4,7 +4,8 @@
 ``mindspore.communication.init()`` when msrun started several workers, and the EP, intra-node, inter-node,
 expert-data-parallel and world groups from ``locmoe.topology`` through ``create_group``. One process with
 ``parallel.nodes x devices_per_node > 1`` *emulates* that expert-parallel group: it holds every expert and
-treats its batch as the ranks' batches, rank 0's first.
+treats its batch as the ranks' batches, rank 0's first. ``parallel.timeout_s`` becomes MindSpore's own
+timeouts and the workers' heartbeats (``backends.mindspore.liveness``: what MindSpore allows, and what not).
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import mindspore as ms
 from mindspore import communication as comm
 
 from backends.mindspore.collectives import Group
+from backends.mindspore.liveness import scheduler_verdict, set_timeouts, start_liveness
+from locmoe import liveness
 from locmoe.config.loader import ConfigError
 from locmoe.config.schema import ParallelConfig
 from locmoe.parallel_context import DistContext, ExpertParallel  # noqa: F401 (re-exported)
@@ -69,9 +72,13 @@ def init_distributed(parallel: ParallelConfig, env: Optional[LaunchEnv] = None) 
         raise ConfigError("parallel.backend", f"mindspore with {env.world_size} ranks must be started by msrun, "
                           f"not {env.launcher} (see scripts/train_msrun.sh)")
     if "world" not in _created:
-        comm.init()
+        set_timeouts(parallel.timeout_s)
+        with scheduler_verdict():
+            comm.init()
         _created.add("world")
-    return DistContext(layout, device, *_make_groups(layout), emulated=False)
+    groups = _make_groups(layout)
+    start_liveness(parallel, env)
+    return DistContext(layout, device, *groups, emulated=False)
 
 
 def _make_groups(layout: ParallelLayout) -> tuple:
@@ -117,6 +124,9 @@ def expert_parallel(ctx: DistContext, parallel: ParallelConfig, num_experts: int
 
 def shutdown() -> None:
     """Release the communication runtime (msrun workers)."""
+    monitor = liveness.active()
+    if monitor is not None:
+        monitor.leave("done")
     if "world" in _created:
         comm.release()
         _created.clear()

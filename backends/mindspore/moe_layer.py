@@ -21,6 +21,7 @@ from backends.mindspore.distributed import ExpertParallel
 from backends.mindspore.experts import GroupedExperts
 from backends.mindspore.router import Router
 from locmoe.config.schema import MoEConfig
+from locmoe.finite import NonFiniteError
 from locmoe.layer_metrics import layer_summary
 
 
@@ -55,6 +56,7 @@ class MoELayer(nn.Cell):
         r = moe.router
         self.aux_coef = r.aux_loss_coef
         self.loc_coef = r.locality_loss_coef if r.kind == "locmoe" else 0.0
+        self.z_coef = r.z_loss_coef                 # router z-loss (ST-MoE); 0 = off
 
     def construct(self, x: Tensor, token_ids: Optional[Tensor] = None,
                   domain: Optional[Tensor] = None) -> tuple[Tensor, Tensor, MoEMetrics]:
@@ -83,6 +85,8 @@ class MoELayer(nn.Cell):
         back = [rows() for rows in returning]
         y = self.dispatcher.unpermute(back[0] if len(back) == 1 else ops.cat(back), out, layout, T)
         aux = self.aux_coef * out.aux_loss + self.loc_coef * out.locality_loss
+        if self.z_coef:
+            aux = aux + self.z_coef * out.z_loss
         metrics = MoEMetrics(stats, ops.stop_gradient(out.aux_loss), ops.stop_gradient(out.locality_loss),
                              self.traffic, out.token, out.expert, kept)
         return y.reshape(shape), aux, metrics
@@ -113,5 +117,5 @@ class MoELayer(nn.Cell):
             return
         bad = int((~ops.isfinite(x)).sum().asnumpy())
         if bad:
-            raise FloatingPointError(f"MoE layer {self.layer_id} on rank {self.ep.ep_rank}: the input "
-                                     f"activations hold {bad} non-finite values (NaN/Inf)")
+            raise NonFiniteError(f"MoE layer {self.layer_id} on rank {self.ep.ep_rank}: the input "
+                                 f"activations hold {bad} non-finite values (NaN/Inf)")

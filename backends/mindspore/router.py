@@ -12,11 +12,14 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
+from backends.mindspore import routing_extras as extras
 from backends.mindspore import routing_ops as rops
 from locmoe.config.schema import MoEConfig
 from locmoe.routing.baselines import hash_table
 from locmoe.routing.capacity import factor_capacity
 from locmoe.routing.domains import domain_expert_groups
+from locmoe.routing.gating import grap_gate_matrix
+from locmoe.routing.node_limited import check_node_limit, node_expert_table
 from locmoe.topology import ExpertPlacement
 
 
@@ -33,8 +36,10 @@ class RouterOutput:
     prob: Tensor                 # [C] routing probability (admission priority, no gradient)
     aux_loss: Tensor             # scalar, load balance (mean over source ranks)
     locality_loss: Tensor        # scalar
-    angles: Optional[Tensor]     # [T, E] float64 gate-space angles (capacity mode bound), else None
+    angles: Optional[Tensor]     # [T, E] float64 gate-space angles (capacity mode bound; rule paper: the
+                                 # token-space cosine distances), else None
     choices: Optional[Tensor]    # [T, k] token-choice routers' experts, else None
+    z_loss: Optional[Tensor] = None  # scalar router z-loss (token-choice routers)
 
 
 class Router(nn.Cell):
@@ -63,6 +68,22 @@ class Router(nn.Cell):
             if r.kind == "hash" else Tensor(table)
         # Moving average of the experts' cone angles (capacity bound); NaN until the first step.
         self.angle_ema = Parameter(Tensor(np.full(moe.num_experts, np.nan)), name="angle_ema", requires_grad=False)
+        self._init_options(moe, d_model, placement, groups)
+
+    def _init_options(self, moe: MoEConfig, d_model: int, placement: ExpertPlacement, groups: np.ndarray) -> None:
+        """The issue-14 options: the paper's gate (ReLU, learned ε), sigmoid scoring, the loss-free selection
+        bias (state, updated by the dispatcher), node-limited top-k, the batch locality loss."""
+        r, E = moe.router, moe.num_experts
+        self.router_cfg = r
+        self.gate_bias = Parameter(Tensor(np.zeros(E, np.float32)), name="gate_bias") \
+            if r.gate_bias and r.kind != "hash" else None
+        self.selection_bias = Parameter(Tensor(np.zeros(E, np.float32)), name="selection_bias",
+                                        requires_grad=False) if r.bias_update_rate > 0 else None
+        self.node_table = node_expert_table(placement) if r.node_limit else None
+        if r.node_limit:
+            check_node_limit(self.node_table, groups, r.node_limit, r.top_k)
+        paper = moe.capacity.mode == "bound" and moe.capacity.bound_rule == "paper"
+        self.grap_columns = Tensor(grap_gate_matrix(d_model, E)) if paper and r.gate == "grap" else None
 
     def scores(self, x: Tensor) -> Tensor:
         """[T, E] gate scores."""
@@ -89,26 +110,49 @@ class Router(nn.Cell):
             expert = self._hash_experts(token_ids, domain)
             ones = ops.ones(T, x.dtype)
             return RouterOutput(ops.arange(T, dtype=ms.int64), expert, ones, ones, zero, zero, None, expert[:, None])
-        scores = self.scores(x)
-        logits = scores / self.temperature
+        scores = self.scores(x)                       # ω·x: the capacity bound measures angles from it
+        gated = extras.paper_gate(scores, self.router_cfg.gate_activation, self.gate_bias)
+        logits = gated / self.temperature
         if allowed is not None:
             logits = ops.masked_fill(logits, ~allowed, float("-inf"))
-        log_probs64 = rops.log_softmax(logits)                   # float64 off Ascend (see log_softmax)
-        log_probs, probs = log_probs64.astype(ms.float32), ops.exp(log_probs64).astype(ms.float32)
+        affinity, probs, log_probs = self._affinities(logits)
         angles = self._angles(x, scores) if self.capacity_cfg.mode == "bound" else None
         if self.kind == "expert_choice":
             return self._expert_choice(probs, T, gather, ep_rank, angles, zero)
-        p = ops.stop_gradient(probs)
-        if self.kind == "locmoe" and not self.single_node:
-            idx = rops.intra_node_first(p, self.k, local, self.rho)
-        else:
-            idx = rops.top_k(p, self.k)
-        chosen = ops.gather_elements(probs, 1, idx)                                 # [T, k]
+        idx, counted = self._choose(ops.stop_gradient(affinity), local, allowed)
+        chosen = ops.gather_elements(affinity, 1, idx)                              # [T, k]
         token = ops.repeat_interleave(ops.arange(T, dtype=ms.int64), self.k, 0)
-        aux = _mean_over_ranks(probs, idx, E, num_source_ranks)
-        loc = rops.locality_loss(log_probs, local)
+        aux = _mean_over_ranks(probs, counted, E, num_source_ranks)
+        if self.router_cfg.locality_loss == "batch":
+            loc = extras.batch_locality_loss(probs, local, allowed, num_source_ranks,
+                                             self.router_cfg.locality_smoothing).astype(ms.float32)
+        else:
+            loc = rops.locality_loss(log_probs, local)
+        z = extras.router_z_loss(logits).astype(ms.float32) if self.router_cfg.z_loss_coef else None
         return RouterOutput(token, idx.reshape(-1), rops.combine_weights(chosen).reshape(-1),
-                            ops.stop_gradient(chosen).reshape(-1), aux, loc, angles, idx)
+                            ops.stop_gradient(chosen).reshape(-1), aux, loc, angles, idx, z)
+
+    def _affinities(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(affinity the router selects and weighs by, p_t of the losses, log p_t), as the reference's."""
+        if self.router_cfg.scoring == "sigmoid":
+            return extras.sigmoid_affinities(logits)
+        log_probs64 = rops.log_softmax(logits)                   # float64 off Ascend (see log_softmax)
+        probs = ops.exp(log_probs64).astype(ms.float32)
+        return probs, probs, log_probs64.astype(ms.float32)
+
+    def _choose(self, p: Tensor, local: Tensor, allowed: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """(idx [T, k] the chosen experts, the choices the load-balance loss counts)."""
+        r = self.router_cfg
+        if self.kind == "locmoe":
+            idx = rops.intra_node_first(p, self.k, local, self.rho) if not self.single_node else rops.top_k(p, self.k)
+            return idx, (rops.top_k(p, self.k) if r.balance_counts == "gate" else idx)
+        bias = None if self.selection_bias is None else ops.stop_gradient(self.selection_bias)
+        sel = p if bias is None and not r.node_limit else extras.selection_scores(p, bias, allowed)
+        if r.node_limit:
+            idx = extras.node_limited_top_k(sel, self.k, r.node_limit, self.node_table, r.node_score)
+        else:
+            idx = rops.top_k(sel, self.k)
+        return idx, idx
 
     def _hash_experts(self, token_ids: Optional[Tensor], domain: Tensor) -> Tensor:
         """[T] expert of each token: slot table[token_id] of its domain's group."""
@@ -124,6 +168,8 @@ class Router(nn.Cell):
 
     def _angles(self, x: Tensor, scores: Tensor) -> Tensor:
         # float64 so that the bound's comparisons agree with the numpy reference
+        if self.capacity_cfg.bound_rule == "paper":
+            return extras.cosine_deviation(x, self.grap_columns if self.gate == "grap" else self.gate_weight)
         if self.gate == "grap":
             eye = Tensor(np.eye(self.num_experts))
             return rops.gate_angles(ops.stop_gradient(scores).astype(ms.float64), eye)

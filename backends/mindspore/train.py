@@ -91,7 +91,7 @@ def validate(model, batches: Batches, ctx, eval_batches: int) -> float:
 
 def moe_scalars(metrics: list, logger: TrainLogger, step: int, layers: list) -> dict:
     return common.moe_scalars([m.summary() for m in metrics], [m.stats.expert_load for m in metrics],
-                              logger, step, layers)
+                              logger, step, layers, [m.stats.capacity for m in metrics])
 
 
 def accumulate(total: dict | None, grads: dict) -> dict:

@@ -9,12 +9,18 @@
 """
 from backends.torch.distributed import init_distributed
 from backends.torch.moe_layer import MoELayer
+# Imported here, before ``train`` below is defined: the import system binds a submodule to its package's
+# attribute of the same name when it first loads it, which would otherwise replace the function ``train``
+# with the module ``backends.torch.train`` the first time a caller imported it.
+import backends.torch.train  # noqa: E402,F401  isort: skip
 
 
 def train(cfg, resume: bool = False):
+    from backends.torch.liveness import rank_failures_reported
     from backends.torch.train import train as _train
 
-    return _train(cfg, resume)
+    with rank_failures_reported():      # a stalled or dead peer: one line naming it, exit 2 (docs/reliability.md)
+        return _train(cfg, resume)
 
 
 def build_model(cfg, ctx):

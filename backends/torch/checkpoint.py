@@ -1,26 +1,35 @@
-"""Checkpoints of the torch backend, in the shared directory format of ``locmoe.checkpointing``:
+"""Checkpoints of the torch backend, in the shared directory format of ``locmoe.checkpointing`` (format 2):
 
-    model.safetensors        every parameter by its ``models.spec`` name, experts consolidated over the EP
-                             group, fp32 (rank 0 writes it; any layout and the MindSpore backend can read it)
-    optimizer_rank{r}.pt     AdamW state of rank r (exact resume needs the same layout)
-    rng_rank{r}.pt           torch / numpy / python RNG states of rank r
-    train_state.json         step, job config, layout
+    model.safetensors              every parameter by its ``models.spec`` name, experts consolidated over the
+                                   EP group, fp32 (rank 0 writes it; any layout and the MindSpore backend can
+                                   read it)
+    optimizer_rank{r}.safetensors  AdamW moments of rank r by parameter name (exact resume needs the same layout)
+    optimizer_rank{r}.json         its step counts and param-group hyper-parameters
+    rng_rank{r}.json               torch (as bytes) / numpy / python RNG states of rank r
+    train_state.json               step, job config, layout (and tokenizer.json when the run has a file)
+
+Nothing is unpickled. Format 1 kept ``optimizer_rank{r}.pt`` and ``rng_rank{r}.pt`` (pickles): they are read
+only under ``--trust-checkpoint``, and then with torch's restricted unpickler (``weights_only=True``).
 """
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from backends.torch.collectives import all_gather_rows
 from backends.torch.distributed import DistContext
-from locmoe.checkpointing import CheckpointError, read_train_state, write_checkpoint, write_train_state
+from locmoe import checkpoint_files as files
+from locmoe.checkpointing import (CheckpointError, format_version, read_train_state, reading, require_trust,
+                                  safe_tensors, write_checkpoint, write_train_state)
+from locmoe.finite import nonfinite_error
 from models.spec import is_expert_param, parameter_shapes
 
 
@@ -42,18 +51,74 @@ def consolidated_state(model, ctx: DistContext) -> dict[str, torch.Tensor]:
     return state
 
 
+def first_nonfinite(model, optimizer) -> str | None:
+    """The name of the first parameter (or AdamW moment) of this rank holding NaN/Inf, else None."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p.detach()).all()):
+            return name
+    for p, s in optimizer.state.items():
+        for key, v in s.items():
+            if torch.is_tensor(v) and v.dim() > 0 and not bool(torch.isfinite(v).all()):
+                return f"{key} of {names.get(id(p), '?')}"
+    return None
+
+
+def check_finite(model, optimizer, ctx: DistContext, step: int) -> None:
+    """Before sealing: every rank's weights and moments are finite, or every rank stops (NonFiniteError)."""
+    from locmoe.atomic_io import fault_due
+
+    if fault_due("nan_weights", step):        # test hook: the update of this step diverged
+        with torch.no_grad():
+            next(model.parameters()).view(-1)[0] = float("nan")
+    bad = first_nonfinite(model, optimizer)
+    flag = torch.tensor([0.0 if bad is None else 1.0], device=ctx.device)
+    if ctx.world_size > 1:
+        dist.all_reduce(flag)
+    if float(flag) > 0:
+        raise nonfinite_error(model.cfg.train.out_dir, step, bad, ctx.rank)
+
+
+def optimizer_files_state(model, optimizer) -> tuple[dict, dict, list, dict]:
+    """(tensors, scalars, groups, scalar dtypes) of ``optimizer.state_dict()`` by parameter name."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    tensors, scalars, dtypes = {}, {}, {}
+    for p, s in optimizer.state.items():
+        name = names[id(p)]
+        for key, v in s.items():
+            if torch.is_tensor(v) and v.dim() > 0:
+                tensors[f"{key}.{name}"] = v.detach().cpu().contiguous()
+            elif torch.is_tensor(v):
+                scalars.setdefault(name, {})[key] = v.item()
+                dtypes[key] = str(v.dtype).removeprefix("torch.")
+            else:
+                scalars.setdefault(name, {})[key] = v
+    groups = [{**{k: _plain(v) for k, v in g.items() if k != "params"}, "params": [names[id(p)] for p in g["params"]]}
+              for g in optimizer.param_groups]
+    return tensors, scalars, groups, dtypes
+
+
+def _plain(v):
+    """A param-group value as JSON (a tensor hyper-parameter as its number, a tuple as a list)."""
+    if torch.is_tensor(v):
+        return v.item() if v.numel() == 1 else v.tolist()
+    return [_plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+
 def save_checkpoint(model, optimizer, ctx: DistContext, step: int, extra: dict) -> Path | None:
+    """Seal step ``step``'s checkpoint (all ranks); refuses (NonFiniteError) when the weights diverged."""
     cfg = model.cfg
+    check_finite(model, optimizer, ctx, step)
 
     def write(tmp: Path) -> None:
         state = consolidated_state(model, ctx)
         r = ctx.rank
-        torch.save(optimizer.state_dict(), tmp / f"optimizer_rank{r}.pt")
-        torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                   tmp / f"rng_rank{r}.pt")
+        files.write_optimizer_files(tmp, r, *optimizer_files_state(model, optimizer), save=save_file)
+        cuda = [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else None
+        files.write_rng_file(files.rng_to_json(np.random.get_state(), random.getstate(),
+                                               torch=torch.get_rng_state().tolist(), cuda=cuda), tmp, r)
         if ctx.is_main:
-            save_file(state, str(tmp / "model.safetensors"))
+            files.save_tensor_file(save_file, state, tmp / "model.safetensors")
             write_train_state(tmp, step, cfg, ctx.layout, "torch", extra)
 
     return write_checkpoint(cfg.train.out_dir, step, cfg.train.keep_checkpoints, ctx.is_main, lambda: _barrier(ctx),
@@ -66,14 +131,15 @@ def load_model_weights(model, path: Path) -> None:
     expected = set(parameter_shapes(model.cfg))
     own = model.state_dict()
     experts = list(model.expert_ids())
-    with safe_open(str(file), framework="pt") as f:
+    with safe_tensors(file, "pt") as f:
         found = set(f.keys())
         if found != expected:
             raise CheckpointError(f"{path} was written for another model: missing {sorted(expected - found)[:5]}, "
                                   f"unexpected {sorted(found - expected)[:5]}")
         with torch.no_grad():
             for name in expected:
-                t = f.get_tensor(name)
+                with reading(file):
+                    t = f.get_tensor(name)
                 if is_expert_param(name):
                     t = t[experts]
                 if tuple(t.shape) != tuple(own[name].shape):
@@ -83,17 +149,93 @@ def load_model_weights(model, path: Path) -> None:
 
 
 def load_checkpoint(path: Path, model, optimizer, ctx: DistContext) -> tuple[int, dict]:
-    """Restore weights, optimiser and RNG; returns (step to continue from, train_state)."""
+    """Restore weights, optimiser and RNG; returns (step to continue from, train_state). The optimiser's
+    hyper-parameters stay this run's (the config's); ``locmoe.resume_check`` reported any change."""
     state = read_train_state(path, ctx.layout, "torch")
     load_model_weights(model, path)
-    optimizer.load_state_dict(torch.load(path / f"optimizer_rank{ctx.rank}.pt", weights_only=False))
-    rng = torch.load(path / f"rng_rank{ctx.rank}.pt", weights_only=False)
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    if format_version(path) == 1:
+        optimizer.load_state_dict(_current_groups(_legacy_load(path / f"optimizer_rank{ctx.rank}.pt"), optimizer))
+        rng = _legacy_load(path / f"rng_rank{ctx.rank}.pt")
+        np_state, py_state, torch_state, cuda = rng["numpy"], rng["python"], rng["torch"], rng["cuda"]
+    else:
+        optimizer.load_state_dict(_optimizer_state_dict(path, ctx.rank, model, optimizer))
+        np_state, py_state, rest = files.read_rng_file(path, ctx.rank)
+        file = path / files.RNG_FILE.format(rank=ctx.rank)
+        torch_state = torch.tensor(files.byte_list(rest.get("torch"), file, "'torch'"), dtype=torch.uint8)
+        cuda = rest.get("cuda")
+        cuda = None if cuda is None else [torch.tensor(files.byte_list(c, file, "'cuda'"), dtype=torch.uint8)
+                                          for c in cuda]
+    with reading(path / files.RNG_FILE.format(rank=ctx.rank)):
+        torch.set_rng_state(torch_state)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+        if cuda is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
     return state["step"], state
+
+
+def _optimizer_state_dict(path: Path, rank: int, model, optimizer) -> dict:
+    """``optimizer.state_dict()`` form of the format-2 files, with this run's param groups."""
+    meta, tensors = files.read_optimizer_meta(path, rank), files.read_optimizer_tensors(path, rank, "pt")
+    file = path / files.OPTIMIZER_META.format(rank=rank)
+    dtypes = meta["scalar_dtypes"]
+    index = {n: i for i, n in enumerate(_param_names(model, optimizer))}
+    state: dict[int, dict] = {}
+    for name, scalars in meta["scalars"].items():
+        if name not in index:
+            raise CheckpointError(f"{file}: state of {name!r}, which this model does not have")
+        entry = state.setdefault(index[name], {})
+        for key, v in scalars.items():
+            if key in dtypes:
+                if not isinstance(v, (int, float)) or not hasattr(torch, str(dtypes[key])):
+                    raise CheckpointError(f"{file}: scalar {key} of {name} is {v!r} of dtype {dtypes[key]!r}")
+                v = torch.tensor(v, dtype=getattr(torch, dtypes[key]))
+            entry[key] = v
+    for key, by_name in tensors.items():
+        for name, t in by_name.items():
+            if name not in index:
+                raise CheckpointError(f"{path / files.OPTIMIZER_TENSORS.format(rank=rank)}: {key} of {name!r}, "
+                                      "which this model does not have")
+            state.setdefault(index[name], {})[key] = t
+    return _current_groups({"state": state}, optimizer)
+
+
+def _current_groups(saved: dict, optimizer) -> dict:
+    """A state_dict with this run's param groups (hyper-parameters from the config, not the checkpoint)."""
+    return {"state": saved["state"], "param_groups": optimizer.state_dict()["param_groups"]}
+
+
+def _param_names(model, optimizer) -> list[str]:
+    """Parameter names in the optimiser's index order (its state_dict numbers parameters group by group)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+
+def _legacy_load(file: Path):
+    """A format-1 pickle, only when trusted, and then with torch's restricted unpickler: tensors, containers
+    and numpy's RNG-state array types, nothing that runs code."""
+    require_trust(file)
+    allowed = [np.core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    if not file.is_file():
+        raise CheckpointError(f"{file} is missing")
+    try:
+        with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
+            warnings.simplefilter("ignore")     # torch's note on the pickle protocol is not the user's business
+            return torch.load(file, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{file} cannot be read: torch's restricted unpickler refuses it ({_why(err)}); "
+                              "a checkpoint of locmoe holds only tensors and RNG states, so it may have been "
+                              "tampered with") from None
+    except Exception as err:
+        raise CheckpointError(f"{file} cannot be read ({type(err).__name__}: {str(err)[:120]}); the checkpoint "
+                              "is corrupt") from None
+
+
+def _why(err: Exception) -> str:
+    """The sentence of torch's weights-only error that says what it refused (its text around it is advice)."""
+    core = str(err).split("trusted source.", 1)[-1].split("Check the documentation", 1)[0]
+    core = " ".join(core.split("WeightsUnpickler error:", 1)[-1].split())
+    return core[:160] or "an object that is not a tensor"
 
 
 def _barrier(ctx: DistContext) -> None:
@@ -123,39 +265,46 @@ def optimizer_names(cfg) -> list[str]:
 
 def read_optimizer(path: Path, rank: int, cfg) -> dict:
     """Rank ``rank``'s AdamW state as {"step", "exp_avg": {name: array}, "exp_avg_sq": {...}} (numpy)."""
-    saved = torch.load(path / f"optimizer_rank{rank}.pt", weights_only=False)
+    if format_version(path) != 1:
+        return files.read_adamw(path, rank)
+    saved = _legacy_load(path / f"optimizer_rank{rank}.pt")
     names, out = optimizer_names(cfg), {"step": 0, "exp_avg": {}, "exp_avg_sq": {}}
     for i, s in saved["state"].items():
         out["step"] = max(out["step"], int(s["step"]))
-        for key in ("exp_avg", "exp_avg_sq"):
+        for key in files.MOMENTS:
             out[key][names[i]] = s[key].float().numpy()
     return out
 
 
 def write_optimizer(state: dict, path: Path, rank: int, cfg) -> None:
-    """The inverse of :func:`read_optimizer`: a ``torch.optim.AdamW.state_dict()`` the torch loop loads."""
+    """The inverse of :func:`read_optimizer`: the files of a ``torch.optim.AdamW`` the torch loop loads."""
     names = optimizer_names(cfg)
-    decay = sum(1 for n in names if len(parameter_shapes(cfg)[n]) >= 2)
+    shapes = parameter_shapes(cfg)
     t = cfg.train
-    group = lambda ids, wd: {"weight_decay": wd, "lr": t.lr, "betas": (t.beta1, t.beta2), "eps": 1e-8,  # noqa
-                             "amsgrad": False, "foreach": None, "maximize": False, "capturable": False,
-                             "differentiable": False, "fused": None, "decoupled_weight_decay": True, "params": ids}
-    body = {i: {"step": torch.tensor(float(state["step"])), "exp_avg": torch.from_numpy(state["exp_avg"][n]),
-                "exp_avg_sq": torch.from_numpy(state["exp_avg_sq"][n])}
-            for i, n in enumerate(names) if n in state["exp_avg"]}
-    groups = [group(list(range(decay)), t.weight_decay), group(list(range(decay, len(names))), 0.0)]
-    torch.save({"state": body, "param_groups": groups}, path / f"optimizer_rank{rank}.pt")
+    group = lambda ps, wd: {"weight_decay": wd, "lr": t.lr, "betas": [t.beta1, t.beta2], "eps": 1e-8,  # noqa
+                            "amsgrad": False, "foreach": None, "maximize": False, "capturable": False,
+                            "differentiable": False, "fused": None, "decoupled_weight_decay": True, "params": ps}
+    held = [n for n in names if n in state["exp_avg"]]
+    tensors = {f"{key}.{n}": torch.from_numpy(np.ascontiguousarray(state[key][n])) for key in files.MOMENTS
+               for n in held}
+    scalars = {n: {"step": float(state["step"])} for n in held}
+    groups = [group([n for n in held if len(shapes[n]) >= 2], t.weight_decay),
+              group([n for n in held if len(shapes[n]) < 2], 0.0)]
+    files.write_optimizer_files(path, rank, tensors, scalars, groups, {"step": "float32"}, save=save_file)
 
 
 def read_rng(path: Path, rank: int) -> dict:
-    """numpy and python RNG states of a rank (the framework-neutral part of ``rng_rank{r}.pt``)."""
-    rng = torch.load(path / f"rng_rank{rank}.pt", weights_only=False)
-    return {"numpy": rng["numpy"], "python": rng["python"]}
+    """numpy and python RNG states of a rank (the framework-neutral part of its RNG file)."""
+    if format_version(path) == 1:
+        rng = _legacy_load(path / f"rng_rank{rank}.pt")
+        return {"numpy": rng["numpy"], "python": rng["python"]}
+    np_state, py_state, _ = files.read_rng_file(path, rank)
+    return {"numpy": np_state, "python": py_state}
 
 
 def write_rng(state: dict, path: Path, rank: int, seed: int) -> None:
-    """``rng_rank{r}.pt`` from numpy/python states; torch's own generator restarts from the run's seed, as
+    """``rng_rank{r}.json`` from numpy/python states; torch's own generator restarts from the run's seed, as
     ``backends.torch.train`` seeds it (the model draws its weights from numpy, so nothing else consumed it)."""
     torch_state = torch.Generator().manual_seed(seed + rank).get_state()
-    torch.save({"torch": torch_state, "numpy": state["numpy"], "python": state["python"], "cuda": None},
-               path / f"rng_rank{rank}.pt")
+    files.write_rng_file(files.rng_to_json(state["numpy"], state["python"], torch=torch_state.tolist(), cuda=None),
+                         path, rank)

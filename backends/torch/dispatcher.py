@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from backends.torch import routing_extras as extras
 from backends.torch import routing_ops as ops
 from backends.torch.all_to_all_schemes import FlatAllToAll, HierarchicalAllToAll
 from backends.torch.collectives import TrafficCounter, all_gather_rows, all_reduce_
@@ -32,6 +33,7 @@ class Dispatch:
     expert_counts: torch.Tensor        # [E_local] rows each local expert processes
     recv_perm: Optional[torch.Tensor]  # receive buffer -> expert-major (None in one process)
     exchange: object                   # FlatAllToAll / HierarchicalAllToAll, or None in one process
+    dropped_tail: bool = False         # rows past sum(expert_counts) are dropped copies (one process)
 
 
 @dataclass
@@ -51,9 +53,9 @@ class GroupStats:
     expert_load: torch.Tensor      # [E] copies routed before capacity
     admitted: torch.Tensor         # [E] copies processed
     capacity: torch.Tensor         # [E]
-    capacity_bound: Optional[int]  # angular bound (mode bound)
+    capacity_bound: Optional[torch.Tensor]  # scalar angular bound (mode bound), else None
     locality_counts: torch.Tensor  # [3] kept copies on-rank / in-node / cross-node
-    total_copies: int
+    total_copies: torch.Tensor     # scalar
 
 
 class TokenDispatcher:
@@ -73,41 +75,70 @@ class TokenDispatcher:
         """Decide which copies are kept and how each chunk of this rank's tokens moves.
 
         Returns the layout of this rank's copies, the group's statistics, and ``kept`` [C] for its copies.
+
+        NOTE: host syncs. In one process there are none: capacity, admission and statistics stay on the device
+        and every buffer has a fixed size (the C copies, dropped ones last). With expert parallelism there is
+        exactly one, in ``_counts``: the all-to-all split sizes must be on the host. (The ``cone`` bound rule
+        adds one more: its sphere-cap areas are scipy's betainc on the host.)
         """
         dev = out.expert.device
-        rank_of, slot_of = self.rank_of.to(dev), self.slot_of.to(dev)
+        rank_of, slot_of = self._on(dev)
         src, g_expert, g_prob, g_angle, mine = self._group_view(out, token_rank)
         T_group = num_tokens * (self.W if self.ep.distributed else 1)
         capacity, bound = self._capacity(out, router, g_expert, g_angle, T_group, dev)
         locality = self._locality(src, rank_of[g_expert])
-        kept = ops.admit(g_expert, g_prob, locality, capacity) if self.admission_needed else \
-            torch.ones_like(g_expert, dtype=torch.bool)
-        kept_mine = kept[mine]
+        kept = ops.admit(g_expert, g_prob, locality, capacity) if self.admission_needed else None
+        kept_mine = None if kept is None else kept[mine]
+        stats = self._stats(g_expert, kept, locality, capacity, bound)
+        extras.update_selection_bias_(router, stats.expert_load)        # loss-free balancing (training only)
+        all_kept = kept_mine is None
+        if all_kept:
+            kept_mine = torch.ones_like(out.expert, dtype=torch.bool)
+        if not self.ep.distributed:
+            return self._plan_one_process(out, token_rank, None if all_kept else kept_mine), stats, kept_mine
         dst, slot = rank_of[out.expert], slot_of[out.expert]
         chunk_of = torch.div(out.token * chunks, num_tokens, rounding_mode="floor")
-        if self.ep.distributed:
-            counts = self._counts(kept_mine, dst, slot, chunk_of, chunks)              # host numpy
-            key = (chunk_of * self.W + dst) * self.El + slot
-            sizes = counts[self.ep.ep_rank].sum(axis=(1, 2)).tolist()
-        else:
-            # one process holds every expert: expert order, each expert's copies by (source rank, copy id)
-            counts = None
-            key = (chunk_of * self.E + out.expert) * self.W + token_rank[out.token]
-            sizes = [out.expert.numel()] if chunks == 1 and not self.admission_needed else \
-                torch.bincount(chunk_of[kept_mine], minlength=chunks).tolist()
-        # One stable sort for every chunk, dropped copies last; the chunk sizes come from the host, so no
-        # nonzero (and its host sync) is needed.
+        counts = self._counts(kept_mine, dst, slot, chunk_of, chunks)              # host numpy: the one sync
+        key = (chunk_of * self.W + dst) * self.El + slot
+        sizes = counts[self.ep.ep_rank].sum(axis=(1, 2)).tolist()
+        # One stable sort for every chunk, dropped copies last; the chunk sizes come from the host counts.
         key = torch.where(kept_mine, key, torch.iinfo(key.dtype).max)
         order = torch.sort(key, stable=True).indices
         bounds = np.cumsum([0, *sizes]).tolist()
-        plans = [self._chunk(c, order[bounds[c]:bounds[c + 1]], out, counts) for c in range(chunks)]
+        plans = [self._chunk(c, order[bounds[c]:bounds[c + 1]], counts) for c in range(chunks)]
         kept_order = order[:bounds[-1]]
-        pos = None
-        if out.choices is not None:
-            T, k = out.choices.shape
-            pos = copy_positions(kept_order, kept_order.numel(), T * k).view(T, k)
-        layout = Layout(kept_order, bounds, kept_mine if self.admission_needed else None, plans, pos, counts)
-        return layout, self._stats(g_expert, kept, locality, capacity, bound), kept_mine
+        layout = Layout(kept_order, bounds, kept_mine if self.admission_needed else None, plans,
+                        self._positions(out, kept_order), counts)
+        return layout, stats, kept_mine
+
+    def _on(self, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The expert -> rank and expert -> slot tables on ``dev``, copied once (a copy from pageable host
+        memory waits for the device queue)."""
+        if self.rank_of.device != dev:
+            self.rank_of, self.slot_of = self.rank_of.to(dev), self.slot_of.to(dev)
+        return self.rank_of, self.slot_of
+
+    def _plan_one_process(self, out: RouterOutput, token_rank: torch.Tensor, kept: Optional[torch.Tensor]) -> Layout:
+        """One process holds every expert: all C copies in expert order (each expert's by source rank, then
+        copy id), dropped copies last. The buffer keeps its fixed size C, so no count reaches the host; the
+        experts give dropped rows zeros (``Dispatch.dropped_tail``) and the combine weighs them 0. Chunks
+        only overlap communication, so there is one here."""
+        E, W, C = self.E, self.W, out.expert.numel()
+        key = out.expert * W + token_rank[out.token]
+        if kept is not None:
+            key = torch.where(kept, key, E * W)
+        order = torch.sort(key, stable=True).indices
+        counts = ops.counts_of(out.expert, E, kept)
+        plan = Dispatch(order, counts, None, None, dropped_tail=kept is not None)
+        return Layout(order, [0, C], kept, [plan], self._positions(out, order))
+
+    @staticmethod
+    def _positions(out: RouterOutput, order: torch.Tensor) -> Optional[torch.Tensor]:
+        """[T, k] row of each copy in the buffer holding ``order`` (token-choice routers), else None."""
+        if out.choices is None:
+            return None
+        T, k = out.choices.shape
+        return copy_positions(order, order.numel(), T * k).view(T, k)
 
     def _group_view(self, out: RouterOutput, token_rank: torch.Tensor):
         """(source rank, expert, prob, angle) of every copy of the group, and which of them are mine."""
@@ -130,40 +161,52 @@ class TokenDispatcher:
         same_node = torch.div(src, G, rounding_mode="floor") == torch.div(dst, G, rounding_mode="floor")
         return torch.where(src == dst, 0, torch.where(same_node, 1, 2))
 
-    def _capacity(self, out, router, g_expert, g_angle, T, dev) -> tuple[torch.Tensor, Optional[int]]:
+    def _capacity(self, out, router, g_expert, g_angle, T, dev) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """[E] capacities and the angular bound (mode bound), on the device."""
         c, E, k = self.moe.capacity, self.E, self.moe.router.top_k
         if not self.admission_needed:
             return torch.full((E,), k * T, dtype=torch.long, device=dev), None
         if c.mode == "factor":
             return torch.full((E,), cap.factor_capacity(c.factor, k, T, E), dtype=torch.long, device=dev), None
+        if c.bound_rule == "paper":                                       # LocMoE Theorem 1 (token space)
+            return extras.paper_rule_capacity(router, self.moe, g_expert, g_angle, T, dev)
         # mode bound: the per-copy work (angles per expert, EMA) on the device, bit-identical to the numpy
-        # reference; the host only sees E numbers for the closing formula (one small transfer)
+        # reference
+        floor = cap.factor_capacity(c.min_factor, k, T, E) if c.min_factor > 0 else 1
+        factor_cap = cap.factor_capacity(c.factor, k, T, E)
+        if c.bound_rule == "quantile" and self.ep.ep.size == 1:       # one process: nothing to reduce
+            ordered, counts = ops.sort_by_expert(g_angle.double(), g_expert, E)
+            ema, capacity, bound = ops.quantile_rule_capacity(
+                ordered, counts, router.angle_ema, out.angles, c.angle_quantile, c.angle_momentum, k, T, c.slack,
+                floor, factor_cap)
+            if router.training:
+                router.angle_ema.copy_(ema)
+            return capacity, bound
         quantile = 1.0 if c.bound_rule == "cone" else c.angle_quantile
         delta, seen = ops.expert_angles(g_angle, g_expert, E, quantile)
         ema = ops.update_angle_ema(router.angle_ema.to(dev), delta, seen, c.angle_momentum)
         if router.training:
             router.angle_ema.copy_(ema)
-        floor = cap.factor_capacity(c.min_factor, k, T, E) if c.min_factor > 0 else 1
         if c.bound_rule == "cone":
+            # NOTE: a host sync: the sphere-cap areas are scipy's betainc (E numbers move)
             n = E if router.gate == "grap" else router.gate_weight.shape[0]
-            capacity = np.full(E, cap.capacity_lower_bound(ema.cpu().numpy(), n, k, T), dtype=np.int64)
+            bound = cap.capacity_lower_bound(ema.cpu().numpy(), n, k, T)
+            capacity = torch.full((E,), bound, dtype=torch.long, device=dev)
         else:
             inside = (out.angles <= ema[None, :]).sum(dim=0).double()
-            inside = all_reduce_(inside, self.ep.ep).cpu().numpy()
-            shares = inside / inside.sum() if inside.sum() > 0 else np.full(E, 1.0 / E)
-            capacity = cap.per_expert_bound(shares, k, T, c.slack)
-        return torch.from_numpy(np.maximum(capacity, floor)).to(dev), int(capacity.max())
+            capacity = ops.per_expert_bound(all_reduce_(inside, self.ep.ep), k, T, c.slack)
+        bound = capacity.max()
+        capacity = extras.unseen_fallback(capacity, ema, factor_cap)   # never seen
+        return torch.clamp(capacity, min=floor), bound
 
     def _counts(self, kept, dst, slot, chunk_of, chunks) -> np.ndarray:
         """[W src, chunks, W dst, E_local] kept copies, from every rank (one small all-gather; the host reads
         it once, which is the only sync the split sizes need)."""
         flat = (chunk_of * self.W + dst) * self.El + slot
-        mine = torch.bincount(flat[kept], minlength=chunks * self.W * self.El)
+        mine = ops.counts_of(flat, chunks * self.W * self.El, kept)
         return all_gather_rows(mine[None], self.ep.ep).reshape(-1, chunks, self.W, self.El).cpu().numpy()
 
-    def _chunk(self, c: int, order: torch.Tensor, out: RouterOutput, counts: Optional[np.ndarray]) -> Dispatch:
-        if counts is None:
-            return Dispatch(order, torch.bincount(out.expert[order], minlength=self.E), None, None)
+    def _chunk(self, c: int, order: torch.Tensor, counts: np.ndarray) -> Dispatch:
         S = counts[:, c].sum(axis=-1)                                 # [W src, W dst]
         recv = counts[:, c, self.ep.ep_rank, :]                       # [W src, E_local]
         perm = torch.from_numpy(chunk_permutation(recv)).to(order.device)
@@ -176,14 +219,16 @@ class TokenDispatcher:
         return FlatAllToAll(S, ep.ep_rank, ep.ep, self.counter)
 
     def _stats(self, g_expert, kept, locality, capacity, bound) -> GroupStats:
+        """Group-wide counts on the device (``kept`` None: every copy is kept)."""
         E = self.E
-        load = torch.bincount(g_expert, minlength=E)
-        admitted = torch.bincount(g_expert[kept], minlength=E)
-        loc = torch.bincount(locality[kept], minlength=3)
+        load = ops.counts_of(g_expert, E)
+        admitted = load if kept is None else ops.counts_of(g_expert, E, kept)
+        loc = ops.counts_of(locality, 3, kept)
         if self.ep.distributed and not self.admission_needed:
+            # without admission each rank saw only its own copies (see _group_view)
             load = all_reduce_(load.clone(), self.ep.ep)
             admitted, loc = load, all_reduce_(loc.clone(), self.ep.ep)
-        return GroupStats(load, admitted, capacity, bound, loc, int(load.sum()))
+        return GroupStats(load, admitted, capacity, bound, loc, load.sum())
 
     # ------------------------------------------------------------------ moving tokens
     def permute(self, x: torch.Tensor, out: RouterOutput, layout: Layout) -> torch.Tensor:

@@ -3,6 +3,15 @@
 Every process creates every group in the same order (``new_group`` is collective); each keeps its own.
 One process with ``parallel.nodes x devices_per_node > 1`` *emulates* that expert-parallel group: it holds
 every expert and treats its batch as the ranks' batches, rank 0's first.
+
+Timeouts: every group, not only the default one, gets ``parallel.timeout_s`` (``new_group`` would otherwise
+take torch's default, 30 min for gloo, 10 min for NCCL, and the MoE all-to-alls run on the sub-groups). A
+gloo collective then raises after ``timeout_s``, or at once when a peer's socket closes, and
+``backends.torch.liveness`` turns that into one line naming the rank that stopped. NCCL collectives are
+asynchronous and are not waited on by the host (``TORCH_NCCL_BLOCKING_WAIT`` would make every ``wait()`` a
+host sync): their watchdog tears the process down after the group's timeout (``TORCH_NCCL_ASYNC_ERROR_HANDLING``,
+default 3; torchrun sets 1), so NCCL groups get ``timeout_s + NCCL_MARGIN_S`` and the heartbeat's verdict,
+due ``timeout_s`` after a rank fell silent, comes first.
 """
 from __future__ import annotations
 
@@ -14,10 +23,14 @@ import torch
 import torch.distributed as dist
 
 from backends.torch.collectives import Group
+from backends.torch.liveness import start_liveness
+from locmoe import liveness
 from locmoe.config.loader import ConfigError
 from locmoe.config.schema import ParallelConfig
 from locmoe.parallel_context import DistContext, ExpertParallel  # noqa: F401 (re-exported)
 from locmoe.topology import ExpertPlacement, LaunchEnv, ParallelLayout, Topology, layout_from_config
+
+NCCL_MARGIN_S = 30.0      # NCCL's watchdog waits this much longer than the heartbeat verdict (module docstring)
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -56,34 +69,45 @@ def init_distributed(parallel: ParallelConfig, env: Optional[LaunchEnv] = None) 
     env = env or LaunchEnv.from_environ()
     layout = layout_from_config(parallel, env)
     device = resolve_device(parallel.device, int(os.environ.get("LOCAL_RANK", 0)))
+    backend = _backend_for(device)
+    timeout = group_timeout(parallel, backend)
     if env.world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(_backend_for(device), rank=env.rank, world_size=env.world_size,
-                                timeout=datetime.timedelta(seconds=parallel.timeout_s))
-    groups = _make_groups(layout) if env.world_size > 1 else None
+        dist.init_process_group(backend, rank=env.rank, world_size=env.world_size, timeout=timeout)
+    if env.world_size > 1:
+        start_liveness(parallel, env)
+    groups = _make_groups(layout, timeout) if env.world_size > 1 else None
     single = Group(None, (0,), (0,), 0)
     if groups is None:
         return DistContext(layout, device, single, single, single, single, single, layout.emulated)
     return DistContext(layout, device, *groups, emulated=False)
 
 
-def _make_groups(layout: ParallelLayout) -> tuple:
+def group_timeout(parallel: ParallelConfig, backend: str) -> datetime.timedelta:
+    """The timeout of every process group: ``parallel.timeout_s``, + ``NCCL_MARGIN_S`` for the device backends
+    whose watchdog tears the process down (NCCL; HCCL through torch-npu works the same way)."""
+    return datetime.timedelta(seconds=parallel.timeout_s + (NCCL_MARGIN_S if backend in ("nccl", "hccl") else 0.0))
+
+
+def _make_groups(layout: ParallelLayout, timeout: datetime.timedelta) -> tuple:
     topo, world = layout.topology, layout.world_size
     ep_size = topo.world_size
     mine = {}
+    add = lambda name, ranks, topo_, start_: _add(mine, name, ranks, layout, topo_, start_, timeout)  # noqa: E731
     for start in range(0, world, ep_size):
-        _add(mine, "ep", list(range(start, start + ep_size)), layout, topo, start)
+        add("ep", list(range(start, start + ep_size)), topo, start)
         for members in topo.intra_node_groups():
-            _add(mine, "intra", [start + r for r in members], layout, topo, start)
+            add("intra", [start + r for r in members], topo, start)
         for members in topo.inter_node_groups():
-            _add(mine, "inter", [start + r for r in members], layout, topo, start)
+            add("inter", [start + r for r in members], topo, start)
     for j in range(ep_size):
-        _add(mine, "expert_dp", list(range(j, world, ep_size)), layout, None, 0)
-    _add(mine, "world", list(range(world)), layout, None, 0)
+        add("expert_dp", list(range(j, world, ep_size)), None, 0)
+    add("world", list(range(world)), None, 0)
     return mine["ep"], mine["intra"], mine["inter"], mine["expert_dp"], mine["world"]
 
 
-def _add(mine: dict, name: str, ranks: list, layout: ParallelLayout, topo: Optional[Topology], start: int) -> None:
-    handle = dist.new_group(ranks) if len(ranks) > 1 else None
+def _add(mine: dict, name: str, ranks: list, layout: ParallelLayout, topo: Optional[Topology], start: int,
+         timeout: datetime.timedelta) -> None:
+    handle = dist.new_group(ranks, timeout=timeout) if len(ranks) > 1 else None
     if layout.rank in ranks:
         local = [r - start for r in ranks] if topo is not None else ranks
         nodes = tuple(int(topo.node_of(r)) for r in local) if topo is not None else tuple(0 for _ in ranks)
@@ -97,5 +121,8 @@ def expert_parallel(ctx: DistContext, parallel: ParallelConfig, num_experts: int
 
 
 def shutdown() -> None:
+    monitor = liveness.active()
+    if monitor is not None:
+        monitor.leave("done")
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from backends.torch import fusion
 from backends.torch.collectives import TrafficCounter
@@ -21,6 +22,7 @@ from backends.torch.distributed import ExpertParallel
 from backends.torch.experts import GroupedExperts
 from backends.torch.router import Router
 from locmoe.config.schema import MoEConfig
+from locmoe.finite import NonFiniteError
 from locmoe.layer_metrics import layer_summary
 
 
@@ -39,8 +41,19 @@ class MoEMetrics:
         """Plain numbers for logs (reads the device tensors back to the host)."""
         s = self.stats
         host = [t.detach().cpu().numpy() for t in (s.expert_load, s.admitted, s.capacity, s.locality_counts)]
-        return layer_summary(*host[:3], s.capacity_bound, host[3], s.total_copies, float(self.aux_loss),
+        bound = None if s.capacity_bound is None else int(s.capacity_bound)
+        return layer_summary(*host[:3], bound, host[3], int(s.total_copies), float(self.aux_loss),
                              float(self.locality_loss), self.traffic)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.Tensor:
+    """x in the autocast dtype when autocast is on: the router reads the residual stream's precision, the
+    experts' grouped GEMMs (which autocast does not cover) and the token movement run in bf16 — half the
+    bytes, and grouped_mm's bf16 kernels instead of a per-expert loop."""
+    kind = x.device.type
+    if torch.is_autocast_enabled(kind):
+        return x.to(torch.get_autocast_dtype(kind))
+    return x
 
 
 class MoELayer(nn.Module):
@@ -54,8 +67,10 @@ class MoELayer(nn.Module):
         self.traffic = TrafficCounter()
         self.dispatcher = TokenDispatcher(ep, moe, self.traffic)
         r = moe.router
+        self.register_buffer("nonfinite_inputs", torch.zeros((), dtype=torch.long), persistent=False)
         self.aux_coef = r.aux_loss_coef
         self.loc_coef = r.locality_loss_coef if r.kind == "locmoe" else 0.0
+        self.z_coef = r.z_loss_coef                 # router z-loss (ST-MoE); 0 = off
 
     def forward(self, x: torch.Tensor, token_ids: Optional[torch.Tensor] = None,
                 domain: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, MoEMetrics]:
@@ -71,21 +86,32 @@ class MoELayer(nn.Module):
         token_rank = self._token_ranks(T, x.device)
         flat = lambda t: None if t is None else t.reshape(-1)  # noqa: E731
         emulated_ranks = 1 if self.ep.distributed else self.ep.topology.world_size
-        out = self.router(x, token_rank, emulated_ranks, flat(token_ids), flat(domain),
-                          gather=self._gather, ep_rank=self.ep.ep_rank if self.ep.distributed else 0)
+        with record_function("moe/router"):
+            out = self.router(x, token_rank, emulated_ranks, flat(token_ids), flat(domain),
+                              gather=self._gather, ep_rank=self.ep.ep_rank if self.ep.distributed else 0)
         self.traffic.reset()
-        layout, stats, kept = self.dispatcher.plan(out, self.router, token_rank, T, self.moe.overlap_chunks)
-        send = self.dispatcher.permute(x, out, layout)
+        with record_function("moe/capacity+admission"):
+            layout, stats, kept = self.dispatcher.plan(out, self.router, token_rank, T, self.moe.overlap_chunks)
+        with record_function("moe/permute"):
+            send = self.dispatcher.permute(_compute_dtype(x), out, layout)
         # split, not slices: a slice's backward zero-fills a buffer of the whole send size per chunk
         parts = send.split(list(np.diff(layout.bounds))) if len(layout.chunks) > 1 else [send]
         # Pipeline: every chunk's dispatch is launched first; chunk i's experts run while chunk i+1 is in
         # flight, and chunk i's combine travels while chunk i+1's experts run.
-        arriving = [self.dispatcher.dispatch(part, d) for part, d in zip(parts, layout.chunks)]
-        returning = [self.dispatcher.combine(self.experts(rows(), d.expert_counts), d)
-                     for d, rows in zip(layout.chunks, arriving)]
-        back = [rows() for rows in returning]
-        y = self.dispatcher.unpermute(back[0] if len(back) == 1 else torch.cat(back), out, layout, T)
+        with record_function("moe/all_to_all"):
+            arriving = [self.dispatcher.dispatch(part, d) for part, d in zip(parts, layout.chunks)]
+        returning = []
+        for d, rows in zip(layout.chunks, arriving):
+            with record_function("moe/experts"):
+                y = self.experts(rows(), d.expert_counts, d.dropped_tail)
+            with record_function("moe/all_to_all"):
+                returning.append(self.dispatcher.combine(y, d))
+        with record_function("moe/combine"):
+            back = [rows() for rows in returning]
+            y = self.dispatcher.unpermute(back[0] if len(back) == 1 else torch.cat(back), out, layout, T)
         aux = self.aux_coef * out.aux_loss + self.loc_coef * out.locality_loss
+        if self.z_coef:
+            aux = aux + self.z_coef * out.z_loss
         metrics = MoEMetrics(stats, out.aux_loss.detach(), out.locality_loss.detach(), self.traffic, out.token,
                              out.expert, kept)
         return y.reshape(shape), aux, metrics
@@ -110,7 +136,21 @@ class MoELayer(nn.Module):
                              f"(input shape {tuple(x.shape)})")
         if not self.moe.check_finite:
             return
-        bad = (~torch.isfinite(x)).sum()
-        if bool(bad):
-            raise FloatingPointError(f"MoE layer {self.layer_id} on rank {self.ep.ep_rank}: the input "
-                                     f"activations hold {int(bad)} non-finite values (NaN/Inf)")
+        bad = (~torch.isfinite(x.detach())).sum()
+        if x.device.type == "cpu":
+            self._raise_if_nonfinite(int(bad))
+        else:
+            # NOTE: reading the count back would sync the host every layer: it is kept on the device and read
+            # by ``check_finite_inputs`` (the training loop calls it on logging and checkpoint steps)
+            self.nonfinite_inputs += bad
+
+    def check_finite_inputs(self) -> None:
+        """Raise if any input since the last check held NaN/Inf (a host sync: call it on logging steps)."""
+        bad = int(self.nonfinite_inputs)
+        self.nonfinite_inputs.zero_()
+        self._raise_if_nonfinite(bad)
+
+    def _raise_if_nonfinite(self, bad: int) -> None:
+        if bad:
+            raise NonFiniteError(f"MoE layer {self.layer_id} on rank {self.ep.ep_rank}: the input "
+                                 f"activations hold {bad} non-finite values (NaN/Inf)")

@@ -21,7 +21,10 @@ def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimi
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8)
+    # fused: one kernel for every parameter's update on CUDA (the foreach path launches several per tensor
+    # list); the same AdamW arithmetic
+    fused = all(p.device.type == "cuda" for p in decay + rest) or None
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8, fused=fused)
 
 
 def _split(model: torch.nn.Module) -> tuple[list, list]:
@@ -54,25 +57,47 @@ def sync_gradients(model: torch.nn.Module, ctx: DistContext) -> None:
     _reduce_flat(expert, ctx.expert_dp, 1.0 / W)
 
 
-def clip_grad_norm(model: torch.nn.Module, ctx: DistContext, max_norm: float) -> float:
+def clip_grad_norm(model: torch.nn.Module, ctx: DistContext, max_norm: float,
+                   optimizer: torch.optim.Optimizer | None = None) -> torch.Tensor:
     """Global L2 norm over every parameter of the model (experts counted once per EP group); clip to
-    ``max_norm`` when > 0. Returns the norm before clipping."""
+    ``max_norm`` when > 0. Returns the norm before clipping as a device scalar.
+
+    NOTE: no host sync: the clip factor is applied on the device (1 when the norm is within bounds). Given a
+    fused AdamW, the factor is handed to its kernel (``grad_scale``, which it divides every gradient by, the
+    way AMP's GradScaler unscales) instead of a separate pass over all gradients."""
     dense, expert = _split(model)
-    sq = lambda gs: torch.stack([g.float().pow(2).sum() for g in gs]).sum() if gs else torch.zeros(())  # noqa
-    dense_sq = sq(dense)
-    expert_sq = sq(expert).to(dense_sq.device)
+    device = next(model.parameters()).device
+    dense_sq, expert_sq = _squared_norm(dense, device), _squared_norm(expert, device)
     if ctx.world_size > 1:
         all_reduce_(expert_sq, ctx.ep)
-    norm = float((dense_sq + expert_sq).sqrt())
-    if max_norm > 0 and norm > max_norm:
-        for g in dense + expert:
-            g.mul_(max_norm / (norm + 1e-6))
+    norm = (dense_sq + expert_sq).sqrt()
+    fused = optimizer is not None and all(g.get("fused") for g in optimizer.param_groups)
+    if fused:
+        optimizer.grad_scale = None
+    if max_norm > 0:
+        clipping = norm > max_norm
+        if fused:
+            optimizer.grad_scale = torch.where(clipping, (norm + 1e-6) / max_norm, torch.ones_like(norm))
+        else:
+            torch._foreach_mul_(dense + expert, torch.where(clipping, max_norm / (norm + 1e-6),
+                                                            torch.ones_like(norm)))
     return norm
 
 
+def _squared_norm(grads: list, device: torch.device) -> torch.Tensor:
+    """Σ ‖g‖² in fp32 (one foreach kernel per dtype rather than two kernels per tensor)."""
+    if not grads:
+        return torch.zeros((), device=device)
+    return torch.stack([n.float() for n in torch._foreach_norm(grads)]).pow(2).sum()
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """A device-tensor learning rate (a CUDA-graphed step reads it) is filled in place: no host sync."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
 
 
 def all_reduce_mean(values: list[float], ctx: DistContext, device) -> list[float]:

@@ -11,6 +11,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from backends.torch import routing_extras as extras
 from backends.torch import routing_ops as ops
 from locmoe.config.schema import MoEConfig
 from locmoe.routing.baselines import hash_table
@@ -34,6 +35,7 @@ class RouterOutput:
     locality_loss: torch.Tensor  # scalar
     angles: Optional[torch.Tensor]   # [T, E] float64 gate-space angles (capacity mode bound), else None
     choices: Optional[torch.Tensor]  # [T, k] token-choice routers' experts, else None
+    z_loss: Optional[torch.Tensor] = None  # scalar router z-loss (moe.router.z_loss_coef > 0), else None
 
 
 class Router(nn.Module):
@@ -56,6 +58,7 @@ class Router(nn.Module):
         self.register_buffer("hash_table", torch.from_numpy(table), persistent=r.kind == "hash")
         # Moving average of the experts' cone angles (capacity bound); NaN until the first step.
         self.register_buffer("angle_ema", torch.full((moe.num_experts,), float("nan"), dtype=torch.float64))
+        extras.init_options(self, moe, d_model, placement, groups)      # ε, selection bias, node table
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """[T, E] gate scores."""
@@ -84,25 +87,27 @@ class Router(nn.Module):
             return RouterOutput(torch.arange(T, device=x.device), expert, ones, ones, zero, zero, None,
                                 expert[:, None])
         scores = self.scores(x)
-        logits = scores / self.temperature
+        logits = extras.paper_gate(scores, self.router_cfg.gate_activation, self.gate_bias) / self.temperature
         if allowed is not None:
             logits = logits.masked_fill(~allowed, float("-inf"))
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
-        probs = log_probs.exp()
+        affinity, probs, log_probs = extras.affinities(self.router_cfg.scoring, logits)
         angles = self._angles(x, scores) if self.capacity_cfg.mode == "bound" else None
         if self.kind == "expert_choice":
             return self._expert_choice(probs, T, gather, ep_rank, angles, zero)
-        p = probs.detach()
+        p = affinity.detach()
         if self.kind == "locmoe" and not self.single_node:
             idx = ops.intra_node_first(p, self.k, local, self.rho)
         else:
-            idx = ops.top_k(p, self.k)
-        chosen = probs.gather(1, idx)                                              # [T, k]
+            idx = extras.choose(self, p, allowed)                   # top-k, with loss-free bias / node limit
+        chosen = affinity.gather(1, idx)                                           # [T, k]
         token = torch.arange(T, device=x.device).repeat_interleave(self.k)
-        aux = _mean_over_ranks(probs, idx, E, num_source_ranks)
-        loc = ops.locality_loss(log_probs, local)
+        counted = ops.top_k(p, self.k) if self.router_cfg.balance_counts == "gate" else idx
+        aux = _mean_over_ranks(probs, counted, E, num_source_ranks)
+        loc = ops.locality_loss(log_probs, local) if self.router_cfg.locality_loss == "token" else \
+            extras.batch_locality_loss(probs, local, allowed, num_source_ranks, self.router_cfg.locality_smoothing)
+        z = extras.router_z_loss(logits) if self.router_cfg.z_loss_coef else None
         return RouterOutput(token, idx.reshape(-1), ops.combine_weights(chosen).reshape(-1),
-                            chosen.detach().reshape(-1), aux, loc, angles, idx)
+                            chosen.detach().reshape(-1), aux, loc, angles, idx, z)
 
     def _allowed(self, domain: torch.Tensor) -> torch.Tensor:
         member = torch.zeros(self.domain_groups.shape[0], self.num_experts, dtype=torch.bool,
@@ -112,10 +117,11 @@ class Router(nn.Module):
 
     def _angles(self, x: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         # float64 so that the bound's comparisons agree with the numpy reference
+        if self.capacity_cfg.bound_rule == "paper":          # token-space cosine distances (LocMoE Theorem 1)
+            return extras.cosine_deviation(x, self.grap_columns if self.gate == "grap" else self.gate_weight)
         with torch.no_grad():
             if self.gate == "grap":
-                return ops.gate_angles(scores.double(), torch.eye(self.num_experts, dtype=torch.float64,
-                                                                  device=x.device))
+                return ops.basis_angles(scores.double())
             return ops.gate_angles(x.double(), self.gate_weight.double())
 
     def _expert_choice(self, probs, T, gather, me, angles, zero) -> RouterOutput:

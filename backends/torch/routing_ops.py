@@ -8,6 +8,8 @@ import functools
 
 import torch
 
+from backends.torch.fusion import fused
+
 
 def grap_scores(x: torch.Tensor, num_experts: int) -> torch.Tensor:
     """GrAP: x [T, d] -> [T, E], the mean of each of E contiguous feature groups.
@@ -25,6 +27,15 @@ def grap_scores(x: torch.Tensor, num_experts: int) -> torch.Tensor:
 def _grap_matrix(d: int, num_experts: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     group = torch.arange(d, device=device) // (d // num_experts)
     return (group[:, None] == torch.arange(num_experts, device=device)).to(dtype) * (num_experts / d)
+
+
+def counts_of(index: torch.Tensor, n: int, where: torch.Tensor | None = None) -> torch.Tensor:
+    """[n] int64: how often each value of ``index`` (in [0, n)) occurs, counting only ``where`` if given.
+
+    ``torch.bincount`` sizes its output from ``index.max()`` on CUDA: a host sync. A scatter-add into a
+    fixed-size buffer is the same count without one."""
+    ones = torch.ones_like(index) if where is None else where.to(index.dtype)
+    return torch.zeros(n, dtype=index.dtype, device=index.device).scatter_add_(0, index, ones)
 
 
 def top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
@@ -50,7 +61,7 @@ def intra_node_first(probs: torch.Tensor, k: int, local_mask: torch.Tensor, rho:
         return idx
     T, E = probs.shape
     threshold = rho * probs.gather(1, idx[:, -1:])
-    neg_inf = torch.tensor(float("-inf"), device=probs.device, dtype=probs.dtype)
+    neg_inf = probs.new_full((), float("-inf"))        # a fill, not a copy from the host (a sync on CUDA)
     for _ in range(k):
         chosen = torch.zeros(T, E, dtype=torch.bool, device=probs.device).scatter_(1, idx, True)
         cand = torch.where(local_mask & ~chosen & (probs >= threshold), probs, neg_inf)
@@ -73,7 +84,7 @@ def combine_weights(chosen: torch.Tensor) -> torch.Tensor:
 def load_balance_loss(probs: torch.Tensor, expert_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
     """E · Σ_e f_e · P_e over one rank's tokens; f from the choices (no gradient), P from probs."""
     T, k = expert_ids.shape
-    f = torch.bincount(expert_ids.reshape(-1), minlength=num_experts).to(probs.dtype) / (T * k)
+    f = counts_of(expert_ids.reshape(-1), num_experts).to(probs.dtype) / (T * k)
     return num_experts * torch.dot(f, probs.mean(dim=0))
 
 
@@ -88,7 +99,15 @@ def locality_loss(log_probs: torch.Tensor, local_mask: torch.Tensor) -> torch.Te
 
 
 def admission_order(expert: torch.Tensor, prob: torch.Tensor, locality: torch.Tensor) -> torch.Tensor:
-    """Copy ids sorted by (expert, class, -prob, copy id): successive stable sorts, least significant first."""
+    """Copy ids sorted by (expert, class, -prob, copy id).
+
+    With float32 probabilities one stable sort of a packed int64 key does it: a non-negative float's bit
+    pattern orders like its value, so (expert, class, ~bits) packs into 33 + 2 + 31 bits, and stability
+    keeps copy-id order among ties — the order the three successive stable sorts below give."""
+    if prob.dtype == torch.float32:        # (expert ids < 2^30: far more experts than any layer has)
+        desc = 0x7FFFFFFF - prob.view(torch.int32).long()
+        key = (expert.long() << 33) | (locality.long() << 31) | desc
+        return torch.sort(key, stable=True).indices
     order = torch.sort(-prob, stable=True).indices
     order = order[torch.sort(locality[order], stable=True).indices]
     return order[torch.sort(expert[order], stable=True).indices]
@@ -98,7 +117,7 @@ def admit(expert: torch.Tensor, prob: torch.Tensor, locality: torch.Tensor, capa
     """kept [C]: each expert admits its first ``capacity[e]`` copies in admission order."""
     order = admission_order(expert, prob, locality)
     sorted_expert = expert[order]
-    counts = torch.bincount(sorted_expert, minlength=capacity.numel())
+    counts = counts_of(sorted_expert, capacity.numel())
     starts = torch.cumsum(counts, 0) - counts
     position = torch.arange(order.numel(), device=expert.device) - starts[sorted_expert]
     kept = torch.zeros_like(expert, dtype=torch.bool)
@@ -128,20 +147,38 @@ def gate_angles(vectors: torch.Tensor, directions: torch.Tensor) -> torch.Tensor
     return torch.arccos(cos.clamp(-1.0, 1.0))
 
 
+def basis_angles(vectors: torch.Tensor) -> torch.Tensor:
+    """``gate_angles(vectors, I)``, the GrAP case, without the identity: multiplying by I and dividing by its
+    unit column norms are exact, so the values are the same bits, in four kernels fewer."""
+    norms = vectors.norm(dim=-1, keepdim=True)
+    cos = torch.where(norms > 0, vectors / norms.clamp(min=torch.finfo(vectors.dtype).tiny),
+                      torch.zeros_like(vectors))
+    return torch.arccos(cos.clamp(-1.0, 1.0))
+
+
 def expert_angles(angles: torch.Tensor, expert: torch.Tensor, num_experts: int,
                   quantile: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-expert cone half-angle δ_e (float64) on the device: the max, or numpy's default ("linear")
     quantile computed as ``np.quantile`` does (order statistics at floor/ceil of (n−1)·q, its ``_lerp``), so
     the result is bit-identical to the numpy twin without moving the copies to the host."""
     angles = angles.double()
-    counts = torch.bincount(expert, minlength=num_experts)[:num_experts]
-    seen = counts > 0
     if quantile >= 1.0:
+        seen = counts_of(expert, num_experts) > 0
         delta = torch.zeros(num_experts, dtype=torch.float64, device=angles.device)
         return delta.scatter_reduce(0, expert, angles, "amax", include_self=False), seen
+    return quantile_of_sorted(*sort_by_expert(angles, expert, num_experts), quantile)
+
+
+def sort_by_expert(angles: torch.Tensor, expert: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the copies' angles ordered by expert, then by angle; [E] copies per expert)."""
     by_angle = torch.argsort(angles)
-    order = by_angle[torch.argsort(expert[by_angle], stable=True)]      # by expert, then by angle
-    ordered = angles[order]
+    order = by_angle[torch.argsort(expert[by_angle], stable=True)]
+    return angles[order], counts_of(expert, num_experts)
+
+
+def quantile_of_sorted(ordered: torch.Tensor, counts: torch.Tensor, quantile: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(δ [E]: each expert's ``quantile`` of its sorted angles, 0 where it has none; seen [E])."""
+    seen = counts > 0
     start = torch.cumsum(counts, 0) - counts
     n = counts.clamp(min=1)
     virtual = (n - 1).double() * quantile
@@ -157,8 +194,35 @@ def expert_angles(angles: torch.Tensor, expert: torch.Tensor, num_experts: int,
     return torch.where(seen, value, torch.zeros_like(value)), seen
 
 
+@fused
+def quantile_rule_capacity(ordered: torch.Tensor, counts: torch.Tensor, ema: torch.Tensor, angles: torch.Tensor,
+                           quantile: float, momentum: float, k: int, num_tokens: int, slack: float, floor: int,
+                           factor_cap: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``quantile`` bound rule after the sort, for one process (no reduction over ranks inside): the
+    experts' quantile angles, the angle average's update, the share of tokens inside each cone and the
+    capacities. Returns (new angle average, [E] capacities, the bound). On CUDA one fused kernel chain instead
+    of ~40 launches over E numbers; elsewhere these same ops eagerly (bit-identical to the numpy twin)."""
+    delta, seen = quantile_of_sorted(ordered, counts, quantile)
+    ema = update_angle_ema(ema, delta, seen, momentum)
+    inside = (angles <= ema[None, :]).sum(dim=0).double()
+    capacity = per_expert_bound(inside, k, num_tokens, slack)
+    bound = capacity.max()
+    capacity = torch.where(torch.isnan(ema), torch.full_like(capacity, factor_cap), capacity)   # never seen
+    return ema, torch.clamp(capacity, min=floor), bound
+
+
+def per_expert_bound(inside: torch.Tensor, k: int, num_tokens: int, slack: float) -> torch.Tensor:
+    """The ``quantile`` rule's [E] capacities ⌈slack·k·T·σ_e⌉ clipped to [1, k·T], σ_e = inside_e / Σ inside
+    (uniform when no token is inside any cone): ``locmoe.routing.capacity.per_expert_bound`` of
+    ``empirical_cone_shares`` on the device, the same float64 operations in the same order."""
+    total = inside.sum()
+    shares = torch.where(total > 0, inside / total, torch.full_like(inside, 1.0 / inside.numel()))
+    c = torch.ceil(slack * k * num_tokens * shares - 1e-9).long()
+    return c.clamp(1, k * num_tokens)
+
+
 def update_angle_ema(ema: torch.Tensor, delta: torch.Tensor, seen: torch.Tensor, momentum: float) -> torch.Tensor:
-    """δ̄_e ← m·δ̄_e + (1−m)·δ_e for experts seen this step; the first step (an all-NaN ``ema``) takes δ
-    as it is. Decided on the device: no host sync."""
-    update = torch.where(seen, momentum * ema + (1.0 - momentum) * delta, ema)
-    return torch.where(torch.isnan(ema).any(), delta, update)
+    """δ̄_e ← m·δ̄_e + (1−m)·δ_e for experts seen this step; an expert never seen has no average (NaN) and takes
+    its first δ as it is (the numpy twin says why). Decided on the device: no host sync."""
+    blended = torch.where(torch.isnan(ema), delta, momentum * ema + (1.0 - momentum) * delta)
+    return torch.where(seen, blended, ema)

@@ -8,13 +8,12 @@ a dropped copy still records where it wanted to go, which is what placement must
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from locmoe.checkpointing import resolve, verify
+from locmoe.checkpointing import load_state, resolve, tokenizer_spec
 from locmoe.config import ConfigError, config_from_dict
 from locmoe.data import BatchSampler, load_corpus, load_tokenizer
 from locmoe.placement.trace import TraceError, TraceWriter, fingerprint_from_config
@@ -25,7 +24,7 @@ from backends.torch.train import build_model
 
 def trace_config(checkpoint: Path, data_overrides: list[str]):
     """The checkpoint's config on one CPU process emulating its training topology, with data overrides."""
-    state = json.loads((checkpoint / "train_state.json").read_text())
+    state = load_state(checkpoint)
     cfg = config_from_dict(state["config"])
     if cfg.moe.router.kind == "expert_choice":
         raise TraceError("router expert_choice picks tokens per expert, not k experts per token: a trace "
@@ -57,13 +56,14 @@ def copies_as_choices(token: torch.Tensor, expert: torch.Tensor, num_tokens: int
 def record_trace(checkpoint: str | Path, out: str | Path, tokens: int, batch_size: int,
                  data_overrides: list[str] = ()) -> Path:
     path = resolve(checkpoint)
-    verify(path)
     cfg = trace_config(path, list(data_overrides))
     ctx = init_distributed(cfg.parallel)
     model = build_model(cfg, ctx)
     load_model_weights(model, path)
     model.eval()
-    corpus = load_corpus(cfg.data, load_tokenizer(cfg.data.tokenizer), cfg.moe.domains.num_domains)
+    tokenizer = cfg.data.tokenizer if any(o.startswith("data.tokenizer=") for o in data_overrides) else \
+        tokenizer_spec(cfg.data.tokenizer, path)          # the run's own copy, wherever it was trained
+    corpus = load_corpus(cfg.data, load_tokenizer(tokenizer), cfg.moe.domains.num_domains)
     sampler = BatchSampler(corpus, cfg.data.seq_len, batch_size, 0, 1, cfg.data.seed)
     writer = TraceWriter(fingerprint_from_config(cfg), source={"checkpoint": str(path), "corpus": corpus.description,
                                                                  "split": "val"})

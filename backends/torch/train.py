@@ -28,7 +28,16 @@ from models.pangu_sigma_torch import PanGuSigma
 def build_model(cfg: JobConfig, ctx: DistContext) -> PanGuSigma:
     model = PanGuSigma(cfg, expert_parallel(ctx, cfg.parallel, cfg.moe.num_experts))
     model.reset_parameters(cfg.train.seed)
-    return model.to(ctx.device)
+    model = model.to(ctx.device)
+    model.set_execution(compile_blocks=compile_enabled(cfg.train.compile, ctx.device),
+                        activation_checkpointing=cfg.train.activation_checkpointing)
+    return model
+
+
+def compile_enabled(setting, device: torch.device) -> bool:
+    """``train.compile``: null compiles on CUDA, where launch overhead and unfused element-wise kernels cost
+    the most; on CPU the compile time outweighs the gain for the small models run there."""
+    return device.type == "cuda" if setting is None else setting
 
 
 @dataclass
@@ -39,8 +48,15 @@ class Batches:
 
     def get(self, step: int, micro: int = 0, split: str = "train"):
         x, y, d = self.sampler.batch(step, micro, split)
-        to = lambda a: torch.from_numpy(a).to(self.device)  # noqa: E731
-        return to(x), to(y), to(d)
+        return tuple(self._to_device(a) for a in (x, y, d))
+
+    def _to_device(self, a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(a)
+        if self.device.type == "cpu":
+            return t
+        # NOTE: a copy from pageable memory waits for the device queue (a host sync); from pinned memory it is
+        # queued behind the running step like a kernel
+        return t.pin_memory().to(self.device, non_blocking=True)
 
 
 def prepare(cfg: JobConfig, resume: bool):
@@ -77,7 +93,46 @@ def validate(model, cfg, batches: Batches, ctx) -> float:
 def moe_scalars(metrics: list, logger: TrainLogger, step: int, layers: list) -> dict:
     """Per-step MoE numbers averaged over layers (one host sync, on logging steps only)."""
     return common.moe_scalars([m.summary() for m in metrics], [m.stats.expert_load.cpu().numpy() for m in metrics],
-                              logger, step, layers)
+                              logger, step, layers, [m.stats.capacity.cpu().numpy() for m in metrics])
+
+
+def train_step(model, optimizer, cfg: JobConfig, ctx: DistContext, batches: Batches, step: int):
+    """One optimiser step: set the learning rate, then ``step_body`` on the step's micro-batches."""
+    set_lr(optimizer, lr_at(step, cfg.train))
+    return step_body(model, optimizer, cfg, ctx, [batches.get(step, m) for m in range(cfg.train.grad_accum)])
+
+
+def step_body(model, optimizer, cfg: JobConfig, ctx: DistContext, micro_batches: list):
+    """Micro-batches → gradient sync → clip → AdamW. Returns the last micro-batch's (lm loss, auxiliary
+    objective, MoE metrics) and the gradient norm, all still on the device.
+
+    NOTE: no host sync on one device (expert parallelism adds one per MoE layer: the all-to-all sizes);
+    reading any of the returned tensors is one, which the loop does on logging steps only."""
+    for x, y, d in micro_batches:
+        lm, aux, metrics = loss_of(model, cfg, x, y, d)
+        ((lm + aux) / len(micro_batches)).backward()
+    sync_gradients(model, ctx)
+    grad_norm = clip_grad_norm(model, ctx, cfg.train.grad_clip, optimizer)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return lm, aux, metrics, grad_norm
+
+
+def make_stepper(model, optimizer, cfg: JobConfig, ctx: DistContext, batches: Batches, log=print):
+    """``step(i)`` for the loop: the whole step as a replayed CUDA graph where the job allows it
+    (``train.cuda_graph``), else ``train_step``."""
+    from backends.torch.step_graph import GraphedStep, graph_blockers
+
+    eager = lambda i: train_step(model, optimizer, cfg, ctx, batches, i)  # noqa: E731
+    if cfg.train.cuda_graph is False:
+        return eager
+    blockers = graph_blockers(cfg, ctx, model)
+    if blockers:
+        if cfg.train.cuda_graph:
+            log(f"train.cuda_graph: the step stays eager: {'; '.join(blockers)}")
+        return eager
+    return GraphedStep(eager, lambda micro_batches: step_body(model, optimizer, cfg, ctx, micro_batches),
+                       optimizer, batches, cfg, log)
 
 
 def train(cfg: JobConfig, resume: bool = False) -> dict:
@@ -96,20 +151,16 @@ def train(cfg: JobConfig, resume: bool = False) -> dict:
     tokens_per_step = batches.sampler.B * ctx.world_size * cfg.data.seq_len * t.grad_accum
     run.logger.message(common.start_message(cfg, sum(p.numel() for p in model.parameters()), corpus, ctx,
                                             f"device {ctx.device}"))
+    stepper = make_stepper(model, optimizer, cfg, ctx, batches, run.logger.message)
     for step in range(start, t.steps):
-        set_lr(optimizer, lr_at(step, t))
-        for micro in range(t.grad_accum):
-            lm, aux, metrics = loss_of(model, cfg, *batches.get(step, micro))
-            ((lm + aux) / t.grad_accum).backward()
-        sync_gradients(model, ctx)
-        grad_norm = clip_grad_norm(model, ctx, t.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        lm, aux, metrics, grad_norm = stepper(step)
         done = step + 1
 
         def scalars() -> dict:
+            model.check_finite_inputs()
             loss, aux_v = all_reduce_mean([float(lm.detach()), float(aux.detach())], ctx, ctx.device)
-            return dict(common.step_scalars(loss, aux_v, lr_at(step, t), grad_norm, tokens_per_step, run.clock, done),
+            return dict(common.step_scalars(loss, aux_v, lr_at(step, t), float(grad_norm), tokens_per_step,
+                                            run.clock, done),
                         **moe_scalars(metrics, run.logger, done, model.moe_layers))
 
         run.end_step(done, scalars, lambda: validate(model, cfg, batches, ctx),

@@ -6,8 +6,10 @@ the launcher's world size live in :mod:`locmoe.topology` (``topology_from_config
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from locmoe.config.loader import ConfigError
+from locmoe.config.router_checks import check_router_options
 from locmoe.config.schema import CONFIG_VERSION, JobConfig, MoEConfig
 
 # Experts per token each router uses when top_k is null; None = any k.
@@ -30,6 +32,7 @@ def resolve_and_check(cfg: JobConfig) -> JobConfig:
     _check_moe(cfg.moe, cfg.model.d_model)
     _check_parallel(cfg)
     _check_train(cfg)
+    check_router_options(cfg)
     return cfg
 
 
@@ -105,3 +108,17 @@ def _check_train(cfg: JobConfig) -> None:
         if src.domain >= cfg.moe.domains.num_domains:
             raise ConfigError(f"data.sources[{i}].domain", f"{src.domain} must be < moe.domains.num_domains "
                               f"({cfg.moe.domains.num_domains})")
+
+
+def check_paths(cfg: JobConfig) -> None:
+    """Filesystem rules, checked by ``locmoe train`` before anything is written (not at load: a config read
+    back from a checkpoint on another machine must not depend on this machine's files). The output folders
+    must be directories or creatable as such: not an existing file, nor below one."""
+    for field, value in (("train.out_dir", cfg.train.out_dir), ("export.dir", cfg.export.dir)):
+        if not value:
+            continue
+        path = Path(value).expanduser()
+        for node in (path, *path.parents):
+            if node.exists() and not node.is_dir():
+                what = "is an existing file" if node == path else f"is below {node}, an existing file"
+                raise ConfigError(field, f"{value!r} {what}; allowed: a new or existing directory")

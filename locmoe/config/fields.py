@@ -13,7 +13,7 @@ _MISSING = dataclasses.MISSING
 
 def spec(default: Any = _MISSING, doc: str = "", *, factory: Any = _MISSING, choices: tuple | None = None,
          ge: float | None = None, gt: float | None = None, le: float | None = None,
-         lt: float | None = None) -> Any:
+         lt: float | None = None, nonempty: bool = False) -> Any:
     """Declare a config field.
 
     Args:
@@ -21,9 +21,14 @@ def spec(default: Any = _MISSING, doc: str = "", *, factory: Any = _MISSING, cho
         doc: what the field means, shown by ``locmoe train --help-config``.
         factory: a zero-argument callable producing the default.
         choices: the allowed values.
-        ge, gt, le, lt: numeric bounds (inclusive / exclusive).
+        ge, gt, le, lt: numeric bounds (inclusive / exclusive). Every float field must also be finite (the
+            loader refuses ``.inf`` and ``nan``); give an upper bound where an absurd value breaks the run.
+        nonempty: a string that must not be empty or blank (e.g. a path whose empty value would mean the
+            working directory).
     """
     rules = {k: v for k, v in dict(choices=choices, ge=ge, gt=gt, le=le, lt=lt).items() if v is not None}
+    if nonempty:
+        rules["nonempty"] = True
     metadata = {"doc": doc, "rules": rules}
     if factory is not _MISSING:
         return dataclasses.field(default_factory=factory, metadata=metadata)
@@ -33,6 +38,8 @@ def spec(default: Any = _MISSING, doc: str = "", *, factory: Any = _MISSING, cho
 def describe_rules(rules: dict) -> str:
     """Human-readable statement of what a field allows, e.g. ``one of ['a', 'b']`` or ``>= 0``."""
     parts = []
+    if rules.get("nonempty"):
+        parts.append("a non-empty string")
     if "choices" in rules:
         parts.append(f"one of {list(rules['choices'])}")
     for key, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
@@ -45,6 +52,8 @@ def violates(value: Any, rules: dict) -> bool:
     """True when ``value`` breaks one of ``rules`` (lists are checked element by element)."""
     if isinstance(value, list):
         return any(violates(v, rules) for v in value)
+    if rules.get("nonempty") and isinstance(value, str) and not value.strip():
+        return True
     if "choices" in rules and value not in rules["choices"]:
         return True
     checks = {"ge": lambda a, b: a >= b, "gt": lambda a, b: a > b,

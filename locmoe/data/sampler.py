@@ -2,7 +2,9 @@
 and running on any number of data-parallel ranks see the same sequences.
 
 Each sequence is a window of seq_len + 1 tokens from one domain's stream; the domain is drawn in proportion
-to its number of windows. Rank r of W takes rows r·B .. (r+1)·B of the global batch of W·B rows.
+to its number of windows. Rank r of W takes rows r·B .. (r+1)·B of the global batch of W·B rows. A stream is
+anything with ``len`` and contiguous slices (a TokenStream, or a plain array); only the B windows of this rank
+are read.
 """
 from __future__ import annotations
 
@@ -27,5 +29,7 @@ class BatchSampler:
         pick = rng.choice(len(domains), size=n, p=windows / windows.sum())
         starts = (rng.random(n) * (windows[pick] + 1)).astype(np.int64)
         rows = slice(self.rank * self.B, (self.rank + 1) * self.B)
+        # only the drawn windows are read (and converted to int64): the streams stay on disk in their own dtype
         seqs = np.stack([streams[domains[p]][s:s + self.seq_len + 1] for p, s in zip(pick[rows], starts[rows])])
+        seqs = seqs.astype(np.int64, copy=False)
         return seqs[:, :-1].copy(), seqs[:, 1:].copy(), np.asarray(domains)[pick[rows]].astype(np.int64)

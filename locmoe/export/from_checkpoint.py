@@ -1,14 +1,12 @@
 """``locmoe export CHECKPOINT OUT_DIR``: the routers of a checkpoint (either backend) as an export directory."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file
 
 from locmoe import __version__
-from locmoe.checkpointing import resolve, verify
+from locmoe.checkpointing import TOKENIZER_FILE, CheckpointError, load_state, reading, resolve, safe_tensors
 from locmoe.config import config_from_dict
 from locmoe.export.manifest import PlacementTable, RouterManifest
 from locmoe.export.router_export import write_router_export
@@ -17,21 +15,24 @@ from locmoe.topology import ExpertPlacement, Topology
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Read the routers' tensors and settings from a checkpoint and write ``out_dir`` atomically."""
+    """Read the routers' tensors and settings from a checkpoint and write ``out_dir`` atomically (it must be
+    new, empty, or a previous export: nothing else is replaced). The tokenizer file travels along."""
     path = resolve(checkpoint)
-    verify(path)
-    state = json.loads((path / "train_state.json").read_text())
+    state = load_state(path)
     cfg = config_from_dict(state["config"])
     from models.spec import moe_layer_indices   # models.spec is framework-free
 
-    weights = load_file(str(path / "model.safetensors"))
+    file = path / "model.safetensors"
+    check_not_inside(path, Path(out_dir))
     layers = moe_layer_indices(cfg.model)
     tensors = {}
-    for i in layers:
-        for name in ("gate_weight", "angle_ema", "hash_table"):
-            key = f"layers.{i}.moe.router.{name}"
-            if key in weights:
-                tensors[key] = weights[key]
+    with safe_tensors(file, "np") as weights, reading(file):
+        keys = set(weights.keys())
+        for i in layers:
+            for name in ("gate_weight", "gate_bias", "angle_ema", "selection_bias", "hash_table"):
+                key = f"layers.{i}.moe.router.{name}"
+                if key in keys:
+                    tensors[key] = weights.get_tensor(key)
     lay = state["layout"]
     topo = Topology(lay["nodes"], lay["devices_per_node"])
     placement = ExpertPlacement.from_config(cfg.parallel, cfg.moe.num_experts, topo)
@@ -49,4 +50,13 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
                  "groups": domain_expert_groups(dom.num_domains, cfg.moe.num_experts, dom.seed).tolist()},
         tensors={}, source={"checkpoint": str(path), "step": state["step"], "backend": state.get("backend"),
                             "locmoe_version": __version__, "config": state["config"]})
-    return write_router_export(out_dir, manifest, {k: np.asarray(v) for k, v in tensors.items()})
+    tokenizer = path / TOKENIZER_FILE
+    return write_router_export(out_dir, manifest, {k: np.asarray(v) for k, v in tensors.items()},
+                               tokenizer if tokenizer.is_file() else None)
+
+
+def check_not_inside(checkpoint: Path, out: Path) -> None:
+    """An export may not be written over the checkpoint it reads, nor over the run directory holding it."""
+    ckpt, target = checkpoint.resolve(), out.resolve()
+    if target == ckpt or target in ckpt.parents:
+        raise CheckpointError(f"export directory {out} holds the checkpoint {checkpoint}; choose another one")

@@ -107,12 +107,17 @@ class RouterManifest:
 
 
 def _read_json(path: Path) -> dict:
+    """A JSON object; anything else (a pickle, a list, a truncated file) is an ExportError naming the file."""
     if not path.is_file():
         raise ExportError(f"{path} not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ExportError(f"{path} is not valid JSON ({err}); the file is corrupt") from None
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ExportError(f"{path} is not valid JSON ({type(err).__name__}: {str(err)[:80]}); the file is corrupt "
+                          "or was tampered with") from None
+    if not isinstance(data, dict):
+        raise ExportError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _check_version(data: dict, path: Any) -> None:

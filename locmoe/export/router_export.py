@@ -6,17 +6,22 @@ Tensor names are the model's (``models.spec``), per MoE layer index i: ``layers.
 """
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from locmoe.atomic_io import atomic_directory
+from locmoe.atomic_io import atomic_directory, write_text, writing
 from locmoe.export.manifest import ExportError, PlacementTable, RouterManifest
 
 WEIGHTS = "router.safetensors"
 MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+FILES = (WEIGHTS, MANIFEST, TOKENIZER)       # everything an export directory may hold
 
 
 @dataclass
@@ -33,13 +38,31 @@ class ExportedRouter:
 
 
 def write_router_export(out_dir: str | Path, manifest: RouterManifest, tensors: dict[str, np.ndarray],
-                        overwrite: bool = True) -> Path:
-    """Write the export atomically: the directory appears complete or not at all."""
+                        tokenizer: Optional[Path] = None) -> Path:
+    """Write the export atomically: the directory appears complete or not at all. ``out_dir`` may exist only
+    empty or as a previous export (nothing else is ever replaced); ``tokenizer``: a tokenizers JSON file to
+    ship beside the routers."""
     manifest.tensors = {k: list(v.shape) for k, v in sorted(tensors.items())}
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp / WEIGHTS))
-        (tmp / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+    with atomic_directory(out_dir, replaceable=is_export, what="router export") as tmp:
+        with writing(tmp / WEIGHTS) as f:
+            save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(f))
+        if tokenizer is not None:
+            with writing(tmp / TOKENIZER) as f:
+                shutil.copyfile(tokenizer, f)
+        write_text(tmp / MANIFEST, manifest.to_json())
     return Path(out_dir)
+
+
+def is_export(path: Path) -> bool:
+    """Whether ``path`` is recognisably a router export this code wrote: only export files, and a manifest
+    that is one (so re-exporting replaces it, and a directory holding anything else is never removed)."""
+    if not {p.name for p in path.iterdir()} <= set(FILES):
+        return False
+    try:
+        data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and "router_kind" in data and "format_version" in data
 
 
 def load_router(path: str | Path) -> ExportedRouter:

@@ -11,8 +11,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="trace file to write (.npz)")
     p.add_argument("--tokens", type=int, default=65536, help="record at least this many tokens (default 65536)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
-    p.add_argument("--set", action="append", default=[], metavar="data.FIELD=VALUE",
-                   help="override the checkpoint's data section, e.g. --set 'data.sources=[{path: x.txt}]'")
+    from locmoe.cli_args import add_set_argument
+
+    add_set_argument(p, "data.FIELD=VALUE", "'data.sources=[{path: x.txt}]' data.seq_len=64",
+                     "the checkpoint's data section")
 
 
 def main(args: argparse.Namespace) -> int:

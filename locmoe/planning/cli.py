@@ -13,63 +13,75 @@ import json
 import sys
 from pathlib import Path
 
+from locmoe.cli_args import float_in, int_at_least
+
+_count = int_at_least(1)      # devices, nodes, experts, sizes: at least one
+_natural = int_at_least(0)    # 0 means "all" / "off" where the help says so
+_seconds = float_in(gt=0)
+
 
 def _trace_args(q: argparse.ArgumentParser, devices: bool = True) -> None:
     q.add_argument("trace", help="routing trace (.npz written by locmoe.placement.trace.TraceWriter)")
     q.add_argument("--expect", default="", metavar="EXPORT|JSON", help="the model the trace must come from: a "
                    "router export directory, its manifest.json, or a JSON fingerprint")
-    q.add_argument("--max-tokens", type=int, default=0, help="use only the first N tokens (0 = all)")
+    q.add_argument("--max-tokens", type=_natural, default=0, help="use only the first N tokens (0 = all)")
     if devices:
-        q.add_argument("--devices", type=int, required=True, help="devices D the experts are placed on")
-        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--devices", type=_count, required=True, help="devices D the experts are placed on")
+        q.add_argument("--seed", type=_natural, default=0, help="seed of the randomised parts of the search")
 
 
 def _args_affinity(q):
     _trace_args(q, devices=False)
-    q.add_argument("--devices", type=int, default=0, help="if given, top_g_mass uses g = E / devices")
+    q.add_argument("--devices", type=_natural, default=0, help="if > 0, top_g_mass uses g = E / devices")
 
 
 def _args_place(q):
     _trace_args(q)
-    q.add_argument("--devices-per-node", type=int, default=0, help="also report cross-node hops")
-    q.add_argument("--method", default="auto", choices=["auto", "ilp", "greedy", "brute_force"])
-    q.add_argument("--time-limit", type=float, default=30.0, help="ILP time limit in seconds (default 30)")
-    q.add_argument("--load-limit", type=float, default=None, help="max device load as a factor of the mean")
-    q.add_argument("--out", default="placement.json", help="PlacementTable to write (default placement.json)")
+    q.add_argument("--devices-per-node", type=_natural, default=0, help="if > 0, also report cross-node hops")
+    q.add_argument("--method", default="auto", choices=["auto", "ilp", "greedy", "brute_force"],
+                   help="placement search: the integer program, greedy, exhaustive (tiny cases), or auto")
+    q.add_argument("--time-limit", type=_seconds, default=30.0, help="ILP time limit in seconds")
+    q.add_argument("--load-limit", type=float_in(ge=1), default=None,
+                   help="max device load as a factor of the mean (>= 1); default: no limit")
+    q.add_argument("--out", default="placement.json", help="PlacementTable to write")
 
 
 def _args_replicate(q):
     _trace_args(q)
-    q.add_argument("--slots", type=int, default=2, help="extra expert slots per device (memory budget)")
-    q.add_argument("--threshold", type=float, default=1.05, help="balance threshold x mean device load")
-    q.add_argument("--grouping", default="exflow", choices=["exflow", "coactivation", "contiguous", "round_robin"])
-    q.add_argument("--base", default="", help="start from this placement.json instead of a grouping")
+    q.add_argument("--slots", type=_natural, default=2, help="extra expert slots per device (memory budget)")
+    q.add_argument("--threshold", type=float_in(ge=1), default=1.05, help="balance threshold x mean device load")
+    q.add_argument("--grouping", default="exflow", choices=["exflow", "coactivation", "contiguous", "round_robin"],
+                   help="how experts are first grouped onto devices")
+    q.add_argument("--base", default="", help="start from this placement.json instead of a grouping (default: "
+                   "none)")
     q.add_argument("--token-placement", default="home", choices=["home", "previous"],
                    help="where a token is at dispatch: its data-parallel device or its previous expert's")
-    q.add_argument("--time-limit", type=float, default=10.0, help="ILP time limit of the exflow grouping")
-    q.add_argument("--out", default="placement.json", help="PlacementTable to write (default placement.json)")
+    q.add_argument("--time-limit", type=_seconds, default=10.0, help="ILP time limit of the exflow grouping (s)")
+    q.add_argument("--out", default="placement.json", help="PlacementTable to write")
 
 
 def _args_deploy(q):
-    q.add_argument("--profile", default=None, help="JSON profile (device_kinds, model, workload); default built-in")
-    q.add_argument("--budget", default="h200=8,a100-40gb=16", help="devices per kind, e.g. h200=8,a100-40gb=16")
-    q.add_argument("--requests", type=int, default=1500, help="requests in the simulated stream")
-    q.add_argument("--rate", type=float, default=0.0, help="arrivals per second (0 = all at t=0)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--profile", default=None, help="JSON profile (device_kinds, model, workload); default: the "
+                   "built-in kinds (h200, h100, a100-40gb) and a Mixtral-8x7B-like model")
+    q.add_argument("--budget", default="h200=8,a100-40gb=16", help="devices per kind, e.g. h200=8,h100=8")
+    q.add_argument("--requests", type=_count, default=1500, help="requests in the simulated stream")
+    q.add_argument("--rate", type=float_in(ge=0), default=0.0, help="arrivals per second (0 = all at t=0)")
+    q.add_argument("--seed", type=_natural, default=0, help="seed of the simulated request stream")
 
 
 def _args_simulate(q):
-    q.add_argument("--calibration", default=None, help="JSON calibration (fields of Calibration); default DESIGN §5")
+    q.add_argument("--calibration", default=None, help="JSON calibration (fields of Calibration); default: the "
+                   "numbers measured in DESIGN §5")
     q.add_argument("--stats", default=None, help="JSON {system: RoutingStats fields}; default: the reference router")
-    q.add_argument("--nodes", type=int, default=16)
-    q.add_argument("--devices-per-node", type=int, default=8)
-    q.add_argument("--experts", type=int, default=128)
-    q.add_argument("--d-model", type=int, default=2048)
-    q.add_argument("--d-expert", type=int, default=1408)
-    q.add_argument("--layers", type=int, default=24, help="MoE layers")
-    q.add_argument("--tokens-per-device", type=int, default=8192)
-    q.add_argument("--overlap-chunks", type=int, default=1, help="LocMoE's compute/all-to-all overlap chunks")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--nodes", type=_count, default=16, help="nodes of the simulated cluster")
+    q.add_argument("--devices-per-node", type=_count, default=8, help="devices per node")
+    q.add_argument("--experts", type=_count, default=128, help="experts per MoE layer (E)")
+    q.add_argument("--d-model", type=_count, default=2048, help="hidden size d")
+    q.add_argument("--d-expert", type=_count, default=1408, help="hidden size of each expert FFN")
+    q.add_argument("--layers", type=_count, default=24, help="MoE layers")
+    q.add_argument("--tokens-per-device", type=_count, default=8192, help="tokens per device per step")
+    q.add_argument("--overlap-chunks", type=_count, default=1, help="LocMoE's compute/all-to-all overlap chunks")
+    q.add_argument("--seed", type=_natural, default=0, help="seed of the simulated routing")
 
 
 SUBCOMMANDS = {

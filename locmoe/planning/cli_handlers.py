@@ -65,6 +65,10 @@ def replicate(args: argparse.Namespace) -> dict:
     print(format_table(plan.stats, floatfmt=".3f"))
     table = to_placement_table(plan.assignment, args.devices, trace.moe_layers, f"grace-{plan.grouping}", plan.layers)
     print(f"wrote {table.save(args.out)}")
+    from locmoe.placement.eplb import eplb_arrays, write_eplb      # the same placement in EPLB's layout
+
+    print("wrote {} and {} (EPLB arrays for vLLM / SGLang)".format(
+        *write_eplb(eplb_arrays(plan.layers, trace.moe_layers), args.out)))
     return {"rows": plan.stats, "placement": table.to_dict()}
 
 

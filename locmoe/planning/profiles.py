@@ -4,6 +4,10 @@ Defaults (say where every number comes from):
 - ``h200`` (measured): bf16 GEMM 760 TFLOP/s and device copy 4.2 TB/s measured here (DESIGN §5), 141 GB
   (spec), link 446 GB/s = the NCCL all-to-all measured at 128 MB, and 35 µs per collective call = the
   1 MB all-to-all measured at 28 GB/s (≈ 37 µs, almost all fixed cost).
+- ``h100`` (GEMM measured, the rest stated): bf16 dense GEMM 746 TFLOP/s measured on an H100 here (DESIGN
+  §5, the MoE-layer comparison); 80 GB and 3.35 TB/s HBM3 from the H100 SXM spec sheet, the bandwidth times the
+  H200's measured/spec efficiency (0.875); NVLink4 as on the H200 (the same 450 GB/s per direction), so the
+  H200's measured 446 GB/s and 35 µs per call.
 - ``a100-40gb`` (stated, not measured): spec sheet (312 TFLOP/s bf16, 1.555 TB/s, 40 GB, NVLink3
   300 GB/s per direction) times the efficiency measured on the H200 against its own spec sheet
   (760/989 = 0.77 for GEMM, 4.2/4.8 = 0.875 for HBM, 446/450 ≈ 0.99 for the link), same call latency.
@@ -28,6 +32,9 @@ H200_GEMM_EFF, H200_HBM_EFF, H200_LINK_EFF = 760 / 989, 4.2 / 4.8, 446 / 450
 DEFAULT_KINDS = {
     "h200": DeviceKind("h200", tflops=760.0, mem_gb=141.0, hbm_tbps=4.2, link_gbps=446.0, link_latency_us=35.0,
                        source="measured here (DESIGN §5); memory from the spec"),
+    "h100": DeviceKind("h100", tflops=746.0, mem_gb=80.0, hbm_tbps=3.35 * H200_HBM_EFF, link_gbps=446.0,
+                       link_latency_us=35.0, source="GEMM measured on an H100 here (DESIGN §5); HBM3 3.35 TB/s "
+                       "spec x the H200's measured/spec efficiency; NVLink4 as measured on the H200; 80 GB spec"),
     "a100-40gb": DeviceKind("a100-40gb", tflops=312 * H200_GEMM_EFF, mem_gb=40.0, hbm_tbps=1.555 * H200_HBM_EFF,
                             link_gbps=300 * H200_LINK_EFF, link_latency_us=35.0,
                             source="stated: A100-40GB spec sheet x the H200's measured/spec efficiency"),
@@ -78,7 +85,7 @@ def parse_budget(text: str) -> dict:
     budget = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, count = part.partition("=")
-        if not count.strip().isdigit():
+        if not name.strip() or not count.strip().isdigit():
             raise PlanningError(f"budget entry {part!r}: expected KIND=COUNT, e.g. h200=8")
         budget[name.strip()] = int(count)
     if not budget:

@@ -64,15 +64,26 @@ def expert_angles(angles: np.ndarray, expert: np.ndarray, num_experts: int,
 
 def update_angle_ema(ema: np.ndarray | None, delta: np.ndarray, seen: np.ndarray,
                      momentum: float) -> np.ndarray:
-    """δ̄_e ← m·δ̄_e + (1−m)·δ_e for experts seen this step; the first step takes δ as it is."""
-    if ema is None:
-        return delta.copy()
-    return np.where(seen, momentum * ema + (1.0 - momentum) * delta, ema)
+    """δ̄_e ← m·δ̄_e + (1−m)·δ_e for experts seen this step.
+
+    An expert that has never been seen has no average (NaN; ``ema`` None = none seen yet) and takes its first
+    δ as it is: starting unseen experts at 0 would shrink their cones for many steps (then 0.1·δ, 0.19·δ, ...)
+    and give them capacity 1 while their load is in the hundreds.
+    """
+    prev = np.full(len(delta), np.nan) if ema is None else ema
+    blended = np.where(np.isnan(prev), delta, momentum * prev + (1.0 - momentum) * delta)
+    return np.where(seen, blended, prev)
+
+
+def unseen_fallback(capacity: np.ndarray, ema: np.ndarray, factor_cap: int) -> np.ndarray:
+    """[E] capacities where an expert without an angle average (NaN: never routed to) gets the factor
+    capacity: there is nothing to measure its cone from."""
+    return np.where(np.isnan(ema), factor_cap, capacity).astype(np.int64)
 
 
 def cone_shares(delta: np.ndarray, n: int) -> np.ndarray:
-    """σ_e = A_n(δ_e) / Σ_j A_n(δ_j); uniform when every cone is empty."""
-    area = cap_fraction(n, delta)
+    """σ_e = A_n(δ_e) / Σ_j A_n(δ_j); an unmeasured cone (NaN) is empty; uniform when every cone is empty."""
+    area = cap_fraction(n, np.nan_to_num(delta, nan=0.0))
     total = area.sum()
     if total <= 0:
         return np.full(len(delta), 1.0 / len(delta))

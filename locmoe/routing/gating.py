@@ -51,3 +51,18 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
 def softmax(z: np.ndarray) -> np.ndarray:
     """Row-wise softmax of [T, E] logits; -inf entries get probability 0."""
     return np.exp(log_softmax(z))
+
+
+def paper_gate(scores: np.ndarray, activation: str = "none", bias: np.ndarray | None = None) -> np.ndarray:
+    """LocMoE's gate (§3.2, Eq. 2–3): G = ReLU(ω·x + ε), ε a learned bias per expert [E] (init 0).
+
+    ``scores`` is ω·x ([T, E]: GrAP or a learned gate); ``activation`` "relu" or "none", ``bias`` None = no ε.
+    """
+    g = scores if bias is None else scores + bias
+    return np.maximum(g, 0.0) if activation == "relu" else g
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """Element-wise logistic of [T, E] logits (DeepSeek-V3's affinities); -inf entries give 0."""
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-z))

@@ -17,6 +17,12 @@ VARIANTS = {
     "locmoe-grap-factor": [],
     "gshard-dense-bound-untied": ["moe.router.kind=gshard", "moe.capacity.mode=bound", "model.tie_embeddings=false"],
     "hash-domains-gelu": ["moe.router.kind=hash", "moe.domains.num_domains=2", "moe.activation=gelu"],
+    # issue 14: the paper's gate (learned ε), batch locality loss and Theorem-1 bound; the loss-free bias (state)
+    "locmoe-paper": ["moe.router.top_k=1", "moe.router.gate_activation=relu", "moe.router.gate_bias=true",
+                     "moe.router.rho=1.0", "moe.router.balance_counts=gate", "moe.router.locality_loss=batch",
+                     "moe.capacity.mode=bound", "moe.capacity.bound_rule=paper"],
+    "aux-free-node-limited": ["moe.router.kind=gshard", "moe.router.scoring=sigmoid", "moe.router.node_limit=1",
+                              "moe.router.bias_update_rate=0.001", "moe.router.z_loss_coef=0.001"],
 }
 LOGIT_TOL, AUX_TOL = 2e-5, 1e-6
 
@@ -111,7 +117,13 @@ def test_a_checkpoint_gives_the_same_logits_in_the_other_backend(tmp_path, varia
     reader's; the writer's forward pass is the reference."""
     cfg = job(variant)
     writer, reader = FRAMEWORKS[direction[0]](cfg, seed=11), FRAMEWORKS[direction[1]](cfg, seed=0)
-    save_file(writer.state(), str(tmp_path / "model.safetensors"))
+    state = writer.state()
+    rng = np.random.default_rng(5)
+    for name in state:                  # ε and the selection bias start at 0: make them matter
+        if name.endswith(("router.gate_bias", "router.selection_bias")):
+            state[name] = (rng.standard_normal(state[name].shape) * 0.3).astype(np.float32)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    writer.load(tmp_path)
     reader.load(tmp_path)
     tokens, domain = batch(cfg)
     want, aux_want = writer.logits(tokens, domain)

@@ -3,7 +3,8 @@ expert-parallel over N processes, with the EPS-style expert pipeline (kernel cho
 all-to-all overlapped with expert compute).
 
     load_inference_model(checkpoint, router_dir, ...)   → InferenceModel
-    generate(model, prompts, ...)                        greedy / top-p decoding
+    generate_cached(model, prompts, ...)                 batched KV-cache decoding (kv_generate.py)
+    generate(model, prompts, ...)                        the no-cache reference decoding (decode.py)
     ServeOptions                                         plain / chunked / pipelined, kernel, profile
 """
 from backends.torch.inference.options import ServeOptions

@@ -5,6 +5,7 @@ every rank makes the same chunk-count decisions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -48,7 +49,10 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def measure(shape: CalibrationShape, device: torch.device, dtype: torch.dtype, group: Group) -> Measurements:
+def measure(shape: CalibrationShape, device: torch.device, dtype: torch.dtype, group: Group,
+            progress: Optional[Callable[[str], None]] = None) -> Measurements:
+    """Time both expert kernels on every load pattern of every row count, then copies (and the all-to-all);
+    ``progress`` is told what was measured after each row count."""
     torch.manual_seed(0)
     ex = GroupedExperts(shape.experts, shape.d_model, shape.d_expert, shape.activation)
     ex.reset_parameters(0.02)
@@ -63,6 +67,9 @@ def measure(shape: CalibrationShape, device: torch.device, dtype: torch.dtype, g
                 for kernel, into in (("grouped", m.grouped), ("dense", m.dense)):
                     s = time_call(lambda: run_experts(ex, x, counts, loads, kernel), device, reps=shape.reps)
                     into.append(KernelSample(loads.tolist(), s))
+            if progress is not None:
+                progress(f"experts at {mean} rows each: grouped {m.grouped[-1].seconds * 1e3:.3g} ms, dense "
+                         f"{m.dense[-1].seconds * 1e3:.3g} ms (last load pattern)")
         for rows in message_rows(shape, dtype, 1):
             x = torch.randn(rows, shape.d_model, device=device, dtype=dtype)
             idx = torch.randperm(rows, device=device)
@@ -94,10 +101,11 @@ def measure_all_to_all(shape: CalibrationShape, device, dtype, group: Group) -> 
     return out
 
 
-def calibrate(shape: CalibrationShape, device: torch.device, dtype: torch.dtype, group: Group) -> DeviceProfile:
+def calibrate(shape: CalibrationShape, device: torch.device, dtype: torch.dtype, group: Group,
+              progress: Optional[Callable[[str], None]] = None) -> DeviceProfile:
     """Measure (every rank: the all-to-all needs them all) and fit rank 0's measurements; the profile, or
     rank 0's error, reaches every rank."""
-    m = measure(shape, device, dtype, group)
+    m = measure(shape, device, dtype, group, progress)
     box: list = [None]
     if group.my_index == 0:
         try:

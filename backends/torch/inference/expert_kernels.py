@@ -38,5 +38,6 @@ def run_experts(experts: GroupedExperts, x: torch.Tensor, counts: torch.Tensor, 
         return x.new_zeros(0, experts.w2.shape[-1]), kernel
     if kernel == "dense":
         return dense_experts(experts, x, loads), "dense"
-    ran = "grouped" if grouped_mm_supported(x) else "loop"
-    return (experts._grouped(x, counts) if ran == "grouped" else experts._loop(x, counts)), ran
+    # the experts' own forward picks grouped_mm where it runs (serving builds them with impl auto)
+    ran = "grouped" if grouped_mm_supported(x) and experts.impl != "loop" else "loop"
+    return experts(x, counts), ran

@@ -3,17 +3,17 @@ training code: the config comes from the checkpoint, the routers and the expert 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors import safe_open
+from torch import nn
 
 from backends.torch.distributed import ExpertParallel, init_distributed
 from backends.torch.inference.model import InferenceModel
-from locmoe.checkpointing import CheckpointError, resolve, verify
+from locmoe.checkpointing import CheckpointError, load_state, reading, resolve, safe_tensors
 from locmoe.config import config_from_dict
 from locmoe.config.schema import JobConfig
 from locmoe.export import load_router
@@ -39,12 +39,11 @@ def load_inference_model(checkpoint: str | Path, router_dir: str | Path, device:
     if capacity not in CAPACITY:
         raise InferenceError(f"capacity {capacity!r} is not one of {CAPACITY}")
     path = resolve(checkpoint)
-    verify(path)
-    state = json.loads((path / "train_state.json").read_text())
+    state = load_state(path)
     cfg = config_from_dict(state["config"])
     export = load_router(router_dir)
     weights = path / "model.safetensors"
-    with safe_open(str(weights), framework="np") as f:
+    with safe_tensors(weights, "np") as f, reading(weights):
         ckpt_router = {k: f.get_tensor(k) for k in export.tensors if k in f.keys()}
     check_export_matches(export.manifest, cfg, state["step"], export.tensors, ckpt_router)
     env = LaunchEnv.from_environ()
@@ -52,22 +51,39 @@ def load_inference_model(checkpoint: str | Path, router_dir: str | Path, device:
     if capacity == "dropless":
         cfg = dataclasses.replace(cfg, moe=dataclasses.replace(
             cfg.moe, capacity=dataclasses.replace(cfg.moe.capacity, mode="dropless"), check_finite=False))
-    model = build_inference_model(cfg, topo, placements, device, env)
+    # cast and move the (uninitialised) model first, then copy each tensor straight into its device copy:
+    # no full-size fp32 model on the host, which is most of the start-up time at GPU sizes
+    model = finish(build_inference_model(cfg, topo, placements, device, env), dtype)
     load_weights(model, cfg, weights, export.tensors)
-    return finish(model, dtype)
+    model.checkpoint = path          # where serving finds the run's tokenizer copy (locmoe.checkpointing)
+    return model
 
 
 def build_inference_model(cfg: JobConfig, topo: Topology, placements: dict[int, ExpertPlacement],
                           device: str = "auto", env: Optional[LaunchEnv] = None) -> InferenceModel:
-    """Set up the devices and process groups for ``topo`` and an (uninitialised) model on the CPU."""
+    """Set up the devices and process groups for ``topo`` and an (uninitialised) model on the CPU (its
+    weights are whatever memory held: load them, or draw them with :func:`random_weights`)."""
     parallel = dataclasses.replace(cfg.parallel, nodes=topo.num_nodes, devices_per_node=topo.devices_per_node,
                                    expert_parallel_size=0, device=device)
     ctx = init_distributed(parallel, env)
     eps = {i: ExpertParallel(topo, pl, ctx.layout.ep_rank, False, ctx.ep, ctx.intra, ctx.inter, parallel.dispatch)
            for i, pl in placements.items()}
-    model = InferenceModel(cfg, eps, ctx.ep)
+    with _no_default_init():
+        model = InferenceModel(cfg, eps, ctx.ep)
     model.device = ctx.device
     return model
+
+
+@contextlib.contextmanager
+def _no_default_init():
+    """Skip nn.Linear's / nn.Embedding's random init while building: every weight is loaded (or drawn by
+    :func:`random_weights`) right after, and the draws cost seconds at GPU sizes."""
+    saved = nn.Linear.reset_parameters, nn.Embedding.reset_parameters
+    nn.Linear.reset_parameters = nn.Embedding.reset_parameters = lambda self: None
+    try:
+        yield
+    finally:
+        nn.Linear.reset_parameters, nn.Embedding.reset_parameters = saved
 
 
 def finish(model: InferenceModel, dtype: Optional[str]) -> InferenceModel:
@@ -89,6 +105,8 @@ def random_weights(model: InferenceModel, seed: int) -> InferenceModel:
             kind, std = init_rule(name, model.cfg.model)
             if kind == "ones":
                 p.fill_(1.0)
+            elif kind == "zeros":
+                p.zero_()
             else:
                 p.normal_(0.0, std, generator=own if is_expert_param(name) else shared)
     return model
@@ -98,7 +116,7 @@ def load_weights(model: InferenceModel, cfg: JobConfig, weights: Path, router_te
     """Copy every spec tensor into the model; each MoE layer takes its own experts, the routers' tensors
     come from the export."""
     own = model.state_dict()
-    with safe_open(str(weights), framework="pt") as f:
+    with safe_tensors(weights, "pt") as f, reading(weights):
         names = set(f.keys())
         expected = set(parameter_shapes(cfg))
         if names != expected:

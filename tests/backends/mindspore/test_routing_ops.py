@@ -104,3 +104,63 @@ def test_losses_and_weights(rng):
         ref.locality_loss(np.log(p), local), abs=1e-12)
     chosen = np.take_along_axis(p, idx, 1)
     np.testing.assert_allclose(ops.combine_weights(Tensor(chosen)).asnumpy(), ref.combine_weights(chosen))
+
+
+# ----------------------------------------------------------------------------- issue-14 options
+from backends.mindspore import routing_extras as extras  # noqa: E402
+from locmoe.topology import ExpertPlacement, Topology  # noqa: E402
+
+
+@pytest.mark.parametrize("how", ["max", "top2_sum"])
+@pytest.mark.parametrize("ties", [False, True])
+def test_node_limited_top_k(rng, how, ties):
+    p = probs_of(rng, E=16)
+    if ties:
+        p = np.round(p, 1).astype(np.float32)
+    allowed = rng.random(p.shape) < 0.7
+    allowed[:, [0, 8]] = True                                       # a usable expert on each node
+    table = ref.node_expert_table(ExpertPlacement.round_robin(16, Topology(4, 1)))
+    sel = ref.selection_scores(p, None, allowed)
+    for m in (1, 2, 4):
+        got = extras.node_limited_top_k(extras.selection_scores(Tensor(p), None, Tensor(allowed)), 1, m, table, how)
+        np.testing.assert_array_equal(got.asnumpy(), ref.node_limited_top_k(sel, 1, m, table, how))
+
+
+def test_selection_bias_and_its_update(rng):
+    p = probs_of(rng)
+    bias = (rng.standard_normal(8) * 0.1).astype(np.float32)
+    got = ops.top_k(extras.selection_scores(Tensor(p), Tensor(bias), None), 2).asnumpy()
+    np.testing.assert_array_equal(got, ref.top_k(ref.selection_scores(p, bias, None), 2)[0])
+    load = rng.integers(0, 30, 8)
+    # float32 state: 1e-7 of a bias of ~0.1
+    np.testing.assert_allclose(extras.update_selection_bias(bias, load, 1e-3),
+                               ref.update_selection_bias(bias.astype(np.float64), load, 1e-3), atol=1e-7)
+
+
+def test_paper_gate_sigmoid_and_z_loss(rng):
+    s = rng.standard_normal((10, 8)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    np.testing.assert_allclose(extras.paper_gate(Tensor(s), "relu", Tensor(b)).asnumpy(), ref.paper_gate(s, "relu", b),
+                               atol=1e-6)
+    z = s.copy()
+    z[:, 3] = -np.inf
+    aff, probs, _ = extras.sigmoid_affinities(Tensor(z))
+    want = ref.sigmoid(z.astype(np.float64))
+    np.testing.assert_allclose(aff.asnumpy(), want, atol=1e-7)
+    np.testing.assert_allclose(probs.asnumpy(), want / want.sum(1, keepdims=True), atol=1e-7)
+    assert float(extras.router_z_loss(Tensor(z)).asnumpy()) == pytest.approx(ref.router_z_loss(z.astype(np.float64)),
+                                                                             abs=1e-9)
+
+
+def test_batch_locality_loss_and_cosine_deviation(rng):
+    p = probs_of(rng).astype(np.float64)
+    local = np.zeros((40, 8), bool)
+    local[:20, :4] = True                                           # rank 0 on node 0, rank 1 on node 1
+    local[20:, 4:] = True
+    ranks = np.repeat([0, 1], 20)
+    got = float(extras.batch_locality_loss(Tensor(p), Tensor(local), None, 2, 0.01).asnumpy())
+    assert got == pytest.approx(ref.batch_locality_loss(p, local, None, ranks, 0.01), abs=1e-12)
+    x = rng.standard_normal((12, 32))
+    w = ref.grap_gate_matrix(32, 8)
+    np.testing.assert_allclose(extras.cosine_deviation(Tensor(x), Tensor(w)).asnumpy(), ref.cosine_deviation(x, w),
+                               atol=1e-12)

@@ -1,0 +1,335 @@
+"""Training throughput of one job on one device, router by router, with a dense twin and a Hugging Face peer.
+
+    python scripts/bench/train_throughput.py [--config configs/pangu_sigma_small.yaml] [--steps 20]
+        [--rows locmoe,gshard,switch,dense,qwen3] [--profile] [--out bench_results/train_throughput.json]
+
+Every row trains the same batch (train.batch_size × data.seq_len tokens per step, bf16 autocast, AdamW) in
+this one process, one row after the other, so the ratios are honest. Per row: tokens/s, MFU, peak memory,
+host syncs in a non-logging step, first-step (compile) time, and with ``--profile`` where the device time
+of a step goes (``train_phases.py``).
+
+    MFU = tokens/s × (6·N_active + 12·L·S·d) / peak, N_active = the parameters one token multiplies
+    (attention, dense FFNs, k of E experts and the router of each MoE layer, the output projection),
+    L layers, S sequence length, d hidden size; peak = 989 TFLOP/s (H200 / H100 SXM dense bf16).
+
+Rows: ``locmoe`` (the job as configured), ``gshard`` / ``switch`` (``configs/routers/*.yaml`` over it),
+``dense`` (every block dense: ``model.dense_layers = n_layers``, d_ff as configured — the same active
+parameters when d_ff = k·d_expert), ``qwen3`` (transformers' ``Qwen3MoeForCausalLM`` at the same sizes,
+when transformers is importable). ``eager`` variants (``locmoe-eager`` ...) turn off torch.compile and
+kernel fusion: the reference path the fast path must match.
+``--smoke`` runs a tiny config on CPU in seconds (the CI check that this script works).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from backends.torch.distributed import init_distributed  # noqa: E402
+from backends.torch.train import Batches, build_model, loss_of, make_stepper, train_step  # noqa: E402
+from backends.torch.optim import make_optimizer  # noqa: E402
+from locmoe.config import load_config  # noqa: E402
+from locmoe.data import BatchSampler, load_corpus, load_tokenizer  # noqa: E402
+from locmoe.report import format_table, write_json  # noqa: E402
+from models.spec import moe_layer_indices  # noqa: E402
+from train_phases import PHASES, phase_times  # noqa: E402
+
+PEAK_FLOPS = 989e12
+ROUTERS = {"locmoe": [], "gshard": ["configs/routers/gshard.yaml"], "switch": ["configs/routers/switch.yaml"]}
+VARIANTS = {"": [],                                                     # the job as configured: the fast path
+            "eager": ["train.compile=false", "moe.fuse_kernels=false", "train.cuda_graph=false"],
+            "nograph": ["train.cuda_graph=false"],                       # compiled blocks, eager step
+            "ckpt": ["train.activation_checkpointing=true"]}
+
+
+def flops_per_token(cfg) -> float:
+    """6·N_active + 12·L·S·d (see the module docstring)."""
+    m, moe = cfg.model, cfg.moe
+    d, L, S = m.d_model, m.n_layers, cfg.data.seq_len
+    moe_layers = set(moe_layer_indices(m))
+    mats = 3 if moe.activation == "swiglu" else 2
+    n = m.vocab_size * d                                          # output projection (tied or not)
+    for i in range(L):
+        n += 4 * d * d
+        if i in moe_layers:
+            n += moe.router.top_k * mats * d * moe.d_expert + d * moe.num_experts
+        else:
+            n += 3 * d * m.d_ff
+    return 6.0 * n + 12.0 * L * S * d
+
+
+def job(args, row: str):
+    base, _, variant = row.partition("-")
+    sets = [f"train.batch_size={args.batch}", f"data.seq_len={args.seq}", "logging.tensorboard=false",
+            "logging.progress=false", f"data.max_bytes={args.max_bytes}", *args.set]
+    sets += VARIANTS[variant]
+    layers = ROUTERS.get(base, [])
+    cfg = load_config(args.config, overrides=sets, layers=[str(ROOT / p) for p in layers])
+    if base == "dense":
+        cfg = load_config(args.config, overrides=sets + [f"model.dense_layers={cfg.model.n_layers}"])
+    return cfg
+
+
+class Sync:
+    """Counts host syncs in a region with torch.cuda's sync debug mode (a warning per synchronising call),
+    and where in this project's code each came from."""
+
+    def __init__(self, device: torch.device):
+        self.on = device.type == "cuda"
+        self.count, self.first, self.sites = 0, "", []
+
+    def __enter__(self):
+        if self.on:
+            self._old = warnings.showwarning
+            warnings.showwarning = self._record
+            self._filters = warnings.catch_warnings()
+            self._filters.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def _record(self, message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):
+            return self._old(message, category, filename, lineno, file, line)
+        import traceback
+
+        ours = [f"{Path(f.filename).relative_to(ROOT)}:{f.lineno}" for f in traceback.extract_stack()
+                if f.filename.startswith(str(ROOT)) and "scripts/bench" not in f.filename]
+        self.sites.append(ours[-1] if ours else f"{filename}:{lineno}")
+
+    def __exit__(self, *exc):
+        if self.on:
+            torch.cuda.set_sync_debug_mode("default")
+            self._filters.__exit__(*exc)
+            warnings.showwarning = self._old
+            self.count = len(self.sites)
+            self.first = self.sites[0] if self.sites else ""
+        return False
+
+
+def timed_steps(step, n: int, device) -> float:
+    """Seconds for ``n`` back-to-back steps (the host runs ahead; one synchronise at the end)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(args, row: str, make_step, cfg, device, n_params: int, sync_probe=None) -> dict:
+    """Warm-up (compile), sync count, timed steps, optional profile, for one row's ``step`` callable."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    step = make_step()
+    step()
+    _sync(device)
+    first = time.perf_counter() - t0
+    for _ in range(args.warmup - 1):
+        step()
+    with Sync(device) as sync:
+        (sync_probe or step)()
+    seconds = timed_steps(step, args.steps, device)
+    tokens = cfg.train.batch_size * cfg.data.seq_len * cfg.train.grad_accum * args.steps
+    tps = tokens / seconds
+    out = dict(row=row, tokens_per_s=tps, step_ms=1e3 * seconds / args.steps,
+               mfu=tps * flops_per_token(cfg) / PEAK_FLOPS, first_step_s=first, params_M=n_params / 1e6,
+               host_syncs=sync.count if sync.on else None, first_sync=sync.first, sync_sites=sync.sites,
+               peak_mem_GiB=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None)
+    if args.profile and device.type == "cuda":
+        out["phases_ms"] = profile_phases(step, out["step_ms"])
+    return out
+
+
+def profile_phases(step, step_ms: float, steps: int = 3) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    _sync(torch.device("cuda"))
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        _sync(torch.device("cuda"))
+    # the profiled steps run slower than the timed ones (tracing overhead): scale host/idle to the timed step
+    return phase_times(prof, step_ms, steps)
+
+
+def our_row(args, row: str) -> dict:
+    cfg = job(args, row)
+    ctx = init_distributed(cfg.parallel)
+    corpus = corpus_for(cfg)
+    batches = Batches(BatchSampler(corpus, cfg.data.seq_len, cfg.train.batch_size, 0, 1, cfg.data.seed), ctx.device)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, ctx)
+    opt = make_optimizer(model, cfg.train)
+    counter = iter(range(10**9))
+
+    def make_step():
+        stepper = make_stepper(model, opt, cfg, ctx, batches)
+        return lambda: stepper(next(counter))
+    # host syncs are counted on the eager step: a CUDA graph's replay has none by construction, and the
+    # capture itself needs a step without any
+    probe = lambda: train_step(model, opt, cfg, ctx, batches, next(counter))  # noqa: E731
+    result = measure(args, row, make_step, cfg, ctx.device, sum(p.numel() for p in model.parameters()), probe)
+    with torch.no_grad():
+        result["loss_after"] = float(loss_of(model, cfg, *batches.get(10**6, split="val"))[0])
+    return result
+
+
+_CORPUS: dict = {}
+
+
+def corpus_for(cfg):
+    key = (cfg.data.max_bytes, cfg.data.seq_len)
+    if key not in _CORPUS:
+        _CORPUS[key] = load_corpus(cfg.data, load_tokenizer(cfg.data.tokenizer), cfg.moe.domains.num_domains)
+    return _CORPUS[key]
+
+
+def qwen3_row(args, row: str) -> dict:
+    """transformers' Qwen3-MoE at our sizes: the same experts, top-k, dense blocks where ours are dense."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    cfg = job(args, "locmoe")
+    m, moe = cfg.model, cfg.moe
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    moe_layers = set(moe_layer_indices(m))
+    hf = Qwen3MoeConfig(
+        vocab_size=m.vocab_size, hidden_size=m.d_model, intermediate_size=m.d_ff, moe_intermediate_size=moe.d_expert,
+        num_hidden_layers=m.n_layers, num_attention_heads=m.n_heads, num_key_value_heads=m.n_heads,
+        head_dim=m.d_model // m.n_heads, num_experts=moe.num_experts, num_experts_per_tok=2,
+        mlp_only_layers=[i for i in range(m.n_layers) if i not in moe_layers], decoder_sparse_step=1,
+        max_position_embeddings=m.max_seq_len, rope_theta=m.rope_theta, rms_norm_eps=m.norm_eps,
+        tie_word_embeddings=True, router_aux_loss_coef=moe.router.aux_loss_coef, norm_topk_prob=True,
+        output_router_logits=True, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = Qwen3MoeForCausalLM(hf).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2),
+                            weight_decay=cfg.train.weight_decay, fused=device.type == "cuda" or None)
+    corpus = corpus_for(cfg)
+    batches = Batches(BatchSampler(corpus, cfg.data.seq_len, cfg.train.batch_size, 0, 1, cfg.data.seed), device)
+    counter = iter(range(10**9))
+    bf16 = device.type == "cuda" and cfg.train.dtype == "bfloat16"
+
+    def step():
+        x, y, _ = batches.get(next(counter))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(input_ids=x)
+        lm = torch.nn.functional.cross_entropy(out.logits.float().view(-1, m.vocab_size), y.view(-1))
+        (lm + hf.router_aux_loss_coef * out.aux_loss).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    import transformers
+
+    result = measure(args, row, lambda: step, cfg, device, sum(p.numel() for p in model.parameters()))
+    result["note"] = f"transformers {transformers.__version__}"
+    return result
+
+
+def curve(args, row: str) -> dict:
+    """The fast path's bf16 loss curve against the eager path's, from the same weights and batches."""
+    losses = {}
+    for variant in ("", "eager"):
+        cfg = job(args, f"{row}-{variant}" if variant else row)
+        ctx = init_distributed(cfg.parallel)
+        batches = Batches(BatchSampler(corpus_for(cfg), cfg.data.seq_len, cfg.train.batch_size, 0, 1,
+                                       cfg.data.seed), ctx.device)
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(cfg, ctx)
+        stepper = make_stepper(model, make_optimizer(model, cfg.train), cfg, ctx, batches)
+        losses[variant or "fast"] = [float(stepper(i)[0]) for i in range(args.curve)]
+        del model, stepper
+    fast, eager = losses["fast"], losses["eager"]
+    rel = [abs(f - e) / abs(e) for f, e in zip(fast, eager)]
+    return dict(row=f"{row} curve", steps=args.curve, fast_loss=fast[-1], eager_loss=eager[-1],
+                rel_diff_at_end=rel[-1], max_rel_diff=max(rel), fast_curve=fast, eager_curve=eager)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(ROOT / "configs" / "pangu_sigma_small.yaml"))
+    p.add_argument("--rows", default="locmoe,gshard,switch,dense,qwen3")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per row")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seq", type=int, default=1024)
+    p.add_argument("--max-bytes", type=int, default=3_000_000, help="corpus bytes read (stdlib sources)")
+    p.add_argument("--set", action="append", default=[], help="extra config override for every row")
+    p.add_argument("--profile", action="store_true", help="per-phase device time (torch.profiler)")
+    p.add_argument("--curve", type=int, default=0, help="also train this many steps of the first row fast and "
+                   "eager from the same start and compare the loss curves")
+    p.add_argument("--smoke", action="store_true", help="tiny config on CPU, 2 steps: checks the script runs")
+    p.add_argument("--out", default="bench_results/train_throughput.json")
+    args = p.parse_args()
+    if args.smoke:
+        args.config = str(ROOT / "configs" / "tiny_cpu.yaml")
+        args.set += ["parallel.device=cpu", "parallel.nodes=1", "parallel.devices_per_node=1"]
+        args.batch, args.seq, args.steps, args.warmup, args.max_bytes = 2, 64, 2, 1, 60_000
+    rows = []
+    for row in args.rows.split(","):
+        try:
+            rows.append(qwen3_row(args, row) if row == "qwen3" else our_row(args, row))
+        except ImportError as err:
+            rows.append(dict(row=row, note=f"skipped: {err}"))
+        except Exception as err:    # one failing row must not cost the others' numbers (one GPU visit)
+            import traceback
+
+            traceback.print_exc()
+            rows.append(dict(row=row, note=f"failed: {type(err).__name__}: {str(err)[:200]}"))
+        print(format_table([{k: v for k, v in rows[-1].items() if k not in ("phases_ms", "sync_sites")}]),
+              flush=True)
+        if rows[-1].get("sync_sites"):
+            print("  host syncs at:", ", ".join(rows[-1]["sync_sites"]), flush=True)
+    curves = []
+    if args.curve:
+        try:
+            curves.append(curve(args, args.rows.split(",")[0]))
+        except Exception:
+            import traceback
+
+            traceback.print_exc()
+    report(args, rows, curves)
+
+
+def report(args, rows: list[dict], curves: list[dict]) -> None:
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.smoke else "cpu"
+    by = {r["row"]: r for r in rows if "tokens_per_s" in r}
+    for r in rows:
+        for ref in ("dense", "qwen3", "gshard"):
+            if ref in by and "tokens_per_s" in r:
+                r[f"vs_{ref}"] = r["tokens_per_s"] / by[ref]["tokens_per_s"]
+    cols = ["row", "tokens_per_s", "mfu", "step_ms", "peak_mem_GiB", "host_syncs", "first_step_s", "vs_dense",
+            "vs_qwen3", "vs_gshard", "loss_after", "note"]
+    print(f"\n{device}, torch {torch.__version__}, {Path(args.config).name}, batch {args.batch} x {args.seq}")
+    print(format_table(rows, [c for c in cols if any(c in r for r in rows)]))
+    prof = [r for r in rows if "phases_ms" in r]
+    if prof:
+        names = [*PHASES, "optimizer", "other (embedding, loss, grad clip)", "unattributed device", "host/idle"]
+        print("\nms per step by phase (forward + its backward):")
+        print(format_table([{"row": r["row"], **{n: r["phases_ms"].get(n, 0.0) for n in names}} for r in prof]))
+    for c in curves:
+        print(f"\nloss curve, {c['row']}: step {c['steps']}: fast {c['fast_loss']:.4f}, eager {c['eager_loss']:.4f}, "
+              f"relative difference {c['rel_diff_at_end']:.2%} (largest over the curve {c['max_rel_diff']:.2%})")
+    write_json(args.out, {"device": device, "torch": torch.__version__, "config": Path(args.config).name,
+                          "batch": args.batch, "seq": args.seq, "steps": args.steps, "rows": rows,
+                          "curves": curves})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
