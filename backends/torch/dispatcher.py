@@ -174,30 +174,27 @@ class TokenDispatcher:
         # reference
         floor = cap.factor_capacity(c.min_factor, k, T, E) if c.min_factor > 0 else 1
         factor_cap = cap.factor_capacity(c.factor, k, T, E)
-        if c.bound_rule == "quantile" and self.ep.ep.size == 1:       # one process: nothing to reduce
+        if c.bound_rule == "quantile":
             ordered, counts = ops.sort_by_expert(g_angle.double(), g_expert, E)
-            ema, capacity, bound = ops.quantile_rule_capacity(
-                ordered, counts, router.angle_ema, out.angles, c.angle_quantile, c.angle_momentum, k, T, c.slack,
-                floor, factor_cap)
-            if router.training:
-                router.angle_ema.copy_(ema)
-            return capacity, bound
-        quantile = 1.0 if c.bound_rule == "cone" else c.angle_quantile
-        delta, seen = ops.expert_angles(g_angle, g_expert, E, quantile)
-        ema = ops.update_angle_ema(router.angle_ema.to(dev), delta, seen, c.angle_momentum)
+            ema, inside = ops.quantile_cone_counts(ordered, counts, router.angle_ema, out.angles, c.angle_quantile,
+                                                   c.angle_momentum)
+            self._keep_angle_average(router, ema)
+            return ops.quantile_capacity(all_reduce_(inside, self.ep.ep), ema, k, T, c.slack, floor, factor_cap)
+        # the cone rule: the max angle per expert
+        delta, seen = ops.expert_angles(g_angle, g_expert, E, 1.0)
+        ema = ops.update_angle_ema(router.angle_ema, delta, seen, c.angle_momentum)
+        self._keep_angle_average(router, ema)
+        # NOTE: a host sync: the sphere-cap areas are scipy's betainc (E numbers move)
+        n = E if router.gate == "grap" else router.gate_weight.shape[0]
+        bound = cap.capacity_lower_bound(ema.cpu().numpy(), n, k, T)
+        capacity = torch.full((E,), bound, dtype=torch.long, device=dev)
+        return torch.clamp(ops.unseen_fallback(capacity, ema, factor_cap), min=floor), capacity.max()
+
+    @staticmethod
+    def _keep_angle_average(router, ema: torch.Tensor) -> None:
+        """The router keeps the updated angle average while training (evaluation leaves it as it was)."""
         if router.training:
             router.angle_ema.copy_(ema)
-        if c.bound_rule == "cone":
-            # NOTE: a host sync: the sphere-cap areas are scipy's betainc (E numbers move)
-            n = E if router.gate == "grap" else router.gate_weight.shape[0]
-            bound = cap.capacity_lower_bound(ema.cpu().numpy(), n, k, T)
-            capacity = torch.full((E,), bound, dtype=torch.long, device=dev)
-        else:
-            inside = (out.angles <= ema[None, :]).sum(dim=0).double()
-            capacity = ops.per_expert_bound(all_reduce_(inside, self.ep.ep), k, T, c.slack)
-        bound = capacity.max()
-        capacity = extras.unseen_fallback(capacity, ema, factor_cap)   # never seen
-        return torch.clamp(capacity, min=floor), bound
 
     def _counts(self, kept, dst, slot, chunk_of, chunks) -> np.ndarray:
         """[W src, chunks, W dst, E_local] kept copies, from every rank (one small all-gather; the host reads

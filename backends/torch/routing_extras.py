@@ -138,11 +138,6 @@ def batch_locality_loss(probs: torch.Tensor, local: torch.Tensor, allowed: Optio
 
 
 # ----------------------------------------------------------------------------- capacity
-def unseen_fallback(capacity: torch.Tensor, ema: torch.Tensor, factor_cap: int) -> torch.Tensor:
-    """[E] the factor capacity for experts without an angle average (NaN: never routed to)."""
-    return torch.where(torch.isnan(ema), torch.full_like(capacity, factor_cap), capacity)
-
-
 def cosine_deviation(x: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     """[T, E] float64 1 − cos(x_t, w_e) in the token space; a zero vector counts as orthogonal (1)."""
     with torch.no_grad():

@@ -195,20 +195,28 @@ def quantile_of_sorted(ordered: torch.Tensor, counts: torch.Tensor, quantile: fl
 
 
 @fused
-def quantile_rule_capacity(ordered: torch.Tensor, counts: torch.Tensor, ema: torch.Tensor, angles: torch.Tensor,
-                           quantile: float, momentum: float, k: int, num_tokens: int, slack: float, floor: int,
-                           factor_cap: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The ``quantile`` bound rule after the sort, for one process (no reduction over ranks inside): the
-    experts' quantile angles, the angle average's update, the share of tokens inside each cone and the
-    capacities. Returns (new angle average, [E] capacities, the bound). On CUDA one fused kernel chain instead
-    of ~40 launches over E numbers; elsewhere these same ops eagerly (bit-identical to the numpy twin)."""
+def quantile_cone_counts(ordered: torch.Tensor, counts: torch.Tensor, ema: torch.Tensor, angles: torch.Tensor,
+                         quantile: float, momentum: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``quantile`` bound rule's first half, after the sort: each expert's quantile angle, the angle
+    average's update, and this rank's tokens inside each cone. Returns (new angle average, inside [E] float64).
+    On CUDA one fused kernel chain instead of ~30 launches over E numbers; elsewhere these ops eagerly
+    (bit-identical to the numpy twin)."""
     delta, seen = quantile_of_sorted(ordered, counts, quantile)
     ema = update_angle_ema(ema, delta, seen, momentum)
-    inside = (angles <= ema[None, :]).sum(dim=0).double()
+    return ema, (angles <= ema[None, :]).sum(dim=0).double()
+
+
+@fused
+def quantile_capacity(inside: torch.Tensor, ema: torch.Tensor, k: int, num_tokens: int, slack: float, floor: int,
+                      factor_cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The second half, from the group's inside counts: ([E] capacities, the bound before the floor)."""
     capacity = per_expert_bound(inside, k, num_tokens, slack)
-    bound = capacity.max()
-    capacity = torch.where(torch.isnan(ema), torch.full_like(capacity, factor_cap), capacity)   # never seen
-    return ema, torch.clamp(capacity, min=floor), bound
+    return torch.clamp(unseen_fallback(capacity, ema, factor_cap), min=floor), capacity.max()
+
+
+def unseen_fallback(capacity: torch.Tensor, ema: torch.Tensor, factor_cap: int) -> torch.Tensor:
+    """[E] the factor capacity for experts without an angle average (NaN: never routed to)."""
+    return torch.where(torch.isnan(ema), torch.full_like(capacity, factor_cap), capacity)
 
 
 def per_expert_bound(inside: torch.Tensor, k: int, num_tokens: int, slack: float) -> torch.Tensor:

@@ -3,13 +3,13 @@ writes each mode's largest logit difference from plain execution (over all ranks
 
     torchrun --nproc_per_node N tests/inference/dist_infer_worker.py CHECKPOINT ROUTER OUT.json
 """
-import json
 import sys
 
 import torch
 import torch.distributed as dist
 
 from backends.torch.inference.loader import load_inference_model
+from tests.inference.worker_report import finish
 from backends.torch.inference.options import ServeOptions
 from tests.inference.synthetic import profile
 
@@ -45,11 +45,7 @@ def main():
     report["auto_chunks"] = sorted({c.chunks for c in model.moe_calls()})
     report["auto_kernels"] = sorted({k for c in model.moe_calls() for k in c.kernels})
     report["auto_predicted"] = all(c.predicted_s is not None and c.predicted_s > 0 for c in model.moe_calls())
-    if me == 0:
-        with open(report_path, "w") as f:
-            json.dump(report, f)
-    dist.barrier()
-    dist.destroy_process_group()
+    finish(report, report_path, me)
 
 
 if __name__ == "__main__":

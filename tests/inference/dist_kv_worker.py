@@ -3,7 +3,6 @@ path) against the no-cache forward; rank 0 writes the largest logit difference o
 
     torchrun --nproc_per_node N tests/inference/dist_kv_worker.py CHECKPOINT ROUTER OUT.json
 """
-import json
 import sys
 
 import torch
@@ -13,6 +12,7 @@ from backends.torch.inference.kv_decoder import KVDecoder
 from backends.torch.inference.kv_generate import generate_cached
 from backends.torch.inference.decode import generate
 from backends.torch.inference.loader import load_inference_model
+from tests.inference.worker_report import finish
 
 STEPS = 4
 
@@ -44,11 +44,7 @@ def main():
     prompts = [[65, 66, 67], [10] * 7, [3, 4], [99]]
     cached, _ = generate_cached(model, prompts, 5, batch_size=1)
     report = {"world_size": model.group.size, "max_err": float(e), "same_tokens": cached == generate(model, prompts, 5)}
-    if me == 0:
-        with open(report_path, "w") as f:
-            json.dump(report, f)
-    dist.barrier()
-    dist.destroy_process_group()
+    finish(report, report_path, me)
 
 
 if __name__ == "__main__":

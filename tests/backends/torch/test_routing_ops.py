@@ -192,7 +192,7 @@ def test_paper_capacity_and_delta_state_match_numpy(rng):
         got = extras.update_paper_delta(nan, torch.from_numpy(delta), torch.from_numpy(seen), schedule, 0.9)
         np.testing.assert_array_equal(got.numpy(), ref.update_paper_delta(None, delta, seen, schedule, 0.9))
     cap = torch.tensor([3, 4, 5])
-    np.testing.assert_array_equal(extras.unseen_fallback(cap, torch.tensor([0.1, float("nan"), 0.2]), 9).numpy(),
+    np.testing.assert_array_equal(ops.unseen_fallback(cap, torch.tensor([0.1, float("nan"), 0.2]), 9).numpy(),
                                   ref.unseen_fallback(cap.numpy(), np.array([0.1, np.nan, 0.2]), 9))
     x = rng.standard_normal((12, 32))
     w = ref.grap_gate_matrix(32, 8)
@@ -220,5 +220,5 @@ def test_options_have_no_data_dependent_shapes():
     state = torch.empty(E, dtype=torch.float64, device=meta)
     seen = torch.empty(E, dtype=torch.bool, device=meta)
     assert extras.update_paper_delta(state, state, seen, "first_batch", 0.9).shape == (E,)
-    assert extras.unseen_fallback(torch.empty(E, dtype=torch.long, device=meta), state, 5).shape == (E,)
+    assert ops.unseen_fallback(torch.empty(E, dtype=torch.long, device=meta), state, 5).shape == (E,)
     assert ops.update_angle_ema(state, state, seen, 0.9).shape == (E,)
