@@ -3,6 +3,7 @@
 Install torch explicitly first (``pip install torch==2.13.0`` on CPU machines): a bare ``torch``
 requirement resolves to a multi-GB CUDA build. ``scripts/setup_env.sh`` does this for you.
 """
+
 from setuptools import find_packages, setup
 
 setup(
@@ -24,21 +25,30 @@ setup(
         "pyyaml>=6.0",
         "tqdm>=4.60",
         "tensorboardX>=2.6",
-        "Pillow>=9",                # tensorboardX's add_image (the expert-load images) imports PIL
+        "Pillow>=9",  # tensorboardX's add_image (the expert-load images) imports PIL
         "safetensors>=0.4",
-        "matplotlib>=3.7",          # the expert-load heatmap (training's default path) and `locmoe report`
+        "matplotlib>=3.7",  # the expert-load heatmap (training's default path) and `locmoe report`
     ],
     extras_require={
         "torch": ["torch>=2.4"],
         # MindSpore 2.10 fails with numpy 2 ("numpy.core.multiarray failed to import").
         "mindspore": ["mindspore>=2.10,<2.11", "numpy<2"],
         "npu": ["torch>=2.4", "torch-npu"],
-        "tokenizers": ["tokenizers>=0.15"],          # data.tokenizer = a tokenizers JSON file
-        "tensorboard": ["tensorboard>=2.14"],        # to view the logs: tensorboard --logdir runs
+        "tokenizers": ["tokenizers>=0.15"],  # data.tokenizer = a tokenizers JSON file
+        "tensorboard": ["tensorboard>=2.14"],  # to view the logs: tensorboard --logdir runs
         # transformers: the Hugging Face export's tests and scripts/bench/decode.py load the export with it
         # (pinned to what pip installs on CPU; the GPU image's 5.17 loads the same export, checked by hand)
         "hf": ["transformers==5.24.0"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "tokenizers>=0.15", "transformers==5.24.0"],
+        # ruff and import-linter: scripts/lint.sh (style and the layering contracts of .importlinter)
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "tokenizers>=0.15",
+            "transformers==5.24.0",
+            "ruff==0.17.6",
+            "import-linter==2.17",
+        ],
     },
     entry_points={"console_scripts": ["locmoe=locmoe.cli:main"]},
 )

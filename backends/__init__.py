@@ -1,14 +1,16 @@
 """Framework backends behind one interface: ``backends.get("torch")`` or ``backends.get("mindspore")``.
 
-Each backend package exposes the same surface (see ``backends.interface``). A framework that is not
-installed is a :class:`BackendUnavailable` (a project error: exit code 2, one line) naming the install command
-that works.
+Each backend package is a :class:`locmoe.backend_api.Backend` (the Protocol says what locmoe's commands call).
+A framework that is not installed is a :class:`BackendUnavailable` (a project error: exit code 2, one line)
+naming the install command that works.
 """
+
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+from typing import cast
 
+from locmoe.backend_api import Backend
 from locmoe.errors import LocMoEError
 
 EXTRAS = {"torch": "torch", "mindspore": "mindspore"}
@@ -44,9 +46,9 @@ def require(framework: str, what: str = "") -> None:
         raise BackendUnavailable(need + install_hint(missing)) from None
 
 
-def get(name: str) -> ModuleType:
+def get(name: str) -> Backend:
     """Import and return the backend package ``backends.<name>``."""
     if name not in EXTRAS:
         raise BackendUnavailable(f"parallel.backend: unknown backend {name!r}; allowed: {sorted(EXTRAS)}")
     require(name, f"parallel.backend = {name!r}")
-    return importlib.import_module(f"backends.{name}")
+    return cast(Backend, importlib.import_module(f"backends.{name}"))

@@ -1,4 +1,5 @@
 """``python -m locmoe`` = the ``locmoe`` command."""
+
 import sys
 
 from locmoe.cli import main

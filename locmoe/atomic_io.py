@@ -5,6 +5,7 @@ atomic on POSIX, so a reader never sees half a checkpoint even if the writer is 
 failure path removes what it wrote (the temporary sibling, the parent directories it made), and an OS error
 becomes a :class:`WriteError` that says what happened ("disk full", "read-only file system") and names the path.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,10 +19,17 @@ from typing import Callable, Iterator, Optional
 
 from locmoe.errors import LocMoEError
 
-_WHY = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
-        errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EISDIR: "is a directory",
-        errno.ENOTDIR: "a parent is not a directory", errno.EEXIST: "already exists"}
-_OS_ERROR = re.compile(r"os error (\d+)")     # how safetensors (Rust) reports an I/O error's errno
+_WHY = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EISDIR: "is a directory",
+    errno.ENOTDIR: "a parent is not a directory",
+    errno.EEXIST: "already exists",
+}
+_OS_ERROR = re.compile(r"os error (\d+)")  # how safetensors (Rust) reports an I/O error's errno
 
 
 class WriteError(LocMoEError):
@@ -70,7 +78,7 @@ def writing(path: str | os.PathLike, remove_partial: bool = True) -> Iterator[Pa
         yield path
     except LocMoEError:
         raise
-    except Exception as err:        # OSError, or a framework's own error type wrapping one
+    except Exception as err:  # OSError, or a framework's own error type wrapping one
         if os_errno(err) is None:
             raise
         if remove_partial:
@@ -145,8 +153,9 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_directory(final: str | os.PathLike, replaceable: Optional[Callable[[Path], bool]] = None,
-                     what: str = "directory") -> Iterator[Path]:
+def atomic_directory(
+    final: str | os.PathLike, replaceable: Optional[Callable[[Path], bool]] = None, what: str = "directory"
+) -> Iterator[Path]:
     """Yield a temporary directory; on success it is renamed to ``final``, on error it is removed.
 
     ``final`` may already exist only if it is empty or ``replaceable(final)`` says it is a previous output of
@@ -167,7 +176,7 @@ def atomic_directory(final: str | os.PathLike, replaceable: Optional[Callable[[P
         with writing(final, remove_partial=False):
             fsync_tree(tmp)
             if final.exists():
-                check_replaceable(final, replaceable, what)       # still ours after the write?
+                check_replaceable(final, replaceable, what)  # still ours after the write?
                 old = final.with_name(f".{final.name}.old-{os.getpid()}")
                 os.replace(final, old)
                 os.replace(tmp, final)
@@ -189,8 +198,10 @@ def check_replaceable(final: Path, replaceable: Optional[Callable[[Path], bool]]
     if not entries or (replaceable is not None and replaceable(final)):
         return
     shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-    raise WriteError(f"{final} is not empty and is not a previous {what} (it holds {shown}); refusing to "
-                     f"replace it: choose a new or empty directory")
+    raise WriteError(
+        f"{final} is not empty and is not a previous {what} (it holds {shown}); refusing to "
+        f"replace it: choose a new or empty directory"
+    )
 
 
 def fsync_tree(root: Path) -> None:

@@ -10,6 +10,7 @@
 
 Framework-free: the backends turn their optimiser's ``state_dict`` into (tensors, scalars, groups) and back.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,15 @@ def save_tensor_file(save, tensors: dict, file: Path) -> None:
         save(tensors, str(file))
 
 
-def write_optimizer_files(path: Path, rank: int, tensors: dict, scalars: dict[str, dict], groups: list[dict],
-                          scalar_dtypes: dict[str, str], save) -> None:
+def write_optimizer_files(
+    path: Path,
+    rank: int,
+    tensors: dict,
+    scalars: dict[str, dict],
+    groups: list[dict],
+    scalar_dtypes: dict[str, str],
+    save,
+) -> None:
     """Rank ``rank``'s optimiser state into ``path``. ``tensors``: {"<key>.<name>": tensor}, written with
     ``save`` (``safetensors.torch.save_file`` or ``safetensors.numpy.save_file``); ``scalars``:
     {name: {key: number}}; ``groups``: hyper-parameters with ``params`` as names; ``scalar_dtypes``: {key:
@@ -48,13 +56,19 @@ def read_optimizer_meta(path: Path, rank: int) -> dict:
     """``optimizer_rank{r}.json``, checked for shape."""
     file = path / OPTIMIZER_META.format(rank=rank)
     meta = read_json(file)
-    ok = (isinstance(meta, dict) and isinstance(meta.get("scalars"), dict)
-          and all(isinstance(v, dict) for v in meta["scalars"].values())
-          and isinstance(meta.get("scalar_dtypes"), dict) and isinstance(meta.get("param_groups"), list)
-          and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in meta["param_groups"]))
+    ok = (
+        isinstance(meta, dict)
+        and isinstance(meta.get("scalars"), dict)
+        and all(isinstance(v, dict) for v in meta["scalars"].values())
+        and isinstance(meta.get("scalar_dtypes"), dict)
+        and isinstance(meta.get("param_groups"), list)
+        and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in meta["param_groups"])
+    )
     if not ok:
-        raise CheckpointError(f"{file}: expected {{scalars: {{name: {{key: number}}}}, scalar_dtypes: {{}}, "
-                              "param_groups: [{..., params: [names]}]}; the file is corrupt or from elsewhere")
+        raise CheckpointError(
+            f"{file}: expected {{scalars: {{name: {{key: number}}}}, scalar_dtypes: {{}}, "
+            "param_groups: [{..., params: [names]}]}; the file is corrupt or from elsewhere"
+        )
     return meta
 
 
@@ -86,13 +100,17 @@ def read_adamw(path: Path, rank: int) -> dict:
 
 # ----------------------------------------------------------------------------- RNG states
 
+
 def rng_to_json(numpy_state: tuple, python_state: tuple, **framework: Any) -> dict:
     """numpy's ``get_state()`` and Python's ``random.getstate()`` as JSON; ``framework``: extra entries
     (a generator state as a list of byte values, or None)."""
     kind, keys, pos, has_gauss, gauss = numpy_state
     version, internal, gauss_next = python_state
-    return {"numpy": [kind, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(gauss)],
-            "python": [version, list(internal), gauss_next], **framework}
+    return {
+        "numpy": [kind, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(gauss)],
+        "python": [version, list(internal), gauss_next],
+        **framework,
+    }
 
 
 def write_rng_file(state: dict, path: Path, rank: int) -> None:
@@ -107,18 +125,31 @@ def read_rng_file(path: Path, rank: int) -> tuple[tuple, tuple, dict]:
     try:
         kind, keys, pos, has_gauss, gauss = state["numpy"]
         version, internal, gauss_next = state["python"]
-        ok = (kind == "MT19937" and len(keys) == 624 and all(isinstance(k, int) and 0 <= k < 2 ** 32 for k in keys)
-              and isinstance(pos, int) and has_gauss in (0, 1) and isinstance(gauss, float)
-              and isinstance(version, int) and len(internal) == 625 and all(isinstance(i, int) for i in internal)
-              and (gauss_next is None or isinstance(gauss_next, float)))
+        ok = (
+            kind == "MT19937"
+            and len(keys) == 624
+            and all(isinstance(k, int) and 0 <= k < 2**32 for k in keys)
+            and isinstance(pos, int)
+            and has_gauss in (0, 1)
+            and isinstance(gauss, float)
+            and isinstance(version, int)
+            and len(internal) == 625
+            and all(isinstance(i, int) for i in internal)
+            and (gauss_next is None or isinstance(gauss_next, float))
+        )
     except (TypeError, KeyError, ValueError):
         ok = False
     if not ok:
-        raise CheckpointError(f"{file}: not an RNG state (numpy: [MT19937, 624 keys, pos, has_gauss, gauss], "
-                              "python: [version, 625 ints, gauss_next]); the file is corrupt or from elsewhere")
+        raise CheckpointError(
+            f"{file}: not an RNG state (numpy: [MT19937, 624 keys, pos, has_gauss, gauss], "
+            "python: [version, 625 ints, gauss_next]); the file is corrupt or from elsewhere"
+        )
     rest = {k: v for k, v in state.items() if k not in ("numpy", "python")}
-    return ((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss),
-            (version, tuple(internal), gauss_next), rest)
+    return (
+        (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss),
+        (version, tuple(internal), gauss_next),
+        rest,
+    )
 
 
 def byte_list(values: Any, file: Path, what: str) -> list[int]:

@@ -7,6 +7,7 @@ Format 2 holds nothing that is unpickled: tensors in safetensors, everything els
 ``locmoe.checkpoint_files``). Format 1 (locmoe before it) kept the torch backend's optimiser and RNG states in
 pickles; those are read only when the user says they trust the file (``--trust-checkpoint``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,7 +24,7 @@ from locmoe.atomic_io import fault_due, fsync_dir, fsync_tree, write_error, writ
 from locmoe.errors import LocMoEError
 
 CHECKPOINT_FORMAT_VERSION = 2
-LEGACY_FORMAT_VERSIONS = (1,)       # still read; their pickled files only with --trust-checkpoint
+LEGACY_FORMAT_VERSIONS = (1,)  # still read; their pickled files only with --trust-checkpoint
 TOKENIZER_FILE = "tokenizer.json"
 TRUST_FLAG = "--trust-checkpoint"
 _NAME = re.compile(r"^step_(\d{8})$")
@@ -57,6 +58,7 @@ def _sha256(path: Path) -> str:
 
 # ----------------------------------------------------------------------------- trust of legacy pickles
 
+
 def trust_legacy_checkpoints(trusted: bool = True) -> None:
     """``--trust-checkpoint``: allow reading format-1 pickles (the CLI sets it for this process)."""
     global _trust_legacy
@@ -66,13 +68,16 @@ def trust_legacy_checkpoints(trusted: bool = True) -> None:
 def require_trust(file: Path) -> None:
     """A format-1 pickle may only be read when the user said they trust it."""
     if not _trust_legacy:
-        raise CheckpointError(f"{file} is a pickle written by an older locmoe (checkpoint format 1); loading a "
-                              f"pickle can run code, so it is not read by default. If you trust where this "
-                              f"checkpoint came from, pass {TRUST_FLAG} (or convert it once with `locmoe convert "
-                              f"... {TRUST_FLAG}`)")
+        raise CheckpointError(
+            f"{file} is a pickle written by an older locmoe (checkpoint format 1); loading a "
+            f"pickle can run code, so it is not read by default. If you trust where this "
+            f"checkpoint came from, pass {TRUST_FLAG} (or convert it once with `locmoe convert "
+            f"... {TRUST_FLAG}`)"
+        )
 
 
 # ----------------------------------------------------------------------------- reading, safely
+
 
 def read_json(path: Path) -> Any:
     """A JSON file of a checkpoint; anything else (a pickle, a truncated file) is a CheckpointError naming it."""
@@ -81,8 +86,10 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is not a JSON file ({type(err).__name__}: {str(err)[:80]}); the checkpoint "
-                              "is corrupt or was tampered with") from None
+        raise CheckpointError(
+            f"{path} is not a JSON file ({type(err).__name__}: {str(err)[:80]}); the checkpoint "
+            "is corrupt or was tampered with"
+        ) from None
 
 
 def _check_manifest(manifest: Any, path: Path) -> None:
@@ -91,8 +98,10 @@ def _check_manifest(manifest: Any, path: Path) -> None:
         raise CheckpointError(f"{where}: expected a JSON object, got {type(manifest).__name__}")
     version = manifest.get("format_version")
     if version != CHECKPOINT_FORMAT_VERSION and version not in LEGACY_FORMAT_VERSIONS:
-        raise CheckpointError(f"{path}: checkpoint format {version!r} is not supported (this locmoe reads "
-                              f"{CHECKPOINT_FORMAT_VERSION}, and {list(LEGACY_FORMAT_VERSIONS)})")
+        raise CheckpointError(
+            f"{path}: checkpoint format {version!r} is not supported (this locmoe reads "
+            f"{CHECKPOINT_FORMAT_VERSION}, and {list(LEGACY_FORMAT_VERSIONS)})"
+        )
     if not isinstance(manifest.get("step"), int) or isinstance(manifest["step"], bool) or manifest["step"] < 0:
         raise CheckpointError(f"{where}: 'step' must be a non-negative integer, got {manifest.get('step')!r}")
     files = manifest.get("files")
@@ -101,8 +110,11 @@ def _check_manifest(manifest: Any, path: Path) -> None:
     for name, info in files.items():
         if "/" in name or "\\" in name or name in ("", ".", "..", "manifest.json"):
             raise CheckpointError(f"{where}: file name {name!r} is not allowed (plain names inside the checkpoint)")
-        if (not isinstance(info, dict) or not isinstance(info.get("bytes"), int)
-                or not isinstance(info.get("sha256"), str)):
+        if (
+            not isinstance(info, dict)
+            or not isinstance(info.get("bytes"), int)
+            or not isinstance(info.get("sha256"), str)
+        ):
             raise CheckpointError(f"{where}: the entry of {name!r} must be {{\"bytes\": int, \"sha256\": str}}")
 
 
@@ -116,8 +128,10 @@ def verify(path: str | Path) -> dict:
     _check_manifest(manifest, path)
     m = _NAME.match(path.name)
     if m and int(m.group(1)) != manifest["step"]:
-        raise CheckpointError(f"{path}: the manifest says step {manifest['step']}, the directory name step "
-                              f"{int(m.group(1))}; the checkpoint was renamed or tampered with")
+        raise CheckpointError(
+            f"{path}: the manifest says step {manifest['step']}, the directory name step "
+            f"{int(m.group(1))}; the checkpoint was renamed or tampered with"
+        )
     for name, info in manifest["files"].items():
         f = path / name
         if not f.is_file():
@@ -147,8 +161,9 @@ def load_state(path: str | Path) -> dict:
         if not isinstance(state.get(key), kind):
             raise CheckpointError(f"{where}: {key!r} must be a JSON {kind.__name__}, got {state.get(key)!r:.80}")
     if state["step"] != manifest["step"]:
-        raise CheckpointError(f"{where} says step {state['step']}, its manifest step {manifest['step']}; the "
-                              "checkpoint is inconsistent")
+        raise CheckpointError(
+            f"{where} says step {state['step']}, its manifest step {manifest['step']}; the checkpoint is inconsistent"
+        )
     lay = state["layout"]
     for key in ("world_size", "nodes", "devices_per_node"):
         if not isinstance(lay.get(key), int) or lay[key] < 1:
@@ -164,12 +179,14 @@ def safe_tensors(file: Path, framework: str = "np"):
         raise CheckpointError(f"{file} is missing")
     try:
         return safe_open(str(file), framework=framework)
-    except Exception as err:     # safetensors raises its own error type for a header it cannot parse
-        raise CheckpointError(f"{file} is not a safetensors file ({str(err)[:80]}); the checkpoint is corrupt or "
-                              "was tampered with") from None
+    except Exception as err:  # safetensors raises its own error type for a header it cannot parse
+        raise CheckpointError(
+            f"{file} is not a safetensors file ({str(err)[:80]}); the checkpoint is corrupt or was tampered with"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- finding checkpoints
+
 
 def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
     """Sealed checkpoint directories, oldest first (temporary directories are not listed)."""
@@ -210,8 +227,11 @@ def resolve(path: str | Path, announce: bool = True) -> Path:
         load_state(newest)
     except CheckpointError as err:
         older = latest(path)
-        alt = (f"; the newest one that verifies is {older}: name it to use it" if older is not None
-               else "; no older checkpoint verifies either")
+        alt = (
+            f"; the newest one that verifies is {older}: name it to use it"
+            if older is not None
+            else "; no older checkpoint verifies either"
+        )
         raise CheckpointError(f"the newest checkpoint of {path} does not verify ({err}){alt}") from None
     if announce and _is_main():
         print(f"using checkpoint {newest} (the newest of {path})", file=sys.stderr)
@@ -225,6 +245,7 @@ def _is_main() -> bool:
 
 
 # ----------------------------------------------------------------------------- writing
+
 
 def seal(out_dir: str | Path, step: int, meta: dict) -> Path:
     """Rank 0, after every rank wrote into ``temp_dir``: checksum the files, write the manifest, fsync,
@@ -267,15 +288,28 @@ def maybe_inject_fault(point: str, step: int) -> None:
 
 # ----------------------------------------------------------------------------- shared by the backends
 
+
 def layout_record(layout) -> dict:
     """What exact resume needs to match: ranks and the EP topology (``layout``: a ``ParallelLayout``)."""
     t = layout.topology
-    return {"world_size": layout.world_size, "ep_size": t.world_size, "nodes": t.num_nodes,
-            "devices_per_node": t.devices_per_node, "emulated": layout.emulated}
+    return {
+        "world_size": layout.world_size,
+        "ep_size": t.world_size,
+        "nodes": t.num_nodes,
+        "devices_per_node": t.devices_per_node,
+        "emulated": layout.emulated,
+    }
 
 
-def write_checkpoint(out_dir: str | Path, step: int, keep: int, is_main: bool, barrier: Callable[[], None],
-                     write: Callable[[Path], None], backend: str) -> Path | None:
+def write_checkpoint(
+    out_dir: str | Path,
+    step: int,
+    keep: int,
+    is_main: bool,
+    barrier: Callable[[], None],
+    write: Callable[[Path], None],
+    backend: str,
+) -> Path | None:
     """The protocol every rank follows: rank 0 makes the temporary directory, every rank ``write``s its files
     into it (rank 0 also the shared ones), rank 0 seals it and prunes old checkpoints. Returns the sealed
     directory on rank 0, None elsewhere. A failed write (disk full, read-only) removes the temporary
@@ -306,8 +340,14 @@ def write_train_state(tmp: Path, step: int, cfg, layout, backend: str, extra: di
     from locmoe import __version__
     from locmoe.config import config_to_dict
 
-    state = {"step": step, "config": config_to_dict(cfg), "layout": layout_record(layout), "backend": backend,
-             "locmoe_version": __version__, **extra}
+    state = {
+        "step": step,
+        "config": config_to_dict(cfg),
+        "layout": layout_record(layout),
+        "backend": backend,
+        "locmoe_version": __version__,
+        **extra,
+    }
     copy_tokenizer(cfg.data.tokenizer, tmp)
     write_text(tmp / "train_state.json", json.dumps(state, indent=2) + "\n")
 
@@ -336,11 +376,15 @@ def read_train_state(path: Path, layout, backend: str) -> dict:
     state = load_state(path)
     written_by = state.get("backend", "torch")
     if written_by != backend:
-        raise CheckpointError(f"{path} was written by the {written_by} backend and this run uses {backend}: "
-                              f"convert it first with `locmoe convert {path} OUT_DIR --to {backend}`")
+        raise CheckpointError(
+            f"{path} was written by the {written_by} backend and this run uses {backend}: "
+            f"convert it first with `locmoe convert {path} OUT_DIR --to {backend}`"
+        )
     if state.get("layout") != layout_record(layout):
-        raise CheckpointError(f"{path} was written with layout {state.get('layout')}, this run has "
-                              f"{layout_record(layout)}; exact resume needs the same ranks and topology")
+        raise CheckpointError(
+            f"{path} was written with layout {state.get('layout')}, this run has "
+            f"{layout_record(layout)}; exact resume needs the same ranks and topology"
+        )
     return state
 
 
@@ -352,5 +396,7 @@ def reading(file: Path):
     except LocMoEError:
         raise
     except Exception as err:
-        raise CheckpointError(f"{file} cannot be read ({type(err).__name__}: {str(err)[:120]}); the checkpoint "
-                              "is corrupt or was tampered with") from None
+        raise CheckpointError(
+            f"{file} cannot be read ({type(err).__name__}: {str(err)[:120]}); the checkpoint "
+            "is corrupt or was tampered with"
+        ) from None

@@ -1,4 +1,5 @@
 """Numpy reference of the expert FFNs and the weighted combine: the output every backend is tested against."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +25,9 @@ def expert_ffn(x: np.ndarray, w1: np.ndarray, w2: np.ndarray, w3: np.ndarray | N
     return h @ w2
 
 
-def moe_forward(x: np.ndarray, plan: DispatchPlan, w1: np.ndarray, w2: np.ndarray, w3: np.ndarray | None,
-                activation: str = "swiglu") -> np.ndarray:
+def moe_forward(
+    x: np.ndarray, plan: DispatchPlan, w1: np.ndarray, w2: np.ndarray, w3: np.ndarray | None, activation: str = "swiglu"
+) -> np.ndarray:
     """y_t = Σ over token t's kept copies c of weight_c · FFN_{expert_c}(x_t); dropped copies add nothing.
 
     Args:

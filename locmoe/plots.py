@@ -4,6 +4,7 @@ the expert-load heatmap (tensorboard and ``locmoe report``) and the line plots o
 Legend: S logged steps, E experts. Loads and capacities are absolute counts of token copies per expert in
 one layer call of the whole EP group (``GroupStats.expert_load`` / ``capacity``), before admission.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-FIG_SIZE, DPI = (6.0, 4.0), 100      # 600 x 400 pixels: readable in tensorboard and in a README
+FIG_SIZE, DPI = (6.0, 4.0), 100  # 600 x 400 pixels: readable in tensorboard and in a README
 
 
 def new_figure(size: tuple[float, float] = FIG_SIZE):
@@ -30,8 +31,9 @@ def over_capacity(loads_SE: np.ndarray, capacity_SE: np.ndarray) -> np.ndarray:
     return np.asarray(loads_SE) > np.asarray(capacity_SE)
 
 
-def expert_load_figure(steps: Sequence[int], loads_SE: np.ndarray, capacity_SE: np.ndarray, layer: int,
-                       title: Optional[str] = None):
+def expert_load_figure(
+    steps: Sequence[int], loads_SE: np.ndarray, capacity_SE: np.ndarray, layer: int, title: Optional[str] = None
+):
     """Heatmap of one layer: x = expert, y = logged step (time runs downwards), colour = copies routed to
     the expert (absolute). The colour bar is marked at the capacity (a line, or a band when capacities
     differ); cells over capacity are hatched. ``capacity_SE`` broadcasts to ``loads_SE`` ([S, E], [S, 1])."""
@@ -44,8 +46,15 @@ def expert_load_figure(steps: Sequence[int], loads_SE: np.ndarray, capacity_SE: 
     vmax = max(peak, hi_cap) if hi_cap <= 2.0 * peak else peak
     fig = new_figure()
     ax = fig.add_subplot()
-    im = ax.imshow(loads, aspect="auto", cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest",
-                   extent=(-0.5, E - 0.5, S - 0.5, -0.5))
+    im = ax.imshow(
+        loads,
+        aspect="auto",
+        cmap="viridis",
+        vmin=0.0,
+        vmax=vmax,
+        interpolation="nearest",
+        extent=(-0.5, E - 0.5, S - 0.5, -0.5),
+    )
     over = over_capacity(loads, cap)
     if over.any():
         ax.add_collection(_hatched_cells(over))

@@ -1,4 +1,5 @@
 """Tables and JSON for benchmarks and demos: every number printed is also written to a file."""
+
 from __future__ import annotations
 
 import json

@@ -6,6 +6,7 @@ config's values, not the checkpoint's, drive the optimiser and the schedule — 
 with what it does (the learning rate at the resumed step, the batches that now differ from an uninterrupted
 run). Operational fields (logging, export, evaluation, checkpoint cadence, timeouts) are not reported.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,17 +16,48 @@ from locmoe.checkpointing import CheckpointError
 from locmoe.config.schema import JobConfig, TrainConfig
 
 # Fields whose change means another model (shapes, tensors) or another expert -> rank map of the optimiser state.
-STRUCTURAL = ("model.vocab_size", "model.d_model", "model.n_layers", "model.n_heads", "model.d_ff",
-              "model.dense_layers", "model.moe_every", "model.tie_embeddings", "moe.num_experts", "moe.d_expert",
-              "moe.activation", "moe.router.kind", "moe.router.gate", "moe.router.gate_bias", "parallel.placement",
-              "parallel.placement_table")
+STRUCTURAL = (
+    "model.vocab_size",
+    "model.d_model",
+    "model.n_layers",
+    "model.n_heads",
+    "model.d_ff",
+    "model.dense_layers",
+    "model.moe_every",
+    "model.tie_embeddings",
+    "moe.num_experts",
+    "moe.d_expert",
+    "moe.activation",
+    "moe.router.kind",
+    "moe.router.gate",
+    "moe.router.gate_bias",
+    "parallel.placement",
+    "parallel.placement_table",
+)
 # Not reported: operational fields, and the backend and topology, which read_train_state checks against the
 # layout the run actually has (a config may say 0 = from the launcher).
-NOT_REPORTED = ("name", "version", "logging.", "export.", "train.out_dir", "train.ckpt_every",
-                "train.keep_checkpoints", "train.eval_every", "train.eval_batches", "train.compile",
-                "parallel.backend", "parallel.nodes", "parallel.devices_per_node", "parallel.expert_parallel_size",
-                "parallel.timeout_s", "parallel.device", "parallel.jit", "moe.check_finite", "moe.fuse_kernels",
-                "moe.expert_impl")
+NOT_REPORTED = (
+    "name",
+    "version",
+    "logging.",
+    "export.",
+    "train.out_dir",
+    "train.ckpt_every",
+    "train.keep_checkpoints",
+    "train.eval_every",
+    "train.eval_batches",
+    "train.compile",
+    "parallel.backend",
+    "parallel.nodes",
+    "parallel.devices_per_node",
+    "parallel.expert_parallel_size",
+    "parallel.timeout_s",
+    "parallel.device",
+    "parallel.jit",
+    "moe.check_finite",
+    "moe.fuse_kernels",
+    "moe.expert_impl",
+)
 SCHEDULE = ("train.steps", "train.lr", "train.min_lr", "train.warmup_steps")
 OPTIMISER = ("train.weight_decay", "train.beta1", "train.beta2", "train.grad_clip")
 BATCHES = ("data.", "train.batch_size", "train.grad_accum")
@@ -56,10 +88,13 @@ def resume_changes(saved: dict, cfg: JobConfig, step: int, where: str) -> list[s
     changed = [k for k in sorted(set(old) & set(new)) if old[k] != new[k]]
     structural = [k for k in changed if _matches(k, STRUCTURAL)]
     if structural:
-        shown = "; ".join(f"{k} is {new.get(k)!r}, the checkpoint was trained with {old.get(k)!r}"
-                          for k in structural[:3])
-        raise CheckpointError(f"--resume from {where}: {shown}. A resumed run keeps the checkpoint's model and "
-                              "expert placement; train this config into a new train.out_dir instead")
+        shown = "; ".join(
+            f"{k} is {new.get(k)!r}, the checkpoint was trained with {old.get(k)!r}" for k in structural[:3]
+        )
+        raise CheckpointError(
+            f"--resume from {where}: {shown}. A resumed run keeps the checkpoint's model and "
+            "expert placement; train this config into a new train.out_dir instead"
+        )
     lines = []
     schedule_effect = _schedule_effect(saved.get("train", {}), cfg.train, step)
     for k in changed:

@@ -6,6 +6,7 @@ is stale: its holder is gone, and the new run takes it over with a message. A se
 lives is refused, naming the holder. (On a shared file system the flock is as good as the file system's
 locking: NFSv4 and Lustre support it; the pid/host in the file say who held it either way.)
 """
+
 from __future__ import annotations
 
 import atexit
@@ -80,16 +81,19 @@ def acquire(out_dir: str | Path, message=print) -> RunLock:
             except BlockingIOError:
                 text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
                 os.close(fd)
-                raise RunLockedError(f"{out_dir} is in use by another trainer: {_holder(text)} holds "
-                                     f"{out / LOCK_FILE}; wait for it to finish or choose another "
-                                     "train.out_dir") from None
+                raise RunLockedError(
+                    f"{out_dir} is in use by another trainer: {_holder(text)} holds "
+                    f"{out / LOCK_FILE}; wait for it to finish or choose another "
+                    "train.out_dir"
+                ) from None
             if _same_file(fd, out / LOCK_FILE):
                 break
-            os.close(fd)            # the previous holder removed the file between our open and flock: retry
+            os.close(fd)  # the previous holder removed the file between our open and flock: retry
         previous = os.pread(fd, 4096, 0).decode("utf-8", "replace")
         if previous.strip():
-            message(f"taking over the lock of {out_dir} left by a run that ended without releasing it: "
-                    f"{_holder(previous)}")
+            message(
+                f"taking over the lock of {out_dir} left by a run that ended without releasing it: {_holder(previous)}"
+            )
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}) + "\n"
         os.ftruncate(fd, 0)
         os.pwrite(fd, record.encode(), 0)

@@ -1,5 +1,6 @@
 """Learning-rate schedule: linear warm-up, then cosine decay to min_lr. Stateless: a function of the step,
 so a resumed run needs no scheduler state."""
+
 from __future__ import annotations
 
 import math

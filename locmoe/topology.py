@@ -4,6 +4,7 @@ Ranks are numbered node-major: rank = node * G + local index, G = devices per no
 (EP) group is a contiguous block of ranks; with EP size < world size, the ranks with the same position in
 their EP groups hold the same experts and average their gradients.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,12 +13,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from locmoe.config.loader import ConfigError
+from locmoe.config.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class LaunchEnv:
     """What the launcher (torchrun, msrun, or none) says about this process."""
+
     world_size: int
     rank: int
     local_world_size: int
@@ -29,25 +31,31 @@ class LaunchEnv:
         scripts/train_msrun.sh adds MS_LOCAL_WORKER_NUM (without it one node is assumed)."""
         if "WORLD_SIZE" in environ:
             world = int(environ["WORLD_SIZE"])
-            return LaunchEnv(world, int(environ.get("RANK", 0)),
-                             int(environ.get("LOCAL_WORLD_SIZE", world)), "torchrun")
+            return LaunchEnv(
+                world, int(environ.get("RANK", 0)), int(environ.get("LOCAL_WORLD_SIZE", world)), "torchrun"
+            )
         if "MS_WORKER_NUM" in environ:
             world = int(environ["MS_WORKER_NUM"])
-            return LaunchEnv(world, int(environ.get("RANK_ID", 0)),
-                             int(environ.get("MS_LOCAL_WORKER_NUM", world)), "msrun")
+            return LaunchEnv(
+                world, int(environ.get("RANK_ID", 0)), int(environ.get("MS_LOCAL_WORKER_NUM", world)), "msrun"
+            )
         return LaunchEnv(1, 0, 1, "none")
 
 
 @dataclass(frozen=True)
 class Topology:
     """``num_nodes`` nodes of ``devices_per_node`` ranks each (an EP group, or one emulated on fewer hosts)."""
+
     num_nodes: int
     devices_per_node: int
 
     def __post_init__(self):
         if self.num_nodes < 1 or self.devices_per_node < 1:
-            raise ConfigError("parallel.nodes", f"topology {self.num_nodes} x {self.devices_per_node}: both "
-                              "the node count and the devices per node must be >= 1")
+            raise ConfigError(
+                "parallel.nodes",
+                f"topology {self.num_nodes} x {self.devices_per_node}: both "
+                "the node count and the devices per node must be >= 1",
+            )
 
     @property
     def world_size(self) -> int:
@@ -78,16 +86,17 @@ class Topology:
         return np.where(src_rank == dst_rank, 0, np.where(same_node, 1, 2)).astype(np.int64)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ParallelLayout:
     """Where this process sits: its EP group's topology and its position inside that group."""
-    topology: Topology          # of one EP group
+
+    topology: Topology  # of one EP group
     world_size: int
-    rank: int                   # global rank
-    ep_rank: int                # rank inside the EP group
-    ep_group_ranks: tuple       # global ranks of this process's EP group
-    expert_dp_ranks: tuple      # global ranks holding the same experts as this one (gradient averaging)
-    emulated: bool = False      # one process stands in for the whole EP group (holds every expert)
+    rank: int  # global rank
+    ep_rank: int  # rank inside the EP group
+    ep_group_ranks: tuple  # global ranks of this process's EP group
+    expert_dp_ranks: tuple  # global ranks holding the same experts as this one (gradient averaging)
+    emulated: bool = False  # one process stands in for the whole EP group (holds every expert)
 
 
 def layout_from_config(parallel, env: LaunchEnv) -> ParallelLayout:
@@ -98,36 +107,56 @@ def layout_from_config(parallel, env: LaunchEnv) -> ParallelLayout:
     world, local = env.world_size, env.local_world_size
     if world == 1 and parallel.nodes * parallel.devices_per_node > 1:
         if parallel.expert_parallel_size not in (0, parallel.nodes * parallel.devices_per_node):
-            raise ConfigError("parallel.expert_parallel_size", f"{parallel.expert_parallel_size}: one process "
-                              f"emulates the whole {parallel.nodes} x {parallel.devices_per_node} group; set it to 0")
+            raise ConfigError(
+                "parallel.expert_parallel_size",
+                f"{parallel.expert_parallel_size}: one process "
+                f"emulates the whole {parallel.nodes} x {parallel.devices_per_node} group; set it to 0",
+            )
         topo = Topology(parallel.nodes, parallel.devices_per_node)
-        return ParallelLayout(topo, 1, 0, 0, (0,), (0,), emulated=True)
+        return ParallelLayout(
+            topology=topo, world_size=1, rank=0, ep_rank=0, ep_group_ranks=(0,), expert_dp_ranks=(0,), emulated=True
+        )
     if parallel.nodes:
         if parallel.nodes * parallel.devices_per_node != world:
-            raise ConfigError("parallel.nodes", f"{parallel.nodes} nodes x {parallel.devices_per_node} devices "
-                              f"= {parallel.nodes * parallel.devices_per_node} ranks, but the launcher started "
-                              f"{world} ({env.launcher}); make them equal or set both to 0")
+            raise ConfigError(
+                "parallel.nodes",
+                f"{parallel.nodes} nodes x {parallel.devices_per_node} devices "
+                f"= {parallel.nodes * parallel.devices_per_node} ranks, but the launcher started "
+                f"{world} ({env.launcher}); make them equal or set both to 0",
+            )
         G = parallel.devices_per_node
     else:
         if world % local:
-            raise ConfigError("parallel.devices_per_node", f"the launcher reports {world} ranks with {local} "
-                              "per node, which does not divide; set parallel.nodes and devices_per_node")
+            raise ConfigError(
+                "parallel.devices_per_node",
+                f"the launcher reports {world} ranks with {local} "
+                "per node, which does not divide; set parallel.nodes and devices_per_node",
+            )
         G = local
     ep = parallel.expert_parallel_size or world
     if world % ep:
         raise ConfigError("parallel.expert_parallel_size", f"{ep} must divide the world size ({world})")
     if ep % G and G % ep:
-        raise ConfigError("parallel.expert_parallel_size", f"{ep} must be a multiple or a divisor of the "
-                          f"devices per node ({G}) so that EP groups align with nodes")
+        raise ConfigError(
+            "parallel.expert_parallel_size",
+            f"{ep} must be a multiple or a divisor of the devices per node ({G}) so that EP groups align with nodes",
+        )
     topo = Topology(max(1, ep // G), min(G, ep))
     start = env.rank // ep * ep
-    return ParallelLayout(topo, world, env.rank, env.rank - start, tuple(range(start, start + ep)),
-                          tuple(range(env.rank % ep, world, ep)))
+    return ParallelLayout(
+        topology=topo,
+        world_size=world,
+        rank=env.rank,
+        ep_rank=env.rank - start,
+        ep_group_ranks=tuple(range(start, start + ep)),
+        expert_dp_ranks=tuple(range(env.rank % ep, world, ep)),
+    )
 
 
 @dataclass(frozen=True)
 class ExpertPlacement:
     """Which rank of the EP group holds each expert; every rank holds E / W experts."""
+
     expert_to_rank: tuple
     topology: Topology
 
@@ -137,11 +166,13 @@ class ExpertPlacement:
             raise ConfigError("moe.num_experts", f"{E} is not divisible by the expert-parallel size ({W})")
         counts = np.bincount(np.asarray(self.expert_to_rank, dtype=np.int64), minlength=W)
         if len(counts) > W or min(self.expert_to_rank) < 0:
-            raise ConfigError("parallel.placement_table", f"{list(self.expert_to_rank)} names ranks outside "
-                              f"[0, {W})")
+            raise ConfigError("parallel.placement_table", f"{list(self.expert_to_rank)} names ranks outside [0, {W})")
         if (counts != E // W).any():
-            raise ConfigError("parallel.placement_table", f"{list(self.expert_to_rank)} gives ranks "
-                              f"{counts.tolist()} experts; each of the {W} ranks must hold {E // W}")
+            raise ConfigError(
+                "parallel.placement_table",
+                f"{list(self.expert_to_rank)} gives ranks "
+                f"{counts.tolist()} experts; each of the {W} ranks must hold {E // W}",
+            )
 
     @staticmethod
     def contiguous(num_experts: int, topology: Topology) -> "ExpertPlacement":

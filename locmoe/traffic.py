@@ -2,6 +2,7 @@
 
 Framework-free: both backends' collectives add to it, and tests compare it to the numpy dispatch plan.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,13 +12,21 @@ from typing import Sequence
 @dataclass
 class TrafficCounter:
     """Bytes this rank sent, split by link, accumulated over calls (reset each step by the caller)."""
+
     intra_node: int = 0
     cross_node: int = 0
     calls: int = 0
     by_stage: dict = field(default_factory=dict)
 
-    def add(self, nbytes_to_peers: Sequence[int], peer_nodes: Sequence[int], my_node: int, peer_ranks: Sequence[int],
-            my_rank: int, stage: str) -> None:
+    def add(
+        self,
+        nbytes_to_peers: Sequence[int],
+        peer_nodes: Sequence[int],
+        my_node: int,
+        peer_ranks: Sequence[int],
+        my_rank: int,
+        stage: str,
+    ) -> None:
         intra = sum(b for b, n, r in zip(nbytes_to_peers, peer_nodes, peer_ranks) if n == my_node and r != my_rank)
         cross = sum(b for b, n in zip(nbytes_to_peers, peer_nodes) if n != my_node)
         self.intra_node += intra

@@ -1,5 +1,6 @@
 """``python -m locmoe.train CONFIG [--with FRAGMENT] [--set k=v] [--resume]``: the same as ``locmoe train``,
 for launchers (torchrun, msrun) that start a module rather than a console script."""
+
 import sys
 
 from locmoe.cli import main

@@ -1,6 +1,7 @@
 """The framework-free parts of a training run that both backends' loops share: checking every input before
 anything is written, the per-step MoE scalars, and the tokens/s clock that leaves out evaluation and
 checkpoint time."""
+
 from __future__ import annotations
 
 import time
@@ -27,8 +28,10 @@ def check_inputs(cfg: JobConfig, resume: bool) -> tuple[Corpus, Optional[Path]]:
     Rank 0 then holds the run directory's lock (``locmoe.run_lock``) for the run's life."""
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     if tokenizer.vocab_size > cfg.model.vocab_size:
-        raise ConfigError("model.vocab_size", f"{cfg.model.vocab_size} is smaller than the tokenizer's "
-                          f"vocabulary ({tokenizer.vocab_size})")
+        raise ConfigError(
+            "model.vocab_size",
+            f"{cfg.model.vocab_size} is smaller than the tokenizer's vocabulary ({tokenizer.vocab_size})",
+        )
     corpus = load_corpus(cfg.data, tokenizer, cfg.moe.domains.num_domains)
     check_export_dir(cfg)
     main = LaunchEnv.from_environ().rank == 0
@@ -43,8 +46,9 @@ def check_inputs(cfg: JobConfig, resume: bool) -> tuple[Corpus, Optional[Path]]:
 
 def _no_checkpoints(cfg: JobConfig) -> None:
     if list_checkpoints(cfg.train.out_dir):
-        raise CheckpointError(f"{cfg.train.out_dir} already holds checkpoints: pass --resume to continue, or "
-                              "choose another train.out_dir")
+        raise CheckpointError(
+            f"{cfg.train.out_dir} already holds checkpoints: pass --resume to continue, or choose another train.out_dir"
+        )
 
 
 def checkpoint_to_resume(cfg: JobConfig, main: bool) -> Path:
@@ -75,16 +79,28 @@ def check_export_dir(cfg: JobConfig) -> None:
     run = Path(cfg.train.out_dir).absolute().resolve()
     target = Path(cfg.export.dir or f"{cfg.train.out_dir}/router").absolute().resolve()
     if target == run or target in run.parents or checkpoint_root(run) in (target, *target.parents):
-        raise ConfigError("export.dir", f"{cfg.export.dir!r} is the run directory {cfg.train.out_dir}, holds it or "
-                          "lies among its checkpoints: the export would replace them; choose another directory "
-                          "(default: out_dir/router)")
+        raise ConfigError(
+            "export.dir",
+            f"{cfg.export.dir!r} is the run directory {cfg.train.out_dir}, holds it or "
+            "lies among its checkpoints: the export would replace them; choose another directory "
+            "(default: out_dir/router)",
+        )
     if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not is_export(target))):
-        raise ConfigError("export.dir", f"{target} exists and is not an empty directory or a previous router "
-                          "export; the export would replace it: choose another directory")
+        raise ConfigError(
+            "export.dir",
+            f"{target} exists and is not an empty directory or a previous router "
+            "export; the export would replace it: choose another directory",
+        )
 
 
-def moe_scalars(summaries: list[dict], loads: list[np.ndarray], logger: TrainLogger, step: int,
-                layers: list, capacities: Optional[list] = None) -> dict:
+def moe_scalars(
+    summaries: list[dict],
+    loads: list[np.ndarray],
+    logger: TrainLogger,
+    step: int,
+    layers: list,
+    capacities: Optional[list] = None,
+) -> dict:
     """Per-step MoE numbers averaged over layers, from each layer's ``MoEMetrics.summary()``, expert load [E]
     and capacity [E] (default: the summary's largest capacity)."""
     if not summaries:
@@ -94,9 +110,11 @@ def moe_scalars(summaries: list[dict], loads: list[np.ndarray], logger: TrainLog
         logger.expert_load(step, layer, load, capacity)
     out = {k: float(np.mean([r[k] for r in summaries])) for k in MOE_MEAN_KEYS}
     bound = [r["capacity_bound"] for r in summaries if r["capacity_bound"] is not None]
-    out.update(capacity=float(np.mean([r["capacity_max"] for r in summaries])),
-               max_expert_load=float(np.mean([r["max_expert_load"] for r in summaries])),
-               cross_node_bytes=float(sum(r["cross_node_bytes"] for r in summaries)))
+    out.update(
+        capacity=float(np.mean([r["capacity_max"] for r in summaries])),
+        max_expert_load=float(np.mean([r["max_expert_load"] for r in summaries])),
+        cross_node_bytes=float(sum(r["cross_node_bytes"] for r in summaries)),
+    )
     if bound:
         out["capacity_bound"] = float(np.mean(bound))
     return out
@@ -106,14 +124,14 @@ class StepClock:
     """Training time per step since the last log, leaving out validation and checkpoint pauses."""
 
     def __init__(self, start_step: int):
-        self.t, self.step, self.paused = time.perf_counter(), start_step, 0.0
+        self.lap_start, self.step, self.paused = time.perf_counter(), start_step, 0.0
         self._pause_start = 0.0
 
     def lap(self, done: int) -> tuple[float, int]:
         """(training seconds, steps) since the previous lap; starts the next lap."""
         now = time.perf_counter()
-        elapsed, steps = now - self.t - self.paused, done - self.step
-        self.t, self.step, self.paused = now, done, 0.0
+        elapsed, steps = now - self.lap_start - self.paused, done - self.step
+        self.lap_start, self.step, self.paused = now, done, 0.0
         return elapsed, steps
 
     def pause(self) -> None:
@@ -123,23 +141,35 @@ class StepClock:
         self.paused += time.perf_counter() - self._pause_start
 
 
-def step_scalars(loss: float, aux: float, lr: float, grad_norm: float, tokens_per_step: int, clock: StepClock,
-                 done: int) -> dict:
+def step_scalars(
+    loss: float, aux: float, lr: float, grad_norm: float, tokens_per_step: int, clock: StepClock, done: int
+) -> dict:
     """The scalars of a logged step; a non-finite loss stops the run (NonFiniteError, no checkpoint of it)."""
     if not np.isfinite(loss) or not np.isfinite(aux):
-        raise NonFiniteError(f"step {done}: the training loss is {loss} (aux objective {aux}); the run diverged "
-                             "and stops (a diverged step is never checkpointed): resume from the newest "
-                             "checkpoint (--resume) with a lower train.lr or a smaller train.grad_clip")
+        raise NonFiniteError(
+            f"step {done}: the training loss is {loss} (aux objective {aux}); the run diverged "
+            "and stops (a diverged step is never checkpointed): resume from the newest "
+            "checkpoint (--resume) with a lower train.lr or a smaller train.grad_clip"
+        )
     elapsed, steps = clock.lap(done)
-    return dict(loss=loss + aux, lm_loss=loss, aux_objective=aux, lr=lr, grad_norm=grad_norm,
-                tokens_per_s=tokens_per_step * steps / elapsed, step_time_s=elapsed / steps)
+    return dict(
+        loss=loss + aux,
+        lm_loss=loss,
+        aux_objective=aux,
+        lr=lr,
+        grad_norm=grad_norm,
+        tokens_per_s=tokens_per_step * steps / elapsed,
+        step_time_s=elapsed / steps,
+    )
 
 
 def start_message(cfg: JobConfig, n_params: int, corpus: Corpus, ctx, device: str) -> str:
     """The first line of a run: model size, data, ranks (and the emulated topology), device."""
     emulating = f" emulating {ctx.layout.topology}" if ctx.emulated else ""
-    return (f"{cfg.name}: {n_params / 1e6:.2f}M parameters on this rank, {corpus.tokens() / 1e6:.1f}M training tokens "
-            f"({corpus.description}), {ctx.world_size} rank(s){emulating}, {device}")
+    return (
+        f"{cfg.name}: {n_params / 1e6:.2f}M parameters on this rank, {corpus.tokens() / 1e6:.1f}M training tokens "
+        f"({corpus.description}), {ctx.world_size} rank(s){emulating}, {device}"
+    )
 
 
 def due(step: int, every: int, last: int) -> bool:
@@ -168,11 +198,18 @@ class RunRecord:
         self.last: dict = {}
         self.final_ckpt: Optional[Path] = None
         if start >= cfg.train.steps:
-            self.logger.message(f"nothing to train: the checkpoint is at step {start} and train.steps = "
-                                f"{cfg.train.steps} (raise train.steps to continue)")
+            self.logger.message(
+                f"nothing to train: the checkpoint is at step {start} and train.steps = "
+                f"{cfg.train.steps} (raise train.steps to continue)"
+            )
 
-    def end_step(self, done: int, scalars: Callable[[], dict], validate: Callable[[], float],
-                 save: Callable[[dict], Optional[Path]]) -> None:
+    def end_step(
+        self,
+        done: int,
+        scalars: Callable[[], dict],
+        validate: Callable[[], float],
+        save: Callable[[dict], Optional[Path]],
+    ) -> None:
         t = self.cfg.train
         values = scalars() if due(done, self.cfg.logging.log_every, t.steps) else None
         self.clock.pause()

@@ -2,6 +2,7 @@
 ``metrics.jsonl`` file (one JSON object of scalars per logged step) that scripts and tests read back, and
 ``expert_load.jsonl`` beside it (one object per logged step and MoE layer: the copies routed to each expert
 and each expert's capacity) that ``locmoe report`` draws."""
+
 from __future__ import annotations
 
 import json
@@ -14,17 +15,28 @@ import numpy as np
 from locmoe.config.schema import JobConfig
 
 LOADS_FILE = "expert_load.jsonl"
-HEATMAP_ROWS = 200          # the tensorboard heatmap shows this process's newest logged steps, at most this many
+HEATMAP_ROWS = 200  # the tensorboard heatmap shows this process's newest logged steps, at most this many
 
 # Every logged scalar's tensorboard group, in one place: losses (and the optimiser's lr / grad norm) under
 # train/, validation under val/, throughput under perf/, MoE routing statistics under moe/.
 TAG_GROUPS = {
-    "loss": "train", "lm_loss": "train", "aux_objective": "train", "aux_loss": "train", "locality_loss": "train",
-    "lr": "train", "grad_norm": "train",
+    "loss": "train",
+    "lm_loss": "train",
+    "aux_objective": "train",
+    "aux_loss": "train",
+    "locality_loss": "train",
+    "lr": "train",
+    "grad_norm": "train",
     "val_loss": "val",
-    "tokens_per_s": "perf", "step_time_s": "perf",
-    "dropped_fraction": "moe", "cross_node_fraction": "moe", "in_node_fraction": "moe", "capacity": "moe",
-    "capacity_bound": "moe", "max_expert_load": "moe", "cross_node_bytes": "moe",
+    "tokens_per_s": "perf",
+    "step_time_s": "perf",
+    "dropped_fraction": "moe",
+    "cross_node_fraction": "moe",
+    "in_node_fraction": "moe",
+    "capacity": "moe",
+    "capacity_bound": "moe",
+    "max_expert_load": "moe",
+    "cross_node_bytes": "moe",
 }
 
 
@@ -33,12 +45,12 @@ class TrainLogger:
         self.cfg, self.is_main = cfg, is_main
         self.out = Path(cfg.train.out_dir)
         self.bar = self.writer = self.jsonl = self.loads_jsonl = None
-        self.history: dict[int, deque] = {}      # layer -> (step, load [E], capacity [E]) rows of the heatmap
+        self.history: dict[int, deque] = {}  # layer -> (step, load [E], capacity [E]) rows of the heatmap
         self.to_draw: list[tuple[int, int]] = []  # (step, layer) heatmaps drawn by the next step()
         if not is_main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        for name in ("metrics.jsonl", LOADS_FILE):       # a resumed run rewrites the steps after its checkpoint
+        for name in ("metrics.jsonl", LOADS_FILE):  # a resumed run rewrites the steps after its checkpoint
             drop_records_after(self.out / name, start_step)
         self.jsonl = open(self.out / "metrics.jsonl", "a", encoding="utf-8")
         self.loads_jsonl = open(self.out / LOADS_FILE, "a", encoding="utf-8")
@@ -61,8 +73,7 @@ class TrainLogger:
         if not scalars:
             return
         if self.bar is not None:
-            self.bar.set_postfix({k: f"{scalars[k]:.4g}" for k in ("loss", "val_loss", "tokens_per_s")
-                                  if k in scalars})
+            self.bar.set_postfix({k: f"{scalars[k]:.4g}" for k in ("loss", "val_loss", "tokens_per_s") if k in scalars})
         if self.writer is not None:
             for key, value in scalars.items():
                 if isinstance(value, (int, float)) and value is not None:
@@ -79,8 +90,9 @@ class TrainLogger:
         load = np.asarray(load).astype(np.int64)
         cap = np.broadcast_to(np.asarray(capacity).astype(np.int64), load.shape)
         cap_out = int(cap[0]) if np.all(cap == cap[0]) else cap.tolist()
-        self.loads_jsonl.write(json.dumps({"step": step, "layer": layer, "load": load.tolist(),
-                                           "capacity": cap_out}) + "\n")
+        self.loads_jsonl.write(
+            json.dumps({"step": step, "layer": layer, "load": load.tolist(), "capacity": cap_out}) + "\n"
+        )
         self.loads_jsonl.flush()
         every = self.cfg.logging.heatmap_every
         if self.writer is None or not every:
@@ -137,6 +149,13 @@ def _tag(key: str) -> str:
     """The tensorboard tag of a scalar; a key missing from TAG_GROUPS falls back by its name."""
     group = TAG_GROUPS.get(key)
     if group is None:
-        group = ("val" if key.startswith("val_") else "train" if key.endswith(("_loss", "_objective"))
-                 else "perf" if key.endswith(("_per_s", "_time_s")) else "moe")
+        group = (
+            "val"
+            if key.startswith("val_")
+            else "train"
+            if key.endswith(("_loss", "_objective"))
+            else "perf"
+            if key.endswith(("_per_s", "_time_s"))
+            else "moe"
+        )
     return f"{group}/{key}"

@@ -1,11 +1,12 @@
 """PanGu-Sigma-style decoder in MindSpore, the twin of ``models.pangu_sigma_torch``: dense blocks at the bottom,
 MoE blocks above (Random Routed Experts: a sample's domain picks its expert group, the router picks inside it).
-Pre-norm (RMSNorm), rotary attention, SwiGLU FFNs. Parameter names follow ``models.spec`` (the checkpoint
+Pre-norm (RMSNorm), rotary attention, SwiGLU FFNs. Parameter names follow ``locmoe.model_spec`` (the checkpoint
 contract), so a checkpoint of either backend loads into the other, and the same seed gives the same weights.
 
 With ``parallel.jit`` the attention and the dense SwiGLU FFN are compiled (``mindspore.jit`` of pure functions);
 the MoE layer stays PyNative because its dispatcher reads split sizes on the host.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -17,7 +18,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from backends.mindspore.distributed import ExpertParallel
 from backends.mindspore.moe_layer import MoELayer, MoEMetrics
 from locmoe.config.schema import JobConfig, ModelConfig
-from models.spec import initial_state, moe_layer_indices, parameter_shapes
+from locmoe.model_spec import initial_state, moe_layer_indices, parameter_shapes
 
 
 def _weight(*shape: int) -> Parameter:
@@ -80,13 +81,13 @@ def attention(x: Tensor, cos: Tensor, sin: Tensor, wqkv: Tensor, wo: Tensor, n_h
     compile it and still return gradients for the weights)."""
     B, S, d = x.shape
     hd = d // n_heads
-    qkv = linear(x, wqkv).reshape(B, S, 3, n_heads, hd).transpose(2, 0, 3, 1, 4)         # [3, B, H, S, hd]
+    qkv = linear(x, wqkv).reshape(B, S, 3, n_heads, hd).transpose(2, 0, 3, 1, 4)  # [3, B, H, S, hd]
     q, k, v = qkv[0], qkv[1], qkv[2]
     q, k = apply_rotary(q, cos[:S], sin[:S]), apply_rotary(k, cos[:S], sin[:S])
-    scores = ops.matmul(q, k.swapaxes(-1, -2)) * (hd ** -0.5)                            # [B, H, S, S]
+    scores = ops.matmul(q, k.swapaxes(-1, -2)) * (hd**-0.5)  # [B, H, S, S]
     future = ops.triu(ops.ones((S, S), ms.float32), 1).astype(ms.bool_)
     probs = ops.softmax(ops.masked_fill(scores, future, float("-inf")), -1)
-    y = ops.matmul(probs, v)                                                             # [B, H, S, hd]
+    y = ops.matmul(probs, v)  # [B, H, S, hd]
     return linear(y.swapaxes(1, 2).reshape(B, S, d), wo)
 
 
@@ -138,7 +139,7 @@ class Block(nn.Cell):
         h = self.ffn_norm(x)
         if not self.is_moe:
             return x + self.ffn(h), None, None
-        y, aux, metrics = self.moe(h, token_ids=token_ids, domain=domain)   # dropped copies: y = 0 here
+        y, aux, metrics = self.moe(h, token_ids=token_ids, domain=domain)  # dropped copies: y = 0 here
         return x + y, aux, metrics
 
 
@@ -154,8 +155,7 @@ class PanGuSigma(nn.Cell):
         self.lm_head = None if m.tie_embeddings else Linear(m.d_model, m.vocab_size)
         self.rope_cos, self.rope_sin = rotary_tables(m.d_model // m.n_heads, m.max_seq_len, m.rope_theta)
 
-    def construct(self, tokens: Tensor, domain: Optional[Tensor] = None
-                  ) -> tuple[Tensor, Tensor, list[MoEMetrics]]:
+    def construct(self, tokens: Tensor, domain: Optional[Tensor] = None) -> tuple[Tensor, Tensor, list[MoEMetrics]]:
         """tokens: [B, S], domain: [B] -> (logits [B, S, V], summed auxiliary objective, per-MoE-layer metrics)."""
         B, S = tokens.shape
         if S > self.rope_cos.shape[0]:
@@ -172,12 +172,12 @@ class PanGuSigma(nn.Cell):
         return logits, aux, metrics
 
     def named_state(self) -> dict[str, Parameter]:
-        """Every checkpointed tensor of this rank by its ``models.spec`` name (experts: this rank's slots)."""
+        """Every checkpointed tensor of this rank by its ``locmoe.model_spec`` name (experts: this rank's slots)."""
         names = set(parameter_shapes(self.cfg))
         return {n: p for n, p in self.parameters_and_names() if n in names}
 
     def reset_parameters(self, seed: int) -> None:
-        """Copy every parameter's global starting value (``models.spec.initial_value``, the same numbers the
+        """Copy every parameter's global starting value (``locmoe.model_spec.initial_value``, the same numbers the
         torch model starts from), keeping this rank's experts."""
         own = self.named_state()
         for name, value in initial_state(self.cfg, seed, own, list(self.expert_ids())):

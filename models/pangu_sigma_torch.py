@@ -1,7 +1,8 @@
 """PanGu-Sigma-style decoder in PyTorch: dense blocks at the bottom, MoE blocks above (Random Routed Experts:
 a sample's domain picks its expert group, the router picks inside it). Pre-norm (RMSNorm), rotary
-attention, SwiGLU FFNs. Parameter names follow ``models.spec`` (the checkpoint contract).
+attention, SwiGLU FFNs. Parameter names follow ``locmoe.model_spec`` (the checkpoint contract).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -15,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from backends.torch.distributed import ExpertParallel
 from backends.torch.moe_layer import MoELayer, MoEMetrics
 from locmoe.config.schema import JobConfig, ModelConfig
-from models.spec import initial_state, moe_layer_indices, parameter_shapes
+from locmoe.model_spec import initial_state, moe_layer_indices, parameter_shapes
 
 
 class RMSNorm(nn.Module):
@@ -82,7 +83,7 @@ class Block(nn.Module):
             self.ffn = FeedForward(m.d_model, m.d_ff)
         else:
             self.moe = moe_cls(cfg.moe, m.d_model, m.vocab_size, ep, layer_id)
-        self.recompute = False        # train.activation_checkpointing (see ``PanGuSigma.set_execution``)
+        self.recompute = False  # train.activation_checkpointing (see ``PanGuSigma.set_execution``)
 
     def mix(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The attention half: (residual stream after attention, its FFN-normed input)."""
@@ -99,7 +100,7 @@ class Block(nn.Module):
         if hasattr(self, "ffn"):
             with record_function("dense_ffn"):
                 return _maybe_recompute(self.dense_ffn, self.recompute, x, h), None, None
-        y, aux, metrics = self.moe(h, token_ids=token_ids, domain=domain)   # dropped copies: y = 0 here
+        y, aux, metrics = self.moe(h, token_ids=token_ids, domain=domain)  # dropped copies: y = 0 here
         return x + y, aux, metrics
 
 
@@ -124,8 +125,9 @@ class PanGuSigma(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def forward(self, tokens: torch.Tensor, domain: Optional[torch.Tensor] = None
-                ) -> tuple[torch.Tensor, torch.Tensor, list[MoEMetrics]]:
+    def forward(
+        self, tokens: torch.Tensor, domain: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[MoEMetrics]]:
         """tokens: [B, S], domain: [B] -> (logits [B, S, V], summed auxiliary objective, per-MoE-layer metrics)."""
         B, S = tokens.shape
         if S > self.rope_cos.shape[0]:
@@ -159,7 +161,7 @@ class PanGuSigma(nn.Module):
                 block.dense_ffn = torch.compile(block.dense_ffn, fullgraph=True)
 
     def reset_parameters(self, seed: int) -> None:
-        """Copy every parameter's global starting value (``models.spec.initial_value``, the same numbers the
+        """Copy every parameter's global starting value (``locmoe.model_spec.initial_value``, the same numbers the
         MindSpore model starts from), keeping this rank's experts."""
         shapes = parameter_shapes(self.cfg)
         local = {n: p for n, p in self.named_parameters()}

@@ -1,5 +1,6 @@
 """``python -m locmoe`` for launchers that take a script path instead of a module (msrun):
 ``msrun ... scripts/locmoe_entry.py train CONFIG --set ...``."""
+
 import sys
 from pathlib import Path
 

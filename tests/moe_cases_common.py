@@ -1,6 +1,7 @@
 """The MoE layer test cases both backends run (and the conformance suite compares): sizes, the layer
 config of a case, the case list, and the global weights as numpy arrays. Framework-free, so an msrun worker
 does not import torch and a torchrun worker does not import MindSpore."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,14 +14,27 @@ TOKENS_PER_RANK = 16
 TOPOLOGY = Topology(2, 2)
 
 
-def job(kind="locmoe", mode="factor", dispatch="hierarchical", chunks=1, placement="contiguous", extra=(),
-        backend="torch"):
-    return load_config(overrides=[
-        f"model.d_model={D}", "model.n_heads=2", f"moe.num_experts={E}", f"moe.d_expert={F}",
-        f"moe.router.kind={kind}", f"moe.capacity.mode={mode}", "moe.capacity.factor=1.0",
-        f"moe.overlap_chunks={chunks}", f"parallel.dispatch={dispatch}", f"parallel.placement={placement}",
-        f"parallel.nodes={TOPOLOGY.num_nodes}", f"parallel.devices_per_node={TOPOLOGY.devices_per_node}",
-        f"parallel.backend={backend}", *extra])
+def job(
+    kind="locmoe", mode="factor", dispatch="hierarchical", chunks=1, placement="contiguous", extra=(), backend="torch"
+):
+    return load_config(
+        overrides=[
+            f"model.d_model={D}",
+            "model.n_heads=2",
+            f"moe.num_experts={E}",
+            f"moe.d_expert={F}",
+            f"moe.router.kind={kind}",
+            f"moe.capacity.mode={mode}",
+            "moe.capacity.factor=1.0",
+            f"moe.overlap_chunks={chunks}",
+            f"parallel.dispatch={dispatch}",
+            f"parallel.placement={placement}",
+            f"parallel.nodes={TOPOLOGY.num_nodes}",
+            f"parallel.devices_per_node={TOPOLOGY.devices_per_node}",
+            f"parallel.backend={backend}",
+            *extra,
+        ]
+    )
 
 
 CASES = [
@@ -33,14 +47,28 @@ CASES = [
     dict(kind="locmoe", mode="factor", placement="round_robin"),
     dict(kind="gshard", mode="factor", extra=("moe.activation=gelu", "moe.domains.num_domains=2")),
     # issue 14: DeepSeek-V3's loss-free, node-limited sigmoid router; the paper's LocMoE (Theorem 1 bound)
-    dict(kind="gshard", mode="factor", extra=("moe.router.scoring=sigmoid", "moe.router.bias_update_rate=0.01",
-                                              "moe.router.node_limit=1")),
-    dict(kind="locmoe", mode="bound", extra=("moe.router.top_k=1", "moe.router.gate_activation=relu",
-                                             "moe.router.gate_bias=true", "moe.router.rho=1.0",
-                                             "moe.router.locality_loss=batch", "moe.capacity.bound_rule=paper")),
+    dict(
+        kind="gshard",
+        mode="factor",
+        extra=("moe.router.scoring=sigmoid", "moe.router.bias_update_rate=0.01", "moe.router.node_limit=1"),
+    ),
+    dict(
+        kind="locmoe",
+        mode="bound",
+        extra=(
+            "moe.router.top_k=1",
+            "moe.router.gate_activation=relu",
+            "moe.router.gate_bias=true",
+            "moe.router.rho=1.0",
+            "moe.router.locality_loss=batch",
+            "moe.capacity.bound_rule=paper",
+        ),
+    ),
 ]
 CASES = [dict(c, dispatch=s) for c in CASES for s in ("hierarchical", "flat")] + [
-    dict(kind="locmoe", mode="factor", chunks=2), dict(kind="gshard", mode="dropless", chunks=3, dispatch="flat")]
+    dict(kind="locmoe", mode="factor", chunks=2),
+    dict(kind="gshard", mode="dropless", chunks=3, dispatch="flat"),
+]
 
 
 def case(**c) -> dict:
@@ -58,8 +86,11 @@ def case_name(c: dict) -> str:
 
 def global_weights(cfg, seed=0) -> dict:
     rng = np.random.default_rng(seed)
-    w = {"w1": rng.standard_normal((E, D, F)) * 0.2, "w2": rng.standard_normal((E, F, D)) * 0.2,
-         "gate": rng.standard_normal((D, E)) * 0.4}
+    w = {
+        "w1": rng.standard_normal((E, D, F)) * 0.2,
+        "w2": rng.standard_normal((E, F, D)) * 0.2,
+        "gate": rng.standard_normal((D, E)) * 0.4,
+    }
     if cfg.moe.activation == "swiglu":
         w["w3"] = rng.standard_normal((E, D, F)) * 0.2
     return {k: v.astype(np.float32) for k, v in w.items()}

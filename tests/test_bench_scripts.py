@@ -1,5 +1,6 @@
 """The GPU benchmark scripts run end to end in their CPU smoke modes, so they cannot rot between GPU visits.
 Nothing here looks at a timing: only that each script finishes and writes the rows it promises."""
+
 import json
 import os
 import subprocess
@@ -13,19 +14,34 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*cmd, nproc=0):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] \
-        if nproc else [sys.executable]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+        if nproc
+        else [sys.executable]
+    )
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.run([*launcher, *map(str, cmd)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([*launcher, *map(str, cmd)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
 
 
 def test_moe_layer_multi_process_part(tmp_path):
     out = tmp_path / "multi.json"
-    run("scripts/bench/moe_layer.py", "--part", "multi", "--smoke", "--nodes", "2", "--tokens", "128", "--reps", "1",
-        "--part-out", out, nproc=4)
+    run(
+        "scripts/bench/moe_layer.py",
+        "--part",
+        "multi",
+        "--smoke",
+        "--nodes",
+        "2",
+        "--tokens",
+        "128",
+        "--reps",
+        "1",
+        "--part-out",
+        out,
+        nproc=4,
+    )
     whats = [r["what"] for r in json.loads(out.read_text())]
     assert whats[0].startswith("raw all_to_all_single")
     assert {"flat scheme dispatch", "hierarchical scheme dispatch", "MoE layer fwd+bwd, overlap_chunks=4"} <= set(whats)
@@ -36,20 +52,41 @@ def test_router_compare(tmp_path):
     text = tmp_path / "corpus.txt"
     text.write_text(Path(ROOT / "README.md").read_text() * 20)
     out = tmp_path / "rc.json"
-    run("scripts/bench/router_compare.py", "--smoke", "--nproc", "1", "--steps", "3", "--seeds", "2",
-        "--routers", "locmoe_paper,gshard", "--data", text, "--work", tmp_path / "runs", "--out", out)
+    run(
+        "scripts/bench/router_compare.py",
+        "--smoke",
+        "--nproc",
+        "1",
+        "--steps",
+        "3",
+        "--seeds",
+        "2",
+        "--routers",
+        "locmoe_paper,gshard",
+        "--data",
+        text,
+        "--work",
+        tmp_path / "runs",
+        "--out",
+        out,
+    )
     result = json.loads(out.read_text())
     assert [r["router"] for r in result["rows"]] == ["locmoe_paper", "gshard"]
-    assert [(r["router"], r["seed"]) for r in result["runs"]] == [("locmoe_paper", 0), ("locmoe_paper", 1),
-                                                                  ("gshard", 0), ("gshard", 1)]
+    assert [(r["router"], r["seed"]) for r in result["runs"]] == [
+        ("locmoe_paper", 0),
+        ("locmoe_paper", 1),
+        ("gshard", 0),
+        ("gshard", 1),
+    ]
     for row in result["rows"]:
         losses = [r["val_loss"] for r in result["runs"] if r["router"] == row["router"]]
         assert row["val_loss"] == pytest.approx(np.mean(losses)) and row["val_loss_std"] == pytest.approx(
-            np.std(losses, ddof=1))
+            np.std(losses, ddof=1)
+        )
     rules = result["rows"][0]["capacity_rules"]
     assert set(rules) == {"paper", "quantile", "factor 1.25"}
     assert rules["factor 1.25"]["capacity_over_mean_load"] == pytest.approx(1.25, abs=0.01)
-    assert "capacity_rules" not in result["rows"][1]                  # gshard has no paper bound
+    assert "capacity_rules" not in result["rows"][1]  # gshard has no paper bound
     assert out.with_suffix(".png").stat().st_size > 1000
 
 
@@ -62,8 +99,16 @@ def test_prefill(tmp_path):
 
 def test_train_throughput(tmp_path):
     out = tmp_path / "tt.json"
-    run("scripts/bench/train_throughput.py", "--smoke", "--rows", "locmoe,gshard,dense,locmoe-eager", "--curve", "2",
-        "--out", out)
+    run(
+        "scripts/bench/train_throughput.py",
+        "--smoke",
+        "--rows",
+        "locmoe,gshard,dense,locmoe-eager",
+        "--curve",
+        "2",
+        "--out",
+        out,
+    )
     result = json.loads(out.read_text())
     assert [r["row"] for r in result["rows"]] == ["locmoe", "gshard", "dense", "locmoe-eager"]
     assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 for r in result["rows"])

@@ -1,4 +1,5 @@
 """The ``locmoe`` command line: every subcommand has --help; route-demo compares the routers."""
+
 import json
 import subprocess
 import sys
@@ -48,6 +49,7 @@ def test_config_error_exit_code(tmp_path):
 
 # ----------------------------------------------------------------------------- flags: help, defaults, --set
 
+
 def _options(parser, path=()):
     """(subcommand path, action) of every option of every (sub)parser."""
     import argparse
@@ -62,7 +64,7 @@ def _options(parser, path=()):
 
 def test_every_flag_has_help_that_shows_its_default():
     from locmoe.cli import build_parser
-    from locmoe.cli_args import HelpFormatter
+    from locmoe.cli.args import HelpFormatter
 
     missing, silent = [], []
     for path, action in _options(build_parser()):
@@ -72,7 +74,7 @@ def test_every_flag_has_help_that_shows_its_default():
             continue
         shown = HelpFormatter("locmoe")._get_help_string(action)
         states = "%(default)" in shown or "default" in shown.lower()
-        flag = isinstance(action.default, bool)         # store_true / store_false: the help says what it turns
+        flag = isinstance(action.default, bool)  # store_true / store_false: the help says what it turns
         if not states and not flag and action.default not in (None, []) and not action.required:
             silent.append(where)
     assert missing == [] and silent == []
@@ -87,8 +89,9 @@ def test_help_output_shows_defaults():
 def test_set_takes_several_values_and_repeats():
     from locmoe.cli import build_parser
 
-    args = build_parser().parse_args(["train", "tiny_cpu", "--set", "train.steps=40", "train.lr=1e-3",
-                                      "--resume", "--set", "moe.num_experts=4"])
+    args = build_parser().parse_args(
+        ["train", "tiny_cpu", "--set", "train.steps=40", "train.lr=1e-3", "--resume", "--set", "moe.num_experts=4"]
+    )
     assert args.set == ["train.steps=40", "train.lr=1e-3", "moe.num_experts=4"] and args.resume
     from locmoe.config import load_config
 
@@ -96,21 +99,28 @@ def test_set_takes_several_values_and_repeats():
     assert (cfg.train.steps, cfg.train.lr, cfg.moe.num_experts) == (40, 1e-3, 4)
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["plan", "place", "t.npz", "--devices", "8", "--max-tokens", "-5"], "argument --max-tokens: -5 is not allowed"),
-    (["plan", "place", "t.npz", "--devices", "0"], "argument --devices: 0 is not allowed: must be >= 1"),
-    (["plan", "place", "t.npz", "--devices", "8", "--time-limit", "nan"], "must be a finite number"),
-    (["plan", "replicate", "t.npz", "--devices", "8", "--threshold", "0.5"], "must be >= 1"),
-    (["plan", "deploy", "--requests", "-1"], "argument --requests"),
-    (["plan", "deploy", "--rate", "-inf"], "argument --rate"),
-    (["plan", "simulate", "--nodes", "0"], "argument --nodes"),
-    (["bench", "calibrate", "--out", "p.json", "--reps", "0"], "argument --reps"),
-    (["generate", "r", "r/router", "--prompts", "p", "--top-p", "1.5"], "argument --top-p"),
-    (["route-demo", "--nodes", "x"], "argument --nodes"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["plan", "place", "t.npz", "--devices", "8", "--max-tokens", "-5"],
+            "argument --max-tokens: -5 is not allowed",
+        ),
+        (["plan", "place", "t.npz", "--devices", "0"], "argument --devices: 0 is not allowed: must be >= 1"),
+        (["plan", "place", "t.npz", "--devices", "8", "--time-limit", "nan"], "must be a finite number"),
+        (["plan", "replicate", "t.npz", "--devices", "8", "--threshold", "0.5"], "must be >= 1"),
+        (["plan", "deploy", "--requests", "-1"], "argument --requests"),
+        (["plan", "deploy", "--rate", "-inf"], "argument --rate"),
+        (["plan", "simulate", "--nodes", "0"], "argument --nodes"),
+        (["bench", "calibrate", "--out", "p.json", "--reps", "0"], "argument --reps"),
+        (["generate", "r", "r/router", "--prompts", "p", "--top-p", "1.5"], "argument --top-p"),
+        (["route-demo", "--nodes", "x"], "argument --nodes"),
+    ],
+)
 def test_bad_numbers_on_the_command_line_exit_2_in_one_line(argv, message, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "locmoe", *argv], capture_output=True, text=True, timeout=120,
-                         cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "locmoe", *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in out.stderr, out.stderr
@@ -119,14 +129,23 @@ def test_bad_numbers_on_the_command_line_exit_2_in_one_line(argv, message, tmp_p
 
 # ----------------------------------------------------------------------------- shipped configs by name
 
+
 def test_configs_lists_the_shipped_configs_with_descriptions():
     out = run("configs")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    for name in ("tiny_cpu", "pangu_sigma_small", "pangu_sigma_1b", "ascend_910b", "routers/gshard",
-                 "routers/locmoe", "routers/switch", "routers/hash"):
+    for name in (
+        "tiny_cpu",
+        "pangu_sigma_small",
+        "pangu_sigma_1b",
+        "ascend_910b",
+        "routers/gshard",
+        "routers/locmoe",
+        "routers/switch",
+        "routers/hash",
+    ):
         row = next(line for line in lines if line.split()[:1] == [name])
-        assert len(row.split(None, 1)[1]) > 20           # a description follows the name
+        assert len(row.split(None, 1)[1]) > 20  # a description follows the name
     assert run("configs", "gshard").stdout.startswith("# Router variant: GShard")
     bad = run("configs", "nope")
     assert bad.returncode == 2 and "names no shipped config" in bad.stderr
@@ -145,8 +164,13 @@ def test_train_finds_shipped_configs_by_name_from_any_directory(tmp_path, monkey
 
 def test_bench_calibrate_on_cpu_uses_cpu_shapes_and_prints_progress(tmp_path):
     """The GPU shapes ran > 10 minutes at 4.7 GB on CPU without a word; the CPU default is small and talks."""
-    out = subprocess.run([sys.executable, "-m", "locmoe", "bench", "calibrate", "--out", "p.json", "--device", "cpu"],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "locmoe", "bench", "calibrate", "--out", "p.json", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if line.startswith("calibrate [")]
     assert "E=8 (local 8), d=256, f=512, rows per expert [16, 32, 64, 128], 3 reps" in lines[0]

@@ -1,6 +1,7 @@
 """Every subcommand, run as if torch (or MindSpore) were not installed: a command that needs the framework ends
 with one line naming the install command that works, exit code 2, no traceback; a command that does not need
 it runs. torch is hidden by ``tests/hide_frameworks/sitecustomize.py`` (a meta-path blocker on PYTHONPATH)."""
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,7 @@ FRAMEWORK_FREE = {
     "configs": ([], 0),
     "route-demo": (["--tokens-per-rank", "16"], 0),
     "plan": (["deploy", "--budget", "h200=8,h100=8", "--requests", "50"], 0),
-    "export": (["no_such_run", "router_out"], 2),       # a CheckpointError about the run, not about torch
+    "export": (["no_such_run", "router_out"], 2),  # a CheckpointError about the run, not about torch
     "report": (["no_such_run"], 2),
     "data": (["--help"], 0),
 }
@@ -40,8 +41,9 @@ FRAMEWORK_FREE = {
 
 def locmoe(args: list[str], cwd: Path, hide: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HIDE), str(ROOT)]), LOCMOE_HIDE=hide)
-    return subprocess.run([sys.executable, "-m", "locmoe", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "locmoe", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_every_subcommand_is_covered():
@@ -63,7 +65,7 @@ def test_a_command_that_needs_torch_names_the_install(name, tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and TORCH_LINE in lines[0], out.stderr
     assert lines[0].startswith(f"locmoe {name.split()[0]}: ")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.txt"]     # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.txt"]  # nothing written
 
 
 @pytest.mark.parametrize("name", sorted(n for n in FRAMEWORK_FREE if n in COMMANDS))
@@ -75,8 +77,9 @@ def test_a_framework_free_command_runs_without_torch(name, tmp_path):
 
 
 def test_mindspore_backend_names_its_extra(tmp_path):
-    out = locmoe(["train", "tiny_cpu", "--set", "parallel.backend=mindspore", "train.out_dir=out"], tmp_path,
-                 "mindspore")
+    out = locmoe(
+        ["train", "tiny_cpu", "--set", "parallel.backend=mindspore", "train.out_dir=out"], tmp_path, "mindspore"
+    )
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and MINDSPORE_LINE in lines[0], out.stderr

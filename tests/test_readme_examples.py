@@ -9,6 +9,7 @@ What each kind of line gets:
   Ascend; checked here only so far as this machine allows: the script exists and the config it names loads.
 Any other line fails the test until it is given a way to run here.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,7 +45,7 @@ def readme_commands() -> list[str]:
 def small(argv: list[str]) -> list[str]:
     """The arguments that make a README command small enough for the test suite."""
     if argv[:2] == ["locmoe", "train"]:
-        steps = "3" if "--resume" in argv else "2"      # --resume: one step past the first run's 2
+        steps = "3" if "--resume" in argv else "2"  # --resume: one step past the first run's 2
         return ["--set", f"train.steps={steps}", *TRAIN_SMALL]
     return []
 
@@ -67,8 +68,10 @@ def test_the_readme_has_the_examples_this_test_expects():
     commands = readme_commands()
     assert "bash scripts/main.sh" in " ".join(commands[:2]) and "bash scripts/test.sh" in " ".join(commands[:2])
     assert sum(c.startswith("locmoe ") for c in commands) >= 15
-    assert "bash scripts/main.sh" in (ROOT / ".ci" / "run").read_text() or "scripts/main.sh" in \
-        (ROOT / ".ci" / "run").read_text()
+    assert (
+        "bash scripts/main.sh" in (ROOT / ".ci" / "run").read_text()
+        or "scripts/main.sh" in (ROOT / ".ci" / "run").read_text()
+    )
 
 
 def test_cluster_examples_name_existing_scripts_and_configs():
@@ -87,20 +90,20 @@ def test_every_readme_command_runs_as_written(tmp_path):
     work = tmp_path / "user"
     work.mkdir()
     write_inputs(work)
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               OMP_NUM_THREADS="1")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
     ran = []
     for line in readme_commands():
         argv = shlex.split(line, comments=True)
         if argv[0] == "bash" and argv[1] in ("scripts/main.sh", "scripts/test.sh"):
-            continue                                          # .ci/run runs these two
+            continue  # .ci/run runs these two
         if argv[0].startswith("scripts/train_"):
-            continue                                          # the cluster block: see the test above
+            continue  # the cluster block: see the test above
         assert argv[0] == "locmoe", f"README line {line!r}: teach tests/test_readme_examples.py to run it"
         full = [*locmoe_command(), *argv[1:], *small(argv)]
         out = subprocess.run(full, cwd=work, env=env, capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0, f"{line}\n{shlex.join(full)}\nstdout:\n{out.stdout[-3000:]}\n" \
-                                    f"stderr:\n{out.stderr[-3000:]}"
+        assert out.returncode == 0, (
+            f"{line}\n{shlex.join(full)}\nstdout:\n{out.stdout[-3000:]}\nstderr:\n{out.stderr[-3000:]}"
+        )
         assert "Traceback" not in out.stderr, f"{line}\n{out.stderr[-3000:]}"
         ran.append(argv[1])
     assert {"train", "convert", "export", "generate", "bench", "trace", "plan", "route-demo", "configs"} <= set(ran)

@@ -1,4 +1,5 @@
 """Topology: launcher environments, process-group rank lists, EP layout and expert placement."""
+
 import numpy as np
 import pytest
 
@@ -7,10 +8,12 @@ from locmoe.topology import ExpertPlacement, LaunchEnv, Topology, layout_from_co
 
 
 def test_launch_env_from_torchrun_msrun_and_none():
-    assert LaunchEnv.from_environ({"WORLD_SIZE": "8", "RANK": "5", "LOCAL_WORLD_SIZE": "4"}) == \
-        LaunchEnv(8, 5, 4, "torchrun")
-    assert LaunchEnv.from_environ({"MS_WORKER_NUM": "4", "RANK_ID": "3", "MS_LOCAL_WORKER_NUM": "2"}) == \
-        LaunchEnv(4, 3, 2, "msrun")
+    assert LaunchEnv.from_environ({"WORLD_SIZE": "8", "RANK": "5", "LOCAL_WORLD_SIZE": "4"}) == LaunchEnv(
+        8, 5, 4, "torchrun"
+    )
+    assert LaunchEnv.from_environ({"MS_WORKER_NUM": "4", "RANK_ID": "3", "MS_LOCAL_WORKER_NUM": "2"}) == LaunchEnv(
+        4, 3, 2, "msrun"
+    )
     assert LaunchEnv.from_environ({"MS_WORKER_NUM": "4", "RANK_ID": "1"}) == LaunchEnv(4, 1, 4, "msrun")
     assert LaunchEnv.from_environ({}) == LaunchEnv(1, 0, 1, "none")
 
@@ -48,8 +51,9 @@ def test_layout_errors_name_the_mismatch():
     with pytest.raises(ConfigError, match="expert_parallel_size: 3 must divide the world size"):
         layout_from_config(ParallelConfig(expert_parallel_size=3), LaunchEnv(8, 0, 8, "torchrun"))
     with pytest.raises(ConfigError, match="must be a multiple or a divisor of the devices per node"):
-        layout_from_config(ParallelConfig(nodes=3, devices_per_node=4, expert_parallel_size=6),
-                           LaunchEnv(12, 0, 4, "torchrun"))
+        layout_from_config(
+            ParallelConfig(nodes=3, devices_per_node=4, expert_parallel_size=6), LaunchEnv(12, 0, 4, "torchrun")
+        )
 
 
 def test_placements():

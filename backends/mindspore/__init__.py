@@ -1,47 +1,30 @@
-"""MindSpore backend (Ascend, CPU): the surface ``backends.get("mindspore")`` returns, mirroring
-``backends.torch`` module for module and name for name.
+"""MindSpore backend (Ascend, CPU): a :class:`locmoe.backend_api.Backend`, as ``backends.get("mindspore")``
+returns it, mirroring ``backends.torch`` module for module and name for name.
 
-    init_distributed(parallel)      device, PyNative mode, msrun communication and groups
-    MoELayer                        router → dispatcher → experts
-    build_model(cfg, ctx)           the PanGu-Sigma-style model (``models.pangu_sigma_mindspore``)
-    train(cfg, resume=False)        the pretraining loop
-    save_checkpoint / load_checkpoint
-
-On CPU the expert-parallel all-to-all is emulated exactly with AllGather (``collectives``), so the whole MoE
-layer and training run and are tested under msrun without an Ascend device.
+Nothing is imported here: the functions below import their module when called, so that importing one
+submodule does not load the training loop and the model with it. On CPU the expert-parallel all-to-all is
+emulated exactly with AllGather (``collectives``), so the whole MoE layer and training run and are tested
+under msrun without an Ascend device.
 """
-from backends.mindspore.distributed import init_distributed
-from backends.mindspore.moe_layer import MoELayer
-# Imported here, before ``train`` below is defined: the import system binds a submodule to its package's
-# attribute of the same name when it first loads it, which would otherwise replace the function ``train``
-# with the module ``backends.mindspore.train`` the first time a caller imported it.
-import backends.mindspore.train  # noqa: E402,F401  isort: skip
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from locmoe.backend_api import CheckpointIO
+    from locmoe.config.schema import JobConfig
 
 
-def train(cfg, resume: bool = False):
+def pretrain(cfg: JobConfig, resume: bool = False) -> dict:
     from backends.mindspore.liveness import rank_failures_reported
-    from backends.mindspore.train import train as _train
+    from backends.mindspore.train import train
 
-    with rank_failures_reported(cfg.train.out_dir):     # a stalled peer: one line naming it, exit 2
-        return _train(cfg, resume)
-
-
-def build_model(cfg, ctx):
-    from backends.mindspore.train import build_model as _build
-
-    return _build(cfg, ctx)
+    with rank_failures_reported(cfg.train.out_dir):  # a stalled peer: one line naming it, exit 2
+        return train(cfg, resume)
 
 
-def save_checkpoint(*args, **kwargs):
-    from backends.mindspore.checkpoint import save_checkpoint as _save
+def checkpoint_io() -> CheckpointIO:
+    from backends.mindspore import checkpoint
 
-    return _save(*args, **kwargs)
-
-
-def load_checkpoint(*args, **kwargs):
-    from backends.mindspore.checkpoint import load_checkpoint as _load
-
-    return _load(*args, **kwargs)
-
-
-__all__ = ["MoELayer", "build_model", "init_distributed", "load_checkpoint", "save_checkpoint", "train"]
+    return checkpoint

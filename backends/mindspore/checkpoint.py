@@ -1,6 +1,6 @@
 """Checkpoints of the MindSpore backend, in the shared directory format of ``locmoe.checkpointing`` (format 2):
 
-    model.safetensors              every parameter by its ``models.spec`` name, experts consolidated over the
+    model.safetensors              every parameter by its ``locmoe.model_spec`` name, experts consolidated over the
                                    EP group, fp32 (rank 0 writes it; byte-for-byte the torch backend's format,
                                    so either backend reads it)
     optimizer_rank{r}.safetensors  AdamW moments of rank r, ``exp_avg.<name>``, ``exp_avg_sq.<name>`` (this
@@ -13,6 +13,7 @@ Nothing is unpickled. Format 1 kept the optimiser in a MindSpore checkpoint (``o
 protobuf, no pickle), which is still read. ``locmoe convert`` turns the per-rank files into the torch
 backend's and back.
 """
+
 from __future__ import annotations
 
 import random
@@ -26,10 +27,17 @@ from safetensors.numpy import save_file
 from backends.mindspore.collectives import all_gather_rows
 from backends.mindspore.distributed import DistContext
 from locmoe import checkpoint_files as files
-from locmoe.checkpointing import (CheckpointError, format_version, read_train_state, reading, safe_tensors,
-                                  write_checkpoint, write_train_state)
+from locmoe.checkpointing import (
+    CheckpointError,
+    format_version,
+    read_train_state,
+    reading,
+    safe_tensors,
+    write_checkpoint,
+    write_train_state,
+)
 from locmoe.finite import nonfinite_error
-from models.spec import is_expert_param
+from locmoe.model_spec import is_expert_param
 
 LEGACY_OPTIMIZER_FILE = "optimizer_rank{rank}.ckpt"
 RNG_FILE = files.RNG_FILE
@@ -81,7 +89,7 @@ def check_finite(model, optimizer, ctx: DistContext, step: int) -> None:
     """Before sealing: every rank's weights and moments are finite, or every rank stops (NonFiniteError)."""
     from locmoe.atomic_io import fault_due
 
-    if fault_due("nan_weights", step):        # test hook: the update of this step diverged
+    if fault_due("nan_weights", step):  # test hook: the update of this step diverged
         p = next(iter(optimizer.params.values()))
         p.set_data(Tensor(np.full(p.shape, np.nan, np.float32)))
     bad = first_nonfinite(model, optimizer)
@@ -102,15 +110,21 @@ def save_checkpoint(model, optimizer, ctx: DistContext, step: int, extra: dict) 
     def write(tmp: Path) -> None:
         state = consolidated_state(model, ctx)
         opt = optimizer.state_dict()
-        write_optimizer({"step": opt["step"], **{k: {n: t.asnumpy() for n, t in opt[k].items()}
-                                                 for k in files.MOMENTS}}, tmp, ctx.rank, cfg, optimizer)
+        write_optimizer(
+            {"step": opt["step"], **{k: {n: t.asnumpy() for n, t in opt[k].items()} for k in files.MOMENTS}},
+            tmp,
+            ctx.rank,
+            cfg,
+            optimizer,
+        )
         write_rng({"numpy": np.random.get_state(), "python": random.getstate()}, tmp, ctx.rank)
         if ctx.is_main:
             files.save_tensor_file(save_file, state, tmp / "model.safetensors")
             write_train_state(tmp, step, cfg, ctx.layout, "mindspore", extra)
 
-    return write_checkpoint(cfg.train.out_dir, step, cfg.train.keep_checkpoints, ctx.is_main, lambda: _barrier(ctx),
-                            write, "mindspore")
+    return write_checkpoint(
+        cfg.train.out_dir, step, cfg.train.keep_checkpoints, ctx.is_main, lambda: _barrier(ctx), write, "mindspore"
+    )
 
 
 def load_model_weights(model, path: Path) -> None:
@@ -121,16 +135,17 @@ def load_model_weights(model, path: Path) -> None:
     with safe_tensors(file, "np") as f:
         found = set(f.keys())
         if found != set(own):
-            raise CheckpointError(f"{path} was written for another model: missing {sorted(set(own) - found)[:5]}, "
-                                  f"unexpected {sorted(found - set(own))[:5]}")
+            raise CheckpointError(
+                f"{path} was written for another model: missing {sorted(set(own) - found)[:5]}, "
+                f"unexpected {sorted(found - set(own))[:5]}"
+            )
         for name, p in own.items():
             with reading(file):
                 t = f.get_tensor(name)
             if is_expert_param(name):
                 t = t[experts]
             if tuple(t.shape) != tuple(p.shape):
-                raise CheckpointError(f"{path}: {name} has shape {tuple(t.shape)}, the model expects "
-                                      f"{tuple(p.shape)}")
+                raise CheckpointError(f"{path}: {name} has shape {tuple(t.shape)}, the model expects {tuple(p.shape)}")
             p.set_data(Tensor(t.astype(ms.dtype_to_nptype(p.dtype))))
 
 
@@ -161,6 +176,7 @@ def _barrier(ctx: DistContext) -> None:
 
 # ----------------------------------------------------------------------------- per-rank files (also locmoe convert)
 
+
 def read_optimizer(path: Path, rank: int, cfg=None) -> dict:
     """Rank ``rank``'s AdamW state as {"step", "exp_avg": {name: array}, "exp_avg_sq": {...}} (numpy)."""
     if format_version(path) == 1:
@@ -178,12 +194,16 @@ def write_optimizer(state: dict, path: Path, rank: int, cfg=None, optimizer=None
         t = cfg.train
         lr, betas, eps = t.lr, [t.beta1, t.beta2], 1e-8
         decay = {n: (t.weight_decay if np.ndim(state["exp_avg"][n]) >= 2 else 0.0) for n in names}
-    groups = [{"lr": lr, "betas": betas, "eps": eps, "weight_decay": wd,
-               "params": [n for n in names if decay[n] == wd]} for wd in sorted(set(decay[n] for n in names))]
-    tensors = {f"{key}.{n}": np.ascontiguousarray(state[key][n], dtype=np.float32) for key in files.MOMENTS
-               for n in names}
-    files.write_optimizer_files(path, rank, tensors, {n: {"step": int(state["step"])} for n in names}, groups, {},
-                                save=save_file)
+    groups = [
+        {"lr": lr, "betas": betas, "eps": eps, "weight_decay": wd, "params": [n for n in names if decay[n] == wd]}
+        for wd in sorted(set(decay[n] for n in names))
+    ]
+    tensors = {
+        f"{key}.{n}": np.ascontiguousarray(state[key][n], dtype=np.float32) for key in files.MOMENTS for n in names
+    }
+    files.write_optimizer_files(
+        path, rank, tensors, {n: {"step": int(state["step"])} for n in names}, groups, {}, save=save_file
+    )
 
 
 def read_rng(path: Path, rank: int) -> dict:

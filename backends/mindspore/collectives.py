@@ -15,6 +15,7 @@ Every all-to-all adds the bytes of the *logical* exchange (what this rank sends 
 and of other nodes) to a :class:`TrafficCounter`, so the counters equal the numpy plan's predictions on
 both paths, not the padded bytes the CPU emulation moves.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,9 +32,10 @@ from locmoe.traffic import TrafficCounter  # noqa: F401 (re-exported: the backen
 @dataclass(frozen=True)
 class Group:
     """A communication group with the ranks it spans, their nodes, and this rank's place in it."""
-    name: Optional[str]       # the group's name for create_group / HCCL; None for a group of one
-    ranks: tuple              # EP ranks of the members, in group order
-    nodes: tuple              # node of each member
+
+    name: Optional[str]  # the group's name for create_group / HCCL; None for a group of one
+    ranks: tuple  # EP ranks of the members, in group order
+    nodes: tuple  # node of each member
     my_index: int
     world_ranks: tuple = (0,)  # global ranks of the members (the CPU path gathers over the world)
     world_size: int = 1
@@ -54,52 +56,89 @@ def native_collectives() -> bool:
 
 # ----------------------------------------------------------------------------- all-to-all
 
+
 class _AllToAll(nn.Cell):
     """Uneven all-to-all of the rows of x; its bprop is the all-to-all with the split sizes swapped."""
 
-    def __init__(self, send: list, recv: list, group: Group, counter: Optional[TrafficCounter], stage: str):
+    def __init__(
+        self,
+        send: list,
+        recv: list,
+        group: Group,
+        counter: Optional[TrafficCounter],
+        stage: str,
+        async_op: bool = False,
+    ):
         super().__init__()
         self.send, self.recv, self.group, self.counter, self.stage = send, recv, group, counter, stage
-        self.routes = None      # CPU: [world, world] rows each rank sends to each rank, found in construct
+        self.async_op = async_op  # Ascend: launch and return; ``wait`` before the output is read
+        self.routes = None  # CPU: [world, world] rows each rank sends to each rank, found in construct
+        self.handle = None
 
     def construct(self, x):
-        out, self.routes = _exchange(x, self.send, self.recv, self.group, self.counter, self.stage)
+        out, self.routes, self.handle = _exchange(
+            x, self.send, self.recv, self.group, self.counter, self.stage, async_op=self.async_op
+        )
         return out
+
+    def wait(self) -> None:
+        if self.handle is not None:
+            self.handle.wait()
+            self.handle = None
 
     def bprop(self, x, out, dout):
         routes = None if self.routes is None else self.routes.T
-        grad, _ = _exchange(dout, self.recv, self.send, self.group, self.counter, self.stage + ":grad", routes)
+        grad, _, _ = _exchange(dout, self.recv, self.send, self.group, self.counter, self.stage + ":grad", routes)
         return (grad,)
 
 
-def _exchange(x: Tensor, send: list, recv: list, group: Group, counter: Optional[TrafficCounter], stage: str,
-              routes: Optional[np.ndarray] = None) -> tuple[Tensor, Optional[np.ndarray]]:
-    """Send ``send[i]`` rows of x to member i, receive ``recv[i]`` from member i; returns (rows, routes)."""
+def _exchange(
+    x: Tensor,
+    send: list,
+    recv: list,
+    group: Group,
+    counter: Optional[TrafficCounter],
+    stage: str,
+    routes: Optional[np.ndarray] = None,
+    async_op: bool = False,
+) -> tuple:
+    """Send ``send[i]`` rows of x to member i, receive ``recv[i]`` from member i; returns (rows, routes, the
+    handle of an asynchronous launch or None)."""
     row_bytes = math.prod(x.shape[1:]) * x.itemsize
     if counter is not None:
-        counter.add([s * row_bytes for s in send], group.nodes, group.nodes[group.my_index], group.ranks,
-                    group.ranks[group.my_index], stage)
+        counter.add(
+            [s * row_bytes for s in send],
+            group.nodes,
+            group.nodes[group.my_index],
+            group.ranks,
+            group.ranks[group.my_index],
+            stage,
+        )
     if group.size == 1:
-        return x, None
+        return x, None, None
     if native_collectives():
-        return _native_all_to_all(x, send, recv, group), None
+        out, handle = _native_all_to_all(x, send, recv, group, async_op)
+        return out, None, handle
     if routes is None:
         routes = _world_routes(send, group)
-    return _all_to_all_by_gather(x, recv, group, routes, stage), routes
+    return _all_to_all_by_gather(x, recv, group, routes, stage), routes, None
 
 
-def _native_all_to_all(x: Tensor, send: list, recv: list, group: Group) -> Tensor:
-    """HCCL AlltoAllV (Ascend only; this path cannot run on CPU)."""
+def _native_all_to_all(x: Tensor, send: list, recv: list, group: Group, async_op: bool) -> tuple[Tensor, object]:
+    """HCCL AlltoAllV (Ascend only; this path cannot run on CPU): (rows, CommHandle or None)."""
     from mindspore.communication import comm_func
 
     native = getattr(comm_func, "all_to_all_single_with_output_shape", None)
     if native is None:
-        raise RuntimeError(f"MindSpore {ms.__version__} has no communication.comm_func."
-                           "all_to_all_single_with_output_shape, which the Ascend dispatch uses; install "
-                           "mindspore>=2.10,<2.11 (`pip install 'locmoe[mindspore]'`)")
+        raise RuntimeError(
+            f"MindSpore {ms.__version__} has no communication.comm_func."
+            "all_to_all_single_with_output_shape, which the Ascend dispatch uses; install "
+            "mindspore>=2.10,<2.11 (`pip install 'locmoe[mindspore]'`)"
+        )
     shape = (int(sum(recv)), *x.shape[1:])
-    out, _ = native(shape, x, output_split_sizes=list(recv), input_split_sizes=list(send), group=group.name)
-    return out
+    return native(
+        shape, x, output_split_sizes=list(recv), input_split_sizes=list(send), group=group.name, async_op=async_op
+    )
 
 
 def _world_routes(send: list, group: Group) -> np.ndarray:
@@ -118,19 +157,27 @@ def _all_to_all_by_gather(x: Tensor, recv: list, group: Group, routes: np.ndarra
     me, members = group.my_world_rank, list(group.world_ranks)
     got = routes[members, me]
     if got.tolist() != list(recv):
-        raise RuntimeError(f"all-to-all '{stage}': rank {me} expects {list(recv)} rows from ranks {members}, "
-                           f"but they send {got.tolist()}: the split sizes disagree across ranks")
+        raise RuntimeError(
+            f"all-to-all '{stage}': rank {me} expects {list(recv)} rows from ranks {members}, "
+            f"but they send {got.tolist()}: the split sizes disagree across ranks"
+        )
     width = max(1, int(routes.sum(axis=1).max()))
     pad = width - x.shape[0]
     padded = ops.cat([x, ops.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-    gathered = ops.AllGather()(padded)                               # [world * width, ...]
+    gathered = ops.AllGather()(padded)  # [world * width, ...]
     before = group.my_index
     index = [s * width + int(routes[s, members[:before]].sum()) + np.arange(routes[s, me]) for s in members]
     return ops.gather(gathered, Tensor(np.concatenate(index).astype(np.int64)), 0)
 
 
-def all_to_all(x: Tensor, send_splits: list, recv_splits: list, group: Group,
-               counter: Optional[TrafficCounter] = None, stage: str = "a2a") -> Tensor:
+def all_to_all(
+    x: Tensor,
+    send_splits: list,
+    recv_splits: list,
+    group: Group,
+    counter: Optional[TrafficCounter] = None,
+    stage: str = "a2a",
+) -> Tensor:
     """Send ``send_splits[i]`` rows of ``x`` to member i; receive ``recv_splits[i]`` rows from member i.
 
     Differentiable: the gradient travels back along the same routes.
@@ -141,18 +188,36 @@ def all_to_all(x: Tensor, send_splits: list, recv_splits: list, group: Group,
     return _AllToAll(send, recv, group, counter, stage)(x)
 
 
-def all_to_all_start(x: Tensor, send_splits: list, recv_splits: list, group: Group,
-                     counter: Optional[TrafficCounter] = None, stage: str = "a2a") -> Callable[[], Tensor]:
+def all_to_all_start(
+    x: Tensor,
+    send_splits: list,
+    recv_splits: list,
+    group: Group,
+    counter: Optional[TrafficCounter] = None,
+    stage: str = "a2a",
+) -> Callable[[], Tensor]:
     """Start an all-to-all and return ``finish`` (→ the received rows), as the torch backend does.
 
-    NOTE: both paths run synchronously for now (PyNative on CPU has no asynchronous collective to overlap
-    with; the Ascend ``async_op`` handle is not wired in yet), so ``finish`` only hands the result over.
+    On Ascend the exchange is launched with ``async_op`` and ``finish`` waits on its handle, so the experts of
+    one chunk run while the next chunk travels (``moe.overlap_chunks``). On CPU, PyNative has no asynchronous
+    collective: the exchange runs at once and ``finish`` hands the result over.
     """
-    out = all_to_all(x, send_splits, recv_splits, group, counter, stage)
-    return lambda: out
+    send, recv = [int(s) for s in send_splits], [int(r) for r in recv_splits]
+    if group.size == 1 or not native_collectives():
+        out = all_to_all(x, send, recv, group, counter, stage)
+        return lambda: out
+    cell = _AllToAll(send, recv, group, counter, stage, async_op=True)
+    out = cell(x)
+
+    def finish() -> Tensor:
+        cell.wait()
+        return out
+
+    return finish
 
 
 # ----------------------------------------------------------------------------- gather / reduce
+
 
 def all_gather_rows(x: Tensor, group: Group) -> Tensor:
     """Concatenate every member's ``x`` (equal shapes within the group) along dim 0, in group order.
@@ -172,7 +237,7 @@ def all_gather_rows(x: Tensor, group: Group) -> Tensor:
     rows = _gather_world(Tensor(np.array([x.shape[0]], dtype=np.int64)), 1).asnumpy()
     width = int(rows.max())
     blocks = _gather_world(x, width).reshape(group.world_size, width, *x.shape[1:])
-    return blocks[Tensor(np.array(group.world_ranks, dtype=np.int64))][:, :x.shape[0]].reshape(-1, *x.shape[1:])
+    return blocks[Tensor(np.array(group.world_ranks, dtype=np.int64))][:, : x.shape[0]].reshape(-1, *x.shape[1:])
 
 
 def _gather_world(x: Tensor, width: int) -> Tensor:

@@ -7,6 +7,7 @@ expert-data-parallel and world groups from ``locmoe.topology`` through ``create_
 treats its batch as the ranks' batches, rank 0's first. ``parallel.timeout_s`` becomes MindSpore's own
 timeouts and the workers' heartbeats (``backends.mindspore.liveness``: what MindSpore allows, and what not).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -17,13 +18,13 @@ from mindspore import communication as comm
 from backends.mindspore.collectives import Group
 from backends.mindspore.liveness import scheduler_verdict, set_timeouts, start_liveness
 from locmoe import liveness
-from locmoe.config.loader import ConfigError
+from locmoe.config import ConfigError
 from locmoe.config.schema import ParallelConfig
-from locmoe.parallel_context import DistContext, ExpertParallel  # noqa: F401 (re-exported)
-from locmoe.topology import ExpertPlacement, LaunchEnv, ParallelLayout, Topology, layout_from_config
+from locmoe.parallel_context import DistContext, ExpertParallel, expert_parallel  # noqa: F401 (re-exported)
+from locmoe.topology import LaunchEnv, ParallelLayout, Topology, layout_from_config
 
 DEVICE_TARGETS = {"cpu": "CPU", "ascend": "Ascend", "npu": "Ascend", "gpu": "GPU", "cuda": "GPU"}
-_created: set = set()          # groups this process has created (create_group must not run twice)
+_created: set = set()  # groups this process has created (create_group must not run twice)
 
 
 def resolve_device(name: str) -> str:
@@ -33,16 +34,20 @@ def resolve_device(name: str) -> str:
 
         return next((t for t in ("Ascend", "GPU") if hal.is_available(t)), "CPU")
     if name not in DEVICE_TARGETS:
-        raise ConfigError("parallel.device", f"{name!r} is not a MindSpore device; allowed: "
-                          f"{['auto', *DEVICE_TARGETS]}")
+        raise ConfigError(
+            "parallel.device", f"{name!r} is not a MindSpore device; allowed: {['auto', *DEVICE_TARGETS]}"
+        )
     target = DEVICE_TARGETS[name]
     if target != "CPU":
         from mindspore import hal
 
         if not hal.is_available(target):
-            raise ConfigError("parallel.device", f"{name!r} was asked for, but this MindSpore build sees no "
-                              f"{target} device: install the MindSpore package for {target} (with its drivers) "
-                              "or set parallel.device: cpu")
+            raise ConfigError(
+                "parallel.device",
+                f"{name!r} was asked for, but this MindSpore build sees no "
+                f"{target} device: install the MindSpore package for {target} (with its drivers) "
+                "or set parallel.device: cpu",
+            )
     return target
 
 
@@ -67,10 +72,22 @@ def init_distributed(parallel: ParallelConfig, env: Optional[LaunchEnv] = None) 
     setup_runtime(device)
     if env.world_size == 1:
         single = Group(None, (0,), (0,), 0)
-        return DistContext(layout, device, single, single, single, single, single, layout.emulated)
+        return DistContext(
+            layout=layout,
+            device=device,
+            ep=single,
+            intra=single,
+            inter=single,
+            expert_dp=single,
+            world=single,
+            emulated=layout.emulated,
+        )
     if env.launcher != "msrun":
-        raise ConfigError("parallel.backend", f"mindspore with {env.world_size} ranks must be started by msrun, "
-                          f"not {env.launcher} (see scripts/train_msrun.sh)")
+        raise ConfigError(
+            "parallel.backend",
+            f"mindspore with {env.world_size} ranks must be started by msrun, "
+            f"not {env.launcher} (see scripts/train_msrun.sh)",
+        )
     if "world" not in _created:
         set_timeouts(parallel.timeout_s)
         with scheduler_verdict():
@@ -78,10 +95,10 @@ def init_distributed(parallel: ParallelConfig, env: Optional[LaunchEnv] = None) 
         _created.add("world")
     groups = _make_groups(layout)
     start_liveness(parallel, env)
-    return DistContext(layout, device, *groups, emulated=False)
+    return DistContext(layout=layout, device=device, emulated=False, **groups)
 
 
-def _make_groups(layout: ParallelLayout) -> tuple:
+def _make_groups(layout: ParallelLayout) -> dict:
     topo, world = layout.topology, layout.world_size
     ep_size = topo.world_size
     mine = {}
@@ -94,11 +111,18 @@ def _make_groups(layout: ParallelLayout) -> tuple:
     for j in range(ep_size):
         _add(mine, "expert_dp", f"edp{j}", list(range(j, world, ep_size)), layout, None, 0)
     _add(mine, "world", None, list(range(world)), layout, None, 0)
-    return mine["ep"], mine["intra"], mine["inter"], mine["expert_dp"], mine["world"]
+    return mine  # {"ep", "intra", "inter", "expert_dp", "world"}: this rank's group of each kind
 
 
-def _add(mine: dict, kind: str, name: Optional[str], ranks: list, layout: ParallelLayout,
-         topo: Optional[Topology], start: int) -> None:
+def _add(
+    mine: dict,
+    kind: str,
+    name: Optional[str],
+    ranks: list,
+    layout: ParallelLayout,
+    topo: Optional[Topology],
+    start: int,
+) -> None:
     """Create the group on its members (create_group runs on the members only) and keep it if it is mine."""
     if layout.rank not in ranks:
         return
@@ -114,12 +138,6 @@ def _add(mine: dict, kind: str, name: Optional[str], ranks: list, layout: Parall
     local = [r - start for r in ranks] if topo is not None else ranks
     nodes = tuple(int(topo.node_of(r)) for r in local) if topo is not None else tuple(0 for _ in ranks)
     mine[kind] = Group(handle, tuple(local), nodes, ranks.index(layout.rank), tuple(ranks), layout.world_size)
-
-
-def expert_parallel(ctx: DistContext, parallel: ParallelConfig, num_experts: int) -> ExpertParallel:
-    placement = ExpertPlacement.from_config(parallel, num_experts, ctx.layout.topology)
-    return ExpertParallel(ctx.layout.topology, placement, ctx.layout.ep_rank, ctx.emulated, ctx.ep, ctx.intra,
-                          ctx.inter, parallel.dispatch)
 
 
 def shutdown() -> None:

@@ -13,6 +13,7 @@ never reads the beats of the last one). What it
 cannot do: msrun SIGKILLs every worker within a second of one exiting with an error or a signal, so the
 survivors of a *dead* worker print nothing; only msrun's own report (and its scheduler log) names it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,9 +35,20 @@ from locmoe.topology import LaunchEnv
 
 TIMEOUT_ENV = ("MS_NODE_TIMEOUT", "HCCL_EXEC_TIMEOUT")
 # What MindSpore's CPU (MCCL) and Ascend (HCCL) collectives raise when a peer is gone or too slow.
-COMM_ERROR_TEXT = ("launch kernel failed", "allgather", "allreduce", "alltoall", "broadcast", "hccl", "mccl",
-                   "collective", "timed out", "timeout", "connection")
-_run_dir: Optional[Path] = None      # set by rank_failures_reported: where the heartbeat files go
+COMM_ERROR_TEXT = (
+    "launch kernel failed",
+    "allgather",
+    "allreduce",
+    "alltoall",
+    "broadcast",
+    "hccl",
+    "mccl",
+    "collective",
+    "timed out",
+    "timeout",
+    "connection",
+)
+_run_dir: Optional[Path] = None  # set by rank_failures_reported: where the heartbeat files go
 
 
 def set_timeouts(timeout_s: float) -> None:
@@ -57,7 +69,8 @@ def scheduler_verdict() -> Iterator[None]:
             raise
         raise liveness.RankFailure(
             f"msrun worker {found.group(1)} stopped responding (MindSpore's scheduler heard no heartbeat for "
-            f"MS_NODE_TIMEOUT = {os.environ.get('MS_NODE_TIMEOUT', '?')} s: stalled or killed)") from None
+            f"MS_NODE_TIMEOUT = {os.environ.get('MS_NODE_TIMEOUT', '?')} s: stalled or killed)"
+        ) from None
 
 
 def start_liveness(parallel: ParallelConfig, env: LaunchEnv) -> Optional[liveness.Liveness]:
@@ -76,7 +89,7 @@ def _job_id() -> str:
 
     # int32: MindSpore 2.10's CPU AllGather keeps only the low 32 bits of an int64 (measured)
     mine = Tensor(np.array([[secrets.randbits(31)]], dtype=np.int32))
-    return f"{int(ops.AllGather()(mine).asnumpy()[0, 0]):08x}"      # rank 0's
+    return f"{int(ops.AllGather()(mine).asnumpy()[0, 0]):08x}"  # rank 0's
 
 
 def is_comm_error(err: BaseException) -> bool:
@@ -105,6 +118,6 @@ def _remove_when_left(monitor: liveness.Liveness) -> None:
     store, deadline = monitor.store, time.monotonic() + CLEANUP_WAIT_S
     while not all(store.get(f"state/{r}") for r in range(monitor.world)):
         if time.monotonic() > deadline:
-            return                      # a worker still beats: its files stay (a few bytes in the temp dir)
+            return  # a worker still beats: its files stay (a few bytes in the temp dir)
         time.sleep(0.2)
     shutil.rmtree(store.root, ignore_errors=True)

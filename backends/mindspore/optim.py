@@ -9,6 +9,7 @@ AdamW is written out (torch's update rule exactly: decoupled decay, bias-correct
 from ``mindspore.nn``/``mint.optim``, so that its state — per parameter name, ``exp_avg`` and ``exp_avg_sq``,
 plus one step count — converts one to one to and from a torch optimiser (``locmoe convert``).
 """
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,7 @@ from mindspore import Parameter, Tensor, ops
 from backends.mindspore.collectives import all_reduce
 from backends.mindspore.distributed import DistContext
 from locmoe.config.schema import TrainConfig
-from models.spec import is_expert_param
+from locmoe.model_spec import is_expert_param
 
 
 class AdamW:
@@ -36,7 +37,7 @@ class AdamW:
     def step(self, grads: dict[str, Tensor]) -> None:
         self.step_count += 1
         b1, b2 = self.betas
-        c1, c2 = 1 - b1 ** self.step_count, 1 - b2 ** self.step_count
+        c1, c2 = 1 - b1**self.step_count, 1 - b2**self.step_count
         for name, p in self.params.items():
             g = grads[name]
             m = self.exp_avg[name] = b1 * self.exp_avg[name] + (1 - b1) * g
@@ -73,7 +74,7 @@ def _reduce_flat(grads: dict, names: list, group, scale: float) -> None:
     offset = 0
     for n in names:
         size = grads[n].size
-        grads[n] = flat[offset:offset + size].reshape(grads[n].shape)
+        grads[n] = flat[offset : offset + size].reshape(grads[n].shape)
         offset += size
 
 

@@ -6,6 +6,7 @@ token's copies in choice order, so the expert-parallel run and the one-process r
 the same order (bit-identical outputs). Unlike the torch backend there is no hand-written backward: MindSpore
 differentiates the gathers itself, and on CPU a scatter-add costs no atomics.
 """
+
 from __future__ import annotations
 
 import mindspore as ms
@@ -30,13 +31,13 @@ def copy_positions(order: Tensor, num_kept: int) -> Tensor:
     and the returned rows stay in the graph even when a rank keeps no copy (every rank must then still run
     the combine's backward all-to-all).
     """
-    inverse = argsort_unique(order)                               # place of each copy in ``order``
+    inverse = argsort_unique(order)  # place of each copy in ``order``
     return ops.where(inverse < num_kept, inverse, num_kept)
 
 
 def unpermute_tokens(rows: Tensor, weight: Tensor, pos: Tensor) -> Tensor:
     """y [T, d] = Σ_j weight[t, j] · rows[pos[t, j]]; rows [M, d], weight and pos [T, k]."""
     T, k = pos.shape
-    padded = ops.cat([rows, ops.zeros((1, rows.shape[1]), rows.dtype)])   # row M: dropped copies
+    padded = ops.cat([rows, ops.zeros((1, rows.shape[1]), rows.dtype)])  # row M: dropped copies
     gathered = ops.gather(padded, pos.reshape(-1).astype(ms.int64), 0).reshape(T, k, -1)
     return (weight.astype(rows.dtype)[:, :, None] * gathered).sum(axis=1)

@@ -1,27 +1,31 @@
 """MindSpore mirrors of the issue-14 router options (``locmoe.routing``: gating, balancing, node_limited, losses,
-paper_bound): the papers' ReLU gate with ε, sigmoid scoring, the loss-free selection bias, node-limited top-k,
+paper_bound): softmax or sigmoid scoring, the loss-free selection bias, node-limited top-k,
 the router z-loss, the batch locality loss and the paper bound's token-space deviation.
 
 Tie rules as in ``routing_ops``: explicit (``stable_argsort``), never left to an unstable sort. Losses run in
 float64 off Ascend, for the reason ``routing_ops.log_softmax`` gives (MindSpore's CPU float32 exp/log).
 """
+
 from __future__ import annotations
 
 import mindspore as ms
 import numpy as np
 from mindspore import Tensor, ops
 
-from backends.mindspore.routing_ops import _on_ascend, stable_argsort, top_k
+from backends.mindspore.routing_ops import _on_ascend, log_softmax, stable_argsort, top_k
 
 
 def _wide(t: Tensor) -> Tensor:
     return t if _on_ascend() else t.astype(ms.float64)
 
 
-def paper_gate(scores: Tensor, activation: str, bias) -> Tensor:
-    """G = ReLU(ω·x + ε) (LocMoE Eq. 3): ``bias`` [E] or None, ``activation`` "relu" or "none"."""
-    g = scores if bias is None else scores + bias
-    return ops.relu(g) if activation == "relu" else g
+def affinities(scoring: str, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(affinity the router selects and weighs by, p_t of the losses, log p_t), as the reference's."""
+    if scoring == "sigmoid":
+        return sigmoid_affinities(logits)
+    log_probs64 = log_softmax(logits)  # float64 off Ascend (see routing_ops.log_softmax)
+    probs = ops.exp(log_probs64).astype(ms.float32)
+    return probs, probs, log_probs64.astype(ms.float32)
 
 
 def sigmoid_affinities(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -44,22 +48,23 @@ def node_scores(sel: Tensor, table: np.ndarray, how: str) -> Tensor:
     per_node = ops.gather(sel, Tensor(table.reshape(-1)), 1).reshape(T, N, per)
     if how == "max":
         return ops.amax(per_node, -1)
-    best = ops.sort(per_node, axis=-1, descending=True)[0]          # values only: tie order does not matter
+    best = ops.sort(per_node, axis=-1, descending=True)[0]  # values only: tie order does not matter
     first = best[..., 0]
     neg_inf = ops.full_like(first, float("-inf"))
     second = best[..., 1] if per > 1 else neg_inf
-    return ops.where(ops.isfinite(first), first + ops.where(ops.isfinite(second), second, ops.zeros_like(second)),
-                     neg_inf)
+    return ops.where(
+        ops.isfinite(first), first + ops.where(ops.isfinite(second), second, ops.zeros_like(second)), neg_inf
+    )
 
 
 def node_limited_top_k(sel: Tensor, k: int, num_nodes: int, table: np.ndarray, how: str) -> Tensor:
     """[T, k] top-k among the experts on each token's ``num_nodes`` best nodes (ties: lower node, lower id)."""
     N, per = table.shape
-    nodes = stable_argsort(node_scores(sel, table, how), -1, descending=True)[:, :num_nodes]     # [T, M]
-    keep_node = (nodes[:, :, None] == ops.arange(N, dtype=ms.int64)[None, None, :]).any(axis=1)   # [T, N]
+    nodes = stable_argsort(node_scores(sel, table, how), -1, descending=True)[:, :num_nodes]  # [T, M]
+    keep_node = (nodes[:, :, None] == ops.arange(N, dtype=ms.int64)[None, None, :]).any(axis=1)  # [T, N]
     node_of = np.zeros(sel.shape[1], dtype=np.int64)
     node_of[table.reshape(-1)] = np.repeat(np.arange(N), per)
-    keep = ops.gather(keep_node, Tensor(node_of), 1)                                              # [T, E]
+    keep = ops.gather(keep_node, Tensor(node_of), 1)  # [T, E]
     return top_k(ops.where(keep, sel, ops.full_like(sel, float("-inf"))), k)
 
 

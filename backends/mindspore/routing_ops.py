@@ -7,6 +7,7 @@ Ascend (``mint.sort(stable=True)`` is Ascend-only) and no tie order for ``ops.so
 tie rule is made explicit: :func:`stable_argsort` sorts unique integer keys (dense rank, index), and
 "lowest id among the maxima" is computed with a min over the ids, never left to an argmax.
 """
+
 from __future__ import annotations
 
 import mindspore as ms
@@ -40,7 +41,7 @@ def stable_argsort(values: Tensor, axis: int = -1, descending: bool = False) -> 
     if n == 0:
         return ops.zeros(values.shape, ms.int64)
     index = ops.arange(n, dtype=ms.int64)
-    key = dense_rank(values, descending) * n + index                   # unique per row: (rank, index)
+    key = dense_rank(values, descending) * n + index  # unique per row: (rank, index)
     return ops.sort(key, axis=-1)[1].astype(ms.int64)
 
 
@@ -68,7 +69,7 @@ def log_softmax(z: Tensor) -> Tensor:
     """
     if not _on_ascend():
         z = z.astype(ms.float64)
-    m = ops.stop_gradient(ops.amax(z, -1, keepdims=True))       # the shift cancels in the gradient
+    m = ops.stop_gradient(ops.amax(z, -1, keepdims=True))  # the shift cancels in the gradient
     shifted = z - m
     return shifted - ops.log(ops.exp(shifted).sum(axis=-1, keepdims=True))
 
@@ -99,12 +100,12 @@ def intra_node_first(probs: Tensor, k: int, local_mask: Tensor, rho: float) -> T
     threshold = rho * ops.gather_elements(probs, 1, idx[:, -1:])
     neg_inf = ops.full_like(probs, float("-inf"))
     for _ in range(k):
-        chosen = (idx[:, :, None] == ids[None, None, :]).any(axis=1)                       # [T, E]
+        chosen = (idx[:, :, None] == ids[None, None, :]).any(axis=1)  # [T, E]
         cand = ops.where(local_mask & ~chosen & (probs >= threshold), probs, neg_inf)
         best_val = ops.amax(cand, axis=-1)
-        best = ops.amin(ops.where(cand == best_val[:, None], ids, E), axis=-1)          # lowest id among maxima
-        remote = ~ops.gather_elements(local_mask, 1, idx)                                  # [T, k]
-        last_remote = ops.amax(ops.where(remote, slots, -1), axis=-1)                      # lowest-ranked remote
+        best = ops.amin(ops.where(cand == best_val[:, None], ids, E), axis=-1)  # lowest id among maxima
+        remote = ~ops.gather_elements(local_mask, 1, idx)  # [T, k]
+        last_remote = ops.amax(ops.where(remote, slots, -1), axis=-1)  # lowest-ranked remote
         swap = ops.isfinite(best_val) & remote.any(axis=-1)
         col = ops.where(swap, last_remote, 0)
         new = ops.where(swap, best, ops.gather_elements(idx, 1, col[:, None])[:, 0])
@@ -139,7 +140,7 @@ def admission_order(expert: Tensor, prob: Tensor, locality: Tensor) -> Tensor:
     """Copy ids sorted by (expert, class, -prob, copy id): one sort of unique integer keys."""
     C = expert.shape[0]
     copy_id = ops.arange(C, dtype=ms.int64)
-    prob_rank = dense_rank(prob, descending=True)                    # 0 = most probable
+    prob_rank = dense_rank(prob, descending=True)  # 0 = most probable
     key = ((expert.astype(ms.int64) * 3 + locality.astype(ms.int64)) * C + prob_rank) * C + copy_id
     return argsort_unique(key)
 
@@ -150,17 +151,17 @@ def admit(expert: Tensor, prob: Tensor, locality: Tensor, capacity: Tensor) -> T
         return ops.zeros((0,), ms.bool_)
     order = admission_order(expert, prob, locality)
     sorted_expert = ops.gather(expert.astype(ms.int64), order, 0)
-    start = ops.searchsorted(sorted_expert, sorted_expert)            # first place of each expert's queue
+    start = ops.searchsorted(sorted_expert, sorted_expert)  # first place of each expert's queue
     position = ops.arange(order.shape[0], dtype=ms.int64) - start
     kept_sorted = position < ops.gather(capacity.astype(ms.int64), sorted_expert, 0)
-    return ops.gather(kept_sorted, argsort_unique(order), 0)         # back to copy-id order
+    return ops.gather(kept_sorted, argsort_unique(order), 0)  # back to copy-id order
 
 
 def expert_choice(probs: Tensor, capacity: int) -> tuple[Tensor, Tensor]:
     """Each expert takes its ``capacity`` most probable tokens; returns (token, expert) sorted by token, expert."""
     T, E = probs.shape
     take = min(capacity, T)
-    order = stable_argsort(probs, axis=0, descending=True)[:take]     # [take, E]
+    order = stable_argsort(probs, axis=0, descending=True)[:take]  # [take, E]
     token = order.T.reshape(-1)
     expert = ops.repeat_interleave(ops.arange(E, dtype=ms.int64), take, 0)
     ok = ops.gather(probs.reshape(-1), token * E + expert, 0) > 0

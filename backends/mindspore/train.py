@@ -5,6 +5,7 @@ Order of work: check every input (config, data, checkpoint to resume) before wri
 model, then step: micro-batches (``mindspore.value_and_grad``) → gradient sync → clip → AdamW; log,
 validate, checkpoint; export the routers at the end.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,13 +30,14 @@ from models.pangu_sigma_mindspore import PanGuSigma
 def build_model(cfg: JobConfig, ctx: DistContext) -> PanGuSigma:
     model = PanGuSigma(cfg, expert_parallel(ctx, cfg.parallel, cfg.moe.num_experts))
     model.reset_parameters(cfg.train.seed)
-    model.set_train(True)          # MindSpore cells start in eval mode; the router's angle EMA learns in training
+    model.set_train(True)  # MindSpore cells start in eval mode; the router's angle EMA learns in training
     return model
 
 
 @dataclass
 class Batches:
     """This process's view of the data: one rank's rows, or every emulated rank's rows."""
+
     sampler: BatchSampler
 
     def get(self, step: int, micro: int = 0, split: str = "train"):
@@ -47,12 +49,15 @@ def prepare(cfg: JobConfig, resume: bool):
     ctx = init_distributed(cfg.parallel)
     if cfg.train.dtype != "float32" and ctx.device != "CPU":
         # on CPU bfloat16 means fp32 compute in both backends (torch autocasts on CUDA/NPU only)
-        raise ConfigError("train.dtype", f"'{cfg.train.dtype}' on {ctx.device} is not supported by the MindSpore "
-                          "backend yet; allowed: float32")
+        raise ConfigError(
+            "train.dtype",
+            f"'{cfg.train.dtype}' on {ctx.device} is not supported by the MindSpore backend yet; allowed: float32",
+        )
     corpus, ckpt = common.check_inputs(cfg, resume)
     ranks = ctx.layout.topology.world_size if ctx.emulated else 1
-    sampler = BatchSampler(corpus, cfg.data.seq_len, cfg.train.batch_size * ranks, ctx.rank, ctx.world_size,
-                           cfg.data.seed)
+    sampler = BatchSampler(
+        corpus, cfg.data.seq_len, cfg.train.batch_size * ranks, rank=ctx.rank, world=ctx.world_size, seed=cfg.data.seed
+    )
     return ctx, corpus, ckpt, Batches(sampler)
 
 
@@ -90,8 +95,14 @@ def validate(model, batches: Batches, ctx, eval_batches: int) -> float:
 
 
 def moe_scalars(metrics: list, logger: TrainLogger, step: int, layers: list) -> dict:
-    return common.moe_scalars([m.summary() for m in metrics], [m.stats.expert_load for m in metrics],
-                              logger, step, layers, [m.stats.capacity for m in metrics])
+    return common.moe_scalars(
+        [m.summary() for m in metrics],
+        [m.stats.expert_load for m in metrics],
+        logger,
+        step,
+        layers,
+        [m.stats.capacity for m in metrics],
+    )
 
 
 def accumulate(total: dict | None, grads: dict) -> dict:
@@ -111,10 +122,13 @@ def train(cfg: JobConfig, resume: bool = False) -> dict:
         clean_temporaries(cfg.train.out_dir)
     run = common.RunRecord(cfg, ctx.is_main, start)
     t = cfg.train
-    tokens_per_step = batches.sampler.B * ctx.world_size * cfg.data.seq_len * t.grad_accum
+    tokens_per_step = batches.sampler.batch_per_rank * ctx.world_size * cfg.data.seq_len * t.grad_accum
     mode = "PyNative + jit" if cfg.parallel.jit else "PyNative"
-    run.logger.message(common.start_message(cfg, sum(p.size for p in model.trainable_params()), corpus, ctx,
-                                            f"MindSpore {ctx.device} {mode}"))
+    run.logger.message(
+        common.start_message(
+            cfg, sum(p.size for p in model.trainable_params()), corpus, ctx, f"MindSpore {ctx.device} {mode}"
+        )
+    )
     micro_step = Step(model, optimizer, t.grad_accum)
     for step in range(start, t.steps):
         set_lr(optimizer, lr_at(step, t))
@@ -129,9 +143,15 @@ def train(cfg: JobConfig, resume: bool = False) -> dict:
 
         def scalars() -> dict:
             loss, aux_v = all_reduce_mean([float(lm.asnumpy()), float(aux.asnumpy())], ctx)
-            return dict(common.step_scalars(loss, aux_v, lr_at(step, t), grad_norm, tokens_per_step, run.clock, done),
-                        **moe_scalars(metrics, run.logger, done, model.moe_layers))
+            return dict(
+                common.step_scalars(loss, aux_v, lr_at(step, t), grad_norm, tokens_per_step, run.clock, done),
+                **moe_scalars(metrics, run.logger, done, model.moe_layers),
+            )
 
-        run.end_step(done, scalars, lambda: validate(model, batches, ctx, t.eval_batches),
-                     lambda extra: save_checkpoint(model, optimizer, ctx, done, extra))
+        run.end_step(
+            done,
+            scalars,
+            lambda: validate(model, batches, ctx, t.eval_batches),
+            lambda extra: save_checkpoint(model, optimizer, ctx, done, extra),
+        )
     return run.finish()

@@ -1,50 +1,42 @@
-"""PyTorch backend (CUDA, Ascend through torch-npu, CPU): the surface ``backends.get("torch")`` returns.
+"""PyTorch backend (CUDA, Ascend through torch-npu, CPU): a :class:`locmoe.backend_api.Backend` and
+:class:`~locmoe.backend_api.TraceRecorder`, as ``backends.get("torch")`` returns it.
 
-    init_distributed(parallel)      devices and process groups from the launcher
-    MoELayer                        router → dispatcher → experts
-    build_model(cfg, ctx)           the PanGu-Sigma-style model
-    train(cfg, resume=False)        the pretraining loop
-    save_checkpoint / load_checkpoint
-    record_trace(checkpoint, out, …) a routing trace of a checkpoint for the placement planners
+Nothing is imported here: the functions below import their module when called, so that importing one
+submodule (``backends.torch.moe_layer``, say) does not load the training loop and the model with it.
+The modules, for a reader: ``moe_layer`` (router → dispatcher → experts), ``distributed`` (devices and
+process groups from the launcher), ``train`` (the pretraining loop, ``build_model``), ``checkpoint``,
+``trace``, ``inference/`` (serving).
 """
-from backends.torch.distributed import init_distributed
-from backends.torch.moe_layer import MoELayer
-# Imported here, before ``train`` below is defined: the import system binds a submodule to its package's
-# attribute of the same name when it first loads it, which would otherwise replace the function ``train``
-# with the module ``backends.torch.train`` the first time a caller imported it.
-import backends.torch.train  # noqa: E402,F401  isort: skip
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Sequence
+
+    from locmoe.backend_api import CheckpointIO
+    from locmoe.config.schema import JobConfig
 
 
-def train(cfg, resume: bool = False):
+def pretrain(cfg: JobConfig, resume: bool = False) -> dict:
     from backends.torch.liveness import rank_failures_reported
-    from backends.torch.train import train as _train
+    from backends.torch.train import train
 
-    with rank_failures_reported():      # a stalled or dead peer: one line naming it, exit 2 (docs/reliability.md)
-        return _train(cfg, resume)
-
-
-def build_model(cfg, ctx):
-    from backends.torch.train import build_model as _build
-
-    return _build(cfg, ctx)
+    with rank_failures_reported():  # a stalled or dead peer: one line naming it, exit 2 (docs/reliability.md)
+        return train(cfg, resume)
 
 
-def save_checkpoint(*args, **kwargs):
-    from backends.torch.checkpoint import save_checkpoint as _save
+def checkpoint_io() -> CheckpointIO:
+    from backends.torch import checkpoint
 
-    return _save(*args, **kwargs)
-
-
-def load_checkpoint(*args, **kwargs):
-    from backends.torch.checkpoint import load_checkpoint as _load
-
-    return _load(*args, **kwargs)
+    return checkpoint
 
 
-def record_trace(*args, **kwargs):
-    from backends.torch.trace import record_trace as _record
+def record_trace(
+    checkpoint: str | Path, out: str | Path, tokens: int, batch_size: int, data_overrides: Sequence[str] = ()
+) -> Path:
+    from backends.torch.trace import record_trace as record
 
-    return _record(*args, **kwargs)
-
-
-__all__ = ["MoELayer", "build_model", "init_distributed", "load_checkpoint", "record_trace", "save_checkpoint", "train"]
+    return record(checkpoint, out, tokens, batch_size, data_overrides)

@@ -1,6 +1,6 @@
 """Checkpoints of the torch backend, in the shared directory format of ``locmoe.checkpointing`` (format 2):
 
-    model.safetensors              every parameter by its ``models.spec`` name, experts consolidated over the
+    model.safetensors              every parameter by its ``locmoe.model_spec`` name, experts consolidated over the
                                    EP group, fp32 (rank 0 writes it; any layout and the MindSpore backend can
                                    read it)
     optimizer_rank{r}.safetensors  AdamW moments of rank r by parameter name (exact resume needs the same layout)
@@ -11,6 +11,7 @@
 Nothing is unpickled. Format 1 kept ``optimizer_rank{r}.pt`` and ``rng_rank{r}.pt`` (pickles): they are read
 only under ``--trust-checkpoint``, and then with torch's restricted unpickler (``weights_only=True``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,10 +28,18 @@ from safetensors.torch import save_file
 from backends.torch.collectives import all_gather_rows
 from backends.torch.distributed import DistContext
 from locmoe import checkpoint_files as files
-from locmoe.checkpointing import (CheckpointError, format_version, read_train_state, reading, require_trust,
-                                  safe_tensors, write_checkpoint, write_train_state)
+from locmoe.checkpointing import (
+    CheckpointError,
+    format_version,
+    read_train_state,
+    reading,
+    require_trust,
+    safe_tensors,
+    write_checkpoint,
+    write_train_state,
+)
 from locmoe.finite import nonfinite_error
-from models.spec import is_expert_param, parameter_shapes
+from locmoe.model_spec import is_expert_param, parameter_shapes
 
 
 def consolidated_state(model, ctx: DistContext) -> dict[str, torch.Tensor]:
@@ -68,7 +77,7 @@ def check_finite(model, optimizer, ctx: DistContext, step: int) -> None:
     """Before sealing: every rank's weights and moments are finite, or every rank stops (NonFiniteError)."""
     from locmoe.atomic_io import fault_due
 
-    if fault_due("nan_weights", step):        # test hook: the update of this step diverged
+    if fault_due("nan_weights", step):  # test hook: the update of this step diverged
         with torch.no_grad():
             next(model.parameters()).view(-1)[0] = float("nan")
     bad = first_nonfinite(model, optimizer)
@@ -93,8 +102,10 @@ def optimizer_files_state(model, optimizer) -> tuple[dict, dict, list, dict]:
                 dtypes[key] = str(v.dtype).removeprefix("torch.")
             else:
                 scalars.setdefault(name, {})[key] = v
-    groups = [{**{k: _plain(v) for k, v in g.items() if k != "params"}, "params": [names[id(p)] for p in g["params"]]}
-              for g in optimizer.param_groups]
+    groups = [
+        {**{k: _plain(v) for k, v in g.items() if k != "params"}, "params": [names[id(p)] for p in g["params"]]}
+        for g in optimizer.param_groups
+    ]
     return tensors, scalars, groups, dtypes
 
 
@@ -115,14 +126,20 @@ def save_checkpoint(model, optimizer, ctx: DistContext, step: int, extra: dict) 
         r = ctx.rank
         files.write_optimizer_files(tmp, r, *optimizer_files_state(model, optimizer), save=save_file)
         cuda = [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else None
-        files.write_rng_file(files.rng_to_json(np.random.get_state(), random.getstate(),
-                                               torch=torch.get_rng_state().tolist(), cuda=cuda), tmp, r)
+        files.write_rng_file(
+            files.rng_to_json(
+                np.random.get_state(), random.getstate(), torch=torch.get_rng_state().tolist(), cuda=cuda
+            ),
+            tmp,
+            r,
+        )
         if ctx.is_main:
             files.save_tensor_file(save_file, state, tmp / "model.safetensors")
             write_train_state(tmp, step, cfg, ctx.layout, "torch", extra)
 
-    return write_checkpoint(cfg.train.out_dir, step, cfg.train.keep_checkpoints, ctx.is_main, lambda: _barrier(ctx),
-                            write, "torch")
+    return write_checkpoint(
+        cfg.train.out_dir, step, cfg.train.keep_checkpoints, ctx.is_main, lambda: _barrier(ctx), write, "torch"
+    )
 
 
 def load_model_weights(model, path: Path) -> None:
@@ -134,8 +151,10 @@ def load_model_weights(model, path: Path) -> None:
     with safe_tensors(file, "pt") as f:
         found = set(f.keys())
         if found != expected:
-            raise CheckpointError(f"{path} was written for another model: missing {sorted(expected - found)[:5]}, "
-                                  f"unexpected {sorted(found - expected)[:5]}")
+            raise CheckpointError(
+                f"{path} was written for another model: missing {sorted(expected - found)[:5]}, "
+                f"unexpected {sorted(found - expected)[:5]}"
+            )
         with torch.no_grad():
             for name in expected:
                 with reading(file):
@@ -143,8 +162,9 @@ def load_model_weights(model, path: Path) -> None:
                 if is_expert_param(name):
                     t = t[experts]
                 if tuple(t.shape) != tuple(own[name].shape):
-                    raise CheckpointError(f"{path}: {name} has shape {tuple(t.shape)}, the model expects "
-                                          f"{tuple(own[name].shape)}")
+                    raise CheckpointError(
+                        f"{path}: {name} has shape {tuple(t.shape)}, the model expects {tuple(own[name].shape)}"
+                    )
                 own[name].copy_(t.to(own[name].dtype))
 
 
@@ -163,8 +183,11 @@ def load_checkpoint(path: Path, model, optimizer, ctx: DistContext) -> tuple[int
         file = path / files.RNG_FILE.format(rank=ctx.rank)
         torch_state = torch.tensor(files.byte_list(rest.get("torch"), file, "'torch'"), dtype=torch.uint8)
         cuda = rest.get("cuda")
-        cuda = None if cuda is None else [torch.tensor(files.byte_list(c, file, "'cuda'"), dtype=torch.uint8)
-                                          for c in cuda]
+        cuda = (
+            None
+            if cuda is None
+            else [torch.tensor(files.byte_list(c, file, "'cuda'"), dtype=torch.uint8) for c in cuda]
+        )
     with reading(path / files.RNG_FILE.format(rank=ctx.rank)):
         torch.set_rng_state(torch_state)
         np.random.set_state(np_state)
@@ -194,8 +217,10 @@ def _optimizer_state_dict(path: Path, rank: int, model, optimizer) -> dict:
     for key, by_name in tensors.items():
         for name, t in by_name.items():
             if name not in index:
-                raise CheckpointError(f"{path / files.OPTIMIZER_TENSORS.format(rank=rank)}: {key} of {name!r}, "
-                                      "which this model does not have")
+                raise CheckpointError(
+                    f"{path / files.OPTIMIZER_TENSORS.format(rank=rank)}: {key} of {name!r}, "
+                    "which this model does not have"
+                )
             state.setdefault(index[name], {})[key] = t
     return _current_groups({"state": state}, optimizer)
 
@@ -220,15 +245,18 @@ def _legacy_load(file: Path):
         raise CheckpointError(f"{file} is missing")
     try:
         with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
-            warnings.simplefilter("ignore")     # torch's note on the pickle protocol is not the user's business
+            warnings.simplefilter("ignore")  # torch's note on the pickle protocol is not the user's business
             return torch.load(file, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{file} cannot be read: torch's restricted unpickler refuses it ({_why(err)}); "
-                              "a checkpoint of locmoe holds only tensors and RNG states, so it may have been "
-                              "tampered with") from None
+        raise CheckpointError(
+            f"{file} cannot be read: torch's restricted unpickler refuses it ({_why(err)}); "
+            "a checkpoint of locmoe holds only tensors and RNG states, so it may have been "
+            "tampered with"
+        ) from None
     except Exception as err:
-        raise CheckpointError(f"{file} cannot be read ({type(err).__name__}: {str(err)[:120]}); the checkpoint "
-                              "is corrupt") from None
+        raise CheckpointError(
+            f"{file} cannot be read ({type(err).__name__}: {str(err)[:120]}); the checkpoint is corrupt"
+        ) from None
 
 
 def _why(err: Exception) -> str:
@@ -245,6 +273,7 @@ def _barrier(ctx: DistContext) -> None:
 
 # ----------------------------------------------------------------------------- conversion (locmoe convert)
 
+
 def optimizer_names(cfg) -> list[str]:
     """Parameter names in the order of ``make_optimizer``'s state indices (decay group, then the rest),
     read from a model built on the meta device (no memory; the order does not depend on the layout)."""
@@ -255,10 +284,14 @@ def optimizer_names(cfg) -> list[str]:
     from models.pangu_sigma_torch import PanGuSigma
 
     topo, one = Topology(1, 1), Group(None, (0,), (0,), 0)
-    placement = ExpertPlacement.from_config(dataclasses.replace(cfg.parallel, placement="contiguous",
-                                                                placement_table=[]), cfg.moe.num_experts, topo)
+    placement = ExpertPlacement.from_config(
+        dataclasses.replace(cfg.parallel, placement="contiguous", placement_table=[]), cfg.moe.num_experts, topo
+    )
     with torch.device("meta"):
-        model = PanGuSigma(cfg, ExpertParallel(topo, placement, 0, True, one, one, one, cfg.parallel.dispatch))
+        ep = ExpertParallel(
+            topology=topo, placement=placement, rank=0, group=one, intra=one, inter=one, scheme=cfg.parallel.dispatch
+        )
+        model = PanGuSigma(cfg, ep)
     index = {id(p): n for n, p in model.named_parameters()}
     return [index[id(p)] for g in make_optimizer(model, cfg.train).param_groups for p in g["params"]]
 
@@ -281,15 +314,29 @@ def write_optimizer(state: dict, path: Path, rank: int, cfg) -> None:
     names = optimizer_names(cfg)
     shapes = parameter_shapes(cfg)
     t = cfg.train
-    group = lambda ps, wd: {"weight_decay": wd, "lr": t.lr, "betas": [t.beta1, t.beta2], "eps": 1e-8,  # noqa
-                            "amsgrad": False, "foreach": None, "maximize": False, "capturable": False,
-                            "differentiable": False, "fused": None, "decoupled_weight_decay": True, "params": ps}
+    group = lambda ps, wd: {  # noqa: E731
+        "weight_decay": wd,
+        "lr": t.lr,
+        "betas": [t.beta1, t.beta2],
+        "eps": 1e-8,
+        "amsgrad": False,
+        "foreach": None,
+        "maximize": False,
+        "capturable": False,
+        "differentiable": False,
+        "fused": None,
+        "decoupled_weight_decay": True,
+        "params": ps,
+    }
     held = [n for n in names if n in state["exp_avg"]]
-    tensors = {f"{key}.{n}": torch.from_numpy(np.ascontiguousarray(state[key][n])) for key in files.MOMENTS
-               for n in held}
+    tensors = {
+        f"{key}.{n}": torch.from_numpy(np.ascontiguousarray(state[key][n])) for key in files.MOMENTS for n in held
+    }
     scalars = {n: {"step": float(state["step"])} for n in held}
-    groups = [group([n for n in held if len(shapes[n]) >= 2], t.weight_decay),
-              group([n for n in held if len(shapes[n]) < 2], 0.0)]
+    groups = [
+        group([n for n in held if len(shapes[n]) >= 2], t.weight_decay),
+        group([n for n in held if len(shapes[n]) < 2], 0.0),
+    ]
     files.write_optimizer_files(path, rank, tensors, scalars, groups, {"step": "float32"}, save=save_file)
 
 
@@ -306,5 +353,6 @@ def write_rng(state: dict, path: Path, rank: int, seed: int) -> None:
     """``rng_rank{r}.json`` from numpy/python states; torch's own generator restarts from the run's seed, as
     ``backends.torch.train`` seeds it (the model draws its weights from numpy, so nothing else consumed it)."""
     torch_state = torch.Generator().manual_seed(seed + rank).get_state()
-    files.write_rng_file(files.rng_to_json(state["numpy"], state["python"], torch=torch_state.tolist(), cuda=None),
-                         path, rank)
+    files.write_rng_file(
+        files.rng_to_json(state["numpy"], state["python"], torch=torch_state.tolist(), cuda=None), path, rank
+    )

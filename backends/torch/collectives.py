@@ -3,6 +3,7 @@
 Works on gloo (CPU), NCCL (CUDA) and HCCL (torch-npu). Every all-to-all adds the bytes this rank sends to
 other ranks of its node and of other nodes to a :class:`TrafficCounter`.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,9 +19,10 @@ from locmoe.traffic import TrafficCounter  # noqa: F401 (re-exported: the backen
 @dataclass(frozen=True)
 class Group:
     """A process group with the global ranks it spans, their nodes, and this rank's place in it."""
+
     handle: Optional[dist.ProcessGroup]
-    ranks: tuple          # EP ranks of the members, in group order
-    nodes: tuple          # node of each member
+    ranks: tuple  # EP ranks of the members, in group order
+    nodes: tuple  # node of each member
     my_index: int
 
     @property
@@ -43,19 +45,38 @@ class _AllToAll(torch.autograd.Function):
         return _exchange(grad, recv, send, ctx.group, ctx.counter, ctx.stage + ":grad"), None, None, None, None, None
 
 
-def _exchange(x: torch.Tensor, send: list, recv: list, group: Group, counter: Optional[TrafficCounter],
-              stage: str, handle: Optional["Handle"] = None) -> torch.Tensor:
+def _exchange(
+    x: torch.Tensor,
+    send: list,
+    recv: list,
+    group: Group,
+    counter: Optional[TrafficCounter],
+    stage: str,
+    handle: Optional["Handle"] = None,
+) -> torch.Tensor:
     """The all-to-all itself. With a ``handle`` it is launched asynchronously: the output must not be read
     before ``handle.wait()`` (on CUDA that lets the compute stream run on while NCCL moves the data)."""
     row_bytes = math.prod(x.shape[1:]) * x.element_size()
     if counter is not None:
-        counter.add([s * row_bytes for s in send], group.nodes, group.nodes[group.my_index], group.ranks,
-                    group.ranks[group.my_index], stage)
+        counter.add(
+            [s * row_bytes for s in send],
+            group.nodes,
+            group.nodes[group.my_index],
+            group.ranks,
+            group.ranks[group.my_index],
+            stage,
+        )
     if group.size == 1:
         return x.clone()
     out = x.new_empty((sum(recv), *x.shape[1:]))
-    work = dist.all_to_all_single(out, x.contiguous(), output_split_sizes=recv, input_split_sizes=send,
-                                  group=group.handle, async_op=handle is not None)
+    work = dist.all_to_all_single(
+        out,
+        x.contiguous(),
+        output_split_sizes=recv,
+        input_split_sizes=send,
+        group=group.handle,
+        async_op=handle is not None,
+    )
     if handle is not None:
         handle.work = work
     return out
@@ -63,6 +84,7 @@ def _exchange(x: torch.Tensor, send: list, recv: list, group: Group, counter: Op
 
 class Handle:
     """An all-to-all in flight."""
+
     work = None
 
     def wait(self) -> None:
@@ -96,17 +118,30 @@ class _Wait(torch.autograd.Function):
         return grad, None
 
 
-def all_to_all_start(x: torch.Tensor, send_splits: list, recv_splits: list, group: Group,
-                     counter: Optional[TrafficCounter] = None, stage: str = "a2a"):
+def all_to_all_start(
+    x: torch.Tensor,
+    send_splits: list,
+    recv_splits: list,
+    group: Group,
+    counter: Optional[TrafficCounter] = None,
+    stage: str = "a2a",
+):
     """Launch an all-to-all and return ``finish``: calling it waits and returns the received rows."""
     handle = Handle()
-    out = _AllToAllStart.apply(x, list(map(int, send_splits)), list(map(int, recv_splits)), group, counter,
-                               stage, handle)
+    out = _AllToAllStart.apply(
+        x, list(map(int, send_splits)), list(map(int, recv_splits)), group, counter, stage, handle
+    )
     return lambda: _Wait.apply(out, handle)
 
 
-def all_to_all(x: torch.Tensor, send_splits: list, recv_splits: list, group: Group,
-               counter: Optional[TrafficCounter] = None, stage: str = "a2a") -> torch.Tensor:
+def all_to_all(
+    x: torch.Tensor,
+    send_splits: list,
+    recv_splits: list,
+    group: Group,
+    counter: Optional[TrafficCounter] = None,
+    stage: str = "a2a",
+) -> torch.Tensor:
     """Send ``send_splits[i]`` rows of ``x`` to member i; receive ``recv_splits[i]`` rows from member i.
 
     Differentiable: the gradient travels back along the same routes.

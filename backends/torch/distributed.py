@@ -13,6 +13,7 @@ host sync): their watchdog tears the process down after the group's timeout (``T
 default 3; torchrun sets 1), so NCCL groups get ``timeout_s + NCCL_MARGIN_S`` and the heartbeat's verdict,
 due ``timeout_s`` after a rank fell silent, comes first.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -25,12 +26,12 @@ import torch.distributed as dist
 from backends.torch.collectives import Group
 from backends.torch.liveness import start_liveness
 from locmoe import liveness
-from locmoe.config.loader import ConfigError
+from locmoe.config import ConfigError
 from locmoe.config.schema import ParallelConfig
-from locmoe.parallel_context import DistContext, ExpertParallel  # noqa: F401 (re-exported)
-from locmoe.topology import ExpertPlacement, LaunchEnv, ParallelLayout, Topology, layout_from_config
+from locmoe.parallel_context import DistContext, ExpertParallel, expert_parallel  # noqa: F401 (re-exported)
+from locmoe.topology import LaunchEnv, ParallelLayout, Topology, layout_from_config
 
-NCCL_MARGIN_S = 30.0      # NCCL's watchdog waits this much longer than the heartbeat verdict (module docstring)
+NCCL_MARGIN_S = 30.0  # NCCL's watchdog waits this much longer than the heartbeat verdict (module docstring)
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -45,8 +46,11 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device("cuda", torch.cuda.current_device())
     if name == "npu":
         if not _npu_available():
-            raise ConfigError("parallel.device", "'npu' needs torch-npu and an Ascend device: install it with "
-                              "`pip install 'locmoe[npu]'` on a machine with the CANN toolkit")
+            raise ConfigError(
+                "parallel.device",
+                "'npu' needs torch-npu and an Ascend device: install it with "
+                "`pip install 'locmoe[npu]'` on a machine with the CANN toolkit",
+            )
         torch.npu.set_device(local_rank)
         return torch.device("npu", local_rank)
     return torch.device("cpu")
@@ -78,8 +82,17 @@ def init_distributed(parallel: ParallelConfig, env: Optional[LaunchEnv] = None) 
     groups = _make_groups(layout, timeout) if env.world_size > 1 else None
     single = Group(None, (0,), (0,), 0)
     if groups is None:
-        return DistContext(layout, device, single, single, single, single, single, layout.emulated)
-    return DistContext(layout, device, *groups, emulated=False)
+        return DistContext(
+            layout=layout,
+            device=device,
+            ep=single,
+            intra=single,
+            inter=single,
+            expert_dp=single,
+            world=single,
+            emulated=layout.emulated,
+        )
+    return DistContext(layout=layout, device=device, emulated=False, **groups)
 
 
 def group_timeout(parallel: ParallelConfig, backend: str) -> datetime.timedelta:
@@ -88,7 +101,7 @@ def group_timeout(parallel: ParallelConfig, backend: str) -> datetime.timedelta:
     return datetime.timedelta(seconds=parallel.timeout_s + (NCCL_MARGIN_S if backend in ("nccl", "hccl") else 0.0))
 
 
-def _make_groups(layout: ParallelLayout, timeout: datetime.timedelta) -> tuple:
+def _make_groups(layout: ParallelLayout, timeout: datetime.timedelta) -> dict:
     topo, world = layout.topology, layout.world_size
     ep_size = topo.world_size
     mine = {}
@@ -102,22 +115,23 @@ def _make_groups(layout: ParallelLayout, timeout: datetime.timedelta) -> tuple:
     for j in range(ep_size):
         add("expert_dp", list(range(j, world, ep_size)), None, 0)
     add("world", list(range(world)), None, 0)
-    return mine["ep"], mine["intra"], mine["inter"], mine["expert_dp"], mine["world"]
+    return mine  # {"ep", "intra", "inter", "expert_dp", "world"}: this rank's group of each kind
 
 
-def _add(mine: dict, name: str, ranks: list, layout: ParallelLayout, topo: Optional[Topology], start: int,
-         timeout: datetime.timedelta) -> None:
+def _add(
+    mine: dict,
+    name: str,
+    ranks: list,
+    layout: ParallelLayout,
+    topo: Optional[Topology],
+    start: int,
+    timeout: datetime.timedelta,
+) -> None:
     handle = dist.new_group(ranks, timeout=timeout) if len(ranks) > 1 else None
     if layout.rank in ranks:
         local = [r - start for r in ranks] if topo is not None else ranks
         nodes = tuple(int(topo.node_of(r)) for r in local) if topo is not None else tuple(0 for _ in ranks)
         mine[name] = Group(handle, tuple(local), nodes, ranks.index(layout.rank))
-
-
-def expert_parallel(ctx: DistContext, parallel: ParallelConfig, num_experts: int) -> ExpertParallel:
-    placement = ExpertPlacement.from_config(parallel, num_experts, ctx.layout.topology)
-    return ExpertParallel(ctx.layout.topology, placement, ctx.layout.ep_rank, ctx.emulated, ctx.ep, ctx.intra,
-                          ctx.inter, parallel.dispatch)
 
 
 def shutdown() -> None:

@@ -4,9 +4,8 @@
 expert's contiguous slice of rows by that expert's weight in one call. The per-expert loop is kept beside
 it for comparison, for dtypes the grouped kernel lacks, and for readability.
 """
-from __future__ import annotations
 
-import math
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -33,14 +32,21 @@ class GroupedExperts(nn.Module):
     """``num_local`` experts. Parameters (the checkpoint contract):
     w1 [num_local, d, f], w2 [num_local, f, d], and for SwiGLU w3 [num_local, d, f]."""
 
-    def __init__(self, num_local: int, d_model: int, d_expert: int, activation: str = "swiglu",
-                 impl: str = "auto"):
+    def __init__(
+        self,
+        num_local: int,
+        d_model: int,
+        d_expert: int,
+        activation: str = "swiglu",
+        impl: str = "auto",
+        fuse: bool = True,
+    ):
         super().__init__()
-        self.activation, self.impl = activation, impl
+        self.activation, self.impl, self.fuse = activation, impl, fuse  # fuse: moe.fuse_kernels
         self.w1 = nn.Parameter(torch.empty(num_local, d_model, d_expert))
         self.w2 = nn.Parameter(torch.empty(num_local, d_expert, d_model))
         self.w3 = nn.Parameter(torch.empty(num_local, d_model, d_expert)) if activation == "swiglu" else None
-        self.recompute = False     # activation checkpointing: keep the input rows, recompute in the backward
+        self.recompute = False  # activation checkpointing: keep the input rows, recompute in the backward
 
     def reset_parameters(self, std: float, out_std: float | None = None) -> None:
         for w in (self.w1, self.w3):
@@ -55,16 +61,30 @@ class GroupedExperts(nn.Module):
         dropped copies, whose output is zero (and so is their gradient)."""
         use_grouped = self.impl == "grouped" or (self.impl == "auto" and grouped_mm_supported(x))
         if self.impl == "grouped" and not grouped_mm_supported(x):
-            raise RuntimeError(f"moe.expert_impl = 'grouped', but grouped_mm does not run for {x.dtype} on "
-                               f"{x.device.type} with hidden size {x.shape[-1]}; use auto or loop")
+            raise RuntimeError(
+                f"moe.expert_impl = 'grouped', but grouped_mm does not run for {x.dtype} on "
+                f"{x.device.type} with hidden size {x.shape[-1]}; use auto or loop"
+            )
         run = self._grouped if use_grouped else self._loop
         if self.recompute and torch.is_grad_enabled():
             return checkpoint(run, x, counts, dropped_tail, use_reentrant=False)
         return run(x, counts, dropped_tail)
 
+    def fixed(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        """x: [num_local * size, d], ``size`` rows per expert (``moe.dispatch_shape: static``): one batched GEMM
+        of fixed shape per projection."""
+        run = self._batched
+        if self.recompute and torch.is_grad_enabled():
+            return checkpoint(run, x, size, use_reentrant=False)
+        return run(x, size)
+
+    def _batched(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        y = self._ffn(lambda a, w: torch.bmm(a, w.to(a.dtype)), x.view(self.w1.shape[0], size, x.shape[-1]))
+        return y.reshape(-1, y.shape[-1])
+
     def _ffn(self, mm, x):
         h = mm(x, self.w1)
-        h = swiglu(h, mm(x, self.w3)) if self.activation == "swiglu" else F.gelu(h)
+        h = swiglu(h, mm(x, self.w3), fuse=self.fuse) if self.activation == "swiglu" else F.gelu(h)
         return mm(h, self.w2)
 
     def _grouped(self, x: torch.Tensor, counts: torch.Tensor, dropped_tail: bool) -> torch.Tensor:
@@ -77,22 +97,25 @@ class GroupedExperts(nn.Module):
 
         def mm(a, w):
             return _ContiguousGrad.apply(_grouped_mm(a, w, offs=offs))
+
         if self.activation != "swiglu":
-            return mm(F.gelu(mm(x, _as_group_weight(self.w1, x.dtype, dropped_tail))),
-                      _as_group_weight(self.w2, x.dtype, dropped_tail))
+            return mm(
+                F.gelu(mm(x, _as_group_weight(self.w1, x.dtype, dropped_tail))),
+                _as_group_weight(self.w2, x.dtype, dropped_tail),
+            )
         # SwiGLU's gate and up projections as one GEMM of twice the width (one read of x, one launch, and a
         # larger N per group), their weights cast and stacked in the same pass
-        w13, w2 = _swiglu_group_weights(self.w1, self.w3, self.w2, x.dtype, dropped_tail)
+        w13, w2 = _swiglu_group_weights(self.w1, self.w3, self.w2, x.dtype, dropped_tail, fuse=self.fuse)
         f = self.w1.shape[-1]
         h13 = mm(x, w13)
-        return mm(swiglu(h13[:, :f], h13[:, f:]), w2)
+        return mm(swiglu(h13[:, :f], h13[:, f:], fuse=self.fuse), w2)
 
     def _loop(self, x: torch.Tensor, counts: torch.Tensor, dropped_tail: bool) -> torch.Tensor:
         # NOTE: the row ranges are read on the host (a sync on an accelerator); grouped_mm needs none
         bounds = [0, *torch.cumsum(counts, 0).tolist()]
         outs = []
         for e in range(len(counts)):
-            rows = x[bounds[e]:bounds[e + 1]]
+            rows = x[bounds[e] : bounds[e + 1]]
             outs.append(self._ffn(lambda a, w: a @ w[e].to(a.dtype), rows))
         if dropped_tail:
             outs.append(x.new_zeros(x.shape[0] - bounds[-1], self.w2.shape[-1]))
@@ -108,8 +131,7 @@ def _as_group_weight(w: torch.Tensor, dtype: torch.dtype, zero_tail: bool) -> to
 @fused
 def _swiglu_group_weights(w1, w3, w2, dtype, zero_tail):
     """(w1 | w3 stacked along N, w2), cast and zero-tailed: one fused pass per output on CUDA."""
-    return (_as_group_weight(torch.cat([w1, w3], dim=-1), dtype, zero_tail),
-            _as_group_weight(w2, dtype, zero_tail))
+    return (_as_group_weight(torch.cat([w1, w3], dim=-1), dtype, zero_tail), _as_group_weight(w2, dtype, zero_tail))
 
 
 class _ContiguousGrad(torch.autograd.Function):
@@ -129,8 +151,3 @@ def expert_flops(rows: int, d_model: int, d_expert: int, activation: str) -> flo
     """Forward FLOPs of the expert FFNs over ``rows`` routed copies (2 per multiply-add)."""
     mats = 3 if activation == "swiglu" else 2
     return 2.0 * rows * d_model * d_expert * mats
-
-
-def init_std_for_output(init_std: float, num_layers: int) -> float:
-    """GPT-2 style: the output projection's init shrinks with depth so the residual stream stays bounded."""
-    return init_std / math.sqrt(2 * max(num_layers, 1))

@@ -6,40 +6,22 @@ combine. Eagerly each is several kernels — a gather, then a broadcast multiply
 H200), then an add — 4-5 ms of a 12 ms layer step (E=64, d=2048, f=1408, 64k rows). Compiled, each
 function below is one kernel that reads its inputs once.
 
-``fused(fn)`` runs the compiled ``fn`` on CUDA when Triton is installed and fusion is enabled, else ``fn``
-itself: the same function either way (bf16 results differ by rounding only: the compiled kernels compute in
+``fused(fn)`` runs the compiled ``fn`` on CUDA when Triton is installed and the call says ``fuse=True`` (the
+layer passes ``moe.fuse_kernels`` down), else ``fn`` itself: the same function either way (bf16 results differ
+by rounding only: the compiled kernels compute in
 fp32). The row count changes every step: after the first change torch.compile marks that dimension dynamic
 and one kernel serves every count, while the hidden size stays static (with every dimension dynamic the fused
 gather-multiply took 573 µs instead of 147 µs on an H200: no vectorised loads).
 """
+
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
-
-_enabled = True
-
-
-def set_enabled(on: bool) -> None:
-    """Process-wide (backward passes run outside any forward-time context): from ``moe.fuse_kernels``."""
-    global _enabled
-    _enabled = on
-
-
-@contextlib.contextmanager
-def disabled():
-    """Run eagerly inside this block (benchmarks compare the two)."""
-    global _enabled
-    old, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = old
 
 
 @functools.cache
@@ -48,16 +30,19 @@ def _triton_available() -> bool:
 
 
 def fused(fn: Callable) -> Callable:
+    """``fn`` compiled on CUDA (with Triton) when called with ``fuse=True`` (``moe.fuse_kernels``, passed down
+    by the layer), else ``fn`` itself."""
     compiled = None
 
     @functools.wraps(fn)
-    def run(*args):
+    def run(*args, fuse: bool = True):
         nonlocal compiled
-        if not (_enabled and args[0].device.type == "cuda" and _triton_available()):
+        if not (fuse and args[0].device.type == "cuda" and _triton_available()):
             return fn(*args)
         if compiled is None:
             compiled = torch.compile(fn, fullgraph=True)
         return compiled(*args)
+
     return run
 
 

@@ -5,6 +5,7 @@ The store is the one ``init_process_group`` rendezvoused on (``MASTER_ADDR:MASTE
 a bare launch, by the agent under torchrun), through a client of our own, so the heartbeat thread never
 shares a socket with the process group.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,18 @@ from locmoe.config.schema import ParallelConfig
 from locmoe.topology import LaunchEnv
 
 # What gloo, NCCL and the store say when a peer is gone or a collective timed out (they raise RuntimeError).
-COMM_ERROR_TEXT = ("gloo", "nccl", "hccl", "connection reset", "connection closed", "connection refused",
-                   "timed out", "broken pipe", "socket", "watchdog")
+COMM_ERROR_TEXT = (
+    "gloo",
+    "nccl",
+    "hccl",
+    "connection reset",
+    "connection closed",
+    "connection refused",
+    "timed out",
+    "broken pipe",
+    "socket",
+    "watchdog",
+)
 
 
 class TCPStoreKV:
@@ -34,8 +45,13 @@ class TCPStoreKV:
     """
 
     def __init__(self, host: str, port: int, timeout_s: float, prefix: str):
-        self._store = dist.TCPStore(host_name=host, port=port, is_master=False, wait_for_workers=False,
-                                    timeout=datetime.timedelta(seconds=timeout_s))
+        self._store = dist.TCPStore(
+            host_name=host,
+            port=port,
+            is_master=False,
+            wait_for_workers=False,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
         self._prefix = prefix
         self._canary = socket.create_connection((host, port), timeout=timeout_s)
 
@@ -45,7 +61,7 @@ class TCPStoreKV:
             return True
         try:
             return self._canary.recv(1, socket.MSG_PEEK) != b""
-        except OSError:                 # reset by the peer
+        except OSError:  # reset by the peer
             return False
 
     def set(self, key: str, value: str) -> None:
@@ -55,7 +71,7 @@ class TCPStoreKV:
     def get(self, key: str) -> Optional[str]:
         self._check_alive()
         k = self._prefix + key
-        return self._store.get(k).decode() if self._store.check([k]) else None   # get() would wait for it
+        return self._store.get(k).decode() if self._store.check([k]) else None  # get() would wait for it
 
     def get_many(self, keys: list) -> list:
         self._check_alive()
@@ -63,7 +79,7 @@ class TCPStoreKV:
 
     def setdefault(self, key: str, value: str) -> None:
         self._check_alive()
-        self._store.compare_set(self._prefix + key, "", value)   # sets only a missing (or empty) key
+        self._store.compare_set(self._prefix + key, "", value)  # sets only a missing (or empty) key
 
     def _check_alive(self) -> None:
         if not self.alive():
@@ -75,15 +91,23 @@ def start_liveness(parallel: ParallelConfig, env: LaunchEnv) -> Optional[livenes
     if env.world_size == 1 or liveness.active() is not None:
         return liveness.active()
     if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
-        return None                     # the caller set up the process group with another init method
+        return None  # the caller set up the process group with another init method
     host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     # torchrun's store outlives a restart of the workers: one namespace per attempt
-    prefix = (f"locmoe/liveness/{os.environ.get('TORCHELASTIC_RUN_ID', 'job')}/"
-              f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/")
+    prefix = (
+        f"locmoe/liveness/{os.environ.get('TORCHELASTIC_RUN_ID', 'job')}/"
+        f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+    )
     store = TCPStoreKV(host, port, parallel.timeout_s, prefix)
-    return liveness.Liveness(store, env.rank, env.world_size, parallel.timeout_s, store_host=f"{host}:{port}",
-                             store_rank=None if agent else 0).start()
+    return liveness.Liveness(
+        store,
+        env.rank,
+        env.world_size,
+        parallel.timeout_s,
+        store_host=f"{host}:{port}",
+        store_rank=None if agent else 0,
+    ).start()
 
 
 def is_comm_error(err: BaseException) -> bool:

@@ -5,6 +5,7 @@ Replicated parameters: all-reduce over the world, divide by W. Expert parameters
 backward already summed every rank's contribution on the expert's owner; all-reduce over the ranks that
 hold the same experts (if EP < world) and divide by W. One process emulating W ranks needs neither.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,7 +14,7 @@ import torch.distributed as dist
 from backends.torch.collectives import all_reduce_
 from backends.torch.distributed import DistContext
 from locmoe.config.schema import TrainConfig
-from models.spec import is_expert_param
+from locmoe.model_spec import is_expert_param
 
 
 def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
@@ -31,7 +32,7 @@ def _split(model: torch.nn.Module) -> tuple[list, list]:
     dense, expert = [], []
     for name, p in model.named_parameters():
         if p.grad is None:
-            p.grad = torch.zeros_like(p)          # a rank whose experts got no tokens still joins the reduce
+            p.grad = torch.zeros_like(p)  # a rank whose experts got no tokens still joins the reduce
         (expert if is_expert_param(name) else dense).append(p.grad)
     return dense, expert
 
@@ -44,7 +45,7 @@ def _reduce_flat(grads: list, group, scale: float) -> None:
     flat.mul_(scale)
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
 
 
@@ -57,8 +58,9 @@ def sync_gradients(model: torch.nn.Module, ctx: DistContext) -> None:
     _reduce_flat(expert, ctx.expert_dp, 1.0 / W)
 
 
-def clip_grad_norm(model: torch.nn.Module, ctx: DistContext, max_norm: float,
-                   optimizer: torch.optim.Optimizer | None = None) -> torch.Tensor:
+def clip_grad_norm(
+    model: torch.nn.Module, ctx: DistContext, max_norm: float, optimizer: torch.optim.Optimizer | None = None
+) -> torch.Tensor:
     """Global L2 norm over every parameter of the model (experts counted once per EP group); clip to
     ``max_norm`` when > 0. Returns the norm before clipping as a device scalar.
 
@@ -79,8 +81,7 @@ def clip_grad_norm(model: torch.nn.Module, ctx: DistContext, max_norm: float,
         if fused:
             optimizer.grad_scale = torch.where(clipping, (norm + 1e-6) / max_norm, torch.ones_like(norm))
         else:
-            torch._foreach_mul_(dense + expert, torch.where(clipping, max_norm / (norm + 1e-6),
-                                                            torch.ones_like(norm)))
+            torch._foreach_mul_(dense + expert, torch.where(clipping, max_norm / (norm + 1e-6), torch.ones_like(norm)))
     return norm
 
 

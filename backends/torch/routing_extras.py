@@ -6,9 +6,9 @@ NOTE: host syncs — none. Every function has fixed output shapes and reads noth
 loss-free bias moves in place on the device, the paper bound's incomplete beta is a fixed-length float64 sum
 on the device (:func:`belong_probability`), the fallbacks are ``torch.where``.
 
-The router, dispatcher and layer call these through a few hook lines (``init_options``, ``choose``, ...), so
-that the options stay out of their control flow.
+The shared control flow (``locmoe.moe``) reaches them through ``backends.torch.moe_ops``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from backends.torch import routing_ops as ops
-from locmoe.routing.capacity import factor_capacity
 from locmoe.routing.gating import grap_gate_matrix
 from locmoe.routing.node_limited import check_node_limit, node_expert_table
 
@@ -41,17 +40,12 @@ def init_options(router: torch.nn.Module, moe, d_model: int, placement, groups: 
     node_of[table.reshape(-1)] = np.repeat(np.arange(table.shape[0]), table.shape[1])
     router.register_buffer("node_of_expert", torch.from_numpy(node_of), persistent=False)
     paper = moe.capacity.mode == "bound" and moe.capacity.bound_rule == "paper" and r.gate == "grap"
-    router.register_buffer("grap_columns", torch.from_numpy(grap_gate_matrix(d_model, E)) if paper else None,
-                           persistent=False)
+    router.register_buffer(
+        "grap_columns", torch.from_numpy(grap_gate_matrix(d_model, E)) if paper else None, persistent=False
+    )
 
 
 # ----------------------------------------------------------------------------- scores and choices
-def paper_gate(scores: torch.Tensor, activation: str, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """G = ReLU(ω·x + ε) (LocMoE Eq. 3); ``bias`` None = no ε, ``activation`` "relu" or "none"."""
-    g = scores if bias is None else scores + bias
-    return torch.relu(g) if activation == "relu" else g
-
-
 def affinities(scoring: str, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(affinity the router selects and weighs by, p_t of the losses, log p_t), each [T, E] float32."""
     if scoring == "softmax":
@@ -63,8 +57,9 @@ def affinities(scoring: str, logits: torch.Tensor) -> tuple[torch.Tensor, torch.
     return aff, probs, probs.log()
 
 
-def selection_scores(affinity: torch.Tensor, bias: Optional[torch.Tensor],
-                     allowed: Optional[torch.Tensor]) -> torch.Tensor:
+def selection_scores(
+    affinity: torch.Tensor, bias: Optional[torch.Tensor], allowed: Optional[torch.Tensor]
+) -> torch.Tensor:
     """affinity + b, -inf where a token may not use the expert."""
     sel = affinity if bias is None else affinity + bias
     return sel if allowed is None else sel.masked_fill(~allowed, float("-inf"))
@@ -72,7 +67,7 @@ def selection_scores(affinity: torch.Tensor, bias: Optional[torch.Tensor],
 
 def node_scores(sel: torch.Tensor, table: torch.Tensor, how: str) -> torch.Tensor:
     """[T, N] node scores: the best selection score on the node (max), or the sum of its two best finite."""
-    per = sel[:, table]                                                    # [T, N, E/N]
+    per = sel[:, table]  # [T, N, E/N]
     if how == "max":
         return per.amax(dim=-1)
     best = torch.sort(per, dim=-1, descending=True).values
@@ -82,25 +77,13 @@ def node_scores(sel: torch.Tensor, table: torch.Tensor, how: str) -> torch.Tenso
     return torch.where(torch.isfinite(first), total, torch.full_like(first, float("-inf")))
 
 
-def node_limited_top_k(sel: torch.Tensor, k: int, num_nodes: int, table: torch.Tensor, node_of: torch.Tensor,
-                       how: str) -> torch.Tensor:
+def node_limited_top_k(
+    sel: torch.Tensor, k: int, num_nodes: int, table: torch.Tensor, node_of: torch.Tensor, how: str
+) -> torch.Tensor:
     """[T, k] top-k among the experts on each token's ``num_nodes`` best nodes (ties: lower node, lower id)."""
-    nodes = ops.top_k(node_scores(sel, table, how), num_nodes)              # [T, M]
+    nodes = ops.top_k(node_scores(sel, table, how), num_nodes)  # [T, M]
     keep = torch.zeros(sel.shape[0], table.shape[0], dtype=torch.bool, device=sel.device).scatter_(1, nodes, True)
     return ops.top_k(sel.masked_fill(~keep[:, node_of], float("-inf")), k)
-
-
-def choose(router, p: torch.Tensor, allowed: Optional[torch.Tensor]) -> torch.Tensor:
-    """[T, k] a top-k router's choices with the loss-free bias and node limit (plain top-k without them)."""
-    r = router.router_cfg
-    bias = router.selection_bias
-    if bias is None and not r.node_limit:
-        return ops.top_k(p, router.k)
-    sel = selection_scores(p, bias, allowed)
-    if r.node_limit:
-        return node_limited_top_k(sel, router.k, r.node_limit, router.node_table, router.node_of_expert,
-                                  r.node_score)
-    return ops.top_k(sel, router.k)
 
 
 def update_selection_bias_(router, load: torch.Tensor) -> None:
@@ -119,8 +102,9 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits.float(), dim=-1).square().mean()
 
 
-def batch_locality_loss(probs: torch.Tensor, local: torch.Tensor, allowed: Optional[torch.Tensor], ranks: int,
-                        smoothing: float) -> torch.Tensor:
+def batch_locality_loss(
+    probs: torch.Tensor, local: torch.Tensor, allowed: Optional[torch.Tensor], ranks: int, smoothing: float
+) -> torch.Tensor:
     """KL(D_c ‖ D_l^ε) per source rank (``ranks`` equal blocks), averaged (LocMoE Eq. 6), differentiable
     through P: ``locmoe.routing.losses.batch_locality_loss``."""
     T, E = probs.shape
@@ -129,8 +113,9 @@ def batch_locality_loss(probs: torch.Tensor, local: torch.Tensor, allowed: Optio
     q = target / target.sum(dim=-1, keepdim=True)
     u = allow.to(probs.dtype) / allow.to(probs.dtype).sum(dim=-1, keepdim=True)
     d_c = probs.view(ranks, T // ranks, E).mean(dim=1)
-    d_l = (1.0 - smoothing) * q.view(ranks, T // ranks, E).mean(dim=1) + \
-        smoothing * u.view(ranks, T // ranks, E).mean(dim=1)
+    d_l = (1.0 - smoothing) * q.view(ranks, T // ranks, E).mean(dim=1) + smoothing * u.view(ranks, T // ranks, E).mean(
+        dim=1
+    )
     pos = d_c > 0
     one = torch.ones_like(d_c)
     terms = d_c * (torch.where(pos, d_c, one).log() - torch.where(pos, d_l, one).log())
@@ -148,8 +133,9 @@ def cosine_deviation(x: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
         return 1.0 - cos.clamp(-1.0, 1.0)
 
 
-def update_paper_delta(state: torch.Tensor, delta: torch.Tensor, seen: torch.Tensor, schedule: str,
-                       momentum: float) -> torch.Tensor:
+def update_paper_delta(
+    state: torch.Tensor, delta: torch.Tensor, seen: torch.Tensor, schedule: str, momentum: float
+) -> torch.Tensor:
     """The paper rule's δ state (``locmoe.routing.paper_bound.update_paper_delta``), decided on the device."""
     if schedule == "ema":
         return ops.update_angle_ema(state, delta, seen, momentum)
@@ -162,7 +148,7 @@ def update_paper_delta(state: torch.Tensor, delta: torch.Tensor, seen: torch.Ten
 def _wallis_terms(d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(j, log(j·W_j)) for j = m0+2, m0+4, ..., d−2 (m0 = d mod 2), W_j = ∫_0^{π/2} sin^j: constants per d."""
     m = d - 2
-    j = torch.arange(m % 2 + 2, max(m + 1, m % 2 + 2), 2, dtype=torch.float64, device=device)   # empty for d < 4
+    j = torch.arange(m % 2 + 2, max(m + 1, m % 2 + 2), 2, dtype=torch.float64, device=device)  # empty for d < 4
     log_w = 0.5 * math.log(math.pi) - math.log(2.0) + torch.lgamma((j + 1) / 2) - torch.lgamma(j / 2 + 1)
     return j, torch.log(j) + log_w
 
@@ -193,25 +179,3 @@ def paper_capacity(delta: torch.Tensor, d: int, n: int, k: int, num_tokens: int,
         ec = 1.0 / (n * belong_probability(delta, d).clamp(min=1e-300))
     c = torch.ceil(ec * full - 1e-9).clamp(1, full)
     return torch.where(ec >= 1.0, torch.full_like(c, full), c).long()
-
-
-def paper_rule_capacity(router, moe, g_expert: torch.Tensor, g_deviation: torch.Tensor, T: int,
-                        dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """([E] capacities, 0-d bound) of bound_rule paper (the reference's ``router.paper_rule``), on the device;
-    its δ state lives in ``router.angle_ema`` (updated in training)."""
-    c, E, k = moe.capacity, moe.num_experts, moe.router.top_k
-    d = router.grap_columns.shape[0] if router.grap_columns is not None else router.gate_weight.shape[0]
-    factor = factor_capacity(c.factor, k, T, E)
-    floor = factor_capacity(c.min_factor, k, T, E) if c.min_factor > 0 else 1
-    if c.paper_delta > 0:
-        fixed = torch.full((), c.paper_delta, dtype=torch.float64, device=dev)      # a fill, not a host copy
-        bound = paper_capacity(fixed, d, E, k, T, c.paper_form)
-    else:
-        delta, seen = ops.expert_angles(g_deviation, g_expert, E, 1.0)
-        state = update_paper_delta(router.angle_ema.to(dev), delta, seen, c.paper_schedule, c.angle_momentum)
-        if router.training:
-            router.angle_ema.copy_(state)
-        measured = torch.where(torch.isnan(state), torch.full_like(state, float("-inf")), state).amax()
-        bound = paper_capacity(measured, d, E, k, T, c.paper_form)
-        bound = torch.where(torch.isnan(state).all(), torch.full_like(bound, factor), bound)
-    return torch.clamp(bound, min=floor).expand(E).clone(), bound

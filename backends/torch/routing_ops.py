@@ -2,6 +2,7 @@
 
 Every function here has a numpy twin of the same name in ``locmoe/routing/`` and is tested against it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -61,11 +62,11 @@ def intra_node_first(probs: torch.Tensor, k: int, local_mask: torch.Tensor, rho:
         return idx
     T, E = probs.shape
     threshold = rho * probs.gather(1, idx[:, -1:])
-    neg_inf = probs.new_full((), float("-inf"))        # a fill, not a copy from the host (a sync on CUDA)
+    neg_inf = probs.new_full((), float("-inf"))  # a fill, not a copy from the host (a sync on CUDA)
     for _ in range(k):
         chosen = torch.zeros(T, E, dtype=torch.bool, device=probs.device).scatter_(1, idx, True)
         cand = torch.where(local_mask & ~chosen & (probs >= threshold), probs, neg_inf)
-        best_val, best = cand.max(dim=-1)        # max returns the first (lowest) index among equal values
+        best_val, best = cand.max(dim=-1)  # max returns the first (lowest) index among equal values
         remote = ~local_mask.gather(1, idx)
         last_remote = k - 1 - remote.flip(-1).to(torch.int8).argmax(dim=-1)
         # no early exit: testing "any swap left" would cost a host sync per round
@@ -104,7 +105,7 @@ def admission_order(expert: torch.Tensor, prob: torch.Tensor, locality: torch.Te
     With float32 probabilities one stable sort of a packed int64 key does it: a non-negative float's bit
     pattern orders like its value, so (expert, class, ~bits) packs into 33 + 2 + 31 bits, and stability
     keeps copy-id order among ties — the order the three successive stable sorts below give."""
-    if prob.dtype == torch.float32:        # (expert ids < 2^30: far more experts than any layer has)
+    if prob.dtype == torch.float32:  # (expert ids < 2^30: far more experts than any layer has)
         desc = 0x7FFFFFFF - prob.view(torch.int32).long()
         key = (expert.long() << 33) | (locality.long() << 31) | desc
         return torch.sort(key, stable=True).indices
@@ -129,7 +130,7 @@ def expert_choice(probs: torch.Tensor, capacity: int) -> tuple[torch.Tensor, tor
     """Each expert takes its ``capacity`` most probable tokens; returns (token, expert) sorted by token, expert."""
     T, E = probs.shape
     take = min(capacity, T)
-    order = torch.sort(probs, dim=0, descending=True, stable=True).indices[:take]       # [take, E]
+    order = torch.sort(probs, dim=0, descending=True, stable=True).indices[:take]  # [take, E]
     token = order.t().reshape(-1)
     expert = torch.arange(E, device=probs.device).repeat_interleave(take)
     ok = probs[token, expert] > 0
@@ -151,13 +152,13 @@ def basis_angles(vectors: torch.Tensor) -> torch.Tensor:
     """``gate_angles(vectors, I)``, the GrAP case, without the identity: multiplying by I and dividing by its
     unit column norms are exact, so the values are the same bits, in four kernels fewer."""
     norms = vectors.norm(dim=-1, keepdim=True)
-    cos = torch.where(norms > 0, vectors / norms.clamp(min=torch.finfo(vectors.dtype).tiny),
-                      torch.zeros_like(vectors))
+    cos = torch.where(norms > 0, vectors / norms.clamp(min=torch.finfo(vectors.dtype).tiny), torch.zeros_like(vectors))
     return torch.arccos(cos.clamp(-1.0, 1.0))
 
 
-def expert_angles(angles: torch.Tensor, expert: torch.Tensor, num_experts: int,
-                  quantile: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def expert_angles(
+    angles: torch.Tensor, expert: torch.Tensor, num_experts: int, quantile: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-expert cone half-angle δ_e (float64) on the device: the max, or numpy's default ("linear")
     quantile computed as ``np.quantile`` does (order statistics at floor/ceil of (n−1)·q, its ``_lerp``), so
     the result is bit-identical to the numpy twin without moving the copies to the host."""
@@ -176,7 +177,9 @@ def sort_by_expert(angles: torch.Tensor, expert: torch.Tensor, num_experts: int)
     return angles[order], counts_of(expert, num_experts)
 
 
-def quantile_of_sorted(ordered: torch.Tensor, counts: torch.Tensor, quantile: float) -> tuple[torch.Tensor, torch.Tensor]:
+def quantile_of_sorted(
+    ordered: torch.Tensor, counts: torch.Tensor, quantile: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(δ [E]: each expert's ``quantile`` of its sorted angles, 0 where it has none; seen [E])."""
     seen = counts > 0
     start = torch.cumsum(counts, 0) - counts
@@ -195,8 +198,14 @@ def quantile_of_sorted(ordered: torch.Tensor, counts: torch.Tensor, quantile: fl
 
 
 @fused
-def quantile_cone_counts(ordered: torch.Tensor, counts: torch.Tensor, ema: torch.Tensor, angles: torch.Tensor,
-                         quantile: float, momentum: float) -> tuple[torch.Tensor, torch.Tensor]:
+def quantile_cone_counts(
+    ordered: torch.Tensor,
+    counts: torch.Tensor,
+    ema: torch.Tensor,
+    angles: torch.Tensor,
+    quantile: float,
+    momentum: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``quantile`` bound rule's first half, after the sort: each expert's quantile angle, the angle
     average's update, and this rank's tokens inside each cone. Returns (new angle average, inside [E] float64).
     On CUDA one fused kernel chain instead of ~30 launches over E numbers; elsewhere these ops eagerly
@@ -207,8 +216,9 @@ def quantile_cone_counts(ordered: torch.Tensor, counts: torch.Tensor, ema: torch
 
 
 @fused
-def quantile_capacity(inside: torch.Tensor, ema: torch.Tensor, k: int, num_tokens: int, slack: float, floor: int,
-                      factor_cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+def quantile_capacity(
+    inside: torch.Tensor, ema: torch.Tensor, k: int, num_tokens: int, slack: float, floor: int, factor_cap: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The second half, from the group's inside counts: ([E] capacities, the bound before the floor)."""
     capacity = per_expert_bound(inside, k, num_tokens, slack)
     return torch.clamp(unseen_fallback(capacity, ema, factor_cap), min=floor), capacity.max()

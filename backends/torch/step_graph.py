@@ -11,13 +11,14 @@ tensor that the schedule fills before each replay (AdamW ``capturable``), and no
 device value on the host. Steps that do (expert parallelism's all-to-all sizes, the ``cone`` bound rule, expert
 choice's variable copy count, the per-expert loop) stay eager: :func:`graph_blockers` says why.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
 
 import torch
 
-WARMUP_STEPS = 3      # eager steps before the capture: compile, autotune and lazy CUDA state happen there
+WARMUP_STEPS = 3  # eager steps before the capture: compile, autotune and lazy CUDA state happen there
 
 
 def graph_blockers(cfg, ctx, model) -> list[str]:
@@ -64,8 +65,9 @@ class GraphedStep:
             except RuntimeError as err:
                 # a capture records kernels without running them, so nothing of this step happened yet
                 self.failed, self.graph = True, None
-                self.log(f"train.cuda_graph: the step could not be captured ({str(err).splitlines()[0]}); "
-                         "it stays eager")
+                self.log(
+                    f"train.cuda_graph: the step could not be captured ({str(err).splitlines()[0]}); it stays eager"
+                )
                 return self.eager_step(step)
         else:
             self._load_inputs(step)
@@ -84,8 +86,10 @@ class GraphedStep:
     def _capture(self, step: int) -> None:
         """Record the step on a side stream (capture records kernels without running them: the replay that
         follows is this step's real work)."""
-        self.inputs = [tuple(torch.empty_like(t) for t in self.batches.get(step, micro))
-                       for micro in range(self.cfg.train.grad_accum)]
+        self.inputs = [
+            tuple(torch.empty_like(t) for t in self.batches.get(step, micro))
+            for micro in range(self.cfg.train.grad_accum)
+        ]
         self._load_inputs(step)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

@@ -5,6 +5,7 @@ One process emulates the topology the checkpoint was trained on, so the LocMoE r
 experts are on-node) chooses exactly as it did in training. The choices are the router's *before* capacity:
 a dropped copy still records where it wanted to go, which is what placement must serve.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backends.torch.checkpoint import load_model_weights
+from backends.torch.distributed import init_distributed
+from backends.torch.train import build_model
 from locmoe.checkpointing import load_state, resolve, tokenizer_spec
 from locmoe.config import ConfigError, config_from_dict
 from locmoe.data import BatchSampler, load_corpus, load_tokenizer
 from locmoe.placement.trace import TraceError, TraceWriter, fingerprint_from_config
-from backends.torch.checkpoint import load_model_weights
-from backends.torch.distributed import init_distributed
-from backends.torch.train import build_model
 
 
 def trace_config(checkpoint: Path, data_overrides: list[str]):
@@ -27,19 +28,23 @@ def trace_config(checkpoint: Path, data_overrides: list[str]):
     state = load_state(checkpoint)
     cfg = config_from_dict(state["config"])
     if cfg.moe.router.kind == "expert_choice":
-        raise TraceError("router expert_choice picks tokens per expert, not k experts per token: a trace "
-                         "records [tokens, k] choices; trace a token-choice router (locmoe, gshard, switch, hash)")
+        raise TraceError(
+            "router expert_choice picks tokens per expert, not k experts per token: a trace "
+            "records [tokens, k] choices; trace a token-choice router (locmoe, gshard, switch, hash)"
+        )
     lay = state["layout"]
-    parallel = dataclasses.replace(cfg.parallel, device="cpu", nodes=lay["nodes"],
-                                   devices_per_node=lay["devices_per_node"], expert_parallel_size=0)
+    parallel = dataclasses.replace(
+        cfg.parallel, device="cpu", nodes=lay["nodes"], devices_per_node=lay["devices_per_node"], expert_parallel_size=0
+    )
     cfg = dataclasses.replace(cfg, parallel=parallel)
     if data_overrides:
         from locmoe.config.loader import apply_overrides, config_to_dict
 
         bad = [o for o in data_overrides if not o.startswith("data.")]
         if bad:
-            raise ConfigError("--set", f"{bad[0]!r}: trace only overrides data.* fields "
-                                       "(the model is the checkpoint's)")
+            raise ConfigError(
+                "--set", f"{bad[0]!r}: trace only overrides data.* fields (the model is the checkpoint's)"
+            )
         cfg = config_from_dict(apply_overrides(config_to_dict(cfg), data_overrides))
     return cfg
 
@@ -53,20 +58,25 @@ def copies_as_choices(token: torch.Tensor, expert: torch.Tensor, num_tokens: int
 
 
 @torch.no_grad()
-def record_trace(checkpoint: str | Path, out: str | Path, tokens: int, batch_size: int,
-                 data_overrides: list[str] = ()) -> Path:
+def record_trace(
+    checkpoint: str | Path, out: str | Path, tokens: int, batch_size: int, data_overrides: list[str] = ()
+) -> Path:
     path = resolve(checkpoint)
     cfg = trace_config(path, list(data_overrides))
     ctx = init_distributed(cfg.parallel)
     model = build_model(cfg, ctx)
     load_model_weights(model, path)
     model.eval()
-    tokenizer = cfg.data.tokenizer if any(o.startswith("data.tokenizer=") for o in data_overrides) else \
-        tokenizer_spec(cfg.data.tokenizer, path)          # the run's own copy, wherever it was trained
+    tokenizer = (
+        cfg.data.tokenizer
+        if any(o.startswith("data.tokenizer=") for o in data_overrides)
+        else tokenizer_spec(cfg.data.tokenizer, path)
+    )  # the run's own copy, wherever it was trained
     corpus = load_corpus(cfg.data, load_tokenizer(tokenizer), cfg.moe.domains.num_domains)
-    sampler = BatchSampler(corpus, cfg.data.seq_len, batch_size, 0, 1, cfg.data.seed)
-    writer = TraceWriter(fingerprint_from_config(cfg), source={"checkpoint": str(path), "corpus": corpus.description,
-                                                                 "split": "val"})
+    sampler = BatchSampler(corpus, cfg.data.seq_len, batch_size, rank=0, world=1, seed=cfg.data.seed)
+    writer = TraceWriter(
+        fingerprint_from_config(cfg), source={"checkpoint": str(path), "corpus": corpus.description, "split": "val"}
+    )
     k, step = cfg.moe.router.top_k, 0
     while min(writer.tokens_per_layer()) < tokens:
         x, _, d = (torch.from_numpy(a) for a in sampler.batch(step, split="val"))

@@ -4,6 +4,7 @@ Order of work: check every input (config, data, checkpoint to resume) before wri
 model, then step: micro-batches → gradient sync → clip → AdamW; log, validate, checkpoint; export the
 routers at the end.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,10 @@ def build_model(cfg: JobConfig, ctx: DistContext) -> PanGuSigma:
     model = PanGuSigma(cfg, expert_parallel(ctx, cfg.parallel, cfg.moe.num_experts))
     model.reset_parameters(cfg.train.seed)
     model = model.to(ctx.device)
-    model.set_execution(compile_blocks=compile_enabled(cfg.train.compile, ctx.device),
-                        activation_checkpointing=cfg.train.activation_checkpointing)
+    model.set_execution(
+        compile_blocks=compile_enabled(cfg.train.compile, ctx.device),
+        activation_checkpointing=cfg.train.activation_checkpointing,
+    )
     return model
 
 
@@ -43,6 +46,7 @@ def compile_enabled(setting, device: torch.device) -> bool:
 @dataclass
 class Batches:
     """This process's view of the data: one rank's rows, or every emulated rank's rows."""
+
     sampler: BatchSampler
     device: torch.device
 
@@ -64,8 +68,9 @@ def prepare(cfg: JobConfig, resume: bool):
     ctx = init_distributed(cfg.parallel)
     corpus, ckpt = common.check_inputs(cfg, resume)
     ranks = ctx.layout.topology.world_size if ctx.emulated else 1
-    sampler = BatchSampler(corpus, cfg.data.seq_len, cfg.train.batch_size * ranks, ctx.rank, ctx.world_size,
-                           cfg.data.seed)
+    sampler = BatchSampler(
+        corpus, cfg.data.seq_len, cfg.train.batch_size * ranks, rank=ctx.rank, world=ctx.world_size, seed=cfg.data.seed
+    )
     return ctx, corpus, ckpt, Batches(sampler, ctx.device)
 
 
@@ -92,8 +97,14 @@ def validate(model, cfg, batches: Batches, ctx) -> float:
 
 def moe_scalars(metrics: list, logger: TrainLogger, step: int, layers: list) -> dict:
     """Per-step MoE numbers averaged over layers (one host sync, on logging steps only)."""
-    return common.moe_scalars([m.summary() for m in metrics], [m.stats.expert_load.cpu().numpy() for m in metrics],
-                              logger, step, layers, [m.stats.capacity.cpu().numpy() for m in metrics])
+    return common.moe_scalars(
+        [m.summary() for m in metrics],
+        [m.stats.expert_load.cpu().numpy() for m in metrics],
+        logger,
+        step,
+        layers,
+        [m.stats.capacity.cpu().numpy() for m in metrics],
+    )
 
 
 def train_step(model, optimizer, cfg: JobConfig, ctx: DistContext, batches: Batches, step: int):
@@ -131,8 +142,9 @@ def make_stepper(model, optimizer, cfg: JobConfig, ctx: DistContext, batches: Ba
         if cfg.train.cuda_graph:
             log(f"train.cuda_graph: the step stays eager: {'; '.join(blockers)}")
         return eager
-    return GraphedStep(eager, lambda micro_batches: step_body(model, optimizer, cfg, ctx, micro_batches),
-                       optimizer, batches, cfg, log)
+    return GraphedStep(
+        eager, lambda micro_batches: step_body(model, optimizer, cfg, ctx, micro_batches), optimizer, batches, cfg, log
+    )
 
 
 def train(cfg: JobConfig, resume: bool = False) -> dict:
@@ -148,9 +160,10 @@ def train(cfg: JobConfig, resume: bool = False) -> dict:
         clean_temporaries(cfg.train.out_dir)
     run = common.RunRecord(cfg, ctx.is_main, start)
     t = cfg.train
-    tokens_per_step = batches.sampler.B * ctx.world_size * cfg.data.seq_len * t.grad_accum
-    run.logger.message(common.start_message(cfg, sum(p.numel() for p in model.parameters()), corpus, ctx,
-                                            f"device {ctx.device}"))
+    tokens_per_step = batches.sampler.batch_per_rank * ctx.world_size * cfg.data.seq_len * t.grad_accum
+    run.logger.message(
+        common.start_message(cfg, sum(p.numel() for p in model.parameters()), corpus, ctx, f"device {ctx.device}")
+    )
     stepper = make_stepper(model, optimizer, cfg, ctx, batches, run.logger.message)
     for step in range(start, t.steps):
         lm, aux, metrics, grad_norm = stepper(step)
@@ -159,10 +172,15 @@ def train(cfg: JobConfig, resume: bool = False) -> dict:
         def scalars() -> dict:
             model.check_finite_inputs()
             loss, aux_v = all_reduce_mean([float(lm.detach()), float(aux.detach())], ctx, ctx.device)
-            return dict(common.step_scalars(loss, aux_v, lr_at(step, t), float(grad_norm), tokens_per_step,
-                                            run.clock, done),
-                        **moe_scalars(metrics, run.logger, done, model.moe_layers))
+            return dict(
+                common.step_scalars(loss, aux_v, lr_at(step, t), float(grad_norm), tokens_per_step, run.clock, done),
+                **moe_scalars(metrics, run.logger, done, model.moe_layers),
+            )
 
-        run.end_step(done, scalars, lambda: validate(model, cfg, batches, ctx),
-                     lambda extra: save_checkpoint(model, optimizer, ctx, done, extra))
+        run.end_step(
+            done,
+            scalars,
+            lambda: validate(model, cfg, batches, ctx),
+            lambda extra: save_checkpoint(model, optimizer, ctx, done, extra),
+        )
     return run.finish()

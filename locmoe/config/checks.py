@@ -3,12 +3,13 @@
 Each rule raises one :class:`ConfigError` naming the field, its value and what is allowed. Rules that need
 the launcher's world size live in :mod:`locmoe.topology` (``topology_from_config``).
 """
+
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
-from locmoe.config.loader import ConfigError
+from locmoe.config.errors import ConfigError
 from locmoe.config.router_checks import check_router_options
 from locmoe.config.schema import CONFIG_VERSION, JobConfig, MoEConfig
 
@@ -20,8 +21,9 @@ FIXED_TOP_K = {"gshard": 2, "switch": 1, "hash": 1}
 def resolve_and_check(cfg: JobConfig) -> JobConfig:
     """Fill ``top_k: null`` and ``gate: auto`` with the router's own values, then apply every rule."""
     if cfg.version != CONFIG_VERSION:
-        raise ConfigError("version", f"{cfg.version} is not supported by this locmoe: the config format "
-                          f"version is {CONFIG_VERSION}")
+        raise ConfigError(
+            "version", f"{cfg.version} is not supported by this locmoe: the config format version is {CONFIG_VERSION}"
+        )
     router = cfg.moe.router
     if router.top_k is None:
         router = dataclasses.replace(router, top_k=DEFAULT_TOP_K[router.kind])
@@ -41,8 +43,10 @@ def _check_model(cfg: JobConfig) -> None:
     if m.d_model % m.n_heads:
         raise ConfigError("model.n_heads", f"{m.n_heads} must divide model.d_model ({m.d_model})")
     if (m.d_model // m.n_heads) % 2:
-        raise ConfigError("model.n_heads", f"{m.n_heads} leaves an odd head size {m.d_model // m.n_heads}; "
-                          "rotary embeddings need an even head size")
+        raise ConfigError(
+            "model.n_heads",
+            f"{m.n_heads} leaves an odd head size {m.d_model // m.n_heads}; rotary embeddings need an even head size",
+        )
     if m.dense_layers > m.n_layers:
         raise ConfigError("model.dense_layers", f"{m.dense_layers} must be <= model.n_layers ({m.n_layers})")
     if m.max_seq_len < cfg.data.seq_len:
@@ -53,47 +57,94 @@ def _check_moe(moe: MoEConfig, d_model: int) -> None:
     r, E, D = moe.router, moe.num_experts, moe.domains.num_domains
     fixed = FIXED_TOP_K.get(r.kind)
     if fixed is not None and r.top_k != fixed:
-        raise ConfigError("moe.router.top_k", f"{r.top_k} is not allowed for router '{r.kind}', which routes "
-                          f"each token to exactly {fixed} expert(s): set top_k: {fixed} or null")
+        raise ConfigError(
+            "moe.router.top_k",
+            f"{r.top_k} is not allowed for router '{r.kind}', which routes "
+            f"each token to exactly {fixed} expert(s): set top_k: {fixed} or null",
+        )
     if D > E:
-        raise ConfigError("moe.domains.num_domains", f"{D} domains for {E} experts would leave domains with no "
-                          "expert; each domain needs at least one (num_domains <= moe.num_experts)")
+        raise ConfigError(
+            "moe.domains.num_domains",
+            f"{D} domains for {E} experts would leave domains with no "
+            "expert; each domain needs at least one (num_domains <= moe.num_experts)",
+        )
     if E % D:
-        raise ConfigError("moe.domains.num_domains", f"{D} must divide moe.num_experts ({E}) so that every "
-                          "domain gets an equal group of experts")
+        raise ConfigError(
+            "moe.domains.num_domains",
+            f"{D} must divide moe.num_experts ({E}) so that every domain gets an equal group of experts",
+        )
     group = E // D
     if r.top_k > group:
         where = "moe.num_experts" if D == 1 else "moe.domains.num_domains"
-        raise ConfigError("moe.router.top_k", f"{r.top_k} must be <= the experts a token may use ({group}; "
-                          f"set by {where})")
+        raise ConfigError(
+            "moe.router.top_k", f"{r.top_k} must be <= the experts a token may use ({group}; set by {where})"
+        )
     if r.gate == "grap" and d_model % E:
-        raise ConfigError("moe.num_experts", f"{E} must divide model.d_model ({d_model}): the GrAP gate cuts "
-                          "the hidden vector into E equal groups")
+        raise ConfigError(
+            "moe.num_experts",
+            f"{E} must divide model.d_model ({d_model}): the GrAP gate cuts the hidden vector into E equal groups",
+        )
     if r.kind == "expert_choice" and moe.capacity.mode != "factor":
-        raise ConfigError("moe.capacity.mode", f"'{moe.capacity.mode}' is not allowed for router expert_choice, "
-                          "whose experts each pick ceil(factor*k*T/E) tokens: use factor")
+        raise ConfigError(
+            "moe.capacity.mode",
+            f"'{moe.capacity.mode}' is not allowed for router expert_choice, "
+            "whose experts each pick ceil(factor*k*T/E) tokens: use factor",
+        )
     if r.kind == "hash" and moe.capacity.mode == "bound":
-        raise ConfigError("moe.capacity.mode", "'bound' is not allowed for router hash: the bound is measured "
-                          "from the angles between tokens and gate vectors, and the hash router has no gate; use "
-                          "factor or dropless")
+        raise ConfigError(
+            "moe.capacity.mode",
+            "'bound' is not allowed for router hash: the bound is measured "
+            "from the angles between tokens and gate vectors, and the hash router has no gate; use "
+            "factor or dropless",
+        )
     if moe.domains.names and len(moe.domains.names) != D:
         raise ConfigError("moe.domains.names", f"{len(moe.domains.names)} names given for {D} domains")
+    _check_dispatch_shape(moe)
+
+
+def _check_dispatch_shape(moe) -> None:
+    """A static buffer needs a capacity to size it, and a router whose copies it can hold."""
+    if moe.dispatch_shape != "static":
+        return
+    if moe.capacity.mode == "dropless":
+        raise ConfigError(
+            "moe.dispatch_shape",
+            "'static' is not allowed with moe.capacity.mode dropless: every "
+            "expert's buffer would need room for all k*T copies; use factor or bound",
+        )
+    if moe.router.kind == "expert_choice":
+        raise ConfigError(
+            "moe.dispatch_shape",
+            "'static' is not allowed for router expert_choice (its experts "
+            "already take a fixed number of tokens each); use dynamic",
+        )
+    if moe.overlap_chunks > 1:
+        raise ConfigError(
+            "moe.dispatch_shape",
+            f"'static' moves one fixed-size block per expert; "
+            f"moe.overlap_chunks = {moe.overlap_chunks} is not supported with it (use 1)",
+        )
 
 
 def _check_parallel(cfg: JobConfig) -> None:
     p, E = cfg.parallel, cfg.moe.num_experts
     if p.placement == "explicit" and len(p.placement_table) != E:
-        raise ConfigError("parallel.placement_table", f"has {len(p.placement_table)} entries; placement "
-                          f"explicit needs one rank per expert ({E})")
+        raise ConfigError(
+            "parallel.placement_table",
+            f"has {len(p.placement_table)} entries; placement explicit needs one rank per expert ({E})",
+        )
     if p.placement != "explicit" and p.placement_table:
-        raise ConfigError("parallel.placement_table", f"is only read with placement explicit, not "
-                          f"'{p.placement}'")
+        raise ConfigError("parallel.placement_table", f"is only read with placement explicit, not '{p.placement}'")
     if (p.nodes == 0) != (p.devices_per_node == 0):
-        raise ConfigError("parallel.nodes", f"nodes={p.nodes}, devices_per_node={p.devices_per_node}: set both "
-                          "to emulate a topology, or both to 0 to take it from the launcher")
+        raise ConfigError(
+            "parallel.nodes",
+            f"nodes={p.nodes}, devices_per_node={p.devices_per_node}: set both "
+            "to emulate a topology, or both to 0 to take it from the launcher",
+        )
     if p.expert_parallel_size and E % p.expert_parallel_size:
-        raise ConfigError("moe.num_experts", f"{E} is not divisible by parallel.expert_parallel_size "
-                          f"({p.expert_parallel_size})")
+        raise ConfigError(
+            "moe.num_experts", f"{E} is not divisible by parallel.expert_parallel_size ({p.expert_parallel_size})"
+        )
 
 
 def _check_train(cfg: JobConfig) -> None:
@@ -106,8 +157,10 @@ def _check_train(cfg: JobConfig) -> None:
         if not src.path:
             raise ConfigError(f"data.sources[{i}].path", "is empty: name a file or folder")
         if src.domain >= cfg.moe.domains.num_domains:
-            raise ConfigError(f"data.sources[{i}].domain", f"{src.domain} must be < moe.domains.num_domains "
-                              f"({cfg.moe.domains.num_domains})")
+            raise ConfigError(
+                f"data.sources[{i}].domain",
+                f"{src.domain} must be < moe.domains.num_domains ({cfg.moe.domains.num_domains})",
+            )
 
 
 def check_paths(cfg: JobConfig) -> None:

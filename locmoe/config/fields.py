@@ -3,6 +3,7 @@
 Every config field is declared with :func:`spec` so that the loader can check it generically: the type
 comes from the dataclass annotation, the allowed values from the rules given here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,14 +12,23 @@ from typing import Any
 _MISSING = dataclasses.MISSING
 
 
-def spec(default: Any = _MISSING, doc: str = "", *, factory: Any = _MISSING, choices: tuple | None = None,
-         ge: float | None = None, gt: float | None = None, le: float | None = None,
-         lt: float | None = None, nonempty: bool = False) -> Any:
+def spec(
+    default: Any = _MISSING,
+    doc: str = "",
+    *,
+    factory: Any = _MISSING,
+    choices: tuple | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    nonempty: bool = False,
+) -> Any:
     """Declare a config field.
 
     Args:
         default: the default value (immutable values only; use ``factory`` for lists and nested configs).
-        doc: what the field means, shown by ``locmoe train --help-config``.
+        doc: what the field means, kept in the field's ``metadata["doc"]`` beside its rules.
         factory: a zero-argument callable producing the default.
         choices: the allowed values.
         ge, gt, le, lt: numeric bounds (inclusive / exclusive). Every float field must also be finite (the
@@ -56,6 +66,5 @@ def violates(value: Any, rules: dict) -> bool:
         return True
     if "choices" in rules and value not in rules["choices"]:
         return True
-    checks = {"ge": lambda a, b: a >= b, "gt": lambda a, b: a > b,
-              "le": lambda a, b: a <= b, "lt": lambda a, b: a < b}
+    checks = {"ge": lambda a, b: a >= b, "gt": lambda a, b: a > b, "le": lambda a, b: a <= b, "lt": lambda a, b: a < b}
     return any(key in rules and not ok(value, rules[key]) for key, ok in checks.items())

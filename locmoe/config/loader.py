@@ -3,6 +3,7 @@
 Every problem raises one :class:`ConfigError` naming the field, the value and what is allowed, so a bad
 config fails at start-up rather than at step 1000.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,20 +15,14 @@ from typing import Any, Iterable
 
 import yaml
 
+from locmoe.config.checks import resolve_and_check
+from locmoe.config.errors import ConfigError
 from locmoe.config.fields import describe_rules, violates
 from locmoe.config.schema import JobConfig
-from locmoe.errors import LocMoEError
-
-
-class ConfigError(LocMoEError):
-    """A config value that is unknown, of the wrong type, or out of range."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}" if field else message)
-        self.field = field
-
+from locmoe.config.shipped import resolve_config_ref
 
 # ----------------------------------------------------------------------------- reading YAML
+
 
 def read_yaml_with_defaults(path: str | Path, _seen: tuple = (), base: Path | None = None) -> dict:
     """Read a YAML job file and merge the files its ``defaults:`` names under it.
@@ -35,8 +30,6 @@ def read_yaml_with_defaults(path: str | Path, _seen: tuple = (), base: Path | No
     ``path`` is a config reference (:func:`locmoe.config.shipped.resolve_config_ref`): an existing path
     (relative to ``base``, or to the working directory when ``base`` is None), else a shipped config name.
     The entries of ``defaults:`` are references relative to the file that names them."""
-    from locmoe.config.shipped import resolve_config_ref
-
     path = resolve_config_ref(path, base)
     if path in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path))
@@ -45,8 +38,9 @@ def read_yaml_with_defaults(path: str | Path, _seen: tuple = (), base: Path | No
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError("", f"{path} must hold a mapping of sections (model:, train:, ...), got "
-                          f"{type(raw).__name__} {_short(raw)}")
+        raise ConfigError(
+            "", f"{path} must hold a mapping of sections (model:, train:, ...), got {type(raw).__name__} {_short(raw)}"
+        )
     merged: dict = {}
     for parent in _defaults_list(raw.pop("defaults", None), path):
         merged = deep_merge(merged, read_yaml_with_defaults(parent, (*_seen, path), base=path.parent))
@@ -62,8 +56,9 @@ def read_text(path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ConfigError("", f"{path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
-                          "save it as UTF-8") from None
+        raise ConfigError(
+            "", f"{path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); save it as UTF-8"
+        ) from None
 
 
 def parse_yaml_text(text: str, where: str):
@@ -92,14 +87,17 @@ def _defaults_list(value: Any, path: Path) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise ConfigError("defaults", f"in {path}: {_short(value)} is not allowed: must be a file name or a "
-                          "list of file names (relative to this file, or shipped config names)")
+        raise ConfigError(
+            "defaults",
+            f"in {path}: {_short(value)} is not allowed: must be a file name or a "
+            "list of file names (relative to this file, or shipped config names)",
+        )
     return value
 
 
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def deep_merge(base: dict, top: dict) -> dict:
@@ -137,6 +135,7 @@ def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict:
 
 
 # ----------------------------------------------------------------------------- typed construction
+
 
 def build(cls: type, data: Any, path: str = "") -> Any:
     """Construct dataclass ``cls`` from a mapping, checking names, types and bounds field by field."""
@@ -200,8 +199,9 @@ def coerce(value: Any, hint: Any, where: str, rules: dict | None = None) -> Any:
             number = math.inf
         if not math.isfinite(number):
             bounds = describe_rules(rules or {})
-            raise ConfigError(where, f"{_short(value)} is not allowed: must be a finite number"
-                              + (f" {bounds}" if bounds else ""))
+            raise ConfigError(
+                where, f"{_short(value)} is not allowed: must be a finite number" + (f" {bounds}" if bounds else "")
+            )
         return number
     if hint is str:
         if not isinstance(value, str):
@@ -216,13 +216,13 @@ def _join(path: str, key: str) -> str:
 
 # ----------------------------------------------------------------------------- public entry points
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
-                layers: Iterable[str | Path] = ()) -> JobConfig:
+
+def load_config(
+    path: str | Path | None = None, overrides: Iterable[str] = (), layers: Iterable[str | Path] = ()
+) -> JobConfig:
     """Load, layer, override, type-check and cross-check a job config. ``path=None`` starts from the defaults;
     ``layers`` are YAML fragments merged over it in order (e.g. a router variant), ``overrides`` come last.
     ``path`` and each layer are files (relative to the working directory) or shipped config names."""
-    from locmoe.config.checks import resolve_and_check
-
     raw = read_yaml_with_defaults(path) if path is not None else {}
     for layer in layers:
         raw = deep_merge(raw, read_yaml_with_defaults(layer))
@@ -233,8 +233,6 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
 
 def config_from_dict(raw: dict) -> JobConfig:
     """Build and check a config from an already-parsed mapping (e.g. the copy stored in a checkpoint)."""
-    from locmoe.config.checks import resolve_and_check
-
     return resolve_and_check(build(JobConfig, raw))
 
 

@@ -5,9 +5,10 @@ router takes: the DeepSeek baselines (sigmoid scoring, node-limited top-k, the l
 options of the plain top-k routers gshard and switch; the paper's locality and balance variants belong to the
 locmoe router; the gate options need a gate (not hash).
 """
+
 from __future__ import annotations
 
-from locmoe.config.loader import ConfigError
+from locmoe.config.errors import ConfigError
 from locmoe.config.schema import JobConfig
 
 BASELINE_KINDS = ("gshard", "switch")
@@ -21,41 +22,63 @@ def check_router_options(cfg: JobConfig) -> None:
 
 def _check_baseline_options(cfg: JobConfig) -> None:
     r = cfg.moe.router
-    for field, on in (("scoring", r.scoring == "sigmoid"), ("node_limit", r.node_limit > 0),
-                      ("bias_update_rate", r.bias_update_rate > 0)):
+    for field, on in (
+        ("scoring", r.scoring == "sigmoid"),
+        ("node_limit", r.node_limit > 0),
+        ("bias_update_rate", r.bias_update_rate > 0),
+    ):
         if on and r.kind not in BASELINE_KINDS:
-            raise ConfigError(f"moe.router.{field}", f"{getattr(r, field)!r} is a DeepSeek baseline option of the "
-                              f"top-k routers {list(BASELINE_KINDS)}, not of router '{r.kind}'")
+            raise ConfigError(
+                f"moe.router.{field}",
+                f"{getattr(r, field)!r} is a DeepSeek baseline option of the "
+                f"top-k routers {list(BASELINE_KINDS)}, not of router '{r.kind}'",
+            )
     if r.node_score != "max" and r.node_limit == 0:
-        raise ConfigError("moe.router.node_score", f"'{r.node_score}' is only read with node_limit > 0 "
-                          "(node-limited routing is off)")
+        raise ConfigError(
+            "moe.router.node_score", f"'{r.node_score}' is only read with node_limit > 0 (node-limited routing is off)"
+        )
     nodes = cfg.parallel.nodes
     if r.node_limit and nodes and r.node_limit > nodes:
         raise ConfigError("moe.router.node_limit", f"{r.node_limit} is more than parallel.nodes ({nodes})")
     if r.node_limit and nodes and r.node_limit * (cfg.moe.num_experts // nodes) < r.top_k:
-        raise ConfigError("moe.router.node_limit", f"{r.node_limit} node(s) of {cfg.moe.num_experts // nodes} "
-                          f"experts each hold fewer than top_k = {r.top_k} experts")
+        raise ConfigError(
+            "moe.router.node_limit",
+            f"{r.node_limit} node(s) of {cfg.moe.num_experts // nodes} "
+            f"experts each hold fewer than top_k = {r.top_k} experts",
+        )
 
 
 def _check_paper_options(cfg: JobConfig) -> None:
     r = cfg.moe.router
     if r.locality_loss == "batch" and r.kind != "locmoe":
-        raise ConfigError("moe.router.locality_loss", f"'batch' is not allowed for router '{r.kind}': the "
-                          "locality loss belongs to router locmoe")
+        raise ConfigError(
+            "moe.router.locality_loss",
+            f"'batch' is not allowed for router '{r.kind}': the locality loss belongs to router locmoe",
+        )
     if r.balance_counts == "gate" and r.kind != "locmoe":
-        raise ConfigError("moe.router.balance_counts", f"'gate' is not allowed for router '{r.kind}': it differs "
-                          "from 'selected' only where locmoe's intra-node-first rule changes the gate's choices")
+        raise ConfigError(
+            "moe.router.balance_counts",
+            f"'gate' is not allowed for router '{r.kind}': it differs "
+            "from 'selected' only where locmoe's intra-node-first rule changes the gate's choices",
+        )
 
 
 def _check_gate_options(cfg: JobConfig) -> None:
     r = cfg.moe.router
     if r.z_loss_coef > 0 and r.kind == "expert_choice":
-        raise ConfigError("moe.router.z_loss_coef", f"{r.z_loss_coef} is not allowed for router expert_choice: "
-                          "the router z-loss is computed by the token-choice routers")
+        raise ConfigError(
+            "moe.router.z_loss_coef",
+            f"{r.z_loss_coef} is not allowed for router expert_choice: "
+            "the router z-loss is computed by the token-choice routers",
+        )
     if r.kind != "hash":
         return
-    for field, on in (("gate_activation", r.gate_activation != "none"), ("gate_bias", r.gate_bias),
-                      ("z_loss_coef", r.z_loss_coef > 0)):
+    for field, on in (
+        ("gate_activation", r.gate_activation != "none"),
+        ("gate_bias", r.gate_bias),
+        ("z_loss_coef", r.z_loss_coef > 0),
+    ):
         if on:
-            raise ConfigError(f"moe.router.{field}", f"{getattr(r, field)!r} is not allowed for router hash, "
-                              "which has no gate")
+            raise ConfigError(
+                f"moe.router.{field}", f"{getattr(r, field)!r} is not allowed for router hash, which has no gate"
+            )

@@ -13,6 +13,7 @@ How a config reference is resolved (``locmoe train REF --with REF``, and every e
 Paths *inside* a config (``data.sources[].path``, ``data.tokenizer``, ``train.out_dir``, ``export.dir``) are
 not config references: they resolve against the working directory of the run, like any command-line path.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 import locmoe
+from locmoe.config.errors import ConfigError
 
 SUFFIX = ".yaml"
 
@@ -38,9 +40,9 @@ def configs_dir() -> Path:
 
 @dataclass(frozen=True)
 class ShippedConfig:
-    name: str            # path under configs/ without .yaml, e.g. "tiny_cpu" or "routers/gshard"
+    name: str  # path under configs/ without .yaml, e.g. "tiny_cpu" or "routers/gshard"
     path: Path
-    description: str     # the file's first comment line
+    description: str  # the file's first comment line
 
     @property
     def kind(self) -> str:
@@ -67,10 +69,10 @@ def _description(path: Path) -> str:
         words.append(text.strip())
     summary = " ".join(words)
     depth = 0
-    for i, ch in enumerate(summary):          # the first full stop outside parentheses ("(Wang et al. 2024)")
+    for i, ch in enumerate(summary):  # the first full stop outside parentheses ("(Wang et al. 2024)")
         depth += {"(": 1, ")": -1}.get(ch, 0)
-        if ch == "." and depth <= 0 and summary[i + 1:i + 2] in ("", " "):
-            return summary[:i + 1]
+        if ch == "." and depth <= 0 and summary[i + 1 : i + 2] in ("", " "):
+            return summary[: i + 1]
     return summary
 
 
@@ -80,9 +82,9 @@ def find_shipped(ref: str) -> Optional[Path]:
     if text.startswith("./"):
         text = text[2:]
     if text.startswith("configs/"):
-        text = text[len("configs/"):]
+        text = text[len("configs/") :]
     if text.endswith(SUFFIX):
-        text = text[:-len(SUFFIX)]
+        text = text[: -len(SUFFIX)]
     if not text or text.startswith("/") or ".." in text.split("/"):
         return None
     configs = shipped_configs()
@@ -98,8 +100,6 @@ def resolve_config_ref(ref: str | Path, base: Path | None = None) -> Path:
 
     ``base`` is the directory a relative path is read from: the working directory for command-line references
     (None), the including file's folder for ``defaults:``. Raises :class:`ConfigError` naming what was tried."""
-    from locmoe.config.loader import ConfigError
-
     path = Path(ref).expanduser()
     candidate = path if path.is_absolute() or base is None else base / path
     if candidate.is_file():
@@ -112,5 +112,8 @@ def resolve_config_ref(ref: str | Path, base: Path | None = None) -> Path:
             return shipped
     where = f"relative to {base}" if base is not None and not path.is_absolute() else ""
     names = ", ".join(c.name for c in shipped_configs())
-    raise ConfigError("", f"config file not found: {candidate} {where}".rstrip()
-                      + f"; and {str(ref)!r} names no shipped config (shipped: {names}; `locmoe configs` lists them)")
+    raise ConfigError(
+        "",
+        f"config file not found: {candidate} {where}".rstrip()
+        + f"; and {str(ref)!r} names no shipped config (shipped: {names}; `locmoe configs` lists them)",
+    )

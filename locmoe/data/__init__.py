@@ -1,5 +1,6 @@
 """Training data, framework-free: tokenizers, corpus sources, the indexed dataset format and the deterministic
 batch sampler."""
+
 from locmoe.data.corpus import Corpus, load_corpus
 from locmoe.data.errors import DataError
 from locmoe.data.sampler import BatchSampler

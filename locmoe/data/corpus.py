@@ -9,6 +9,7 @@ Binary and indexed tokens stay on disk in their own dtype and text tokens are ke
 dtype of the vocabulary; the validation split is a view of the same data. Only the windows the sampler
 draws are converted to int64, so a rank's memory does not grow with the corpus.
 """
+
 from __future__ import annotations
 
 import sysconfig
@@ -27,6 +28,7 @@ __all__ = ["Corpus", "DataError", "load_corpus", "stdlib_files"]
 class Corpus:
     """Token streams keyed by domain; ``train[d]`` and ``val[d]`` are 1-D token sequences (TokenStream:
     ``len`` and contiguous slices, which return int64 copies)."""
+
     train: dict = field(default_factory=dict)
     val: dict = field(default_factory=dict)
     vocab_size: int = 256
@@ -54,7 +56,7 @@ def load_corpus(cfg: DataConfig, tokenizer, num_domains: int) -> Corpus:
     else:
         sources = [(p, "text", 0) for p in stdlib_files()]
         description = f"Python standard library sources ({len(sources)} files)"
-        ctx.strict_utf8 = False      # our own fallback corpus: a stray byte in an installed file is no user error
+        ctx.strict_utf8 = False  # our own fallback corpus: a stray byte in an installed file is no user error
     streams: dict[int, list[TokenStream]] = {}
     for path, declared, domain in sources:
         for f, fmt in resolve(path, declared):
@@ -65,8 +67,10 @@ def load_corpus(cfg: DataConfig, tokenizer, num_domains: int) -> Corpus:
         tokens = TokenStream.concat(parts)
         n_val = max(int(len(tokens) * cfg.val_fraction), cfg.seq_len + 1)
         if len(tokens) - n_val < cfg.seq_len + 1:
-            raise DataError(f"domain {dom} of {description} holds {len(tokens)} tokens, too few for a training "
-                            f"and a validation sequence of {cfg.seq_len + 1} tokens")
+            raise DataError(
+                f"domain {dom} of {description} holds {len(tokens)} tokens, too few for a training "
+                f"and a validation sequence of {cfg.seq_len + 1} tokens"
+            )
         corpus.train[dom], corpus.val[dom] = tokens.split(len(tokens) - n_val)
     if not corpus.train:
         raise DataError(f"the corpus ({description}) is empty")
@@ -81,7 +85,9 @@ def check_windows(corpus: Corpus, split: str, cfg: DataConfig) -> None:
     sizes = {d: len(s) for d, s in getattr(corpus, split).items()}
     if sum(n - cfg.seq_len - 1 for n in sizes.values()) <= 0:
         name = "validation" if split == "val" else "training"
-        raise DataError(f"the {name} split of {corpus.description} leaves nothing to sample: each domain holds "
-                        f"only seq_len + 1 = {cfg.seq_len + 1} tokens there ({sizes}); it needs at least "
-                        f"{cfg.seq_len + 2}: raise data.val_fraction (now {cfg.val_fraction}), lower data.seq_len "
-                        "or add data")
+        raise DataError(
+            f"the {name} split of {corpus.description} leaves nothing to sample: each domain holds "
+            f"only seq_len + 1 = {cfg.seq_len + 1} tokens there ({sizes}); it needs at least "
+            f"{cfg.seq_len + 2}: raise data.val_fraction (now {cfg.val_fraction}), lower data.seq_len "
+            "or add data"
+        )

@@ -1,4 +1,5 @@
 """The error of the data package (its own module so that every data module can raise it without cycles)."""
+
 from locmoe.errors import LocMoEError
 
 

@@ -7,6 +7,7 @@ are grouped by domain (stable): each domain's stream is then one contiguous run,
 training on the same text sources would build. Everything is written in a temporary folder beside PREFIX and
 renamed into place at the end (the .idx last); on any failure nothing is left behind.
 """
+
 from __future__ import annotations
 
 import errno
@@ -28,11 +29,11 @@ from locmoe.data.sources import decode, encode, parse_jsonl, resolve
 from locmoe.data.tokenizer import load_tokenizer
 
 CHUNK_BYTES = 8 << 20
-MAX_DOMAINS = 128          # domains are stored as Megatron's int8 sequence modes
-_TOKENIZER = None          # set in each worker by _init_worker
+MAX_DOMAINS = 128  # domains are stored as Megatron's int8 sequence modes
+_TOKENIZER = None  # set in each worker by _init_worker
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Unit:
     path: Path
     fmt: str
@@ -47,11 +48,13 @@ def plan_units(sources: list[str], fmt: str, domain: int) -> list[Unit]:
     for src in sources:
         for path, kind in resolve(Path(src), fmt):
             if kind not in ("text", "jsonl"):
-                raise DataError(f"{path}: locmoe data prepare reads text and jsonl sources, not {kind} "
-                                "(those are tokenised already: train on them directly)")
+                raise DataError(
+                    f"{path}: locmoe data prepare reads text and jsonl sources, not {kind} "
+                    "(those are tokenised already: train on them directly)"
+                )
             size = path.stat().st_size
             cuts = _line_cuts(path, size) if kind == "jsonl" else [0, size]
-            units += [Unit(path, kind, domain, a, b) for a, b in zip(cuts[:-1], cuts[1:])]
+            units += [Unit(path=path, fmt=kind, domain=domain, start=a, end=b) for a, b in zip(cuts[:-1], cuts[1:])]
     return units
 
 
@@ -82,7 +85,7 @@ def _work(unit: Unit):
     text = decode(unit.path, raw, truncated=False, offset=unit.start)
     try:
         pieces = [(unit.domain, text)] if unit.fmt == "text" else parse_jsonl(unit.path, text, unit.domain)
-    except DataError as err:            # a bad row: its line counts from this unit's start
+    except DataError as err:  # a bad row: its line counts from this unit's start
         return [], 0, (err.line, err.reason)
     docs = encode(unit.path, pieces, _TOKENIZER, MAX_DOMAINS, "indexed datasets keep domains as int8")
     return docs, raw.count(b"\n"), None
@@ -97,8 +100,16 @@ def _results(units: list[Unit], spec: str, workers: int):
         yield from pool.imap(_work, units)
 
 
-def prepare(sources: list[str], out: str, tokenizer: str = "byte", workers: int = 1, domain: int = 0,
-            fmt: str = "auto", overwrite: bool = False, progress: bool = True) -> dict:
+def prepare(
+    sources: list[str],
+    out: str,
+    tokenizer: str = "byte",
+    workers: int = 1,
+    domain: int = 0,
+    fmt: str = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
     """Tokenise ``sources`` into ``out``.bin/.idx/.locmoe.json; returns the summary that is also recorded."""
     t0 = time.perf_counter()
     if tokenizer != "byte" and not Path(tokenizer).is_file():
@@ -107,26 +118,26 @@ def prepare(sources: list[str], out: str, tokenizer: str = "byte", workers: int 
         raise DataError(f"--domain {domain} must be in [0, {MAX_DOMAINS}) (domains are stored as int8)")
     tok = load_tokenizer(tokenizer)
     prefix = Path(out)
-    finals = [indexed.bin_path(prefix), indexed.meta_path(prefix), indexed.idx_path(prefix)]   # .idx last
+    finals = [indexed.bin_path(prefix), indexed.meta_path(prefix), indexed.idx_path(prefix)]  # .idx last
     existing = [str(p) for p in finals if p.exists()]
     if existing and not overwrite:
         raise DataError(f"--out {out}: {', '.join(existing)} already exist(s); pass --overwrite to replace")
     units = plan_units(sources, fmt, domain)
     if not prefix.parent.is_dir():
         raise DataError(f"--out {out}: folder {prefix.parent} does not exist")
-    tmp = prefix.parent / f".{prefix.name}.prepare-{os.getpid()}"     # hidden: training folders skip it
+    tmp = prefix.parent / f".{prefix.name}.prepare-{os.getpid()}"  # hidden: training folders skip it
     renamed: list[Path] = []
     try:
         tmp.mkdir()
         lengths, bins, max_token = _tokenise(units, tokenizer, workers, progress, tmp, tok)
         meta = _finish(tmp, prefix, tok, lengths, bins, max_token, sources)
-        for p in finals:                         # the .idx last: until it exists, readers see no dataset
+        for p in finals:  # the .idx last: until it exists, readers see no dataset
             os.replace(tmp / p.name, p)
             renamed.append(p)
     except BaseException as err:
         for p in renamed:
             p.unlink(missing_ok=True)
-        if isinstance(err, OSError):             # unreadable source, read-only or full disk: one line
+        if isinstance(err, OSError):  # unreadable source, read-only or full disk: one line
             full = " (disk full)" if err.errno == errno.ENOSPC else ""
             raise DataError(f"{err.filename or out}: {err.strerror or err}{full}; nothing was written") from None
         raise
@@ -145,8 +156,14 @@ def _tokenise(units, spec, workers, progress, tmp, tok):
     files: dict[int, object] = {}
     lines: dict[Path, int] = {}
     max_token = -1
-    bar = tqdm(total=sum(u.end - u.start for u in units), unit="B", unit_scale=True, desc="tokenising",
-               disable=not progress, file=sys.stderr)
+    bar = tqdm(
+        total=sum(u.end - u.start for u in units),
+        unit="B",
+        unit_scale=True,
+        desc="tokenising",
+        disable=not progress,
+        file=sys.stderr,
+    )
     results = _results(units, spec, workers)
     try:
         for unit, (docs, n_lines, row_error) in zip(units, results):
@@ -162,7 +179,7 @@ def _tokenise(units, spec, workers, progress, tmp, tok):
                     max_token = max(max_token, int(tokens.max()))
             bar.update(unit.end - unit.start)
     finally:
-        results.close()                          # ends the worker pool now, also on an error
+        results.close()  # ends the worker pool now, also on an error
         bar.close()
         for f in files.values():
             f.close()
@@ -186,10 +203,19 @@ def _finish(tmp: Path, prefix: Path, tok, lengths: dict, bins: dict, max_token: 
     all_lengths = np.concatenate([np.frombuffer(lengths[d], dtype=np.int64) for d in doms])
     domains = np.repeat(np.array(doms, dtype=np.int64), [len(lengths[d]) for d in doms])
     indexed.write_index(tmp / indexed.idx_path(prefix).name, dtype, all_lengths, domains)
-    meta = {"format": indexed.META_FORMAT, "version": indexed.META_VERSION, "dtype": dtype.name,
-            "documents": int(len(all_lengths)), "tokens": int(all_lengths.sum()), "max_token": max_token,
-            "tokenizer": tok.fingerprint, "tokenizer_name": tok.name, "vocab_size": tok.vocab_size,
-            "document_domains": True, "sources": [str(s) for s in sources],
-            "domains": {str(d): {"documents": len(lengths[d]), "tokens": int(sum(lengths[d]))} for d in doms}}
+    meta = {
+        "format": indexed.META_FORMAT,
+        "version": indexed.META_VERSION,
+        "dtype": dtype.name,
+        "documents": int(len(all_lengths)),
+        "tokens": int(all_lengths.sum()),
+        "max_token": max_token,
+        "tokenizer": tok.fingerprint,
+        "tokenizer_name": tok.name,
+        "vocab_size": tok.vocab_size,
+        "document_domains": True,
+        "sources": [str(s) for s in sources],
+        "domains": {str(d): {"documents": len(lengths[d]), "tokens": int(sum(lengths[d]))} for d in doms},
+    }
     (tmp / indexed.meta_path(prefix).name).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return meta

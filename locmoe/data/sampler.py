@@ -6,6 +6,7 @@ to its number of windows. Rank r of W takes rows r·B .. (r+1)·B of the global 
 anything with ``len`` and contiguous slices (a TokenStream, or a plain array); only the B windows of this rank
 are read.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +15,8 @@ from locmoe.data.corpus import Corpus
 
 
 class BatchSampler:
-    def __init__(self, corpus: Corpus, seq_len: int, batch_per_rank: int, rank: int, world: int, seed: int):
-        self.corpus, self.seq_len, self.B = corpus, seq_len, batch_per_rank
+    def __init__(self, corpus: Corpus, seq_len: int, batch_per_rank: int, *, rank: int, world: int, seed: int):
+        self.corpus, self.seq_len, self.batch_per_rank = corpus, seq_len, batch_per_rank
         self.rank, self.world, self.seed = rank, world, seed
 
     def batch(self, step: int, micro: int = 0, split: str = "train") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -25,11 +26,12 @@ class BatchSampler:
         windows = np.array([len(streams[d]) - self.seq_len - 1 for d in domains], dtype=np.float64)
         tag = 0 if split == "train" else 1
         rng = np.random.default_rng([self.seed, tag, step, micro])
-        n = self.B * self.world
+        B = self.batch_per_rank
+        n = B * self.world
         pick = rng.choice(len(domains), size=n, p=windows / windows.sum())
         starts = (rng.random(n) * (windows[pick] + 1)).astype(np.int64)
-        rows = slice(self.rank * self.B, (self.rank + 1) * self.B)
+        rows = slice(self.rank * B, (self.rank + 1) * B)
         # only the drawn windows are read (and converted to int64): the streams stay on disk in their own dtype
-        seqs = np.stack([streams[domains[p]][s:s + self.seq_len + 1] for p, s in zip(pick[rows], starts[rows])])
+        seqs = np.stack([streams[domains[p]][s : s + self.seq_len + 1] for p, s in zip(pick[rows], starts[rows])])
         seqs = seqs.astype(np.int64, copy=False)
         return seqs[:, :-1].copy(), seqs[:, 1:].copy(), np.asarray(domains)[pick[rows]].astype(np.int64)

@@ -13,6 +13,7 @@ their own dtype, read a window at a time (:class:`~locmoe.data.stream.FileTokens
 checked against the vocabulary in 16 MiB reads (or, for a prepared indexed dataset, from the sidecar's
 recorded largest id).
 """
+
 from __future__ import annotations
 
 import json
@@ -32,6 +33,7 @@ SUFFIX_FORMATS = {".jsonl": "jsonl", ".bin": "bin_uint16", ".u16": "bin_uint16",
 @dataclass
 class ReadContext:
     """What every source is checked against."""
+
     tokenizer: object
     num_domains: int
     max_bytes: int = 0
@@ -47,8 +49,11 @@ def resolve(path: Path, declared: str) -> list[tuple[Path, str]]:
     if path.is_dir():
         found = _folder(path, declared)
         if not found:
-            raise DataError(f"data source {path} holds no .bin/.idx pair (format: indexed)" if declared == "indexed"
-                            else f"data source {path} is an empty folder")
+            raise DataError(
+                f"data source {path} holds no .bin/.idx pair (format: indexed)"
+                if declared == "indexed"
+                else f"data source {path} is an empty folder"
+            )
         return found
     if declared in ("auto", "indexed"):
         prefix = _indexed_prefix(path, declared == "indexed")
@@ -72,21 +77,25 @@ def _indexed_prefix(path: Path, declared: bool):
 
 def _folder(path: Path, declared: str) -> list[tuple[Path, str]]:
     """Inputs of a folder: each indexed pair once (at its .idx), every other file by its format."""
-    files = sorted(p for p in path.rglob("*") if p.is_file()   # hidden files and folders (.git, a running
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))  # prepare) skipped
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file()  # hidden files and folders (.git, a running
+        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )  # prepare) skipped
     names = {str(p) for p in files}
     out = []
     for p in files:
-        sidecar_of = str(p)[:-len(".locmoe.json")] if p.name.endswith(".locmoe.json") else None
+        sidecar_of = str(p)[: -len(".locmoe.json")] if p.name.endswith(".locmoe.json") else None
         if sidecar_of is not None and f"{sidecar_of}.idx" in names:
             continue
         if declared in ("auto", "indexed") and p.suffix == ".idx":
             out.append((p.with_suffix(""), "indexed"))
         elif declared in ("auto", "indexed") and p.suffix == ".bin" and str(p.with_suffix(".idx")) in names:
-            continue                                 # listed with its .idx
+            continue  # listed with its .idx
         elif declared == "indexed":
             if p.suffix == ".bin":
-                out.append((p.with_suffix(""), "indexed"))    # its .idx is missing: open_indexed says so
+                out.append((p.with_suffix(""), "indexed"))  # its .idx is missing: open_indexed says so
         else:
             out.append((p, declared if declared != "auto" else SUFFIX_FORMATS.get(p.suffix, "text")))
     return out
@@ -106,8 +115,10 @@ def _binary(path: Path, dtype: np.dtype, fmt: str, ctx: ReadContext) -> TokenStr
     if size == 0:
         raise DataError(f"{path}: the {fmt} file is empty")
     if size % dtype.itemsize:
-        raise DataError(f"{path}: {size} bytes is not a multiple of {dtype.itemsize} ({fmt} tokens are "
-                        f"{dtype.itemsize} bytes): truncated, or another dtype?")
+        raise DataError(
+            f"{path}: {size} bytes is not a multiple of {dtype.itemsize} ({fmt} tokens are "
+            f"{dtype.itemsize} bytes): truncated, or another dtype?"
+        )
     _check_ids(path, *scan_minmax(path, dtype), ctx)
     return TokenStream.of([FileTokens(path, dtype)])
 
@@ -124,9 +135,11 @@ def _indexed(prefix: Path, domain: int, ctx: ReadContext) -> list[tuple[int, Tok
     if meta is not None:
         mine = getattr(ctx.tokenizer, "fingerprint", "?")
         if meta["tokenizer"] != mine or meta["vocab_size"] != ctx.vocab_size:
-            raise DataError(f"{indexed.meta_path(prefix)}: prepared with tokenizer {meta.get('tokenizer_name')!r} "
-                            f"({meta['tokenizer']}, vocabulary {meta['vocab_size']}), but data.tokenizer is "
-                            f"{mine} (vocabulary {ctx.vocab_size}): prepare it again with that tokenizer")
+            raise DataError(
+                f"{indexed.meta_path(prefix)}: prepared with tokenizer {meta.get('tokenizer_name')!r} "
+                f"({meta['tokenizer']}, vocabulary {meta['vocab_size']}), but data.tokenizer is "
+                f"{mine} (vocabulary {ctx.vocab_size}): prepare it again with that tokenizer"
+            )
         lo, hi = 0, meta["max_token"]
     else:
         lo, hi = scan_minmax(indexed.bin_path(prefix), ds.dtype, 0, ds.n_tokens)
@@ -137,10 +150,14 @@ def _indexed(prefix: Path, domain: int, ctx: ReadContext) -> list[tuple[int, Tok
     doms, starts, lens = ds.runs
     bad = doms[(doms < 0) | (doms >= ctx.num_domains)]
     if len(bad):
-        raise DataError(f"{indexed.idx_path(prefix)}: document domain {int(bad[0])} must be in "
-                        f"[0, {ctx.num_domains}) (moe.domains.num_domains)")
-    return [(int(d), TokenStream(base, np.zeros(int((doms == d).sum())), starts[doms == d], lens[doms == d]))
-            for d in np.unique(doms)]
+        raise DataError(
+            f"{indexed.idx_path(prefix)}: document domain {int(bad[0])} must be in "
+            f"[0, {ctx.num_domains}) (moe.domains.num_domains)"
+        )
+    return [
+        (int(d), TokenStream(base, np.zeros(int((doms == d).sum())), starts[doms == d], lens[doms == d]))
+        for d in np.unique(doms)
+    ]
 
 
 def decode(path: Path, raw: bytes, truncated: bool, strict: bool = True, offset: int = 0) -> str:
@@ -152,8 +169,10 @@ def decode(path: Path, raw: bytes, truncated: bool, strict: bool = True, offset:
         cut_at_end = truncated and err.reason == "unexpected end of data" and err.start >= len(raw) - 3
         if cut_at_end or not strict:
             return raw.decode("utf-8", errors="replace")
-        raise DataError(f"{path}: byte {offset + err.start} is not valid UTF-8 ({err.reason}); text and jsonl "
-                        "sources must be UTF-8 (convert it, e.g. iconv -f latin1 -t utf-8)") from None
+        raise DataError(
+            f"{path}: byte {offset + err.start} is not valid UTF-8 ({err.reason}); text and jsonl "
+            "sources must be UTF-8 (convert it, e.g. iconv -f latin1 -t utf-8)"
+        ) from None
 
 
 def row_error(path: Path, line: int, reason: str) -> DataError:
@@ -176,7 +195,7 @@ def parse_jsonl(path: Path, text: str, domain: int) -> list[tuple[int, str]]:
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
             raise row_error(path, n, "each JSONL row needs a string 'text' field")
         dom = row.get("domain", domain)
-        if type(dom) is not int or dom < 0:    # bool is an int subclass, 0.7 a float: neither is a domain id
+        if type(dom) is not int or dom < 0:  # bool is an int subclass, 0.7 a float: neither is a domain id
             raise row_error(path, n, f"'domain' must be a non-negative integer, got {json.dumps(dom)}")
         pieces.append((dom, row["text"]))
     return pieces
@@ -186,25 +205,28 @@ def _texts(path: Path, fmt: str, domain: int, ctx: ReadContext) -> list[tuple[in
     """(domain, tokens) of a text or JSONL file."""
     raw = path.read_bytes()
     truncated = bool(ctx.max_bytes) and len(raw) > ctx.max_bytes
-    text = decode(path, raw[:ctx.max_bytes or None], truncated, ctx.strict_utf8)
+    text = decode(path, raw[: ctx.max_bytes or None], truncated, ctx.strict_utf8)
     pieces = [(domain, text)] if fmt == "text" else parse_jsonl(path, text, domain)
     return encode(path, pieces, ctx.tokenizer, ctx.num_domains, "moe.domains.num_domains")
 
 
-def encode(path: Path, pieces: list[tuple[int, str]], tokenizer, num_domains: int,
-           limit_name: str) -> list[tuple[int, np.ndarray]]:
+def encode(
+    path: Path, pieces: list[tuple[int, str]], tokenizer, num_domains: int, limit_name: str
+) -> list[tuple[int, np.ndarray]]:
     """Tokens of each non-blank document (its text + a newline), in the smallest dtype of the vocabulary.
     ``locmoe data prepare`` calls this too, so a prepared dataset holds exactly the tokens training would."""
     store = indexed.token_dtype(tokenizer.vocab_size)
     out = []
     for dom, piece in pieces:
         if not piece.strip():
-            continue      # an empty file adds nothing; if all are empty the corpus is empty
+            continue  # an empty file adds nothing; if all are empty the corpus is empty
         if not 0 <= dom < num_domains:
             raise DataError(f"{path}: domain {dom} must be in [0, {num_domains}) ({limit_name})")
         tokens = np.asarray(tokenizer.encode(piece + "\n"))
         if len(tokens) and (int(tokens.max()) >= tokenizer.vocab_size or int(tokens.min()) < 0):
-            raise DataError(f"{path}: the tokenizer produced id {int(tokens.max())} outside its vocabulary "
-                            f"[0, {tokenizer.vocab_size})")
+            raise DataError(
+                f"{path}: the tokenizer produced id {int(tokens.max())} outside its vocabulary "
+                f"[0, {tokenizer.vocab_size})"
+            )
         out.append((dom, tokens.astype(store)))
     return out

@@ -5,6 +5,7 @@ Nothing here copies a whole stream: slicing a :class:`TokenStream` reads only th
 it as int64, and splitting it into train/validation makes two views. A file base costs resident memory only
 for the window being read, so a rank's memory does not grow with the corpus.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-SCAN_BYTES = 1 << 24    # the chunk read by scan_minmax: 16 MiB of resident memory, however large the file
+SCAN_BYTES = 1 << 24  # the chunk read by scan_minmax: 16 MiB of resident memory, however large the file
 
 
 class TokenStream:
@@ -28,7 +29,7 @@ class TokenStream:
         self.seg_base = np.asarray(seg_base, dtype=np.int64)
         self.seg_start = np.asarray(seg_start, dtype=np.int64)
         self.seg_len = np.asarray(seg_len, dtype=np.int64)
-        self.ends = np.cumsum(self.seg_len)           # ends[i]: stream offset one past segment i
+        self.ends = np.cumsum(self.seg_len)  # ends[i]: stream offset one past segment i
 
     @classmethod
     def of(cls, arrays: list) -> "TokenStream":
@@ -41,9 +42,12 @@ class TokenStream:
         for s in streams:
             seg_base.append(s.seg_base + len(bases))
             bases.extend(s.bases)
-        return cls(bases, np.concatenate(seg_base) if seg_base else [],
-                   np.concatenate([s.seg_start for s in streams]) if streams else [],
-                   np.concatenate([s.seg_len for s in streams]) if streams else [])
+        return cls(
+            bases,
+            np.concatenate(seg_base) if seg_base else [],
+            np.concatenate([s.seg_start for s in streams]) if streams else [],
+            np.concatenate([s.seg_len for s in streams]) if streams else [],
+        )
 
     def __len__(self) -> int:
         return int(self.ends[-1]) if len(self.ends) else 0
@@ -59,19 +63,24 @@ class TokenStream:
             seg_begin = int(self.ends[i] - self.seg_len[i])
             a = int(self.seg_start[i]) + pos - seg_begin
             n = min(stop, int(self.ends[i])) - pos
-            out[pos - start:pos - start + n] = self.bases[self.seg_base[i]][a:a + n]
+            out[pos - start : pos - start + n] = self.bases[self.seg_base[i]][a : a + n]
             pos, i = pos + n, i + 1
         return out
 
     def split(self, at: int) -> tuple["TokenStream", "TokenStream"]:
         """Views of tokens [0, at) and [at, len)."""
-        i = int(np.searchsorted(self.ends, at, side="left"))     # segment holding token at-1 (or the end)
+        i = int(np.searchsorted(self.ends, at, side="left"))  # segment holding token at-1 (or the end)
         if i < len(self.ends):
-            cut = at - int(self.ends[i] - self.seg_len[i])        # tokens of segment i that go to the head
-            head = TokenStream(self.bases, self.seg_base[:i + 1], self.seg_start[:i + 1],
-                               np.append(self.seg_len[:i], cut))
-            tail = TokenStream(self.bases, self.seg_base[i:], np.append(self.seg_start[i] + cut, self.seg_start[i + 1:]),
-                               np.append(self.seg_len[i] - cut, self.seg_len[i + 1:]))
+            cut = at - int(self.ends[i] - self.seg_len[i])  # tokens of segment i that go to the head
+            head = TokenStream(
+                self.bases, self.seg_base[: i + 1], self.seg_start[: i + 1], np.append(self.seg_len[:i], cut)
+            )
+            tail = TokenStream(
+                self.bases,
+                self.seg_base[i:],
+                np.append(self.seg_start[i] + cut, self.seg_start[i + 1 :]),
+                np.append(self.seg_len[i] - cut, self.seg_len[i + 1 :]),
+            )
             return head.drop_empty(), tail.drop_empty()
         return self, TokenStream(self.bases, [], [], [])
 
@@ -110,11 +119,11 @@ class FileTokens:
 
 
 _FDS: "OrderedDict[tuple[int, str], int]" = OrderedDict()
-MAX_OPEN = 64           # file descriptors kept open (least recently used closed first), per process
+MAX_OPEN = 64  # file descriptors kept open (least recently used closed first), per process
 
 
 def _open_fd(path: str) -> int:
-    key = (os.getpid(), path)       # a forked child opens its own
+    key = (os.getpid(), path)  # a forked child opens its own
     fd = _FDS.pop(key, None)
     if fd is None:
         fd = os.open(path, os.O_RDONLY)
@@ -149,4 +158,3 @@ def scan_minmax(path: Path, dtype, offset: int = 0, count: int = -1) -> tuple[in
             hi = int(part.max()) if hi is None else max(hi, int(part.max()))
             left -= got
     return (lo if lo is not None else 0), (hi if hi is not None else -1)
-

@@ -1,4 +1,5 @@
 """Tokenizers: byte-level by default (vocab 256, nothing to download), or a ``tokenizers`` JSON file."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,8 +10,9 @@ import numpy as np
 
 class ByteTokenizer:
     """UTF-8 bytes are the tokens."""
+
     vocab_size = 256
-    fingerprint = "byte"        # what a prepared dataset records to refuse another tokenizer
+    fingerprint = "byte"  # what a prepared dataset records to refuse another tokenizer
     name = "byte"
 
     def encode(self, text: str) -> np.ndarray:
@@ -29,11 +31,12 @@ class FileTokenizer:
         try:
             from tokenizers import Tokenizer
         except ImportError:
-            raise DataError(f"data.tokenizer = {str(path)!r} needs the tokenizers package: "
-                            "pip install 'locmoe[tokenizers]'") from None
+            raise DataError(
+                f"data.tokenizer = {str(path)!r} needs the tokenizers package: pip install 'locmoe[tokenizers]'"
+            ) from None
         try:
             self.tok = Tokenizer.from_file(str(path))
-        except Exception as err:   # the library raises a bare Exception for a malformed file
+        except Exception as err:  # the library raises a bare Exception for a malformed file
             raise DataError(f"data.tokenizer = {str(path)!r} is not a tokenizers JSON file ({err})") from None
         self.vocab_size = self.tok.get_vocab_size()
         self.name = str(path)

@@ -10,6 +10,7 @@ the tensors map). Framework-free; written atomically (complete or not at all).
     OUT/locmoe.json              what the way back (``locmoe convert --from hf``) needs and transformers does
                                  not: our job config, the layout, the routers' capacity state
 """
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,10 @@ from locmoe import __version__
 from locmoe.atomic_io import atomic_directory, writing
 from locmoe.checkpointing import TOKENIZER_FILE, load_state, reading, resolve, safe_tensors
 from locmoe.config import config_from_dict
-from locmoe.export.hf_config import HFFormatError, check_exportable, hf_config, moe_blocks
+from locmoe.export.hf_config import HFFormatError, check_exportable, hf_config
 from locmoe.export.hf_tokenizer import byte_tokenizer_json, eos_of, generation_config_json, tokenizer_config_json
 from locmoe.export.hf_weights import to_hf
+from locmoe.model_spec import moe_layer_indices
 
 META = "locmoe.json"
 META_VERSION = 1
@@ -52,10 +54,18 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     with safe_tensors(file, "np") as f, reading(file):
         weights = {k: f.get_tensor(k) for k in f.keys()}
     tensors = to_hf(cfg, weights)
-    meta = {"format_version": META_VERSION, "locmoe_version": __version__, "step": state["step"],
-            "config": state["config"], "layout": state["layout"], "source": str(path),
-            "router_state": {key: _floats(weights.get(key))
-                             for key in (f"layers.{i}.moe.router.angle_ema" for i in moe_blocks(cfg))}}
+    meta = {
+        "format_version": META_VERSION,
+        "locmoe_version": __version__,
+        "step": state["step"],
+        "config": state["config"],
+        "layout": state["layout"],
+        "source": str(path),
+        "router_state": {
+            key: _floats(weights.get(key))
+            for key in (f"layers.{i}.moe.router.angle_ema" for i in moe_layer_indices(cfg.model))
+        },
+    }
     with atomic_directory(out, replaceable=is_hf_export, what="Hugging Face export") as tmp:
         _write(tmp / "config.json", json.dumps(hf_config(cfg, eos_id), indent=2) + "\n")
         _write(tmp / "generation_config.json", generation_config_json(eos_id))
@@ -64,7 +74,7 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
         _write(tmp / META, json.dumps(meta, indent=1, allow_nan=False) + "\n")
         with writing(tmp / "model.safetensors"):
             save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        os.chmod(tmp / "model.safetensors", 0o644)          # safetensors writes 0600; an export is for sharing
+        os.chmod(tmp / "model.safetensors", 0o644)  # safetensors writes 0600; an export is for sharing
     return out
 
 
@@ -76,8 +86,10 @@ def _tokenizer_text(cfg, checkpoint: Path) -> str:
     for candidate in (checkpoint / TOKENIZER_FILE, Path(spec)):
         if candidate.is_file():
             return candidate.read_text(encoding="utf-8")
-    raise HFFormatError(f"data.tokenizer = {spec!r}: the checkpoint holds no {TOKENIZER_FILE} and the file is not "
-                        "found; the export needs the tokenizer")
+    raise HFFormatError(
+        f"data.tokenizer = {spec!r}: the checkpoint holds no {TOKENIZER_FILE} and the file is not "
+        "found; the export needs the tokenizer"
+    )
 
 
 def _floats(a: np.ndarray | None) -> list | None:

@@ -3,6 +3,7 @@ weights only from safetensors files (a length-prefixed JSON header and raw littl
 here with numpy: bf16 is widened to fp32 exactly), never a pickle (``pytorch_model.bin``, ``*.pt``).
 Every defect is an :class:`HFFormatError` naming the file.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,17 @@ from locmoe.export.hf_config import HFFormatError
 
 SINGLE, INDEX = "model.safetensors", "model.safetensors.index.json"
 PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
-DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
-          "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
 MAX_HEADER = 100 << 20
 
 
@@ -37,19 +47,26 @@ def weight_files(directory: Path) -> list[Path]:
         names = sorted(set((index.get("weight_map") or {}).values())) if isinstance(index, dict) else []
         if not names:
             raise HFFormatError(f"{directory / INDEX} has no weight_map of tensor -> file")
-        bad = [n for n in names if not isinstance(n, str) or "/" in n or "\\" in n or n in ("", ".", "..")
-               or not n.endswith(".safetensors")]
+        bad = [
+            n
+            for n in names
+            if not isinstance(n, str) or "/" in n or "\\" in n or n in ("", ".", "..") or not n.endswith(".safetensors")
+        ]
         if bad:
-            raise HFFormatError(f"{directory / INDEX} names files {bad[:3]}; only plain *.safetensors names inside "
-                                "the directory are read")
+            raise HFFormatError(
+                f"{directory / INDEX} names files {bad[:3]}; only plain *.safetensors names inside "
+                "the directory are read"
+            )
         return [directory / n for n in names]
     if (directory / SINGLE).is_file():
         return [directory / SINGLE]
     pickles = sorted(p.name for pattern in PICKLES for p in directory.glob(pattern))
     if pickles:
-        raise HFFormatError(f"{directory} holds its weights only as pickles ({', '.join(pickles[:3])}); loading a "
-                            "pickle can run code, so they are never read. Re-save the model with safetensors "
-                            "where you trust it (transformers: model.save_pretrained(dir), the default)")
+        raise HFFormatError(
+            f"{directory} holds its weights only as pickles ({', '.join(pickles[:3])}); loading a "
+            "pickle can run code, so they are never read. Re-save the model with safetensors "
+            "where you trust it (transformers: model.save_pretrained(dir), the default)"
+        )
     raise HFFormatError(f"{directory} has no weights: neither {SINGLE} nor {INDEX}")
 
 
@@ -64,12 +81,12 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     if n > min(MAX_HEADER, len(data) - 8):
         raise HFFormatError(f"{path}: header length {n} does not fit the file of {len(data)} bytes; corrupt")
     try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
+        header = json.loads(data[8 : 8 + n].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise HFFormatError(f"{path}: the header is not JSON ({err}); not a safetensors file") from None
     if not isinstance(header, dict):
         raise HFFormatError(f"{path}: the header is not a JSON object; not a safetensors file")
-    body = memoryview(data)[8 + n:]
+    body = memoryview(data)[8 + n :]
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -87,12 +104,16 @@ def _tensor(path: Path, name: str, info: Any, body: memoryview) -> np.ndarray:
         raise HFFormatError(f"{path}: tensor {name!r} has dtype {dtype}; readable: {sorted([*DTYPES, 'BF16'])}")
     width = 2 if dtype == "BF16" else np.dtype(DTYPES[dtype]).itemsize
     count = int(np.prod(shape)) if shape else 1
-    if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= len(body)) \
-            or end - begin != count * width:
-        raise HFFormatError(f"{path}: tensor {name!r} ({dtype} {shape}) has byte range [{begin}, {end}) that does "
-                            f"not fit its size or the file; the file is truncated or corrupt")
+    if (
+        not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= len(body))
+        or end - begin != count * width
+    ):
+        raise HFFormatError(
+            f"{path}: tensor {name!r} ({dtype} {shape}) has byte range [{begin}, {end}) that does "
+            f"not fit its size or the file; the file is truncated or corrupt"
+        )
     raw = body[begin:end]
-    if dtype == "BF16":           # the upper half of an fp32: widening is exact
+    if dtype == "BF16":  # the upper half of an fp32: widening is exact
         bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
         return bits.view(np.float32).reshape(shape)
     return np.frombuffer(raw, dtype=np.dtype(DTYPES[dtype]).newbyteorder("<")).reshape(shape).copy()

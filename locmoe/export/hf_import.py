@@ -9,6 +9,7 @@ returns unchanged when the temperature is 1 (the default) and otherwise with the
 (``gate_weight / temperature``, temperature 1: the same function). The checkpoint holds weights only (no
 optimiser state): it serves, exports, and starts new training runs, it does not resume one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,11 +25,12 @@ from locmoe.atomic_io import write_text, writing
 from locmoe.checkpointing import TOKENIZER_FILE, list_checkpoints, seal, temp_dir
 from locmoe.config import ConfigError, config_from_dict, config_to_dict
 from locmoe.config.schema import JobConfig
-from locmoe.export.hf_config import HFFormatError, model_fields_from_hf, moe_blocks
+from locmoe.export.hf_config import HFFormatError, model_fields_from_hf
 from locmoe.export.hf_export import META
 from locmoe.export.hf_files import read_json, read_weights
 from locmoe.export.hf_tokenizer import byte_tokenizer_json
 from locmoe.export.hf_weights import from_hf, router_weight
+from locmoe.model_spec import moe_layer_indices
 
 ONE_DEVICE = {"world_size": 1, "ep_size": 1, "nodes": 1, "devices_per_node": 1, "emulated": False}
 
@@ -57,8 +59,9 @@ def _job(hf: dict, meta: dict | None, src: Path) -> tuple[JobConfig, int, dict]:
     model, moe = model_fields_from_hf(hf, str(src / "config.json"))
     if meta is None:
         try:
-            cfg = config_from_dict({"name": src.name, "model": model, "moe": moe,
-                                    "parallel": {"nodes": 1, "devices_per_node": 1}})
+            cfg = config_from_dict(
+                {"name": src.name, "model": model, "moe": moe, "parallel": {"nodes": 1, "devices_per_node": 1}}
+            )
         except ConfigError as err:
             raise HFFormatError(f"{src / 'config.json'} maps to an invalid LocMoE config: {err}") from None
         return cfg, 0, dict(ONE_DEVICE)
@@ -70,8 +73,11 @@ def _job(hf: dict, meta: dict | None, src: Path) -> tuple[JobConfig, int, dict]:
         raise HFFormatError(f"{src / META}: its config is invalid: {err}") from None
     ours = dataclasses.asdict(cfg.model)
     wrong = [f"{k}: config.json {v!r}, locmoe.json {ours[k]!r}" for k, v in model.items() if ours[k] != v]
-    wrong += [f"moe.{k}: config.json {moe[k]!r}, locmoe.json {getattr(cfg.moe, k)!r}"
-              for k in ("num_experts", "d_expert") if getattr(cfg.moe, k) != moe[k]]
+    wrong += [
+        f"moe.{k}: config.json {moe[k]!r}, locmoe.json {getattr(cfg.moe, k)!r}"
+        for k in ("num_experts", "d_expert")
+        if getattr(cfg.moe, k) != moe[k]
+    ]
     if moe["router"]["top_k"] != cfg.moe.router.top_k:
         wrong.append(f"top_k: config.json {moe['router']['top_k']}, locmoe.json {cfg.moe.router.top_k}")
     if wrong:
@@ -85,7 +91,7 @@ def _job(hf: dict, meta: dict | None, src: Path) -> tuple[JobConfig, int, dict]:
 def _restore_gate(cfg: JobConfig, w: dict) -> JobConfig:
     """GrAP if every router weight is GrAP's matrix over the temperature; a learned gate otherwise."""
     r = cfg.moe.router
-    keys = [f"layers.{i}.moe.router.gate_weight" for i in moe_blocks(cfg)]
+    keys = [f"layers.{i}.moe.router.gate_weight" for i in moe_layer_indices(cfg.model)]
     if r.gate == "grap":
         grap = router_weight(cfg, None).T
         if all(np.array_equal(w[k], grap) for k in keys):
@@ -95,14 +101,15 @@ def _restore_gate(cfg: JobConfig, w: dict) -> JobConfig:
     if r.gate == "dense" and r.temperature == 1.0:
         return cfg
     # the router was fine-tuned away from GrAP, or a temperature is folded into the weight: a learned gate
-    return dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, router=dataclasses.replace(
-        r, gate="dense", temperature=1.0)))
+    return dataclasses.replace(
+        cfg, moe=dataclasses.replace(cfg.moe, router=dataclasses.replace(r, gate="dense", temperature=1.0))
+    )
 
 
 def _add_router_state(cfg: JobConfig, w: dict, meta: dict | None) -> None:
     """The capacity bound's angle state (float64, NaN = not measured yet), from locmoe.json when it has it."""
     saved = (meta or {}).get("router_state") or {}
-    for i in moe_blocks(cfg):
+    for i in moe_layer_indices(cfg.model):
         key = f"layers.{i}.moe.router.angle_ema"
         values = saved.get(key)
         if values is None or len(values) != cfg.moe.num_experts:
@@ -117,8 +124,9 @@ def _tokenizer(src: Path, cfg: JobConfig) -> str | None:
     file = src / "tokenizer.json"
     if not file.is_file():
         if cfg.data.tokenizer != "byte":
-            raise HFFormatError(f"{src} has no tokenizer.json, and its model was trained with data.tokenizer = "
-                                f"{cfg.data.tokenizer!r}")
+            raise HFFormatError(
+                f"{src} has no tokenizer.json, and its model was trained with data.tokenizer = {cfg.data.tokenizer!r}"
+            )
         return None
     text = file.read_text(encoding="utf-8")
     return None if json.loads(byte_tokenizer_json()) == _json(text, file) else text
@@ -131,8 +139,7 @@ def _json(text: str, file: Path):
         raise HFFormatError(f"{file} is not valid JSON ({err})") from None
 
 
-def _write(out: Path, cfg: JobConfig, step: int, layout: dict, weights: dict, tokenizer: str | None,
-           src: Path) -> Path:
+def _write(out: Path, cfg: JobConfig, step: int, layout: dict, weights: dict, tokenizer: str | None, src: Path) -> Path:
     """The sealed checkpoint, then the router export; nothing is left behind on an error."""
     from locmoe.export import export_checkpoint
 
@@ -150,9 +157,15 @@ def _write(out: Path, cfg: JobConfig, step: int, layout: dict, weights: dict, to
             save_file({k: weights[k] for k in sorted(weights)}, str(tmp / "model.safetensors"))
         if tokenizer is not None:
             write_text(tmp / TOKENIZER_FILE, tokenizer)
-        state = {"step": step, "config": config_to_dict(cfg), "layout": layout, "backend": "torch",
-                 "locmoe_version": __version__, "weights_only": True,
-                 "imported_from": {"path": str(src), "format": "hf"}}
+        state = {
+            "step": step,
+            "config": config_to_dict(cfg),
+            "layout": layout,
+            "backend": "torch",
+            "locmoe_version": __version__,
+            "weights_only": True,
+            "imported_from": {"path": str(src), "format": "hf"},
+        }
         write_text(tmp / "train_state.json", json.dumps(state, indent=2) + "\n")
         ckpt = seal(out, step, {"backend": "torch"})
         export_checkpoint(ckpt, out / "router")

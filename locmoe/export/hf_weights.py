@@ -1,4 +1,4 @@
-"""Our tensors (``models.spec`` names) as Qwen2-MoE's and back, in numpy: transposes, a per-head row
+"""Our tensors (``locmoe.model_spec`` names) as Qwen2-MoE's and back, in numpy: transposes, a per-head row
 permutation and zeros, so the way back returns the same bytes.
 
 Rotary: ours rotates the interleaved feature pairs (2i, 2i+1) of each head, transformers' ``rotate_half``
@@ -9,6 +9,7 @@ over a head's features) is unchanged, and v, o_proj and everything else keep the
 Router: Qwen2-MoE's logits are ``x @ W.T``. Ours are ``(x @ G) / temperature`` with G the learned gate
 [d, E] or GrAP's fixed matrix (column e is E/d on feature group e): ``W = (G / temperature).T``.
 """
+
 from __future__ import annotations
 
 from typing import Mapping
@@ -16,7 +17,8 @@ from typing import Mapping
 import numpy as np
 
 from locmoe.config.schema import JobConfig
-from locmoe.export.hf_config import SHARED_EXPERT_SIZE, HFFormatError, moe_blocks
+from locmoe.export.hf_config import SHARED_EXPERT_SIZE, HFFormatError
+from locmoe.model_spec import moe_layer_indices
 
 F32 = np.float32
 
@@ -47,31 +49,47 @@ def to_hf(cfg: JobConfig, w: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {"model.embed_tokens.weight": w["embed.weight"], "model.norm.weight": w["norm.weight"]}
     if not m.tie_embeddings:
         out["lm_head.weight"] = w["lm_head.weight"]
-    sparse = set(moe_blocks(cfg))
+    sparse = set(moe_layer_indices(cfg.model))
     for i in range(m.n_layers):
         p, q = f"layers.{i}.", f"model.layers.{i}."
         wq, wk, wv = np.split(w[p + "attn.wqkv.weight"], 3)
-        out.update({q + "input_layernorm.weight": w[p + "attn_norm.weight"],
-                    q + "post_attention_layernorm.weight": w[p + "ffn_norm.weight"],
-                    q + "self_attn.q_proj.weight": wq[order], q + "self_attn.k_proj.weight": wk[order],
-                    q + "self_attn.v_proj.weight": wv, q + "self_attn.o_proj.weight": w[p + "attn.wo.weight"]})
+        out.update(
+            {
+                q + "input_layernorm.weight": w[p + "attn_norm.weight"],
+                q + "post_attention_layernorm.weight": w[p + "ffn_norm.weight"],
+                q + "self_attn.q_proj.weight": wq[order],
+                q + "self_attn.k_proj.weight": wk[order],
+                q + "self_attn.v_proj.weight": wv,
+                q + "self_attn.o_proj.weight": w[p + "attn.wo.weight"],
+            }
+        )
         for name in ("q", "k", "v"):
             out[q + f"self_attn.{name}_proj.bias"] = np.zeros(d, F32)
         if i not in sparse:
-            out.update({q + "mlp.gate_proj.weight": w[p + "ffn.w1.weight"], q + "mlp.up_proj.weight":
-                        w[p + "ffn.w3.weight"], q + "mlp.down_proj.weight": w[p + "ffn.w2.weight"]})
+            out.update(
+                {
+                    q + "mlp.gate_proj.weight": w[p + "ffn.w1.weight"],
+                    q + "mlp.up_proj.weight": w[p + "ffn.w3.weight"],
+                    q + "mlp.down_proj.weight": w[p + "ffn.w2.weight"],
+                }
+            )
             continue
         out[q + "mlp.gate.weight"] = router_weight(cfg, w.get(p + "moe.router.gate_weight"))
         w1, w3, w2 = (w[p + f"moe.experts.{n}"] for n in ("w1", "w3", "w2"))
         for e in range(E):
             x = q + f"mlp.experts.{e}."
-            out.update({x + "gate_proj.weight": w1[e].T, x + "up_proj.weight": w3[e].T,
-                        x + "down_proj.weight": w2[e].T})
+            out.update(
+                {x + "gate_proj.weight": w1[e].T, x + "up_proj.weight": w3[e].T, x + "down_proj.weight": w2[e].T}
+            )
         s = q + "mlp.shared_expert."
-        out.update({s + "gate_proj.weight": np.zeros((SHARED_EXPERT_SIZE, d), F32),
-                    s + "up_proj.weight": np.zeros((SHARED_EXPERT_SIZE, d), F32),
-                    s + "down_proj.weight": np.zeros((d, SHARED_EXPERT_SIZE), F32),
-                    q + "mlp.shared_expert_gate.weight": np.zeros((1, d), F32)})
+        out.update(
+            {
+                s + "gate_proj.weight": np.zeros((SHARED_EXPERT_SIZE, d), F32),
+                s + "up_proj.weight": np.zeros((SHARED_EXPERT_SIZE, d), F32),
+                s + "down_proj.weight": np.zeros((d, SHARED_EXPERT_SIZE), F32),
+                q + "mlp.shared_expert_gate.weight": np.zeros((1, d), F32),
+            }
+        )
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
@@ -79,15 +97,16 @@ class _Reader:
     """Takes tensors out of an HF checkpoint by name, checking shapes; ``left`` is what nobody took."""
 
     def __init__(self, tensors: Mapping[str, np.ndarray], where: str):
-        self.t, self.where, self.left = tensors, where, set(tensors)
+        self.tensors, self.where, self.left = tensors, where, set(tensors)
 
     def take(self, name: str, shape: tuple) -> np.ndarray:
-        if name not in self.t:
+        if name not in self.tensors:
             raise HFFormatError(f"{self.where}: tensor {name!r} is missing")
-        a = self.t[name]
+        a = self.tensors[name]
         if tuple(a.shape) != tuple(shape):
-            raise HFFormatError(f"{self.where}: tensor {name!r} has shape {list(a.shape)}, the config needs "
-                                f"{list(shape)}")
+            raise HFFormatError(
+                f"{self.where}: tensor {name!r} has shape {list(a.shape)}, the config needs {list(shape)}"
+            )
         self.left.discard(name)
         return a
 
@@ -103,11 +122,13 @@ def from_hf(cfg: JobConfig, hf: Mapping[str, np.ndarray], where: str) -> dict[st
     d, E, f, V = m.d_model, moe.num_experts, moe.d_expert, m.vocab_size
     inverse = np.argsort(rotary_half_order(m.n_heads, d // m.n_heads))
     r = _Reader(hf, where)
-    out = {"embed.weight": r.take("model.embed_tokens.weight", (V, d)),
-           "norm.weight": r.take("model.norm.weight", (d,))}
+    out = {
+        "embed.weight": r.take("model.embed_tokens.weight", (V, d)),
+        "norm.weight": r.take("model.norm.weight", (d,)),
+    }
     if not m.tie_embeddings:
         out["lm_head.weight"] = r.take("lm_head.weight", (V, d))
-    sparse = set(moe_blocks(cfg))
+    sparse = set(moe_layer_indices(cfg.model))
     for i in range(m.n_layers):
         p, q = f"layers.{i}.", f"model.layers.{i}."
         qkv = [r.take(q + f"self_attn.{n}_proj.weight", (d, d)) for n in ("q", "k", "v")]
@@ -115,13 +136,21 @@ def from_hf(cfg: JobConfig, hf: Mapping[str, np.ndarray], where: str) -> dict[st
         for n in ("q", "k", "v"):
             if q + f"self_attn.{n}_proj.bias" in hf:
                 r.zero(q + f"self_attn.{n}_proj.bias", (d,), "LocMoE's attention has no biases")
-        out.update({p + "attn.wo.weight": r.take(q + "self_attn.o_proj.weight", (d, d)),
-                    p + "attn_norm.weight": r.take(q + "input_layernorm.weight", (d,)),
-                    p + "ffn_norm.weight": r.take(q + "post_attention_layernorm.weight", (d,))})
+        out.update(
+            {
+                p + "attn.wo.weight": r.take(q + "self_attn.o_proj.weight", (d, d)),
+                p + "attn_norm.weight": r.take(q + "input_layernorm.weight", (d,)),
+                p + "ffn_norm.weight": r.take(q + "post_attention_layernorm.weight", (d,)),
+            }
+        )
         if i not in sparse:
-            out.update({p + "ffn.w1.weight": r.take(q + "mlp.gate_proj.weight", (m.d_ff, d)),
-                        p + "ffn.w3.weight": r.take(q + "mlp.up_proj.weight", (m.d_ff, d)),
-                        p + "ffn.w2.weight": r.take(q + "mlp.down_proj.weight", (d, m.d_ff))})
+            out.update(
+                {
+                    p + "ffn.w1.weight": r.take(q + "mlp.gate_proj.weight", (m.d_ff, d)),
+                    p + "ffn.w3.weight": r.take(q + "mlp.up_proj.weight", (m.d_ff, d)),
+                    p + "ffn.w2.weight": r.take(q + "mlp.down_proj.weight", (d, m.d_ff)),
+                }
+            )
             continue
         out[p + "moe.router.gate_weight"] = r.take(q + "mlp.gate.weight", (E, d)).T
         w1, w3, w2 = _experts(r, q, E, d, f)
@@ -135,8 +164,8 @@ def from_hf(cfg: JobConfig, hf: Mapping[str, np.ndarray], where: str) -> dict[st
 def _experts(r: _Reader, q: str, E: int, d: int, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(w1, w3, w2) as ours [E, d, f], [E, d, f], [E, f, d]."""
     fused = q + "mlp.experts.gate_up_proj"
-    if fused in r.t:
-        gate_up = r.take(fused, (E, 2 * f, d))                 # [E, 2f, d]: gate rows, then up rows
+    if fused in r.tensors:
+        gate_up = r.take(fused, (E, 2 * f, d))  # [E, 2f, d]: gate rows, then up rows
         down = r.take(q + "mlp.experts.down_proj", (E, d, f))
         return gate_up[:, :f].transpose(0, 2, 1), gate_up[:, f:].transpose(0, 2, 1), down.transpose(0, 2, 1)
     x = [q + f"mlp.experts.{e}." for e in range(E)]
@@ -151,11 +180,12 @@ def _shared_expert_is_zero(r: _Reader, q: str, d: int) -> None:
     for every x: a zero down, gate or up projection (or a zero-width expert)."""
     s = q + "mlp.shared_expert."
     names = [s + "gate_proj.weight", s + "up_proj.weight", s + "down_proj.weight"]
-    if not all(n in r.t for n in names):
+    if not all(n in r.tensors for n in names):
         raise HFFormatError(f"{r.where}: the shared expert of {q[:-1]} is incomplete (needs {names})")
-    width = r.t[names[0]].shape[0]
+    width = r.tensors[names[0]].shape[0]
     parts = [r.take(names[0], (width, d)), r.take(names[1], (width, d)), r.take(names[2], (d, width))]
     r.take(q + "mlp.shared_expert_gate.weight", (1, d))
     if width and all(np.any(a) for a in parts):
-        raise HFFormatError(f"{r.where}: the shared expert of {q[:-1]} is not zero; LocMoE's MoE blocks have no "
-                            "shared expert")
+        raise HFFormatError(
+            f"{r.where}: the shared expert of {q[:-1]} is not zero; LocMoE's MoE blocks have no shared expert"
+        )

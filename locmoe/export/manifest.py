@@ -3,12 +3,14 @@
 The placement table says, for every MoE layer, which device holds each expert (and which devices hold
 replicas of it). ``locmoe plan place|replicate`` write it on its own (``placement.json``); an export embeds it.
 """
+
 from __future__ import annotations
 
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
 from locmoe.errors import LocMoEError
 
 EXPORT_FORMAT_VERSION = 1
@@ -29,6 +31,7 @@ class PlacementTable:
         replicas: [layers][E] the other devices holding a copy of the expert (empty lists = none).
         source: how the table was made (contiguous, round_robin, exflow, grace, ...).
     """
+
     num_devices: int
     moe_layers: list[int]
     expert_to_device: list[list[int]]
@@ -37,19 +40,24 @@ class PlacementTable:
 
     def validate(self, num_experts: int | None = None) -> "PlacementTable":
         if len(self.expert_to_device) != len(self.moe_layers):
-            raise ExportError(f"placement: {len(self.expert_to_device)} layers of expert_to_device for "
-                              f"{len(self.moe_layers)} MoE layers")
+            raise ExportError(
+                f"placement: {len(self.expert_to_device)} layers of expert_to_device for "
+                f"{len(self.moe_layers)} MoE layers"
+            )
         for i, row in enumerate(self.expert_to_device):
             if num_experts is not None and len(row) != num_experts:
-                raise ExportError(f"placement: layer {self.moe_layers[i]} places {len(row)} experts, the model "
-                                  f"has {num_experts}")
+                raise ExportError(
+                    f"placement: layer {self.moe_layers[i]} places {len(row)} experts, the model has {num_experts}"
+                )
             bad = [d for d in row if not 0 <= d < self.num_devices]
             if bad:
-                raise ExportError(f"placement: layer {self.moe_layers[i]} names devices {bad} outside "
-                                  f"[0, {self.num_devices})")
+                raise ExportError(
+                    f"placement: layer {self.moe_layers[i]} names devices {bad} outside [0, {self.num_devices})"
+                )
         if self.replicas and len(self.replicas) != len(self.moe_layers):
-            raise ExportError(f"placement: replicas given for {len(self.replicas)} layers, expected "
-                              f"{len(self.moe_layers)}")
+            raise ExportError(
+                f"placement: replicas given for {len(self.replicas)} layers, expected {len(self.moe_layers)}"
+            )
         return self
 
     def to_dict(self) -> dict:
@@ -62,8 +70,9 @@ class PlacementTable:
     def save(self, path: str | Path) -> Path:
         from locmoe.atomic_io import atomic_write_text
 
-        return atomic_write_text(path, json.dumps({"format_version": EXPORT_FORMAT_VERSION,
-                                                   "placement": self.to_dict()}, indent=2) + "\n")
+        return atomic_write_text(
+            path, json.dumps({"format_version": EXPORT_FORMAT_VERSION, "placement": self.to_dict()}, indent=2) + "\n"
+        )
 
     @staticmethod
     def load(path: str | Path) -> "PlacementTable":
@@ -77,6 +86,7 @@ class PlacementTable:
 @dataclass
 class RouterManifest:
     """Everything about the exported routers except their tensors."""
+
     router_kind: str
     gate: str
     top_k: int
@@ -86,12 +96,12 @@ class RouterManifest:
     moe_layers: list[int]
     temperature: float
     rho: float
-    capacity: dict          # mode, factor, bound_rule, ..., and the last capacity of each layer
-    topology: dict          # nodes, devices_per_node
-    placement: dict         # a PlacementTable as a dict
-    domains: dict           # num_domains, seed, names, groups
-    tensors: dict           # name -> shape, what router.safetensors holds
-    source: dict            # checkpoint, step, locmoe version, the job config
+    capacity: dict  # mode, factor, bound_rule, ..., and the last capacity of each layer
+    topology: dict  # nodes, devices_per_node
+    placement: dict  # a PlacementTable as a dict
+    domains: dict  # num_domains, seed, names, groups
+    tensors: dict  # name -> shape, what router.safetensors holds
+    source: dict  # checkpoint, step, locmoe version, the job config
     format_version: int = EXPORT_FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -113,8 +123,10 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ExportError(f"{path} is not valid JSON ({type(err).__name__}: {str(err)[:80]}); the file is corrupt "
-                          "or was tampered with") from None
+        raise ExportError(
+            f"{path} is not valid JSON ({type(err).__name__}: {str(err)[:80]}); the file is corrupt "
+            "or was tampered with"
+        ) from None
     if not isinstance(data, dict):
         raise ExportError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
@@ -123,8 +135,9 @@ def _read_json(path: Path) -> dict:
 def _check_version(data: dict, path: Any) -> None:
     v = data.get("format_version")
     if v != EXPORT_FORMAT_VERSION:
-        raise ExportError(f"{path}: format_version {v!r} is not supported; this locmoe reads version "
-                          f"{EXPORT_FORMAT_VERSION}")
+        raise ExportError(
+            f"{path}: format_version {v!r} is not supported; this locmoe reads version {EXPORT_FORMAT_VERSION}"
+        )
 
 
 def _known(cls: type, data: dict, where: str) -> dict:

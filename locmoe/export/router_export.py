@@ -1,9 +1,10 @@
 """Write and read an exported router directory: ``router.safetensors`` + ``manifest.json``.
 
-Tensor names are the model's (``models.spec``), per MoE layer index i: ``layers.{i}.moe.router.gate_weight``
+Tensor names are the model's (``locmoe.model_spec``), per MoE layer index i: ``layers.{i}.moe.router.gate_weight``
 [d, E] (learned gate only), ``layers.{i}.moe.router.angle_ema`` [E] (capacity-bound state) and
 ``layers.{i}.moe.router.hash_table`` [V] (hash router only).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ from locmoe.export.manifest import ExportError, PlacementTable, RouterManifest
 WEIGHTS = "router.safetensors"
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
-FILES = (WEIGHTS, MANIFEST, TOKENIZER)       # everything an export directory may hold
+FILES = (WEIGHTS, MANIFEST, TOKENIZER)  # everything an export directory may hold
 
 
 @dataclass
@@ -37,8 +38,9 @@ class ExportedRouter:
         return self.tensors.get(f"layers.{layer}.moe.router.{name}")
 
 
-def write_router_export(out_dir: str | Path, manifest: RouterManifest, tensors: dict[str, np.ndarray],
-                        tokenizer: Optional[Path] = None) -> Path:
+def write_router_export(
+    out_dir: str | Path, manifest: RouterManifest, tensors: dict[str, np.ndarray], tokenizer: Optional[Path] = None
+) -> Path:
     """Write the export atomically: the directory appears complete or not at all. ``out_dir`` may exist only
     empty or as a previous export (nothing else is ever replaced); ``tokenizer``: a tokenizers JSON file to
     ship beside the routers."""

@@ -3,6 +3,7 @@ load, and the time to move rows (all-to-all, device copies). EPS-MoE §3: the gr
 the rows it has (plus a per-expert cost), the dense kernel's follows ``experts x largest load`` — so balanced
 loads can favour the dense kernel and skewed loads the grouped one, by an amount only the device knows.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ def ffn_flops_per_row(d_model: int, d_expert: int, activation: str = "swiglu") -
 
 
 def _loads(loads: Sequence[int] | np.ndarray) -> np.ndarray:
-    a = np.asarray(loads, dtype=np.float64)      # expected loads (planning before routing) are fractional
+    a = np.asarray(loads, dtype=np.float64)  # expected loads (planning before routing) are fractional
     if a.ndim != 1 or a.size == 0 or (a < 0).any() or not np.isfinite(a).all():
         raise InferenceError(f"expert loads must be a non-empty list of counts >= 0, got {a.tolist()}")
     return a
@@ -43,12 +44,13 @@ def dense_features(loads, flops_per_row: float) -> np.ndarray:
 
 def gemm_seconds(fit: GemmFit, features: np.ndarray) -> float:
     if features[2] == 0:
-        return 0.0                     # no rows: the kernel is skipped
+        return 0.0  # no rows: the kernel is skipped
     return float(np.dot([fit.intercept_s, fit.per_expert_s, fit.s_per_flop], features))
 
 
-def kernel_seconds(profile: DeviceProfile, kernel: str, loads, d_model: int, d_expert: int,
-                   activation: str = "swiglu") -> float:
+def kernel_seconds(
+    profile: DeviceProfile, kernel: str, loads, d_model: int, d_expert: int, activation: str = "swiglu"
+) -> float:
     """Predicted time of ``kernel`` over the rows ``loads`` [E_local] of one rank."""
     fpr = ffn_flops_per_row(d_model, d_expert, activation)
     if kernel == "grouped":
@@ -60,8 +62,8 @@ def kernel_seconds(profile: DeviceProfile, kernel: str, loads, d_model: int, d_e
 
 @dataclass(frozen=True)
 class KernelChoice:
-    kernel: str          # "grouped" or "dense"
-    grouped_s: float     # predicted time of each
+    kernel: str  # "grouped" or "dense"
+    grouped_s: float  # predicted time of each
     dense_s: float
 
     @property
@@ -69,16 +71,18 @@ class KernelChoice:
         return min(self.grouped_s, self.dense_s)
 
 
-def choose_kernel(profile: DeviceProfile, loads, d_model: int, d_expert: int,
-                  activation: str = "swiglu") -> KernelChoice:
+def choose_kernel(
+    profile: DeviceProfile, loads, d_model: int, d_expert: int, activation: str = "swiglu"
+) -> KernelChoice:
     """The faster expert kernel for these loads; ties go to grouped (no padding memory)."""
     g = kernel_seconds(profile, "grouped", loads, d_model, d_expert, activation)
     dn = kernel_seconds(profile, "dense", loads, d_model, d_expert, activation)
     return KernelChoice("dense" if dn < g else "grouped", g, dn)
 
 
-def balance_breakeven(profile: DeviceProfile, experts: int, rows_per_expert: int, d_model: int,
-                      d_expert: int, activation: str = "swiglu") -> float:
+def balance_breakeven(
+    profile: DeviceProfile, experts: int, rows_per_expert: int, d_model: int, d_expert: int, activation: str = "swiglu"
+) -> float:
     """How much larger than the mean the largest load may grow before grouped beats dense (>= 1), or 0
     when grouped wins even at perfect balance — a one-number summary of a profile for reports."""
     mean = np.full(experts, rows_per_expert)

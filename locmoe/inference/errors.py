@@ -1,4 +1,5 @@
 """Errors of the serving path: each names the value at fault and what is allowed."""
+
 from locmoe.errors import LocMoEError
 
 

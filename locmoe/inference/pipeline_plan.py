@@ -9,6 +9,7 @@ every combine back. Both are simulated; the runtime issues exactly the order cho
 More chunks hide more communication but each pays the all-to-all latency, the kernels' fixed costs and
 smaller, less efficient GEMMs — which is why n comes from the calibrated model, not a constant.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,18 +35,10 @@ class ChunkCost:
 @dataclass(frozen=True)
 class PipelinePlan:
     chunks: int
-    order: str                  # one of ORDERS
-    predicted_s: float          # pipelined time of the expert stage (dispatch .. combine)
-    serial_s: float             # the same chunks run one stage after another
-    costs: tuple                # ChunkCost per chunk
-
-    @property
-    def comm_s(self) -> float:
-        return sum(c.dispatch_s + c.combine_s for c in self.costs)
-
-    @property
-    def compute_s(self) -> float:
-        return sum(c.compute_s for c in self.costs)
+    order: str  # one of ORDERS
+    predicted_s: float  # pipelined time of the expert stage (dispatch .. combine)
+    serial_s: float  # the same chunks run one stage after another
+    costs: tuple  # ChunkCost per chunk
 
 
 def comm_order(n: int, order: str) -> list[tuple[str, int]]:
@@ -74,7 +67,7 @@ def simulate(costs: Sequence[ChunkCost], order: str = "interleaved") -> float:
             comm = comm + costs[i].dispatch_s
             d_end[i] = comm
             continue
-        while next_x <= i:                  # compute catches up to chunk i (its dispatches are all issued)
+        while next_x <= i:  # compute catches up to chunk i (its dispatches are all issued)
             comp = max(comp, d_end[next_x]) + costs[next_x].compute_s
             x_end[next_x] = comp
             next_x += 1
@@ -86,8 +79,9 @@ def serial(costs: Sequence[ChunkCost]) -> float:
     return sum(c.dispatch_s + c.compute_s + c.combine_s for c in costs)
 
 
-def chunk_costs(profile: DeviceProfile, counts: np.ndarray, d_model: int, d_expert: int, activation: str,
-                elem_bytes: int) -> list[ChunkCost]:
+def chunk_costs(
+    profile: DeviceProfile, counts: np.ndarray, d_model: int, d_expert: int, activation: str, elem_bytes: int
+) -> list[ChunkCost]:
     """Per-chunk stage times of the whole EP group from ``counts`` [W src, n, W dst, E_local] (rows from each
     source rank to each destination's local experts, per chunk). A stage lasts as long as its slowest rank."""
     counts = np.asarray(counts)
@@ -98,7 +92,7 @@ def chunk_costs(profile: DeviceProfile, counts: np.ndarray, d_model: int, d_expe
     off_diag = ~np.eye(W, dtype=bool)
     out = []
     for c in range(n):
-        S = counts[:, c].sum(axis=-1)                                  # [src, dst]
+        S = counts[:, c].sum(axis=-1)  # [src, dst]
         peer = np.where(off_diag, S, 0)
         moved = np.maximum(peer.sum(axis=1), peer.sum(axis=0)).max() * row
         a2a = 0.0 if W == 1 or moved == 0 else _a2a(profile).seconds(moved)
@@ -117,13 +111,20 @@ def chunk_costs(profile: DeviceProfile, counts: np.ndarray, d_model: int, d_expe
 
 def _a2a(profile: DeviceProfile):
     if profile.all_to_all is None:
-        raise InferenceError(f"the calibration profile of {profile.device} has no all-to-all measurement (it "
-                             "was made in one process); calibrate under torchrun with the serving world size")
+        raise InferenceError(
+            f"the calibration profile of {profile.device} has no all-to-all measurement (it "
+            "was made in one process); calibrate under torchrun with the serving world size"
+        )
     return profile.all_to_all
 
 
-def expected_counts(tokens_per_rank: Sequence[int], top_k: int, experts_per_rank: int, chunks: int,
-                    previous: Optional[np.ndarray] = None) -> np.ndarray:
+def expected_counts(
+    tokens_per_rank: Sequence[int],
+    top_k: int,
+    experts_per_rank: int,
+    chunks: int,
+    previous: Optional[np.ndarray] = None,
+) -> np.ndarray:
     """Counts [W, n, W, E_local] to plan with before routing: the previous batch's routing shares of this
     layer (``previous`` [W, W, E_local]) scaled to these token counts, or uniform routing; each chunk an
     equal share."""
@@ -139,9 +140,16 @@ def expected_counts(tokens_per_rank: Sequence[int], top_k: int, experts_per_rank
     return np.repeat(per_chunk[:, None], chunks, axis=1)
 
 
-def plan_pipeline(profile: DeviceProfile, counts_for, d_model: int, d_expert: int, activation: str,
-                  elem_bytes: int, candidates: Sequence[int] = CHUNK_CANDIDATES,
-                  orders: Sequence[str] = ORDERS) -> PipelinePlan:
+def plan_pipeline(
+    profile: DeviceProfile,
+    counts_for,
+    d_model: int,
+    d_expert: int,
+    activation: str,
+    elem_bytes: int,
+    candidates: Sequence[int] = CHUNK_CANDIDATES,
+    orders: Sequence[str] = ORDERS,
+) -> PipelinePlan:
     """The chunk count and order with the least predicted time; ``counts_for(n)`` gives the counts of n
     chunks. Ties go to fewer chunks (fewer launches, same result)."""
     best: Optional[PipelinePlan] = None
@@ -149,7 +157,7 @@ def plan_pipeline(profile: DeviceProfile, counts_for, d_model: int, d_expert: in
         if n < 1:
             raise InferenceError(f"chunk counts must be >= 1, got {n}")
         costs = chunk_costs(profile, counts_for(n), d_model, d_expert, activation, elem_bytes)
-        for order in (orders if n > 1 else orders[:1]):
+        for order in orders if n > 1 else orders[:1]:
             plan = PipelinePlan(n, order, simulate(costs, order), serial(costs), tuple(costs))
             if best is None or plan.predicted_s < best.predicted_s * (1 - 1e-9):
                 best = plan

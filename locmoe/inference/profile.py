@@ -4,6 +4,7 @@
 expert kernel and the pipeline's chunk count. A profile is only meaningful for the device (and dtype) it
 was measured on, so both are recorded and a mismatch is reported by the caller.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,6 +26,7 @@ class GemmFit:
     the FLOPs the kernel actually executes: rows rounded up to ``tile_rows`` per expert (grouped GEMMs work
     in row tiles), or every expert padded to the largest load (dense).
     """
+
     intercept_s: float
     per_expert_s: float
     s_per_flop: float
@@ -42,6 +44,7 @@ class GemmFit:
 @dataclass(frozen=True)
 class LinkFit:
     """Time to move ``bytes``: ``latency_s + s_per_byte * bytes`` (an all-to-all, or a device copy)."""
+
     latency_s: float
     s_per_byte: float
 
@@ -59,7 +62,7 @@ class LinkFit:
         return 1e-9 / self.s_per_byte
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DeviceProfile:
     """Everything the cost model needs about one device kind (and its all-to-all among ``world_size``).
 
@@ -72,6 +75,7 @@ class DeviceProfile:
         measured_at: shapes and settings of the calibration run (d, f, experts, ...).
         fit_error: median relative error of each fit on its own measurements.
     """
+
     device: str
     dtype: str
     grouped: GemmFit
@@ -104,25 +108,35 @@ class DeviceProfile:
     @staticmethod
     def from_dict(data: dict, where: str = "profile") -> "DeviceProfile":
         if data.get("format_version") != PROFILE_FORMAT_VERSION:
-            raise ProfileError(f"{where}: format_version {data.get('format_version')!r} is not supported; this "
-                               f"locmoe reads version {PROFILE_FORMAT_VERSION} (re-run `locmoe bench calibrate`)")
+            raise ProfileError(
+                f"{where}: format_version {data.get('format_version')!r} is not supported; this "
+                f"locmoe reads version {PROFILE_FORMAT_VERSION} (re-run `locmoe bench calibrate`)"
+            )
         try:
             a2a = data.get("all_to_all")
             return DeviceProfile(
-                device=str(data["device"]), dtype=str(data["dtype"]), grouped=GemmFit(**data["grouped"]),
-                dense=GemmFit(**data["dense"]), copy=LinkFit(**data["copy"]),
-                all_to_all=None if a2a is None else LinkFit(**a2a), world_size=int(data.get("world_size", 1)),
-                measured_at=dict(data.get("measured_at", {})), fit_error=dict(data.get("fit_error", {}))).validate()
+                device=str(data["device"]),
+                dtype=str(data["dtype"]),
+                grouped=GemmFit(**data["grouped"]),
+                dense=GemmFit(**data["dense"]),
+                copy=LinkFit(**data["copy"]),
+                all_to_all=None if a2a is None else LinkFit(**a2a),
+                world_size=int(data.get("world_size", 1)),
+                measured_at=dict(data.get("measured_at", {})),
+                fit_error=dict(data.get("fit_error", {})),
+            ).validate()
         except (KeyError, TypeError) as err:
-            raise ProfileError(f"{where}: missing or unexpected field ({err}); re-run `locmoe bench calibrate`") \
-                from None
+            raise ProfileError(
+                f"{where}: missing or unexpected field ({err}); re-run `locmoe bench calibrate`"
+            ) from None
 
     @staticmethod
     def load(path: str | Path) -> "DeviceProfile":
         path = Path(path)
         if not path.is_file():
-            raise ProfileError(f"calibration profile {path} not found; write one with `locmoe bench calibrate "
-                               f"--out {path}`")
+            raise ProfileError(
+                f"calibration profile {path} not found; write one with `locmoe bench calibrate --out {path}`"
+            )
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:

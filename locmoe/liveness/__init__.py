@@ -17,6 +17,7 @@ whose counter did not move (or that left with an error), prints one line and exi
 unwinding the process groups, which cannot be torn down cleanly with a peer gone. SIGTERM (torchrun stops the
 survivors this way when a worker dies) takes the same path; with no rank to blame it exits 143.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,8 +27,20 @@ from locmoe.liveness.monitor import EXIT_FAILURE, EXIT_SIGTERM, Liveness, active
 from locmoe.liveness.store import FileStore, Store, StoreGone
 from locmoe.liveness.verdict import RankFailure, blame, describe
 
-__all__ = ["EXIT_FAILURE", "EXIT_SIGTERM", "FileStore", "Liveness", "RankFailure", "Store", "StoreGone", "active",
-           "beat_interval", "blame", "describe", "failures_reported"]
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_SIGTERM",
+    "FileStore",
+    "Liveness",
+    "RankFailure",
+    "Store",
+    "StoreGone",
+    "active",
+    "beat_interval",
+    "blame",
+    "describe",
+    "failures_reported",
+]
 
 
 @contextlib.contextmanager

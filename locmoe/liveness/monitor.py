@@ -1,4 +1,5 @@
 """The heartbeat and watchdog threads of one rank (``locmoe.liveness``: what they do and why)."""
+
 from __future__ import annotations
 
 import atexit
@@ -12,7 +13,7 @@ from typing import Callable, Optional
 from locmoe.liveness.store import Store, StoreGone
 from locmoe.liveness.verdict import blame, describe
 
-EXIT_FAILURE = 2                        # a rank failed, and the line says which
+EXIT_FAILURE = 2  # a rank failed, and the line says which
 EXIT_SIGTERM = 128 + int(signal.SIGTERM)  # stopped by SIGTERM while every rank was alive
 SIGTERM_REASON = "SIGTERM"
 _active: Optional["Liveness"] = None
@@ -35,14 +36,26 @@ class Liveness:
     bare launch) or None (torchrun's agent, files). ``exit`` and ``err_fd`` are for tests.
     """
 
-    def __init__(self, store: Store, rank: int, world: int, timeout_s: float, *, store_host: str = "",
-                 store_rank: Optional[int] = None, watch: bool = True, label: str = "locmoe train",
-                 beat_s: Optional[float] = None, exit: Callable[[int], None] = os._exit, err_fd: int = 2):
+    def __init__(
+        self,
+        store: Store,
+        rank: int,
+        world: int,
+        timeout_s: float,
+        *,
+        store_host: str = "",
+        store_rank: Optional[int] = None,
+        watch: bool = True,
+        label: str = "locmoe train",
+        beat_s: Optional[float] = None,
+        exit: Callable[[int], None] = os._exit,
+        err_fd: int = 2,
+    ):
         self.store, self.rank, self.world, self.timeout_s = store, rank, world, float(timeout_s)
         self.store_host, self.store_rank, self.watch, self.label = store_host, store_rank, watch, label
         self.beat_s = beat_s or beat_interval(timeout_s)
-        self.diag_s = 3 * self.beat_s                    # a live rank beats at least twice in this window
-        self.grace_s = min(self.timeout_s, 5 * self.beat_s)   # a peer's own error: let ours surface first
+        self.diag_s = 3 * self.beat_s  # a live rank beats at least twice in this window
+        self.grace_s = min(self.timeout_s, 5 * self.beat_s)  # a peer's own error: let ours surface first
         self._exit, self._err_fd = exit, err_fd
         self._wake, self._stop, self._lock = threading.Event(), threading.Event(), threading.Lock()
         self._running = self._ended = False
@@ -61,12 +74,14 @@ class Liveness:
 
     def start(self) -> "Liveness":
         global _active
-        self.store.set(f"state/{self.rank}", "")          # running; then the first beat: once a peer sees the
-        self.store.setdefault("verdict", "")             # beat, every key it reads in one round trip exists
+        self.store.set(f"state/{self.rank}", "")  # running; then the first beat: once a peer sees the
+        self.store.setdefault("verdict", "")  # beat, every key it reads in one round trip exists
         self._beat()
         self._running, _active = True, self
-        self._threads = [threading.Thread(target=self._run_beats, name="locmoe-heartbeat", daemon=True),
-                         threading.Thread(target=self._run_watchdog, name="locmoe-watchdog", daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._run_beats, name="locmoe-heartbeat", daemon=True),
+            threading.Thread(target=self._run_watchdog, name="locmoe-watchdog", daemon=True),
+        ]
         for t in self._threads:
             t.start()
         if threading.current_thread() is threading.main_thread():
@@ -78,15 +93,15 @@ class Liveness:
         """A collective failed (or SIGTERM came): diagnose and end the process; returns only when stopped."""
         if not self._running:
             return
-        if self._failure is None:     # noticed at the next beat: a peer that just died has closed its sockets
+        if self._failure is None:  # noticed at the next beat: a peer that just died has closed its sockets
             self._failure, self._failed_at = reason, time.monotonic()
-        while True:                                      # the heartbeat thread ends the process
+        while True:  # the heartbeat thread ends the process
             time.sleep(3600)
 
     def _on_sigterm(self, signum, frame) -> None:
         if self._running:
             self.fail(SIGTERM_REASON)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)    # left already (from another thread): die as usual
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # left already (from another thread): die as usual
         os.kill(os.getpid(), signal.SIGTERM)
 
     def leave(self, state: str = "done") -> None:
@@ -106,7 +121,7 @@ class Liveness:
                 self.store.set(f"state/{self.rank}", state)
                 if self.store_rank == self.rank:
                     self._wait_for_peers(time.monotonic() + min(self.timeout_s, self.grace_s + self.diag_s))
-            except Exception:                            # noqa: BLE001 — leaving must not turn into an error
+            except Exception:  # noqa: BLE001 — leaving must not turn into an error
                 pass
         if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._old_sigterm)
@@ -121,7 +136,7 @@ class Liveness:
         return getattr(self.store, "alive", lambda: True)()
 
     def _run_beats(self) -> None:
-        first = None                                     # (snapshot, when) once a failure is being diagnosed
+        first = None  # (snapshot, when) once a failure is being diagnosed
         while not self._stop.is_set() and not self._ended:
             try:
                 if not self._store_alive():
@@ -138,7 +153,7 @@ class Liveness:
                 elif watched is not None:
                     self._watch_neighbour(watched, *neighbour)
                 self._last_ok = time.monotonic()
-            except Exception as err:                     # noqa: BLE001 — the store is gone
+            except Exception as err:  # noqa: BLE001 — the store is gone
                 self._store_error = str(err) if isinstance(err, StoreGone) else describe(err, 80)
                 # (a broken client does not reconnect: from here the watchdog decides)
                 if self._failure is not None:
@@ -152,7 +167,7 @@ class Liveness:
         a C++ stack trace on stderr, when its host dies); n's keys exist once its first beat does."""
         if n is None:
             return [self.store.get_many(["verdict"])[0], None, None]
-        if self._seen is None and self.store.get(f"beat/{n}") is None:      # not started (yet)
+        if self._seen is None and self.store.get(f"beat/{n}") is None:  # not started (yet)
             return [self.store.get_many(["verdict"])[0], None, self.store.get(f"state/{n}")]
         return self.store.get_many(["verdict", f"beat/{n}", f"state/{n}"])
 
@@ -164,10 +179,13 @@ class Liveness:
         if verdict is not None:
             return self._end(verdict, publish=True)
         if self._failure == SIGTERM_REASON:
-            return self._end(f"rank {self.rank} of {self.world} was stopped by SIGTERM while every rank was alive",
-                             EXIT_SIGTERM)
-        self._end(f"a collective failed on rank {self.rank} of {self.world} while every rank is alive (did the "
-                  f"ranks run different collectives?): {self._failure}")
+            return self._end(
+                f"rank {self.rank} of {self.world} was stopped by SIGTERM while every rank was alive", EXIT_SIGTERM
+            )
+        self._end(
+            f"a collective failed on rank {self.rank} of {self.world} while every rank is alive (did the "
+            f"ranks run different collectives?): {self._failure}"
+        )
 
     def _watch_neighbour(self, n: int, beat: Optional[str], state: Optional[str]) -> None:
         now = time.monotonic()
@@ -176,15 +194,18 @@ class Liveness:
             if beat != self._seen:
                 self._seen, self._seen_at = beat, now
             elif now - self._seen_at > self.timeout_s:
-                self._end(f"rank {n} of {self.world} stopped responding (no heartbeat for {now - self._seen_at:.0f}"
-                          " s: stalled or killed)", publish=True)
+                self._end(
+                    f"rank {n} of {self.world} stopped responding (no heartbeat for {now - self._seen_at:.0f}"
+                    " s: stalled or killed)",
+                    publish=True,
+                )
         elif state.startswith("error: "):
             self._error_seen_at = self._error_seen_at or now
             if now - self._error_seen_at > self.grace_s:
                 self._end(f"rank {n} of {self.world} ended with an error ({state[7:]})", publish=True)
         elif state.startswith("ended: "):
             self._end(state[7:], publish=True)
-        else:                                            # done / exited: watch the next rank still running
+        else:  # done / exited: watch the next rank still running
             self._watched, self._seen, self._seen_at = self._next(n), None, now
 
     def _next(self, r: int) -> Optional[int]:
@@ -204,15 +225,18 @@ class Liveness:
             beating = self._threads[0].is_alive()
             if self._failure is None and quiet > self.timeout_s:
                 self._end(self._store_verdict(), publish=False, via_store=False)
-            elif self._failure is not None and (not beating or (now - self._failed_at > self.diag_s + 2 * self.beat_s
-                                                               and quiet > 2 * self.beat_s)):
+            elif self._failure is not None and (
+                not beating or (now - self._failed_at > self.diag_s + 2 * self.beat_s and quiet > 2 * self.beat_s)
+            ):
                 self._end(self._store_verdict(), publish=False, via_store=False)
 
     def _store_verdict(self) -> str:
         why = self._store_error or f"no answer for {time.monotonic() - self._last_ok:.0f} s"
         if self.store_rank is not None and self.store_rank != self.rank:
-            return (f"rank {self.store_rank} of {self.world} stopped responding (the job's store it hosts at "
-                    f"{self.store_host} stopped answering: {why}; stalled or killed)")
+            return (
+                f"rank {self.store_rank} of {self.world} stopped responding (the job's store it hosts at "
+                f"{self.store_host} stopped answering: {why}; stalled or killed)"
+            )
         return f"the job's store at {self.store_host or '?'} stopped answering ({why}): its host stalled or died"
 
     def _end(self, verdict: str, code: int = EXIT_FAILURE, publish: bool = False, via_store: bool = True) -> None:
@@ -228,16 +252,15 @@ class Liveness:
                 stream.flush()
             except (OSError, ValueError):
                 pass
-        os.write(self._err_fd, f"{self.label}: RankFailure: {verdict}; rank {self.rank} stops (exit {code})\n"
-                 .encode())
+        os.write(self._err_fd, f"{self.label}: RankFailure: {verdict}; rank {self.rank} stops (exit {code})\n".encode())
         if via_store and self._store_alive():
             try:
                 if publish:
                     self.store.set("verdict", verdict)
                 self.store.set(f"state/{self.rank}", "ended: " + verdict)
-                if self.store_rank == self.rank:         # keep the store up until the peers have read it
+                if self.store_rank == self.rank:  # keep the store up until the peers have read it
                     self._wait_for_peers(self._exit_at - 1)
-            except Exception:                            # noqa: BLE001
+            except Exception:  # noqa: BLE001
                 pass
         self._exit(code)
 

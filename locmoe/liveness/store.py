@@ -1,4 +1,5 @@
 """Where the ranks' heartbeats live: the :class:`Store` protocol and a directory-backed :class:`FileStore`."""
+
 from __future__ import annotations
 
 import os
@@ -35,7 +36,7 @@ class FileStore:
         path = self._path(key)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         tmp.write_text(value)
-        os.replace(tmp, path)          # readers see the old value or the new one, never half of it
+        os.replace(tmp, path)  # readers see the old value or the new one, never half of it
 
     def get(self, key: str) -> Optional[str]:
         try:
@@ -48,7 +49,7 @@ class FileStore:
 
     def setdefault(self, key: str, value: str) -> None:
         try:
-            with open(self._path(key), "x") as f:     # exclusive create: an existing value stays
+            with open(self._path(key), "x") as f:  # exclusive create: an existing value stays
                 f.write(value)
         except FileExistsError:
             pass

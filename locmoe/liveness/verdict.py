@@ -1,4 +1,5 @@
 """The sentence that ends a job: who stopped it, from the ranks' heartbeats and states in the store."""
+
 from __future__ import annotations
 
 import re
@@ -10,7 +11,6 @@ from locmoe.errors import LocMoEError
 class RankFailure(LocMoEError):
     """A rank of the job stopped responding or ended with an error (raised where a failure is seen outside
     :class:`Liveness`, e.g. by MindSpore's scheduler)."""
-
 
 
 def describe(err: BaseException, limit: int = 200) -> str:

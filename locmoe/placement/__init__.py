@@ -5,7 +5,14 @@ Only the trace API is imported here, so that model code recording traces pulls i
 ``from locmoe.placement import TraceWriter``. The planners live in their own modules (``exflow``,
 ``grace``, ...); see docs/planning.md.
 """
-from locmoe.placement.trace import (FINGERPRINT_KEYS, RoutingTrace, TraceError, TraceWriter, fingerprint_from_config,
-                                    load_trace)
+
+from locmoe.placement.trace import (
+    FINGERPRINT_KEYS,
+    RoutingTrace,
+    TraceError,
+    TraceWriter,
+    fingerprint_from_config,
+    load_trace,
+)
 
 __all__ = ["FINGERPRINT_KEYS", "RoutingTrace", "TraceError", "TraceWriter", "fingerprint_from_config", "load_trace"]

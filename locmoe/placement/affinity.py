@@ -16,6 +16,7 @@ Definitions, for consecutive MoE layers l and l+1 of a trace with T tokens and k
   share of hops a perfect placement could keep on one device if each expert's best g successors fit.
 - **Co-activation** ``A_l[i, j]`` (i ≠ j) = tokens that choose both i and j at layer l (top-k, k > 1).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -37,8 +38,9 @@ def transition_counts(prev: np.ndarray, nxt: np.ndarray, num_experts: int) -> np
 
 def affinity_counts(trace: RoutingTrace) -> list[np.ndarray]:
     """One [E, E] transition-count matrix per consecutive MoE layer pair (L - 1 of them)."""
-    return [transition_counts(trace.layers[l], trace.layers[l + 1], trace.num_experts)
-            for l in range(trace.num_layers - 1)]
+    return [
+        transition_counts(trace.layers[l], trace.layers[l + 1], trace.num_experts) for l in range(trace.num_layers - 1)
+    ]
 
 
 def conditional(counts: np.ndarray) -> np.ndarray:
@@ -58,6 +60,7 @@ def coactivation_counts(choices: np.ndarray, num_experts: int) -> np.ndarray:
 @dataclass
 class AffinityStats:
     """How strongly layer ``layer`` predicts layer ``next_layer`` (see the module docstring)."""
+
     layer: int
     next_layer: int
     tokens: int
@@ -82,12 +85,19 @@ def affinity_stats(trace: RoutingTrace, group_size: int = 1) -> list[AffinitySta
         h_rows = _entropy(p)
         marginal = counts.sum(axis=0) / max(counts.sum(), 1e-300)
         top_g = np.sort(p, axis=1)[:, ::-1][:, :group_size].sum(axis=1)
-        out.append(AffinityStats(
-            layer=trace.moe_layers[l], next_layer=trace.moe_layers[l + 1], tokens=trace.num_tokens,
-            top1=float(w @ p.max(axis=1)), top1_uniform=1.0 / E,
-            entropy_ratio=float(w @ h_rows / np.log(E)) if E > 1 else 0.0,
-            mutual_info_bits=float((_entropy(marginal[None])[0] - w @ h_rows) / np.log(2)),
-            top_g_mass=float(w @ top_g), g=group_size))
+        out.append(
+            AffinityStats(
+                layer=trace.moe_layers[l],
+                next_layer=trace.moe_layers[l + 1],
+                tokens=trace.num_tokens,
+                top1=float(w @ p.max(axis=1)),
+                top1_uniform=1.0 / E,
+                entropy_ratio=float(w @ h_rows / np.log(E)) if E > 1 else 0.0,
+                mutual_info_bits=float((_entropy(marginal[None])[0] - w @ h_rows) / np.log(2)),
+                top_g_mass=float(w @ top_g),
+                g=group_size,
+            )
+        )
     return out
 
 

@@ -6,6 +6,7 @@ programming over the layers (Viterbi): ``best_l(s') = max_s best_{l-1}(s) + M_l[
 ``M_l[s, s']`` the co-located transition mass of states s at l and s' at l+1. That is every assignment
 considered (exhaustive), at cost ``L·S²`` instead of ``S^L``. Only for E ≤ 8 or so: S = 2520 at E = 8, D = 4.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -40,14 +41,22 @@ def balanced_assignments(num_experts: int, num_devices: int) -> np.ndarray:
 
     count = _multinomial(num_experts, slots, num_devices)
     if count > MAX_STATES:
-        raise PlacementError(f"brute force: {count} balanced maps of {num_experts} experts onto {num_devices} "
-                         f"devices per layer; at most {MAX_STATES} are enumerated (use the ILP)")
+        raise PlacementError(
+            f"brute force: {count} balanced maps of {num_experts} experts onto {num_devices} "
+            f"devices per layer; at most {MAX_STATES} are enumerated (use the ILP)"
+        )
     extend([], [slots] * num_devices)
     return np.asarray(rows, dtype=np.int64)
 
 
-def brute_force_placement(weights: list[np.ndarray], num_layers: int, num_experts: int, num_devices: int,
-                          loads: np.ndarray | None = None, load_limit: float | None = None) -> np.ndarray:
+def brute_force_placement(
+    weights: list[np.ndarray],
+    num_layers: int,
+    num_experts: int,
+    num_devices: int,
+    loads: np.ndarray | None = None,
+    load_limit: float | None = None,
+) -> np.ndarray:
     """[L, E] an optimal assignment (maximum co-located mass, hence minimum expected hops)."""
     states = balanced_assignments(num_experts, num_devices)
     allowed = [np.ones(len(states), bool) for _ in range(num_layers)]
@@ -57,9 +66,11 @@ def brute_force_placement(weights: list[np.ndarray], num_layers: int, num_expert
             dev = np.stack([np.bincount(s, weights=loads[l], minlength=num_devices) for s in states])
             allowed[l] = dev.max(axis=1) <= caps[l] + 1e-9
             if not allowed[l].any():
-                raise PlacementError(f"brute force: no balanced placement of layer {l} keeps every device under "
-                                 f"{load_limit} x the mean load")
-    onehot = np.eye(num_devices)[states]                     # [S, E, D]
+                raise PlacementError(
+                    f"brute force: no balanced placement of layer {l} keeps every device under "
+                    f"{load_limit} x the mean load"
+                )
+    onehot = np.eye(num_devices)[states]  # [S, E, D]
     value = np.where(allowed[0], 0.0, -np.inf)
     back = []
     for l, w in enumerate(weights):
@@ -74,8 +85,7 @@ def brute_force_placement(weights: list[np.ndarray], num_layers: int, num_expert
     return states[path[::-1]]
 
 
-def enumerate_placements(weights: list[np.ndarray], num_layers: int, num_experts: int,
-                         num_devices: int) -> float:
+def enumerate_placements(weights: list[np.ndarray], num_layers: int, num_experts: int, num_devices: int) -> float:
     """Best co-located mass by plain enumeration of all ``S^L`` combinations (checks the DP; tiny only)."""
     states = balanced_assignments(num_experts, num_devices)
     best = -np.inf

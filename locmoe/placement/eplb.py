@@ -14,6 +14,7 @@ number any device uses in any layer; a slot the plan leaves empty holds a second
 device's own primary experts (EPLB layouts have no empty slots). Fillers never change which devices hold an
 expert; ``filler_slots`` lists them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,12 +32,12 @@ from locmoe.placement.replication import ReplicatedLayer
 FORMAT_VERSION = 1
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EplbArrays:
-    physical_to_logical: np.ndarray      # [L, P] int64
-    logical_to_physical: np.ndarray      # [L, E, X] int64, -1 padded
-    logical_count: np.ndarray            # [L, E] int64
-    filler: np.ndarray                   # [L, P] bool: slots that only fill a device
+    physical_to_logical: np.ndarray  # [L, P] int64
+    logical_to_physical: np.ndarray  # [L, E, X] int64, -1 padded
+    logical_count: np.ndarray  # [L, E] int64
+    filler: np.ndarray  # [L, P] bool: slots that only fill a device
     num_devices: int
     moe_layers: list
 
@@ -47,13 +48,21 @@ class EplbArrays:
     def to_json(self) -> dict:
         L, P = self.physical_to_logical.shape
         E = self.logical_count.shape[1]
-        return {"format": "eplb", "format_version": FORMAT_VERSION, "dtype": "int64", "num_devices": self.num_devices,
-                "num_logical_experts": E, "num_physical_experts": P, "num_redundant_experts": P - E,
-                "physical_experts_per_device": self.slots_per_device, "moe_layers": list(self.moe_layers),
-                "physical_to_logical_map": self.physical_to_logical.tolist(),
-                "logical_to_physical_map": self.logical_to_physical.tolist(),
-                "logical_replica_count": self.logical_count.tolist(),
-                "filler_slots": [np.flatnonzero(row).tolist() for row in self.filler]}
+        return {
+            "format": "eplb",
+            "format_version": FORMAT_VERSION,
+            "dtype": "int64",
+            "num_devices": self.num_devices,
+            "num_logical_experts": E,
+            "num_physical_experts": P,
+            "num_redundant_experts": P - E,
+            "physical_experts_per_device": self.slots_per_device,
+            "moe_layers": list(self.moe_layers),
+            "physical_to_logical_map": self.physical_to_logical.tolist(),
+            "logical_to_physical_map": self.logical_to_physical.tolist(),
+            "logical_replica_count": self.logical_count.tolist(),
+            "filler_slots": [np.flatnonzero(row).tolist() for row in self.filler],
+        }
 
 
 def device_slots(layer: ReplicatedLayer) -> list[list[int]]:
@@ -78,7 +87,7 @@ def eplb_arrays(layers: list[ReplicatedLayer], moe_layers: list[int]) -> EplbArr
     filler = np.zeros((L, P), dtype=bool)
     for l, devices in enumerate(per_layer):
         for g, held in enumerate(devices):
-            own = held[:int((layers[l].primary == g).sum())] or held or [0]
+            own = held[: int((layers[l].primary == g).sum())] or held or [0]
             for j in range(S):
                 if j < len(held):
                     phy[l, g * S + j] = held[j]
@@ -90,8 +99,15 @@ def eplb_arrays(layers: list[ReplicatedLayer], moe_layers: list[int]) -> EplbArr
     for l in range(L):
         for e in range(E):
             slots = np.flatnonzero(phy[l] == e)
-            log2phy[l, e, :len(slots)] = slots
-    return EplbArrays(phy, log2phy, count, filler, D, [int(m) for m in moe_layers])
+            log2phy[l, e, : len(slots)] = slots
+    return EplbArrays(
+        physical_to_logical=phy,
+        logical_to_physical=log2phy,
+        logical_count=count,
+        filler=filler,
+        num_devices=D,
+        moe_layers=[int(m) for m in moe_layers],
+    )
 
 
 def write_eplb(arrays: EplbArrays, placement_out: str | Path) -> tuple[Path, Path]:
@@ -101,9 +117,13 @@ def write_eplb(arrays: EplbArrays, placement_out: str | Path) -> tuple[Path, Pat
     json_path, npz_path = base.with_suffix(".eplb.json"), base.with_suffix(".eplb.npz")
     atomic_write_text(json_path, json.dumps(arrays.to_json()) + "\n")
     buf = io.BytesIO()
-    np.savez(buf, physical_to_logical_map=arrays.physical_to_logical,
-             logical_to_physical_map=arrays.logical_to_physical, logical_replica_count=arrays.logical_count,
-             moe_layers=np.asarray(arrays.moe_layers, dtype=np.int64))
+    np.savez(
+        buf,
+        physical_to_logical_map=arrays.physical_to_logical,
+        logical_to_physical_map=arrays.logical_to_physical,
+        logical_replica_count=arrays.logical_count,
+        moe_layers=np.asarray(arrays.moe_layers, dtype=np.int64),
+    )
     atomic_write_bytes(npz_path, buf.getvalue())
     return json_path, npz_path
 
@@ -128,8 +148,10 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     data = json.loads(Path(a.eplb).read_text(encoding="utf-8"))
     atomic_write_text(a.sglang, json.dumps(sglang_location(data, a.num_hidden_layers)) + "\n")
-    print(f"wrote {a.sglang}: launch SGLang with --init-expert-location {a.sglang} --ep-num-redundant-experts "
-          f"{data['num_redundant_experts']}")
+    print(
+        f"wrote {a.sglang}: launch SGLang with --init-expert-location {a.sglang} --ep-num-redundant-experts "
+        f"{data['num_redundant_experts']}"
+    )
     return 0
 
 

@@ -21,6 +21,7 @@ y exists only for pairs with W_p[i, j] > 0. Solved by ``scipy.optimize.milp`` (H
 The answer is the better of the solver's incumbent and the greedy placement (:mod:`.greedy`), which is
 also the fallback when the program is too large or the solver stops without a solution.
 """
+
 from __future__ import annotations
 
 import time
@@ -37,10 +38,10 @@ from locmoe.placement.hops import check_devices, expected_hops, pair_weights
 from locmoe.placement.trace import RoutingTrace
 
 METHODS = ("auto", "ilp", "greedy", "brute_force")
-CUTOFF_TOL = 1e-7   # co-located mass the ILP must gain over greedy to count (above HiGHS's feasibility tolerance)
+CUTOFF_TOL = 1e-7  # co-located mass the ILP must gain over greedy to count (above HiGHS's feasibility tolerance)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PlacementPlan:
     """An ExFlow placement and how it was found.
 
@@ -52,6 +53,7 @@ class PlacementPlan:
         hops_lower_bound: the solver's bound (no placement does better), when it ran.
         candidates: hops of each solver tried (``ilp`` absent when it found no solution).
     """
+
     assignment: np.ndarray
     method: str
     status: str
@@ -66,8 +68,15 @@ def ilp_size(weights: list[np.ndarray], num_layers: int, num_experts: int, num_d
     return num_layers * num_experts * num_devices + num_devices * sum(int((w > 0).sum()) for w in weights)
 
 
-def place_exflow(trace: RoutingTrace, num_devices: int, method: str = "auto", time_limit: float = 30.0,
-                 load_limit: float | None = None, seed: int = 0, max_ilp_vars: int = 50_000) -> PlacementPlan:
+def place_exflow(
+    trace: RoutingTrace,
+    num_devices: int,
+    method: str = "auto",
+    time_limit: float = 30.0,
+    load_limit: float | None = None,
+    seed: int = 0,
+    max_ilp_vars: int = 50_000,
+) -> PlacementPlan:
     """Place every MoE layer's experts on ``num_devices`` devices to minimise expected hops.
 
     ``method``: ``ilp`` (HiGHS, best of it and greedy), ``greedy``, ``brute_force`` (tiny only), ``auto``
@@ -97,8 +106,10 @@ def place_exflow(trace: RoutingTrace, num_devices: int, method: str = "auto", ti
     if ilp is not None:
         candidates["ilp"] = expected_hops(weights, ilp)
     if ilp is None and not greedy_ok and status == "infeasible":
-        raise PlacementError(f"load limit {load_limit}: no balanced placement keeps every device under "
-                             f"{load_limit} x the mean load; raise it or drop it")
+        raise PlacementError(
+            f"load limit {load_limit}: no balanced placement keeps every device under "
+            f"{load_limit} x the mean load; raise it or drop it"
+        )
     use_ilp = ilp is not None and (not greedy_ok or candidates["ilp"] <= candidates["greedy"] + 1e-12)
     if use_ilp:
         plan = _plan(ilp, "ilp", status, weights, start, candidates)
@@ -117,13 +128,26 @@ def colocated_mass(weights: list[np.ndarray], assignment: np.ndarray) -> float:
 
 
 def _plan(a, method, status, weights, start, candidates) -> PlacementPlan:
-    return PlacementPlan(a, method, status, expected_hops(weights, a), time.perf_counter() - start,
-                         candidates=candidates)
+    return PlacementPlan(
+        assignment=a,
+        method=method,
+        status=status,
+        hops=expected_hops(weights, a),
+        solve_seconds=time.perf_counter() - start,
+        candidates=candidates,
+    )
 
 
-def solve_ilp(weights: list[np.ndarray], num_layers: int, num_experts: int, num_devices: int,
-              time_limit: float, loads: np.ndarray | None = None, load_limit: float | None = None,
-              min_mass: float | None = None) -> tuple[np.ndarray | None, str, float | None]:
+def solve_ilp(
+    weights: list[np.ndarray],
+    num_layers: int,
+    num_experts: int,
+    num_devices: int,
+    time_limit: float,
+    loads: np.ndarray | None = None,
+    load_limit: float | None = None,
+    min_mass: float | None = None,
+) -> tuple[np.ndarray | None, str, float | None]:
     """(assignment [L, E] or None, status, lower bound on hops or None) of the program above;
     ``min_mass``: only placements with at least this co-located mass count (a cutoff)."""
     L, E, D = num_layers, num_experts, num_devices
@@ -137,19 +161,19 @@ def solve_ilp(weights: list[np.ndarray], num_layers: int, num_experts: int, num_
     c = np.zeros(n)
     rows = _Rows(n)
     for l in range(L):
-        for e in range(E):                                   # Σ_d x = 1
+        for e in range(E):  # Σ_d x = 1
             rows.add(xid[l, e], 1.0, 1.0, 1.0)
-        for d in range(D):                                   # Σ_e x = g
+        for d in range(D):  # Σ_e x = g
             rows.add(xid[l, :, d], 1.0, g, g)
     for p, (ii, jj) in enumerate(pairs):
-        y = offsets[p] + np.arange(len(ii) * D).reshape(len(ii), D)   # [pairs, D]
+        y = offsets[p] + np.arange(len(ii) * D).reshape(len(ii), D)  # [pairs, D]
         c[y] = -np.repeat(weights[p][ii, jj], D).reshape(len(ii), D)
-        xa, xb = xid[p][ii], xid[p + 1][jj]                  # [pairs, D]
-        rows.pairwise(y, xa, -1.0, -np.inf, 0.0)             # y − x[l, i, d] ≤ 0
-        rows.pairwise(y, xb, -1.0, -np.inf, 0.0)             # y − x[l+1, j, d] ≤ 0
-        rows.mccormick_low(y, xa, xb)                        # x + x − y ≤ 1
-        rows.aggregate(y, ii, xid[p], g)                     # Σ_j y[i, j, d] ≤ g x[l, i, d]
-        rows.aggregate(y, jj, xid[p + 1], g)                 # Σ_i y[i, j, d] ≤ g x[l+1, j, d]
+        xa, xb = xid[p][ii], xid[p + 1][jj]  # [pairs, D]
+        rows.pairwise(y, xa, -1.0, -np.inf, 0.0)  # y − x[l, i, d] ≤ 0
+        rows.pairwise(y, xb, -1.0, -np.inf, 0.0)  # y − x[l+1, j, d] ≤ 0
+        rows.mccormick_low(y, xa, xb)  # x + x − y ≤ 1
+        rows.aggregate(y, ii, xid[p], g)  # Σ_j y[i, j, d] ≤ g x[l, i, d]
+        rows.aggregate(y, jj, xid[p + 1], g)  # Σ_i y[i, j, d] ≤ g x[l+1, j, d]
     if loads is not None and load_limit is not None:
         for l, cap in enumerate(load_caps(loads, load_limit, D)):
             for d in range(D):
@@ -157,11 +181,16 @@ def solve_ilp(weights: list[np.ndarray], num_layers: int, num_experts: int, num_
     if min_mass is not None:
         rows.add(np.arange(nx, n), -c[nx:], min_mass, np.inf)
     upper = np.ones(n)
-    upper[xid[0][np.triu_indices(E, 1, D)]] = 0.0            # x[0, e, d] = 0 for d > e
+    upper[xid[0][np.triu_indices(E, 1, D)]] = 0.0  # x[0, e, d] = 0 for d > e
     integrality = np.zeros(n)
     integrality[:nx] = 1
-    res = milp(c, constraints=rows.constraint(), integrality=integrality, bounds=Bounds(np.zeros(n), upper),
-               options={"time_limit": float(time_limit), "disp": False})
+    res = milp(
+        c,
+        constraints=rows.constraint(),
+        integrality=integrality,
+        bounds=Bounds(np.zeros(n), upper),
+        options={"time_limit": float(time_limit), "disp": False},
+    )
     bound = getattr(res, "mip_dual_bound", None)
     hops_bound = None if bound is None or not np.isfinite(bound) else max(0.0, 1.0 + bound / max(L - 1, 1))
     status = {0: "optimal", 1: "time_limit", 2: "infeasible"}.get(res.status, f"status {res.status}")
@@ -175,13 +204,13 @@ class _Rows:
     """Accumulates sparse constraint rows lo ≤ A x ≤ hi."""
 
     def __init__(self, n: int):
-        self.n, self.r, self.c, self.v, self.lo, self.hi = n, [], [], [], [], []
+        self.num_vars, self.row_ids, self.col_ids, self.coefs, self.lo, self.hi = n, [], [], [], [], []
 
     def _push(self, row_ids, cols, vals, lo, hi, count):
         base = len(self.lo)
-        self.r.append(np.asarray(row_ids, dtype=np.int64).ravel() + base)
-        self.c.append(np.asarray(cols, dtype=np.int64).ravel())
-        self.v.append(np.broadcast_to(np.asarray(vals, dtype=np.float64), np.shape(cols)).ravel())
+        self.row_ids.append(np.asarray(row_ids, dtype=np.int64).ravel() + base)
+        self.col_ids.append(np.asarray(cols, dtype=np.int64).ravel())
+        self.coefs.append(np.broadcast_to(np.asarray(vals, dtype=np.float64), np.shape(cols)).ravel())
         self.lo += [lo] * count
         self.hi += [hi] * count
 
@@ -194,24 +223,41 @@ class _Rows:
         """One row per element: y + coef · x in [lo, hi]."""
         k = y.size
         ids = np.arange(k)
-        self._push(np.concatenate([ids, ids]), np.concatenate([y.ravel(), x.ravel()]),
-                   np.concatenate([np.ones(k), np.full(k, coef)]), lo, hi, k)
+        self._push(
+            np.concatenate([ids, ids]),
+            np.concatenate([y.ravel(), x.ravel()]),
+            np.concatenate([np.ones(k), np.full(k, coef)]),
+            lo,
+            hi,
+            k,
+        )
 
     def mccormick_low(self, y, xa, xb):
         k = y.size
         ids = np.arange(k)
-        self._push(np.concatenate([ids, ids, ids]), np.concatenate([xa.ravel(), xb.ravel(), y.ravel()]),
-                   np.concatenate([np.ones(2 * k), -np.ones(k)]), -np.inf, 1.0, k)
+        self._push(
+            np.concatenate([ids, ids, ids]),
+            np.concatenate([xa.ravel(), xb.ravel(), y.ravel()]),
+            np.concatenate([np.ones(2 * k), -np.ones(k)]),
+            -np.inf,
+            1.0,
+            k,
+        )
 
     def aggregate(self, y, owner, xid_layer, g):
         """Per (expert e, device d): Σ_{pairs with owner e} y[pair, d] − g · x[e, d] ≤ 0."""
         E, D = xid_layer.shape
-        row_of = owner[:, None] * D + np.arange(D)[None, :]          # [pairs, D] row id
-        self._push(np.concatenate([row_of.ravel(), np.arange(E * D)]),
-                   np.concatenate([y.ravel(), xid_layer.ravel()]),
-                   np.concatenate([np.ones(y.size), np.full(E * D, -float(g))]), -np.inf, 0.0, E * D)
+        row_of = owner[:, None] * D + np.arange(D)[None, :]  # [pairs, D] row id
+        self._push(
+            np.concatenate([row_of.ravel(), np.arange(E * D)]),
+            np.concatenate([y.ravel(), xid_layer.ravel()]),
+            np.concatenate([np.ones(y.size), np.full(E * D, -float(g))]),
+            -np.inf,
+            0.0,
+            E * D,
+        )
 
     def constraint(self) -> LinearConstraint:
-        A = sparse.csr_matrix((np.concatenate(self.v), (np.concatenate(self.r), np.concatenate(self.c))),
-                              shape=(len(self.lo), self.n))
+        entries = (np.concatenate(self.row_ids), np.concatenate(self.col_ids))
+        A = sparse.csr_matrix((np.concatenate(self.coefs), entries), shape=(len(self.lo), self.num_vars))
         return LinearConstraint(A, np.asarray(self.lo), np.asarray(self.hi))

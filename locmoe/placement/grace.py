@@ -13,6 +13,7 @@ its data-parallel device (the trace's tokens cut into D contiguous blocks: GRACE
 on the token's own device), or ``previous``, the device that served its first choice at layer l−1
 (context-coherent serving).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -31,10 +32,11 @@ GROUPINGS = ("exflow", "coactivation", "contiguous", "round_robin")
 TOKEN_PLACEMENTS = ("home", "previous")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GracePlan:
     """Grouping + replicas of every MoE layer, with per-layer before/after statistics."""
-    assignment: np.ndarray                      # [L, E] primary device of every expert
+
+    assignment: np.ndarray  # [L, E] primary device of every expert
     layers: list[ReplicatedLayer]
     grouping: str
     slots: int
@@ -65,7 +67,7 @@ def _swap_search(A: np.ndarray, row: np.ndarray, D: int, max_iter: int = 10_000)
     """Apply the best improving swap of two experts on different devices until none improves."""
     eye = np.eye(D)
     for _ in range(max_iter):
-        S = A @ eye[row]                                          # [E, D] affinity of e to each device
+        S = A @ eye[row]  # [E, D] affinity of e to each device
         own = S[np.arange(len(row)), row]
         # gain of swapping i and j: i joins row[j]'s device and j joins row[i]'s
         gain = S[:, row] - own[:, None] + S[:, row].T - own[None, :] - 2 * A
@@ -77,8 +79,9 @@ def _swap_search(A: np.ndarray, row: np.ndarray, D: int, max_iter: int = 10_000)
     return row
 
 
-def grouping_assignment(trace: RoutingTrace, num_devices: int, grouping: str, time_limit: float = 10.0,
-                        seed: int = 0) -> np.ndarray:
+def grouping_assignment(
+    trace: RoutingTrace, num_devices: int, grouping: str, time_limit: float = 10.0, seed: int = 0
+) -> np.ndarray:
     """[L, E] primary placement by the named grouping."""
     if grouping not in GROUPINGS:
         raise PlacementError(f"grouping {grouping!r}; allowed: {', '.join(GROUPINGS)}")
@@ -95,19 +98,35 @@ def home_devices(num_tokens: int, num_devices: int) -> np.ndarray:
     return np.arange(num_tokens) * num_devices // max(num_tokens, 1)
 
 
-def plan_grace(trace: RoutingTrace, num_devices: int, slots: int = 2, threshold: float = 1.05,
-               grouping: str = "exflow", token_placement: str = "home", base: np.ndarray | None = None,
-               time_limit: float = 10.0, seed: int = 0) -> GracePlan:
+def plan_grace(
+    trace: RoutingTrace,
+    num_devices: int,
+    slots: int = 2,
+    threshold: float = 1.05,
+    grouping: str = "exflow",
+    token_placement: str = "home",
+    base: np.ndarray | None = None,
+    time_limit: float = 10.0,
+    seed: int = 0,
+) -> GracePlan:
     """Group, replicate and evaluate every MoE layer; ``base`` [L, E] overrides the grouping."""
     if token_placement not in TOKEN_PLACEMENTS:
         raise PlacementError(f"token placement {token_placement!r}; allowed: {', '.join(TOKEN_PLACEMENTS)}")
     if slots < 0 or threshold < 1.0:
-        raise PlacementError(f"slots {slots} must be >= 0 and threshold {threshold} >= 1 (a factor of the "
-                             "mean device load)")
+        raise PlacementError(
+            f"slots {slots} must be >= 0 and threshold {threshold} >= 1 (a factor of the mean device load)"
+        )
     E, D = trace.num_experts, num_devices
     check_devices(E, D)
     assignment = grouping_assignment(trace, D, grouping, time_limit, seed) if base is None else np.asarray(base)
-    plan = GracePlan(assignment, [], grouping if base is None else "given", slots, threshold, token_placement)
+    plan = GracePlan(
+        assignment=assignment,
+        layers=[],
+        grouping=grouping if base is None else "given",
+        slots=slots,
+        threshold=threshold,
+        token_placement=token_placement,
+    )
     dest = None
     for l, choices in enumerate(trace.layers):
         where = _token_device(trace, dest, l, D, token_placement)
@@ -118,10 +137,16 @@ def plan_grace(trace: RoutingTrace, num_devices: int, slots: int = 2, threshold:
         after, moved_after = routed_loads(n, layer, threshold)
         dest = route_tokens(choices, where, layer.holders(), threshold)
         plan.layers.append(layer)
-        plan.stats.append({"layer": trace.moe_layers[l], "max_mean_before": imbalance(before),
-                           "max_mean_after": imbalance(after), "remote_before": moved_before / choices.size,
-                           "remote_after": moved_after / choices.size,
-                           "replicas": int(layer.extra_slots().sum())})
+        plan.stats.append(
+            {
+                "layer": trace.moe_layers[l],
+                "max_mean_before": imbalance(before),
+                "max_mean_after": imbalance(after),
+                "remote_before": moved_before / choices.size,
+                "remote_after": moved_after / choices.size,
+                "replicas": int(layer.extra_slots().sum()),
+            }
+        )
     return plan
 
 

@@ -8,6 +8,7 @@ the layers never lowers the co-located mass, so the loop stops at a local optimu
 (contiguous, round-robin, seeded random) keep the best. An optional per-device load limit is restored
 afterwards by swaps that cost the least co-location.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,7 +21,7 @@ def assign_layer(score: np.ndarray, num_devices: int) -> np.ndarray:
     """[E] device per expert maximising Σ_e score[e, dev(e)] with E/D experts per device; ``score`` [E, D]."""
     E = score.shape[0]
     slots = E // num_devices
-    cost = -np.repeat(score, slots, axis=1)          # [E, E]: column c is slot c % slots of device c // slots
+    cost = -np.repeat(score, slots, axis=1)  # [E, E]: column c is slot c % slots of device c // slots
     rows, cols = linear_sum_assignment(cost)
     row = np.empty(E, dtype=np.int64)
     row[rows] = cols // slots
@@ -39,8 +40,9 @@ def layer_score(weights: list[np.ndarray], assignment: np.ndarray, l: int, num_d
     return score
 
 
-def coordinate_ascent(weights: list[np.ndarray], start: np.ndarray, num_devices: int,
-                      max_sweeps: int = 50) -> np.ndarray:
+def coordinate_ascent(
+    weights: list[np.ndarray], start: np.ndarray, num_devices: int, max_sweeps: int = 50
+) -> np.ndarray:
     """Improve ``start`` [L, E]: a forward pass from layer 0, then sweeps until nothing improves."""
     a = start.copy()
     for l in range(1, len(a)):
@@ -56,9 +58,16 @@ def coordinate_ascent(weights: list[np.ndarray], start: np.ndarray, num_devices:
     return a
 
 
-def greedy_placement(weights: list[np.ndarray], num_layers: int, num_experts: int, num_devices: int,
-                     restarts: int = 4, seed: int = 0, loads: np.ndarray | None = None,
-                     load_limit: float | None = None) -> np.ndarray:
+def greedy_placement(
+    weights: list[np.ndarray],
+    num_layers: int,
+    num_experts: int,
+    num_devices: int,
+    restarts: int = 4,
+    seed: int = 0,
+    loads: np.ndarray | None = None,
+    load_limit: float | None = None,
+) -> np.ndarray:
     """[L, E] the best of coordinate ascent from contiguous, round-robin and ``restarts`` random starts.
 
     ``loads`` [L, E] and ``load_limit`` (a factor of the mean device load) add the per-device load limit,
@@ -88,12 +97,19 @@ def load_caps(loads: np.ndarray, load_limit: float, num_devices: int) -> np.ndar
 
 def within_load_limit(assignment: np.ndarray, loads: np.ndarray, load_limit: float, num_devices: int) -> bool:
     caps = load_caps(loads, load_limit, num_devices)
-    return all(np.bincount(a, weights=w, minlength=num_devices).max() <= c + 1e-9
-               for a, w, c in zip(assignment, loads, caps))
+    return all(
+        np.bincount(a, weights=w, minlength=num_devices).max() <= c + 1e-9 for a, w, c in zip(assignment, loads, caps)
+    )
 
 
-def repair_loads(weights: list[np.ndarray], assignment: np.ndarray, loads: np.ndarray, load_limit: float,
-                 num_devices: int, max_swaps: int = 1000) -> np.ndarray:
+def repair_loads(
+    weights: list[np.ndarray],
+    assignment: np.ndarray,
+    loads: np.ndarray,
+    load_limit: float,
+    num_devices: int,
+    max_swaps: int = 1000,
+) -> np.ndarray:
     """Swap experts out of devices over the load cap, each time the swap that lowers the overload and
     loses the least co-located mass; stops when every device fits or no swap helps."""
     a = assignment.copy()

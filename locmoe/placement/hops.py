@@ -13,6 +13,7 @@ An *assignment* is an int array ``[L, E]``: the device of every expert of every 
   device keeps every token's context) such a copy is computed where the token already is, with no
   all-to-all; the rest take the layer's single all-to-all.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,8 +40,10 @@ def check_assignment(assignment: np.ndarray, num_devices: int, num_experts: int 
     for l, row in enumerate(a):
         counts = np.bincount(row, minlength=num_devices)
         if len(counts) > num_devices or row.min() < 0 or (counts != E // num_devices).any():
-            raise PlacementError(f"assignment layer {l} gives devices {counts.tolist()} experts; each of the "
-                             f"{num_devices} devices must hold {E // num_devices}")
+            raise PlacementError(
+                f"assignment layer {l} gives devices {counts.tolist()} experts; each of the "
+                f"{num_devices} devices must hold {E // num_devices}"
+            )
     return a
 
 
@@ -69,7 +72,7 @@ def coherent_fraction(trace: RoutingTrace, assignment: np.ndarray) -> float:
         return 1.0
     hits = 0
     for l in range(trace.num_layers - 1):
-        here = assignment[l][trace.layers[l]]          # [T, k] devices of the token's layer-l experts
+        here = assignment[l][trace.layers[l]]  # [T, k] devices of the token's layer-l experts
         there = assignment[l + 1][trace.layers[l + 1]]  # [T, k] devices of its layer-(l+1) experts
         hits += (there[:, :, None] == here[:, None, :]).any(axis=2).sum()
     return float(hits / ((trace.num_layers - 1) * trace.layers[0].size))
@@ -78,8 +81,10 @@ def coherent_fraction(trace: RoutingTrace, assignment: np.ndarray) -> float:
 def check_devices(num_experts: int, num_devices: int) -> None:
     """Every device must hold the same number of experts of each layer (the weight layout of training)."""
     if num_devices < 1 or num_experts % num_devices:
-        raise PlacementError(f"--devices {num_devices}: the {num_experts} experts of each layer must divide "
-                             f"evenly over the devices (a divisor of {num_experts})")
+        raise PlacementError(
+            f"--devices {num_devices}: the {num_experts} experts of each layer must divide "
+            f"evenly over the devices (a divisor of {num_experts})"
+        )
 
 
 def baseline_assignment(kind: str, num_layers: int, num_experts: int, num_devices: int) -> np.ndarray:

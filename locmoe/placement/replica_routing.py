@@ -11,6 +11,7 @@ receiver above the threshold. Every copy lands on a device that holds its expert
 Decisions are made on counts ``n[s, e]`` (copies on device s for expert e) and then given to tokens in
 token order inside each (s, e) group: copies in one group are interchangeable.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,7 +26,7 @@ def water_fill(levels: np.ndarray, amount: int) -> np.ndarray:
     order = np.argsort(levels, kind="stable")
     lv = levels[order]
     k = m
-    for i in range(1, m):                       # fill the i lowest bins up to lv[i]; enough?
+    for i in range(1, m):  # fill the i lowest bins up to lv[i]; enough?
         if i * lv[i] - lv[:i].sum() >= amount:
             k = i
             break
@@ -33,7 +34,7 @@ def water_fill(levels: np.ndarray, amount: int) -> np.ndarray:
     alloc = np.zeros(m, dtype=np.int64)
     alloc[:k] = np.floor(h - lv[:k]).astype(np.int64)
     rest = int(amount - alloc.sum())
-    if rest:                                    # the remainder to the bins left lowest, ties by position
+    if rest:  # the remainder to the bins left lowest, ties by position
         after = lv + alloc
         alloc[np.lexsort((np.arange(m), after))[:rest]] += 1
     out = np.zeros(m, dtype=np.int64)
@@ -49,13 +50,13 @@ def route_counts(n: np.ndarray, holders: np.ndarray, threshold: float = 1.05) ->
     """
     D, E = n.shape
     n = n.astype(np.int64)
-    local = holders.T                                       # [D, E]: s holds e
+    local = holders.T  # [D, E]: s holds e
     A = np.zeros((D, E, D), dtype=np.int64)
     src, exp = np.nonzero(local & (n > 0))
     A[src, exp, src] = n[src, exp]
     loads = A.sum(axis=(0, 1)).astype(np.float64)
-    remote = np.where(local, 0, n)                          # copies with no local holder
-    single = holders.sum(axis=1) == 1                       # one holder: no choice to make
+    remote = np.where(local, 0, n)  # copies with no local holder
+    single = holders.sum(axis=1) == 1  # one holder: no choice to make
     only = holders[single].argmax(axis=1)
     A[:, single, only] += remote[:, single]
     loads += np.bincount(only, weights=remote[:, single].sum(axis=0), minlength=D)
@@ -113,16 +114,17 @@ def _shed(A: np.ndarray, loads: np.ndarray, holders: np.ndarray, d: int, cap: fl
         loads[d] -= alloc.sum()
 
 
-def route_tokens(expert_ids: np.ndarray, token_device: np.ndarray, holders: np.ndarray,
-                 threshold: float = 1.05) -> np.ndarray:
+def route_tokens(
+    expert_ids: np.ndarray, token_device: np.ndarray, holders: np.ndarray, threshold: float = 1.05
+) -> np.ndarray:
     """[T, k] the device each copy goes to; ``expert_ids`` [T, k], ``token_device`` [T] where each token is."""
     E, D = holders.shape
     T, k = expert_ids.shape
     e_c = expert_ids.ravel().astype(np.int64)
     s_c = np.repeat(np.asarray(token_device, dtype=np.int64), k)
     n = np.bincount(s_c * E + e_c, minlength=D * E).reshape(D, E)
-    A = route_counts(n, holders, threshold)                  # [D, E, D]
-    order = np.lexsort((np.arange(e_c.size), e_c, s_c))      # copies grouped by (source, expert), token order
+    A = route_counts(n, holders, threshold)  # [D, E, D]
+    order = np.lexsort((np.arange(e_c.size), e_c, s_c))  # copies grouped by (source, expert), token order
     # copy number p (in that order) falls in cell (s, e, d) of A's flattened running total
     cell = np.searchsorted(np.cumsum(A.ravel()), np.arange(e_c.size), side="right")
     dest = np.empty(e_c.size, dtype=np.int64)

@@ -9,6 +9,7 @@ their device). Stop when the budget is spent, the layer is balanced to ``stop_at
 helps. EPLB instead replicates by load per replica and packs replicas without regard to where tokens are;
 routing-aware evaluation is what lets a replica near the traffic win here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ class ReplicatedLayer:
         replicas: E lists of extra devices holding a copy.
         num_devices: D.
     """
+
     primary: np.ndarray
     replicas: list = field(default_factory=list)
     num_devices: int = 1
@@ -64,8 +66,16 @@ def routed_loads(n: np.ndarray, layer: ReplicatedLayer, threshold: float) -> tup
     return A.sum(axis=(0, 1)).astype(np.float64), moved
 
 
-def replicate_layer(n: np.ndarray, primary: np.ndarray, num_devices: int, slots: int, threshold: float = 1.05,
-                    stop_at: float = 1.02, experts_tried: int = 4, devices_tried: int = 4) -> ReplicatedLayer:
+def replicate_layer(
+    n: np.ndarray,
+    primary: np.ndarray,
+    num_devices: int,
+    slots: int,
+    threshold: float = 1.05,
+    stop_at: float = 1.02,
+    experts_tried: int = 4,
+    devices_tried: int = 4,
+) -> ReplicatedLayer:
     """Add up to ``slots`` replicas per device to balance the copies ``n`` [D, E] over the devices."""
     layer = ReplicatedLayer(primary, num_devices=num_devices)
     if slots <= 0 or n.sum() == 0:
@@ -90,7 +100,7 @@ def _best_replica(n, layer, loads, slots, threshold, experts_tried, devices_trie
     holders = layer.holders()
     free = layer.extra_slots() < slots
     A = route_counts(n, holders, threshold)
-    served_on_hot = A[:, :, hot].sum(axis=0)                   # [E] copies of each expert served on hot
+    served_on_hot = A[:, :, hot].sum(axis=0)  # [E] copies of each expert served on hot
     experts = [int(e) for e in np.argsort(-served_on_hot, kind="stable")[:experts_tried] if served_on_hot[e] > 0]
     best = None
     for e in experts:

@@ -8,6 +8,7 @@ A token's k distinct choices are drawn without replacement from
 ``q = strength · preferred(c) + (1 − strength) · uniform`` (Gumbel top-k), so ``strength`` sets how much
 layer l predicts layer l+1 and ``skew`` how uneven the expert loads are.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,16 @@ def zipf_weights(n: int, skew: float) -> np.ndarray:
     return w / w.sum()
 
 
-def planted_trace(num_tokens: int = 20000, num_experts: int = 16, top_k: int = 2, num_layers: int = 4,
-                  groups: int = 8, strength: float = 0.85, skew: float = 0.5, seed: int = 0) -> RoutingTrace:
+def planted_trace(
+    num_tokens: int = 20000,
+    num_experts: int = 16,
+    top_k: int = 2,
+    num_layers: int = 4,
+    groups: int = 8,
+    strength: float = 0.85,
+    skew: float = 0.5,
+    seed: int = 0,
+) -> RoutingTrace:
     """A trace of ``num_layers`` MoE layers whose topics plant affinity; see the module docstring."""
     if num_experts % groups:
         raise ValueError(f"groups {groups} must divide num_experts {num_experts}")
@@ -37,13 +46,20 @@ def planted_trace(num_tokens: int = 20000, num_experts: int = 16, top_k: int = 2
         perm = rng.permutation(E)
         q = np.full((groups, E), (1.0 - strength) / E)
         for c in range(groups):
-            q[c, perm[c * size:(c + 1) * size]] += strength * inside
+            q[c, perm[c * size : (c + 1) * size]] += strength * inside
         gumbel = -np.log(-np.log(rng.random((num_tokens, E))))
-        with np.errstate(divide="ignore"):                    # strength 1: log 0 = -inf, never drawn
-            keys = np.log(q[topic]) + gumbel                  # [T, E]: Gumbel top-k = sampling w/o replacement
+        with np.errstate(divide="ignore"):  # strength 1: log 0 = -inf, never drawn
+            keys = np.log(q[topic]) + gumbel  # [T, E]: Gumbel top-k = sampling w/o replacement
         layers.append(np.argsort(-keys, axis=1)[:, :top_k].astype(np.int32))
-    fingerprint = {"num_experts": E, "top_k": top_k, "moe_layers": list(range(num_layers)),
-                   "router_kind": "synthetic", "d_model": 0, "vocab_size": 0}
-    source = {"synthetic": {"num_tokens": num_tokens, "groups": groups, "strength": strength, "skew": skew,
-                            "seed": seed}}
+    fingerprint = {
+        "num_experts": E,
+        "top_k": top_k,
+        "moe_layers": list(range(num_layers)),
+        "router_kind": "synthetic",
+        "d_model": 0,
+        "vocab_size": 0,
+    }
+    source = {
+        "synthetic": {"num_tokens": num_tokens, "groups": groups, "strength": strength, "skew": skew, "seed": seed}
+    }
     return RoutingTrace(fingerprint, layers, source)

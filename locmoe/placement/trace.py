@@ -22,6 +22,7 @@ Reading: ``load_trace(path, expect=fingerprint)`` returns a :class:`RoutingTrace
 file, or a trace whose fingerprint disagrees with ``expect`` (a trace from another model), raises
 :class:`TraceError` naming what is wrong.
 """
+
 from __future__ import annotations
 
 import io
@@ -36,6 +37,7 @@ import numpy as np
 
 from locmoe.atomic_io import atomic_write_bytes
 from locmoe.errors import LocMoEError
+from locmoe.model_spec import moe_layer_indices
 
 TRACE_FORMAT_VERSION = 1
 FINGERPRINT_KEYS = ("num_experts", "top_k", "moe_layers", "router_kind", "d_model", "vocab_size")
@@ -54,6 +56,7 @@ class RoutingTrace:
         layers: one ``[T, k]`` int32 array per MoE layer, in ``fingerprint["moe_layers"]`` order.
         source: free-form provenance (checkpoint, corpus, step, ...).
     """
+
     fingerprint: dict
     layers: list[np.ndarray]
     source: dict = field(default_factory=dict)
@@ -62,12 +65,15 @@ class RoutingTrace:
         self.fingerprint = check_fingerprint(self.fingerprint)
         self.layers = [_as_choices(a, self.fingerprint, f"layer {i}") for i, a in enumerate(self.layers)]
         if len(self.layers) != len(self.fingerprint["moe_layers"]):
-            raise TraceError(f"trace has {len(self.layers)} layers of choices but the fingerprint lists "
-                             f"{len(self.fingerprint['moe_layers'])} MoE layers {self.fingerprint['moe_layers']}")
+            raise TraceError(
+                f"trace has {len(self.layers)} layers of choices but the fingerprint lists "
+                f"{len(self.fingerprint['moe_layers'])} MoE layers {self.fingerprint['moe_layers']}"
+            )
         counts = {len(a) for a in self.layers}
         if len(counts) > 1:
-            raise TraceError(f"every MoE layer must hold the same tokens; token counts per layer are "
-                             f"{[len(a) for a in self.layers]}")
+            raise TraceError(
+                f"every MoE layer must hold the same tokens; token counts per layer are {[len(a) for a in self.layers]}"
+            )
 
     @property
     def num_experts(self) -> int:
@@ -101,7 +107,7 @@ class RoutingTrace:
         """Write the trace as one ``.npz`` file, atomically (complete under its name or not at all)."""
         meta = {"format_version": TRACE_FORMAT_VERSION, "fingerprint": self.fingerprint, "source": self.source}
         store = np.uint8 if self.num_experts <= 256 else np.uint16 if self.num_experts <= 65536 else np.int32
-        arrays = {f"layer_{i}": a.astype(store) for i, a in enumerate(self.layers)}   # compact on disk
+        arrays = {f"layer_{i}": a.astype(store) for i, a in enumerate(self.layers)}  # compact on disk
         buf = io.BytesIO()
         np.savez_compressed(buf, meta=np.array(json.dumps(meta, default=_plain)), **arrays)
         return atomic_write_bytes(path, buf.getvalue())
@@ -119,10 +125,12 @@ class TraceWriter:
     def add(self, layer: int, expert_ids: np.ndarray) -> None:
         """Append one batch of ``layer``'s choices: ``expert_ids`` [T, k] (or [T] when k = 1)."""
         if int(layer) not in self._ordinal:
-            raise TraceError(f"layer {layer} is not an MoE layer of this model; moe_layers = "
-                             f"{self.fingerprint['moe_layers']}")
+            raise TraceError(
+                f"layer {layer} is not an MoE layer of this model; moe_layers = {self.fingerprint['moe_layers']}"
+            )
         self._chunks[self._ordinal[int(layer)]].append(
-            _as_choices(np.asarray(expert_ids), self.fingerprint, f"layer {layer}"))
+            _as_choices(np.asarray(expert_ids), self.fingerprint, f"layer {layer}")
+        )
 
     def tokens_per_layer(self) -> list[int]:
         return [sum(len(c) for c in chunks) for chunks in self._chunks]
@@ -145,8 +153,10 @@ def load_trace(path: str | Path, expect: Mapping[str, Any] | None = None) -> Rou
     meta, arrays = _read_npz(path)
     version = meta.get("format_version")
     if version != TRACE_FORMAT_VERSION:
-        raise TraceError(f"{path}: trace format_version {version!r} is not supported; this locmoe reads "
-                         f"version {TRACE_FORMAT_VERSION}")
+        raise TraceError(
+            f"{path}: trace format_version {version!r} is not supported; this locmoe reads "
+            f"version {TRACE_FORMAT_VERSION}"
+        )
     fingerprint = meta.get("fingerprint")
     if not isinstance(fingerprint, dict):
         raise TraceError(f"{path}: 'meta' has no fingerprint object; the file is corrupt")
@@ -170,8 +180,10 @@ def _read_npz(path: Path) -> tuple[dict, dict]:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as err:
-        raise TraceError(f"{path} is not a readable routing trace ({type(err).__name__}: {err}); the file "
-                         "is corrupt or not an .npz trace") from None
+        raise TraceError(
+            f"{path} is not a readable routing trace ({type(err).__name__}: {err}); the file "
+            "is corrupt or not an .npz trace"
+        ) from None
     if "meta" not in arrays:
         raise TraceError(f"{path} has no 'meta' entry; it is not a locmoe routing trace")
     try:
@@ -183,10 +195,42 @@ def _read_npz(path: Path) -> tuple[dict, dict]:
     return meta, arrays
 
 
+def expected_fingerprint(text: str) -> dict | None:
+    """The fingerprint a trace must match (``--expect``): from a router export directory, its manifest.json,
+    or inline JSON; None for an empty text."""
+    if not text:
+        return None
+    path = Path(text)
+    if path.is_dir():
+        path = path / "manifest.json"
+    if path.is_file():
+        from locmoe.export.manifest import RouterManifest  # here: recording a trace imports no export code
+
+        m = RouterManifest.from_file(path)
+        return {
+            "num_experts": m.num_experts,
+            "top_k": m.top_k,
+            "moe_layers": m.moe_layers,
+            "router_kind": m.router_kind,
+            "d_model": m.d_model,
+            "vocab_size": m.vocab_size,
+        }
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        raise TraceError(f"--expect {text!r} is neither a router export, a manifest.json nor a JSON object") from None
+    if not isinstance(data, dict):
+        raise TraceError(f"--expect {text!r}: expected a JSON object of fingerprint keys")
+    return data
+
+
 def check_same_model(found: Mapping[str, Any], expect: Mapping[str, Any], where: str = "trace") -> None:
     """Raise :class:`TraceError` listing every key of ``expect`` on which ``found`` differs."""
-    diffs = [f"{k} = {found.get(k)!r} in the trace, {_norm(v)!r} expected" for k, v in expect.items()
-             if _norm(found.get(k)) != _norm(v)]
+    diffs = [
+        f"{k} = {found.get(k)!r} in the trace, {_norm(v)!r} expected"
+        for k, v in expect.items()
+        if _norm(found.get(k)) != _norm(v)
+    ]
     if diffs:
         raise TraceError(f"{where} is a trace from another model: " + "; ".join(diffs))
 
@@ -199,8 +243,7 @@ def check_fingerprint(fp: Mapping[str, Any]) -> dict:
     fp = {k: _norm(v) for k, v in fp.items()}
     E, k = fp["num_experts"], fp["top_k"]
     if not (isinstance(E, int) and E >= 1 and isinstance(k, int) and 1 <= k <= E):
-        raise TraceError(f"fingerprint num_experts = {E!r}, top_k = {k!r}: need integers 1 <= top_k <= "
-                         "num_experts")
+        raise TraceError(f"fingerprint num_experts = {E!r}, top_k = {k!r}: need integers 1 <= top_k <= num_experts")
     layers = fp["moe_layers"]
     if not isinstance(layers, list) or not layers or len(set(layers)) != len(layers):
         raise TraceError(f"fingerprint moe_layers = {layers!r}: need a non-empty list of distinct layer indices")
@@ -208,12 +251,16 @@ def check_fingerprint(fp: Mapping[str, Any]) -> dict:
 
 
 def fingerprint_from_config(cfg) -> dict:
-    """The fingerprint of the model a resolved ``JobConfig`` builds (MoE blocks: index >= dense_layers,
-    every ``moe_every``-th one)."""
+    """The fingerprint of the model a resolved ``JobConfig`` builds."""
     m, moe = cfg.model, cfg.moe
-    layers = [i for i in range(m.dense_layers, m.n_layers) if (i - m.dense_layers) % m.moe_every == 0]
-    return {"num_experts": moe.num_experts, "top_k": moe.router.top_k, "moe_layers": layers,
-            "router_kind": moe.router.kind, "d_model": m.d_model, "vocab_size": m.vocab_size}
+    return {
+        "num_experts": moe.num_experts,
+        "top_k": moe.router.top_k,
+        "moe_layers": moe_layer_indices(m),
+        "router_kind": moe.router.kind,
+        "d_model": m.d_model,
+        "vocab_size": m.vocab_size,
+    }
 
 
 def _as_choices(a: np.ndarray, fp: dict, where: str) -> np.ndarray:

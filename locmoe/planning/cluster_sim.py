@@ -10,12 +10,13 @@ Per MoE layer and device (T tokens per device, k copies each, fractions from :cl
   ranks as peers; *hierarchical* (LocMoE) first moves every copy that leaves the device inside the node
   (cross-node ones to the relay with the destination's local index), then only the cross-node copies
   among the N − 1 other nodes. Link model ``t = α + peers·α_peer + bytes/β``: α and the NVLink β fitted
-  to the measured all-to-all curve (DESIGN §5: 28/223/446 GB/s at 1/16/128 MB gives α ≈ 37 µs,
+  to the measured all-to-all curve (NCCL between 2×H200, torch 2.11: 28/223/446 GB/s at 1/16/128 MB gives α ≈ 37 µs,
   β ≈ 511 GB/s), the NIC's β and α_peer stated (:class:`Calibration`).
 Training = forward + backward: compute × 3, all-to-alls × 2. With ``overlap_chunks`` c > 1, expert compute
 and all-to-all of chunks overlap: ``max(a, b) + min(a, b) / c``. Gradient all-reduce and the optimiser are
 the same for every router and are left out.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,15 +33,16 @@ MB = 1e6
 
 @dataclass
 class Calibration:
-    """Device and link speeds. Defaults: measured on 2×H200 (DESIGN §5) except the NIC, which is stated."""
-    dense_tflops: float = 760.0               # bf16 dense GEMM
-    grouped_tflops: float = 490.0             # torch._grouped_mm, E=64, d=2048, f=1408, 32k tokens
-    padded_tflops: float = 234.0              # padded bmm at max load, same shape
+    """Device and link speeds. Defaults: measured on 2×H200 (torch 2.11, 2026-11-23) except the NIC, which is stated."""
+
+    dense_tflops: float = 760.0  # bf16 dense GEMM
+    grouped_tflops: float = 490.0  # torch._grouped_mm, E=64, d=2048, f=1408, 32k tokens
+    padded_tflops: float = 234.0  # padded bmm at max load, same shape
     a2a_sizes_mb: tuple = (1.0, 16.0, 128.0)  # NCCL all-to-all message per peer ...
-    a2a_gbps: tuple = (28.0, 223.0, 446.0)    # ... and the bandwidth measured at it (intra-node)
-    nic_gbps: float = 50.0                    # inter-node, per device: one 400 Gb/s NIC per GPU (stated)
-    nic_peer_latency_us: float = 2.0          # per remote peer of an all-to-all (RDMA message; stated)
-    source: str = "DESIGN §5 (2xH200, torch 2.11); NIC stated: 400 Gb/s per GPU, 2 us per peer"
+    a2a_gbps: tuple = (28.0, 223.0, 446.0)  # ... and the bandwidth measured at it (intra-node)
+    nic_gbps: float = 50.0  # inter-node, per device: one 400 Gb/s NIC per GPU (stated)
+    nic_peer_latency_us: float = 2.0  # per remote peer of an all-to-all (RDMA message; stated)
+    source: str = "measured on 2xH200 (torch 2.11, 2026-11-23); NIC stated: 400 Gb/s per GPU, 2 us per peer"
 
     @staticmethod
     def from_json(path: str | Path) -> "Calibration":
@@ -90,13 +92,14 @@ class Calibration:
 @dataclass
 class RoutingStats:
     """Where a router's token copies go: shares of kept copies, dropped share, busiest device ÷ mean."""
+
     on_rank: float
     in_node: float
     cross_node: float
     dropped: float = 0.0
     max_load: float = 1.0
-    capacity_factor: float = 1.25       # for the padded expert kernel
-    top_k: int | None = None            # copies per token; None = the model's
+    capacity_factor: float = 1.25  # for the padded expert kernel
+    top_k: int | None = None  # copies per token; None = the model's
 
     @staticmethod
     def from_plan(plan) -> "RoutingStats":
@@ -104,9 +107,14 @@ class RoutingStats:
         frac = plan.locality_fractions()
         per_rank = np.bincount(plan.dst_rank[plan.kept], minlength=plan.world_size)
         mean = per_rank.mean() if per_rank.sum() else 1.0
-        return RoutingStats(frac["on_rank"], frac["in_node"], frac["cross_node"],
-                            plan.dropped() / max(len(plan.kept), 1), float(per_rank.max() / mean),
-                            top_k=int(round(len(plan.kept) / max(plan.num_tokens, 1))))
+        return RoutingStats(
+            frac["on_rank"],
+            frac["in_node"],
+            frac["cross_node"],
+            plan.dropped() / max(len(plan.kept), 1),
+            float(per_rank.max() / mean),
+            top_k=int(round(len(plan.kept) / max(plan.num_tokens, 1))),
+        )
 
 
 @dataclass
@@ -123,10 +131,11 @@ class MoEModel:
 @dataclass
 class System:
     """How one router is run: its statistics, the all-to-all scheme and the expert kernel."""
+
     name: str
     stats: RoutingStats
-    dispatch: str = "hierarchical"      # or "flat"
-    expert_kernel: str = "grouped"      # or "padded"
+    dispatch: str = "hierarchical"  # or "flat"
+    expert_kernel: str = "grouped"  # or "padded"
     overlap_chunks: int = 1
 
 
@@ -144,9 +153,9 @@ def layer_times(model: MoEModel, sys: System, cal: Calibration, nodes: int, per_
     copy = 2.0 * d
     b_in, b_x = T * k * kept * s.in_node * copy, T * k * kept * s.cross_node * copy
     G, N = per_node, nodes
-    if sys.dispatch == "flat":                # NVLink and NIC parts run at once; every remote rank a peer
+    if sys.dispatch == "flat":  # NVLink and NIC parts run at once; every remote rank a peer
         a2a = max(cal.intra_time(b_in), cal.inter_time(b_x, N * G - G))
-    elif sys.dispatch == "hierarchical":      # stage 1 in the node (incl. relaying), stage 2 across nodes
+    elif sys.dispatch == "hierarchical":  # stage 1 in the node (incl. relaying), stage 2 across nodes
         stage1 = b_in + b_x * (1 - 1 / G)
         a2a = cal.intra_time(stage1) + cal.inter_time(b_x, N - 1)
     else:
@@ -161,8 +170,15 @@ def step_time(model: MoEModel, sys: System, cal: Calibration, nodes: int, per_no
     c = sys.overlap_chunks
     moe = compute + comm if c <= 1 else max(compute, comm) + min(compute, comm) / c
     layer = 3 * t["dense"] + moe
-    return {"system": sys.name, "k": sys.stats.top_k or model.top_k, "dispatch": sys.dispatch,
-            "cross_node": sys.stats.cross_node,
-            "max_load": sys.stats.max_load, "dropped": sys.stats.dropped,
-            "dense_ms": 3 * t["dense"] * model.moe_layers * 1e3, "expert_ms": compute * model.moe_layers * 1e3,
-            "all_to_all_ms": comm * model.moe_layers * 1e3, "step_ms": layer * model.moe_layers * 1e3}
+    return {
+        "system": sys.name,
+        "k": sys.stats.top_k or model.top_k,
+        "dispatch": sys.dispatch,
+        "cross_node": sys.stats.cross_node,
+        "max_load": sys.stats.max_load,
+        "dropped": sys.stats.dropped,
+        "dense_ms": 3 * t["dense"] * model.moe_layers * 1e3,
+        "expert_ms": compute * model.moe_layers * 1e3,
+        "all_to_all_ms": comm * model.moe_layers * 1e3,
+        "step_ms": layer * model.moe_layers * 1e3,
+    }

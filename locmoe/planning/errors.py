@@ -1,4 +1,5 @@
 """The error every planner raises for input it cannot plan with (it names the value and what is allowed)."""
+
 from locmoe.errors import LocMoEError
 
 

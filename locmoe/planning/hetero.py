@@ -9,6 +9,7 @@ is the most requests it runs at once. Prefill is
 compute-bound, a decode step is bound by the larger of weight + KV reads and compute, plus the
 collectives (TP all-reduce, EP all-to-all: two of each per layer) over the device link.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 from locmoe.planning.errors import PlanningError
 
 GB = 1e9
-STEP_OVERHEAD_S = 2e-3           # per decode step: kernel launches, sampling, scheduling (stated)
-USABLE_MEMORY = 0.9              # share of device memory for weights + KV (the rest: activations, runtime)
+STEP_OVERHEAD_S = 2e-3  # per decode step: kernel launches, sampling, scheduling (stated)
+USABLE_MEMORY = 0.9  # share of device memory for weights + KV (the rest: activations, runtime)
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class DeviceKind:
     """What one device of a kind achieves (not its spec-sheet peak): bf16 GEMM TFLOP/s, HBM TB/s, memory
     GB, and the link an instance's collectives use (GB/s per device) with its fixed cost per collective
     call. ``source`` says where the numbers came from."""
+
     name: str
     tflops: float
     mem_gb: float
@@ -38,15 +40,16 @@ class DeviceKind:
 @dataclass(frozen=True)
 class ModelSpec:
     """The served MoE model: parameters in billions (total for memory, active per token for compute)."""
+
     name: str
     total_params_b: float
     active_params_b: float
-    expert_params_b: float          # the part of total_params_b that is expert weights
+    expert_params_b: float  # the part of total_params_b that is expert weights
     num_layers: int
     d_model: int
     num_experts: int
     top_k: int
-    kv_bytes_per_token: int         # K and V of every layer for one token
+    kv_bytes_per_token: int  # K and V of every layer for one token
     bytes_per_param: float = 2.0
 
 
@@ -65,6 +68,7 @@ class DeployConfig:
 @dataclass(frozen=True)
 class Workload:
     """Mean request lengths (tokens) and the longest context an instance must hold per request."""
+
     mean_prompt: float
     mean_output: float
     max_context: int
@@ -77,11 +81,11 @@ class InstanceModel:
     def __init__(self, kind: DeviceKind, model: ModelSpec, config: DeployConfig):
         self.kind, self.model, self.config = kind, model, config
         m, c, n = model, config, config.devices
-        self._flop_s = 2 * m.active_params_b * GB / (n * kind.tflops * 1e12)       # compute s per token
+        self._flop_s = 2 * m.active_params_b * GB / (n * kind.tflops * 1e12)  # compute s per token
         self._coll_s, self._coll_fixed = self._collectives()
         self._dense_bytes = (m.total_params_b - m.expert_params_b) / c.tp * GB * m.bytes_per_param
         self._expert_bytes = m.expert_params_b / n * GB * m.bytes_per_param
-        self._kv_bytes = m.kv_bytes_per_token / n                                   # per token of context
+        self._kv_bytes = m.kv_bytes_per_token / n  # per token of context
         self._hbm = kind.hbm_tbps * 1e12
         self._miss = 1.0 - m.top_k / m.num_experts
 
@@ -103,33 +107,36 @@ class InstanceModel:
         """One decode step of ``batch`` requests whose contexts average ``context`` tokens."""
         if batch <= 0:
             return 0.0
-        touched = 1.0 - self._miss ** batch                         # share of experts the step reads
+        touched = 1.0 - self._miss**batch  # share of experts the step reads
         memory = (self._dense_bytes + self._expert_bytes * touched + batch * context * self._kv_bytes) / self._hbm
         return max(memory, self._flop_s * batch) + self._coll_s * batch + self._coll_fixed + STEP_OVERHEAD_S
 
     def _collectives(self) -> tuple[float, float]:
         """(s per token, s per call) of two TP all-reduces and two EP all-to-alls per layer."""
         m, c = self.model, self.config
-        act = m.d_model * 2.0                                        # bf16 activation bytes per token
+        act = m.d_model * 2.0  # bf16 activation bytes per token
         bw, lat = self.kind.link_gbps * GB, self.kind.link_latency_us * 1e-6
         per_token, fixed = 0.0, 0.0
-        if c.tp > 1:                                                 # ring all-reduce moves 2(n-1)/n
+        if c.tp > 1:  # ring all-reduce moves 2(n-1)/n
             per_token, fixed = per_token + 2 * 2 * act * (c.tp - 1) / c.tp / bw, fixed + 2 * lat
-        if c.ep > 1:                                                 # dispatch + combine of k copies
+        if c.ep > 1:  # dispatch + combine of k copies
             per_token, fixed = per_token + 2 * act * m.top_k * (c.ep - 1) / c.ep / bw, fixed + 2 * lat
         return per_token * m.num_layers, fixed * m.num_layers
 
     def throughput(self, w: Workload) -> float:
         """Output tokens/s at full batch: each request costs its prefill, then shares decode steps."""
         b = self.config.batch
-        per_request = self.prefill_time(w.mean_prompt) + w.mean_output * self.decode_step_time(
-            b, w.mean_prompt + w.mean_output / 2) / b
+        per_request = (
+            self.prefill_time(w.mean_prompt)
+            + w.mean_output * self.decode_step_time(b, w.mean_prompt + w.mean_output / 2) / b
+        )
         return w.mean_output / per_request
 
 
 @dataclass
 class Deployment:
     """A mix of instances: (config, count) pairs, and its modelled output tokens/s."""
+
     instances: list
     throughput: float
 
@@ -143,8 +150,14 @@ class Deployment:
         return [cfg for cfg, n in self.instances for _ in range(n)]
 
 
-def candidate_configs(kind: DeviceKind, model: ModelSpec, w: Workload, max_devices: int,
-                      sizes=(1, 2, 4, 8), batches=(8, 16, 32, 64, 128, 256)) -> list[DeployConfig]:
+def candidate_configs(
+    kind: DeviceKind,
+    model: ModelSpec,
+    w: Workload,
+    max_devices: int,
+    sizes=(1, 2, 4, 8),
+    batches=(8, 16, 32, 64, 128, 256),
+) -> list[DeployConfig]:
     """Every (tp, ep, batch) of ``kind`` that fits in memory on at most ``max_devices`` devices."""
     out = []
     for tp, ep, b in itertools.product(sizes, sizes, batches):
@@ -164,16 +177,17 @@ def plan_deployment(kinds: dict, model: ModelSpec, w: Workload, budget: dict) ->
         raise PlanningError(f"budget names device kinds {unknown}; known kinds: {sorted(kinds)}")
     per_kind = []
     for name, count in sorted(budget.items()):
-        best = {}                                    # instance size -> (throughput, config)
+        best = {}  # instance size -> (throughput, config)
         for cfg in candidate_configs(kinds[name], model, w, count):
             thr = InstanceModel(kinds[name], model, cfg).throughput(w)
             if cfg.devices not in best or thr > best[cfg.devices][0]:
                 best[cfg.devices] = (thr, cfg)
         per_kind.append(_mixes(best, count))
-    if all(len(m) <= 1 for m in per_kind):          # only the empty mix everywhere
+    if all(len(m) <= 1 for m in per_kind):  # only the empty mix everywhere
         raise PlanningError(_infeasible_message(kinds, model, w, budget))
-    winner = max(itertools.product(*per_kind), key=lambda combo: (sum(t for t, _ in combo),
-                                                                   -sum(len(i) for _, i in combo)))
+    winner = max(
+        itertools.product(*per_kind), key=lambda combo: (sum(t for t, _ in combo), -sum(len(i) for _, i in combo))
+    )
     return Deployment([ci for _, inst in winner for ci in inst], sum(t for t, _ in winner))
 
 
@@ -183,8 +197,9 @@ def _mixes(best: dict, count: int) -> list[tuple[float, list]]:
     out = []
     for ns in itertools.product(*[range(count // s + 1) for s in sizes]):
         if sum(n * s for n, s in zip(ns, sizes)) <= count:
-            out.append((sum(n * best[s][0] for n, s in zip(ns, sizes)),
-                        [(best[s][1], n) for n, s in zip(ns, sizes) if n]))
+            out.append(
+                (sum(n * best[s][0] for n, s in zip(ns, sizes)), [(best[s][1], n) for n, s in zip(ns, sizes) if n])
+            )
     return out
 
 
@@ -195,25 +210,36 @@ def _infeasible_message(kinds: dict, model: ModelSpec, w: Workload, budget: dict
         k = kinds[name]
         n = max([s for s in (1, 2, 4, 8) if s <= count] or [0])
         usable = n * k.mem_gb * USABLE_MEMORY
-        parts.append(f"{count} x {name} ({k.mem_gb:g} GB each): the largest instance, {n} devices, has "
-                     f"{usable:.0f} GB usable")
-    return (f"infeasible budget: model {model.name} needs {need:.0f} GB of weights plus "
-            f"{model.kv_bytes_per_token * w.max_context / GB:.2f} GB of KV cache per request of "
-            f"{w.max_context} tokens (at least 8 requests per instance), which does not fit: " + "; ".join(parts)
-            + ". Add devices of a kind or lower max_context.")
+        parts.append(
+            f"{count} x {name} ({k.mem_gb:g} GB each): the largest instance, {n} devices, has {usable:.0f} GB usable"
+        )
+    return (
+        f"infeasible budget: model {model.name} needs {need:.0f} GB of weights plus "
+        f"{model.kv_bytes_per_token * w.max_context / GB:.2f} GB of KV cache per request of "
+        f"{w.max_context} tokens (at least 8 requests per instance), which does not fit: "
+        + "; ".join(parts)
+        + ". Add devices of a kind or lower max_context."
+    )
 
 
-def naive_deployment(kinds: dict, model: ModelSpec, w: Workload, budget: dict,
-                     batches=(8, 16, 32, 64, 128, 256)) -> Deployment:
+def naive_deployment(
+    kinds: dict, model: ModelSpec, w: Workload, budget: dict, batches=(8, 16, 32, 64, 128, 256)
+) -> Deployment:
     """The baseline: one config for every kind: tp = ep = the smallest power-of-two size whose instance
     fits on every kind of the budget, with the largest batch that fits on all of them; as many instances
     as each kind's budget allows (none on a kind with fewer devices than that size)."""
     for size in (1, 2, 4, 8):
-        fitting = [b for b in batches if all(InstanceModel(kinds[n], model, DeployConfig(n, size, size, b))
-                                             .fits(w.max_context) for n in budget)]
+        fitting = [
+            b
+            for b in batches
+            if all(InstanceModel(kinds[n], model, DeployConfig(n, size, size, b)).fits(w.max_context) for n in budget)
+        ]
         if fitting and any(budget[n] >= size for n in budget):
-            inst = [(DeployConfig(n, size, size, max(fitting)), budget[n] // size) for n in sorted(budget)
-                    if budget[n] >= size]
+            inst = [
+                (DeployConfig(n, size, size, max(fitting)), budget[n] // size)
+                for n in sorted(budget)
+                if budget[n] >= size
+            ]
             thr = sum(k * InstanceModel(kinds[c.kind], model, c).throughput(w) for c, k in inst)
             return Deployment(inst, thr)
     raise PlanningError(_infeasible_message(kinds, model, w, budget))

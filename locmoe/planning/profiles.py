@@ -1,12 +1,12 @@
 """Device-kind and model profiles for the deployment planner: built-in defaults and JSON files.
 
 Defaults (say where every number comes from):
-- ``h200`` (measured): bf16 GEMM 760 TFLOP/s and device copy 4.2 TB/s measured here (DESIGN §5), 141 GB
-  (spec), link 446 GB/s = the NCCL all-to-all measured at 128 MB, and 35 µs per collective call = the
-  1 MB all-to-all measured at 28 GB/s (≈ 37 µs, almost all fixed cost).
-- ``h100`` (GEMM measured, the rest stated): bf16 dense GEMM 746 TFLOP/s measured on an H100 here (DESIGN
-  §5, the MoE-layer comparison); 80 GB and 3.35 TB/s HBM3 from the H100 SXM spec sheet, the bandwidth times the
-  H200's measured/spec efficiency (0.875); NVLink4 as on the H200 (the same 450 GB/s per direction), so the
+- ``h200`` (measured): bf16 GEMM 760 TFLOP/s and device copy 4.2 TB/s measured on 2×H200 (torch 2.11,
+  2026-11-23), 141 GB (spec), link 446 GB/s = the NCCL all-to-all measured at 128 MB, and 35 µs per
+  collective call = the 1 MB all-to-all measured at 28 GB/s (≈ 37 µs, almost all fixed cost).
+- ``h100`` (GEMM measured, the rest stated): bf16 dense GEMM 746 TFLOP/s measured on an H100 (the
+  MoE-layer comparison, torch 2.11); 80 GB and 3.35 TB/s HBM3 from the H100 SXM spec sheet, the bandwidth
+  times the H200's measured/spec efficiency (0.875); NVLink4 as on the H200 (the same 450 GB/s per direction), so the
   H200's measured 446 GB/s and 35 µs per call.
 - ``a100-40gb`` (stated, not measured): spec sheet (312 TFLOP/s bf16, 1.555 TB/s, 40 GB, NVLink3
   300 GB/s per direction) times the efficiency measured on the H200 against its own spec sheet
@@ -18,6 +18,7 @@ A profile file is JSON: ``{"device_kinds": {name: {tflops, mem_gb, hbm_tbps, lin
 "model": {...ModelSpec fields}, "workload": {mean_prompt, mean_output, max_context}}``; every section is
 optional and replaces the default.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,19 +31,47 @@ from locmoe.planning.hetero import DeviceKind, ModelSpec, Workload
 H200_GEMM_EFF, H200_HBM_EFF, H200_LINK_EFF = 760 / 989, 4.2 / 4.8, 446 / 450
 
 DEFAULT_KINDS = {
-    "h200": DeviceKind("h200", tflops=760.0, mem_gb=141.0, hbm_tbps=4.2, link_gbps=446.0, link_latency_us=35.0,
-                       source="measured here (DESIGN §5); memory from the spec"),
-    "h100": DeviceKind("h100", tflops=746.0, mem_gb=80.0, hbm_tbps=3.35 * H200_HBM_EFF, link_gbps=446.0,
-                       link_latency_us=35.0, source="GEMM measured on an H100 here (DESIGN §5); HBM3 3.35 TB/s "
-                       "spec x the H200's measured/spec efficiency; NVLink4 as measured on the H200; 80 GB spec"),
-    "a100-40gb": DeviceKind("a100-40gb", tflops=312 * H200_GEMM_EFF, mem_gb=40.0, hbm_tbps=1.555 * H200_HBM_EFF,
-                            link_gbps=300 * H200_LINK_EFF, link_latency_us=35.0,
-                            source="stated: A100-40GB spec sheet x the H200's measured/spec efficiency"),
+    "h200": DeviceKind(
+        "h200",
+        tflops=760.0,
+        mem_gb=141.0,
+        hbm_tbps=4.2,
+        link_gbps=446.0,
+        link_latency_us=35.0,
+        source="measured on 2xH200 (torch 2.11, 2026-11-23); memory from the spec",
+    ),
+    "h100": DeviceKind(
+        "h100",
+        tflops=746.0,
+        mem_gb=80.0,
+        hbm_tbps=3.35 * H200_HBM_EFF,
+        link_gbps=446.0,
+        link_latency_us=35.0,
+        source="GEMM measured on an H100 (torch 2.11); HBM3 3.35 TB/s "
+        "spec x the H200's measured/spec efficiency; NVLink4 as measured on the H200; 80 GB spec",
+    ),
+    "a100-40gb": DeviceKind(
+        "a100-40gb",
+        tflops=312 * H200_GEMM_EFF,
+        mem_gb=40.0,
+        hbm_tbps=1.555 * H200_HBM_EFF,
+        link_gbps=300 * H200_LINK_EFF,
+        link_latency_us=35.0,
+        source="stated: A100-40GB spec sheet x the H200's measured/spec efficiency",
+    ),
 }
 
-DEFAULT_MODEL = ModelSpec("mixtral-8x7b-like", total_params_b=46.7, active_params_b=12.9, expert_params_b=45.1,
-                          num_layers=32, d_model=4096, num_experts=8, top_k=2,
-                          kv_bytes_per_token=32 * 8 * 128 * 2 * 2)
+DEFAULT_MODEL = ModelSpec(
+    "mixtral-8x7b-like",
+    total_params_b=46.7,
+    active_params_b=12.9,
+    expert_params_b=45.1,
+    num_layers=32,
+    d_model=4096,
+    num_experts=8,
+    top_k=2,
+    kv_bytes_per_token=32 * 8 * 128 * 2 * 2,
+)
 
 DEFAULT_WORKLOAD = Workload(mean_prompt=1100.0, mean_output=360.0, max_context=5120)
 
@@ -60,8 +89,10 @@ def load_profiles(path: str | Path | None) -> tuple[dict, ModelSpec, Workload]:
     except json.JSONDecodeError as err:
         raise PlanningError(f"profile {path} is not valid JSON ({err})") from None
     if "device_kinds" in data:
-        kinds = {name: _build(DeviceKind, {"name": name, **fields}, f"{path}: device_kinds.{name}")
-                 for name, fields in data["device_kinds"].items()}
+        kinds = {
+            name: _build(DeviceKind, {"name": name, **fields}, f"{path}: device_kinds.{name}")
+            for name, fields in data["device_kinds"].items()
+        }
     if "model" in data:
         model = _build(ModelSpec, data["model"], f"{path}: model")
     if "workload" in data:

@@ -5,6 +5,7 @@ Random hidden states are the *untrained* case: a trained LocMoE router (locality
 in the node. Statistics measured on real training batches (cross-node share, max load, drops from the
 training logs) can be given to the simulator instead.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,9 +14,17 @@ from locmoe.planning.cluster_sim import Calibration, MoEModel, RoutingStats, Sys
 from locmoe.topology import ExpertPlacement, Topology
 
 
-def reference_stats(router: str, nodes: int, per_node: int, num_experts: int, tokens_per_rank: int = 64,
-                    d_model: int = 256, capacity_factor: float = 1.25, rho: float = 0.5,
-                    seed: int = 0) -> RoutingStats:
+def reference_stats(
+    router: str,
+    nodes: int,
+    per_node: int,
+    num_experts: int,
+    tokens_per_rank: int = 64,
+    d_model: int = 256,
+    capacity_factor: float = 1.25,
+    rho: float = 0.5,
+    seed: int = 0,
+) -> RoutingStats:
     """Route one random batch with ``router`` (locmoe, gshard, switch) and summarise the plan."""
     from locmoe.config import load_config
     from locmoe.routing import route
@@ -27,22 +36,36 @@ def reference_stats(router: str, nodes: int, per_node: int, num_experts: int, to
     x = rng.standard_normal((T, d_model))
     gate = rng.standard_normal((d_model, num_experts)) / np.sqrt(d_model)
     token_rank = np.repeat(np.arange(topo.world_size), tokens_per_rank)
-    moe = load_config(overrides=[f"model.d_model={d_model}", f"moe.num_experts={num_experts}",
-                                 f"moe.router.kind={router}", f"moe.router.rho={rho}",
-                                 f"moe.capacity.factor={capacity_factor}"]).moe
+    moe = load_config(
+        overrides=[
+            f"model.d_model={d_model}",
+            f"moe.num_experts={num_experts}",
+            f"moe.router.kind={router}",
+            f"moe.router.rho={rho}",
+            f"moe.capacity.factor={capacity_factor}",
+        ]
+    ).moe
     res = route(x, moe, placement, token_rank, gate_weight=gate)
     stats = RoutingStats.from_plan(res.plan)
     stats.capacity_factor = capacity_factor
     return stats
 
 
-def project_routers(model: MoEModel, cal: Calibration, nodes: int, per_node: int, stats: dict | None = None,
-                    overlap_chunks: int = 1, seed: int = 0) -> list[dict]:
+def project_routers(
+    model: MoEModel,
+    cal: Calibration,
+    nodes: int,
+    per_node: int,
+    stats: dict | None = None,
+    overlap_chunks: int = 1,
+    seed: int = 0,
+) -> list[dict]:
     """Step-time rows for LocMoE (hierarchical all-to-all) and GShard/Switch (flat), from ``stats``
     {name: RoutingStats} or, by default, the reference router on one random batch at this scale."""
     if stats is None:
-        stats = {r: reference_stats(r, nodes, per_node, model.num_experts, seed=seed)
-                 for r in ("locmoe", "gshard", "switch")}
+        stats = {
+            r: reference_stats(r, nodes, per_node, model.num_experts, seed=seed) for r in ("locmoe", "gshard", "switch")
+        }
     rows = []
     for name, s in stats.items():
         local = name == "locmoe"

@@ -14,6 +14,7 @@
 *Capacity* of an instance: at most ``max_batch`` running requests, and KV tokens reserved for them
 (``prompt + max_output`` each, what the request may grow to) at most ``kv_capacity``.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -23,14 +24,14 @@ from locmoe.planning.errors import PlanningError
 from locmoe.planning.hetero import InstanceModel
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Request:
     rid: int
     arrival: float
     prompt: int
-    output: int                  # tokens it will generate (known to the simulator only)
-    max_output: int              # the request's limit: what capacity is reserved for
-    expected_output: float       # what a scheduler may assume (e.g. the workload mean)
+    output: int  # tokens it will generate (known to the simulator only)
+    max_output: int  # the request's limit: what capacity is reserved for
+    expected_output: float  # what a scheduler may assume (e.g. the workload mean)
 
     @property
     def kv_reserve(self) -> int:
@@ -40,13 +41,14 @@ class Request:
 @dataclass
 class InstanceState:
     """One serving instance as the scheduler sees it."""
+
     name: str
     model: InstanceModel
     max_batch: int
     kv_capacity: int
-    running: dict = field(default_factory=dict)      # rid -> [request, tokens generated so far]
+    running: dict = field(default_factory=dict)  # rid -> [request, tokens generated so far]
     kv_reserved: int = 0
-    queue: deque = field(default_factory=deque)      # round-robin's per-instance queue
+    queue: deque = field(default_factory=deque)  # round-robin's per-instance queue
 
     def has_room(self, req: Request) -> bool:
         return len(self.running) < self.max_batch and self.kv_reserved + req.kv_reserve <= self.kv_capacity
@@ -70,8 +72,10 @@ class EarliestCompletionScheduler:
 
     def submit(self, req: Request, now: float, instances: list[InstanceState]) -> None:
         if not any(i.can_ever_hold(req) for i in instances):
-            raise PlanningError(f"request {req.rid} needs {req.kv_reserve} KV tokens; the largest instance "
-                                f"holds {max(i.kv_capacity for i in instances)}")
+            raise PlanningError(
+                f"request {req.rid} needs {req.kv_reserve} KV tokens; the largest instance "
+                f"holds {max(i.kv_capacity for i in instances)}"
+            )
         self.waiting.append(req)
 
     def slot_times(self, inst: InstanceState) -> list[float]:
@@ -104,18 +108,18 @@ class EarliestCompletionScheduler:
         pos = 0
         while self.waiting:
             if pos >= self.LOOKAHEAD and not any(len(i.running) < i.max_batch for i in instances):
-                break                                       # every batch full: only the head could wait
+                break  # every batch full: only the head could wait
             req = self.waiting.popleft()
             best = self._choose(req, instances, slots, claimed, may_wait=pos < self.LOOKAHEAD)
             pos += 1
             if best is not None and instances[best].has_room(req):
                 out.append((req, best))
-                _reserve(instances[best], req)              # so the next request sees this one
+                _reserve(instances[best], req)  # so the next request sees this one
             else:
                 keep.append(req)
         keep.extend(self.waiting)
         self.waiting = keep
-        for req, i in out:                                  # the caller admits them for real
+        for req, i in out:  # the caller admits them for real
             _release(instances[i], req)
         return out
 
@@ -147,7 +151,7 @@ class RoundRobinScheduler:
         self.next = 0
 
     def submit(self, req: Request, now: float, instances: list[InstanceState]) -> None:
-        for _ in range(len(instances)):                 # skip instances that could never hold it
+        for _ in range(len(instances)):  # skip instances that could never hold it
             inst = instances[self.next % len(instances)]
             self.next += 1
             if inst.can_ever_hold(req):

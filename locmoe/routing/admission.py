@@ -3,6 +3,7 @@
 Inside a class, copies with a higher probability go first; equal probabilities go by copy id (token order,
 then choice order). Copies beyond the expert's capacity are dropped: the token keeps its residual path.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,7 +29,7 @@ def admit(expert: np.ndarray, prob: np.ndarray, locality: np.ndarray, capacity: 
     sorted_expert = expert[order]
     counts = np.bincount(sorted_expert, minlength=len(capacity))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    position = np.arange(len(order)) - starts[sorted_expert]        # place in the expert's queue
+    position = np.arange(len(order)) - starts[sorted_expert]  # place in the expert's queue
     kept = np.zeros(len(expert), dtype=bool)
     kept[order] = position < capacity[sorted_expert]
     return kept

@@ -6,6 +6,7 @@ fixed rate γ against the load error: b_i ← b_i + γ·sign(mean_j load_j − l
 each expert in the step over the whole expert-parallel group, before capacity. An underloaded expert's bias
 grows, an overloaded one's shrinks; a load exactly at the mean leaves it unchanged (sign 0).
 """
+
 from __future__ import annotations
 
 import numpy as np

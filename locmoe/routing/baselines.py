@@ -5,6 +5,7 @@ renormalised). GShard here is deterministic top-2 (as in Mixtral/Megatron), not 
 second expert. The hash router (Roller et al.) and PanGu-Σ's random routed experts use a fixed seeded
 token-id → slot table; expert choice (Zhou et al.) lets every expert pick its top tokens.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,9 @@ def hash_table(vocab_size: int, num_slots: int, seed: int) -> np.ndarray:
 def hash_route(token_ids: np.ndarray, table: np.ndarray, groups: np.ndarray, domain: np.ndarray) -> np.ndarray:
     """[T, 1] expert of each token: slot table[token_id] of its domain's group (groups: [D, E/D])."""
     if token_ids.size and (token_ids.min() < 0 or token_ids.max() >= len(table)):
-        raise ValueError(f"token ids must lie in [0, {len(table)}) for the hash router, got "
-                         f"[{token_ids.min()}, {token_ids.max()}]")
+        raise ValueError(
+            f"token ids must lie in [0, {len(table)}) for the hash router, got [{token_ids.min()}, {token_ids.max()}]"
+        )
     return groups[domain, table[token_ids] % groups.shape[1]][:, None]
 
 
@@ -33,7 +35,7 @@ def expert_choice(probs: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndar
     """
     T, E = probs.shape
     take = min(capacity, T)
-    order = np.argsort(-probs, axis=0, kind="stable")[:take]            # [take, E] token ids per expert
+    order = np.argsort(-probs, axis=0, kind="stable")[:take]  # [take, E] token ids per expert
     token = order.T.reshape(-1)
     expert = np.repeat(np.arange(E), take)
     ok = probs[token, expert] > 0

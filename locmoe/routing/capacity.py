@@ -9,6 +9,7 @@ Equal cones give exactly k·T/E. The ``quantile`` rule takes δ_e as a quantile 
 each cone by the share of the step's tokens inside it and gives every expert its own capacity.
 See docs/method.md for why these replace the naive sphere-share reading.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,9 @@ def gate_angles(token_vectors: np.ndarray, gate_directions: np.ndarray) -> np.nd
     return np.arccos(np.clip(cos, -1.0, 1.0))
 
 
-def expert_angles(angles: np.ndarray, expert: np.ndarray, num_experts: int,
-                  quantile: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def expert_angles(
+    angles: np.ndarray, expert: np.ndarray, num_experts: int, quantile: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-expert cone half-angle δ_e: the max (quantile=1) or a quantile of its copies' angles.
 
     Returns:
@@ -62,8 +64,7 @@ def expert_angles(angles: np.ndarray, expert: np.ndarray, num_experts: int,
     return delta, seen
 
 
-def update_angle_ema(ema: np.ndarray | None, delta: np.ndarray, seen: np.ndarray,
-                     momentum: float) -> np.ndarray:
+def update_angle_ema(ema: np.ndarray | None, delta: np.ndarray, seen: np.ndarray, momentum: float) -> np.ndarray:
     """δ̄_e ← m·δ̄_e + (1−m)·δ_e for experts seen this step.
 
     An expert that has never been seen has no average (NaN; ``ema`` None = none seen yet) and takes its first

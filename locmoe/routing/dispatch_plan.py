@@ -7,6 +7,7 @@ first), so one rank's copies are contiguous. Orders used by every backend:
 - expert order of a rank: the kept copies it receives, sorted by (expert slot, source rank, copy id),
   which is the order its grouped GEMM processes them in.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,19 +18,19 @@ from locmoe.routing.admission import admit
 from locmoe.topology import ExpertPlacement
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DispatchPlan:
     placement: ExpertPlacement
-    token: np.ndarray        # [C] global token id of each copy
-    expert: np.ndarray       # [C]
-    weight: np.ndarray       # [C] combine weight
-    prob: np.ndarray         # [C] routing probability (admission priority)
-    src_rank: np.ndarray     # [C]
-    dst_rank: np.ndarray     # [C]
-    locality: np.ndarray     # [C] 0 on-rank, 1 in-node, 2 cross-node
-    kept: np.ndarray         # [C] bool
-    capacity: np.ndarray     # [E]
-    num_tokens: int          # T over the whole EP group
+    token: np.ndarray  # [C] global token id of each copy
+    expert: np.ndarray  # [C]
+    weight: np.ndarray  # [C] combine weight
+    prob: np.ndarray  # [C] routing probability (admission priority)
+    src_rank: np.ndarray  # [C]
+    dst_rank: np.ndarray  # [C]
+    locality: np.ndarray  # [C] 0 on-rank, 1 in-node, 2 cross-node
+    kept: np.ndarray  # [C] bool
+    capacity: np.ndarray  # [E]
+    num_tokens: int  # T over the whole EP group
     expert_slot: np.ndarray = field(init=False)  # [C] slot of the copy's expert on its rank
 
     def __post_init__(self):
@@ -92,8 +93,10 @@ class DispatchPlan:
             {"intra_node": [W], "cross_node": [W]} bytes sent by each rank (self-sends excluded).
         """
         if scheme not in ("flat", "hierarchical") or direction not in ("dispatch", "combine"):
-            raise ValueError(f"traffic: scheme must be 'flat' or 'hierarchical' (got {scheme!r}) and direction "
-                             f"'dispatch' or 'combine' (got {direction!r})")
+            raise ValueError(
+                f"traffic: scheme must be 'flat' or 'hierarchical' (got {scheme!r}) and direction "
+                f"'dispatch' or 'combine' (got {direction!r})"
+            )
         topo, W = self.placement.topology, self.world_size
         src, dst = self.src_rank[self.kept], self.dst_rank[self.kept]
         intra, cross = np.zeros(W, dtype=np.int64), np.zeros(W, dtype=np.int64)
@@ -121,9 +124,16 @@ class DispatchPlan:
         return {name: float((loc == c).sum() / n) for c, name in enumerate(("on_rank", "in_node", "cross_node"))}
 
 
-def build_dispatch_plan(token: np.ndarray, expert: np.ndarray, weight: np.ndarray, prob: np.ndarray,
-                        token_rank: np.ndarray, placement: ExpertPlacement, capacity: np.ndarray,
-                        num_tokens: int) -> DispatchPlan:
+def build_dispatch_plan(
+    token: np.ndarray,
+    expert: np.ndarray,
+    weight: np.ndarray,
+    prob: np.ndarray,
+    token_rank: np.ndarray,
+    placement: ExpertPlacement,
+    capacity: np.ndarray,
+    num_tokens: int,
+) -> DispatchPlan:
     """Admit copies under ``capacity`` in on-rank → in-node → cross-node priority and lay out the plan.
 
     Args:
@@ -135,8 +145,19 @@ def build_dispatch_plan(token: np.ndarray, expert: np.ndarray, weight: np.ndarra
     dst = placement.rank_array[expert]
     locality = placement.topology.locality_class(src, dst)
     kept = admit(expert, prob, locality, capacity)
-    return DispatchPlan(placement, token, expert, weight, prob, src, dst, locality, kept,
-                        np.asarray(capacity, dtype=np.int64), num_tokens)
+    return DispatchPlan(
+        placement=placement,
+        token=token,
+        expert=expert,
+        weight=weight,
+        prob=prob,
+        src_rank=src,
+        dst_rank=dst,
+        locality=locality,
+        kept=kept,
+        capacity=np.asarray(capacity, dtype=np.int64),
+        num_tokens=num_tokens,
+    )
 
 
 def chunk_permutation(counts: np.ndarray) -> np.ndarray:

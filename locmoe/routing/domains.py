@@ -3,6 +3,7 @@
 Groups are strided (group g = experts g, g+D, g+2D, ...) so that every group has experts on every node
 and the locality rule can act for every domain; which domain gets which group is a fixed seeded random map.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,7 @@ def domain_expert_groups(num_domains: int, num_experts: int, seed: int) -> np.nd
     """[D, E/D] the experts of each domain's group, ascending."""
     if num_experts % num_domains:
         raise ValueError(f"moe.domains.num_domains ({num_domains}) must divide moe.num_experts ({num_experts})")
-    strided = np.arange(num_experts).reshape(num_experts // num_domains, num_domains).T   # [D, E/D]
+    strided = np.arange(num_experts).reshape(num_experts // num_domains, num_domains).T  # [D, E/D]
     group_of_domain = np.random.default_rng(seed).permutation(num_domains)
     return strided[group_of_domain]
 

@@ -4,6 +4,7 @@ GrAP cuts x_t ∈ R^d into E contiguous groups of d/E features and averages each
 expert e is s_{t,e} = mean(x_t[e·d/E : (e+1)·d/E]). That equals x_t · W for a fixed W ∈ R^{d×E} whose
 column e is E/d on group e and 0 elsewhere: orthogonal columns, and d additions instead of a d×E matmul.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,7 +17,7 @@ def grap_gate_matrix(d: int, num_experts: int, dtype=np.float64) -> np.ndarray:
     group = d // num_experts
     w = np.zeros((d, num_experts), dtype=dtype)
     for e in range(num_experts):
-        w[e * group:(e + 1) * group, e] = 1.0 / group
+        w[e * group : (e + 1) * group, e] = 1.0 / group
     return w
 
 

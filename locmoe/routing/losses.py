@@ -1,4 +1,5 @@
-"""Auxiliary losses: the Switch/GShard load-balance loss and the LocMoE locality loss (DESIGN §5)."""
+"""Auxiliary losses: the Switch/GShard load-balance loss and the LocMoE locality loss (docs/method.md)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,7 +43,7 @@ def router_z_loss(logits: np.ndarray) -> float:
     logits are excluded). Keeps the logits small, which keeps the softmax stable in low precision."""
     m = logits.max(axis=-1, keepdims=True)
     lse = m[:, 0] + np.log(np.exp(logits - m).sum(axis=-1))
-    return float(np.mean(lse ** 2))
+    return float(np.mean(lse**2))
 
 
 def localised_distribution(local_mask: np.ndarray, allowed: np.ndarray | None, smoothing: float) -> np.ndarray:
@@ -67,8 +68,9 @@ def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum(p[pos] * (np.log(p[pos]) - np.log(q[pos]))))
 
 
-def batch_locality_loss(probs: np.ndarray, local_mask: np.ndarray, allowed: np.ndarray | None,
-                        token_rank: np.ndarray, smoothing: float) -> float:
+def batch_locality_loss(
+    probs: np.ndarray, local_mask: np.ndarray, allowed: np.ndarray | None, token_rank: np.ndarray, smoothing: float
+) -> float:
     """LocMoE Eq. 6, KL(D_c ‖ D_l): per source rank (its tokens share a node), D_c = the mean of p_t over
     its tokens — the batch's expected distribution of assignments, differentiable through P, where the
     argmax counts would not be — against :func:`localised_distribution`; averaged over ranks like L_aux.

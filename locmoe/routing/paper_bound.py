@@ -19,6 +19,7 @@ token space (GrAP: w_e = n/d on group e; learned gate: the column W_g[:, e]); δ
 step's routed copies (LocMoE+'s δ_max). A cosine distance above 1 (an obtuse token) leaves the formula's
 domain: δ is clipped to 1, where p = 0 and the bound is k·T (nothing dropped).
 """
+
 from __future__ import annotations
 
 import math
@@ -47,7 +48,7 @@ def min_capacity_fraction(delta: float, d: int, n: int, form: str = "exact") -> 
     delta = min(max(float(delta), 0.0), 1.0)
     if form == "exp":
         exponent = d * delta * delta / (2.0 - delta * delta)
-        return math.inf if exponent > 700.0 else math.exp(exponent) / n      # exp(709) is float64's largest
+        return math.inf if exponent > 700.0 else math.exp(exponent) / n  # exp(709) is float64's largest
     p = belong_probability(delta, d)
     return math.inf if p <= 0.0 else 1.0 / (n * p)
 
@@ -73,8 +74,9 @@ def cosine_deviation(x: np.ndarray, gate_columns: np.ndarray) -> np.ndarray:
     return 1.0 - np.clip(cos, -1.0, 1.0)
 
 
-def update_paper_delta(state: np.ndarray | None, delta: np.ndarray, seen: np.ndarray, schedule: str,
-                       momentum: float) -> np.ndarray:
+def update_paper_delta(
+    state: np.ndarray | None, delta: np.ndarray, seen: np.ndarray, schedule: str, momentum: float
+) -> np.ndarray:
     """The [E] δ state of the paper rule (stored where the other rules keep their angle averages).
 
     first_batch (LocMoE): the first step that routes anything sets every entry to that step's δ_max, and it

@@ -3,6 +3,7 @@
 This is the truth every backend is tested against. It sees the whole expert-parallel group at once: ``x``
 holds every rank's tokens, rank 0's first, and ``token_rank`` says where each token lives.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,8 +18,15 @@ from locmoe.routing.balancing import selection_scores, update_selection_bias
 from locmoe.routing.baselines import expert_choice, hash_route, hash_table
 from locmoe.routing.dispatch_plan import DispatchPlan, build_dispatch_plan
 from locmoe.routing.domains import allowed_experts, domain_expert_groups
-from locmoe.routing.gating import (dense_gate_scores, grap_gate_matrix, grap_scores, log_softmax, masked_logits,
-                                   paper_gate, sigmoid)
+from locmoe.routing.gating import (
+    dense_gate_scores,
+    grap_gate_matrix,
+    grap_scores,
+    log_softmax,
+    masked_logits,
+    paper_gate,
+    sigmoid,
+)
 from locmoe.routing.losses import batch_locality_loss, load_balance_loss, locality_loss, router_z_loss
 from locmoe.routing.node_limited import check_node_limit, node_expert_table, node_limited_top_k
 from locmoe.routing.selection import intra_node_first
@@ -30,24 +38,24 @@ from locmoe.topology import ExpertPlacement
 class RouterState:
     """What a router carries from step to step: the per-expert angle averages of the capacity bound (NaN for
     an expert not seen yet; the ``paper`` rule keeps its δ here) and the loss-free balancing's selection bias."""
+
     angle_ema: Optional[np.ndarray] = None
     selection_bias: Optional[np.ndarray] = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RoutingResult:
     plan: DispatchPlan
-    probs: Optional[np.ndarray]         # [T, E]; None for the hash router (sigmoid scoring: normalised)
-    aux_loss: float                     # load balance, mean over source ranks
+    probs: Optional[np.ndarray]  # [T, E]; None for the hash router (sigmoid scoring: normalised)
+    aux_loss: float  # load balance, mean over source ranks
     locality_loss: float
-    capacity: np.ndarray                # [E]
-    capacity_bound: Optional[int]       # C_min of the angular rule (mode bound), else None
+    capacity: np.ndarray  # [E]
+    capacity_bound: Optional[int]  # C_min of the angular rule (mode bound), else None
     state: RouterState
-    z_loss: float = 0.0                 # router z-loss (0 for the hash router)
+    z_loss: float = 0.0  # router z-loss (0 for the hash router)
 
 
-def local_expert_mask(placement: ExpertPlacement, token_rank: np.ndarray,
-                      allowed: Optional[np.ndarray]) -> np.ndarray:
+def local_expert_mask(placement: ExpertPlacement, token_rank: np.ndarray, allowed: Optional[np.ndarray]) -> np.ndarray:
     """[T, E] True where expert e lives on token t's node (and is allowed for it)."""
     mask = placement.node_mask()[placement.topology.node_of(token_rank)]
     return mask if allowed is None else mask & allowed
@@ -75,9 +83,16 @@ def affinities(logits: np.ndarray, scoring: str) -> tuple[np.ndarray, np.ndarray
         return aff, probs, np.log(probs)
 
 
-def choose(moe: MoEConfig, placement: ExpertPlacement, affinity: np.ndarray, probs: np.ndarray,
-           local: np.ndarray, allowed: Optional[np.ndarray], bias: Optional[np.ndarray],
-           groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def choose(
+    moe: MoEConfig,
+    placement: ExpertPlacement,
+    affinity: np.ndarray,
+    probs: np.ndarray,
+    local: np.ndarray,
+    allowed: Optional[np.ndarray],
+    bias: Optional[np.ndarray],
+    groups: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """(idx [T, k] the chosen experts, best first; the choices the load-balance loss counts)."""
     r, k = moe.router, moe.router.top_k
     if r.kind == "locmoe":
@@ -93,10 +108,19 @@ def choose(moe: MoEConfig, placement: ExpertPlacement, affinity: np.ndarray, pro
     return idx, idx
 
 
-def route(x: np.ndarray, moe: MoEConfig, placement: ExpertPlacement, token_rank: np.ndarray, *,
-          gate_weight: Optional[np.ndarray] = None, gate_bias: Optional[np.ndarray] = None,
-          token_ids: Optional[np.ndarray] = None, domain: Optional[np.ndarray] = None, vocab_size: int = 256,
-          state: Optional[RouterState] = None) -> RoutingResult:
+def route(
+    x: np.ndarray,
+    moe: MoEConfig,
+    placement: ExpertPlacement,
+    token_rank: np.ndarray,
+    *,
+    gate_weight: Optional[np.ndarray] = None,
+    gate_bias: Optional[np.ndarray] = None,
+    token_ids: Optional[np.ndarray] = None,
+    domain: Optional[np.ndarray] = None,
+    vocab_size: int = 256,
+    state: Optional[RouterState] = None,
+) -> RoutingResult:
     """Route one MoE layer's tokens.
 
     Args:
@@ -140,19 +164,40 @@ def route(x: np.ndarray, moe: MoEConfig, placement: ExpertPlacement, token_rank:
     plan = build_dispatch_plan(token, expert, weight, prob, token_rank, placement, capacity, T)
     aux = loc = 0.0
     if probs is not None and r.kind != "expert_choice":
-        aux = float(np.mean([load_balance_loss(probs[token_rank == q], counted[token_rank == q], E)
-                             for q in np.unique(token_rank)]))
-        loc = locality_loss(log_probs, local) if r.locality_loss == "token" else \
-            batch_locality_loss(probs, local, allowed, token_rank, r.locality_smoothing)
+        aux = float(
+            np.mean(
+                [load_balance_loss(probs[token_rank == q], counted[token_rank == q], E) for q in np.unique(token_rank)]
+            )
+        )
+        loc = (
+            locality_loss(log_probs, local)
+            if r.locality_loss == "token"
+            else batch_locality_loss(probs, local, allowed, token_rank, r.locality_smoothing)
+        )
     if bias is not None:
         bias = update_selection_bias(bias, plan.expert_load(), r.bias_update_rate)
     z = router_z_loss(logits) if logits is not None else 0.0
-    return RoutingResult(plan, probs, aux, loc, capacity, bound, RouterState(angle_ema, bias), z)
+    return RoutingResult(
+        plan=plan,
+        probs=probs,
+        aux_loss=aux,
+        locality_loss=loc,
+        capacity=capacity,
+        capacity_bound=bound,
+        state=RouterState(angle_ema, bias),
+        z_loss=z,
+    )
 
 
-def expert_capacities(moe: MoEConfig, x: np.ndarray, gate_weight: Optional[np.ndarray], token: np.ndarray,
-                      expert: np.ndarray, T: int, state: RouterState
-                      ) -> tuple[np.ndarray, Optional[int], Optional[np.ndarray]]:
+def expert_capacities(
+    moe: MoEConfig,
+    x: np.ndarray,
+    gate_weight: Optional[np.ndarray],
+    token: np.ndarray,
+    expert: np.ndarray,
+    T: int,
+    state: RouterState,
+) -> tuple[np.ndarray, Optional[int], Optional[np.ndarray]]:
     """[E] capacities for this step, the angular bound C_min (mode bound) and the next angle state."""
     c, E, k = moe.capacity, moe.num_experts, moe.router.top_k
     if moe.router.kind == "expert_choice" or c.mode == "dropless":
@@ -164,7 +209,7 @@ def expert_capacities(moe: MoEConfig, x: np.ndarray, gate_weight: Optional[np.nd
     if c.bound_rule == "paper":
         return paper_rule(moe, x, gate_weight, token, expert, T, state, floor, factor)
     vectors, directions = gate_space(moe, x, gate_weight)
-    angles = cap.gate_angles(vectors, directions)                     # [T, E]
+    angles = cap.gate_angles(vectors, directions)  # [T, E]
     quantile = 1.0 if c.bound_rule == "cone" else c.angle_quantile
     delta, seen = cap.expert_angles(angles[token, expert], expert, E, quantile)
     ema = cap.update_angle_ema(state.angle_ema, delta, seen, c.angle_momentum)
@@ -178,12 +223,21 @@ def expert_capacities(moe: MoEConfig, x: np.ndarray, gate_weight: Optional[np.nd
     return np.maximum(capacity, floor), bound, ema
 
 
-def paper_rule(moe: MoEConfig, x: np.ndarray, gate_weight: Optional[np.ndarray], token: np.ndarray,
-               expert: np.ndarray, T: int, state: RouterState, floor: int, factor: int):
+def paper_rule(
+    moe: MoEConfig,
+    x: np.ndarray,
+    gate_weight: Optional[np.ndarray],
+    token: np.ndarray,
+    expert: np.ndarray,
+    T: int,
+    state: RouterState,
+    floor: int,
+    factor: int,
+):
     """LocMoE Theorem 1 (``locmoe.routing.paper_bound``): one capacity for every expert from δ_max, the
     largest cosine distance of a routed copy to its expert's gate vector in the d-dim token space."""
     c, E, k, d = moe.capacity, moe.num_experts, moe.router.top_k, x.shape[1]
-    if c.paper_delta > 0:                             # a fixed δ: nothing measured, the state stays as it is
+    if c.paper_delta > 0:  # a fixed δ: nothing measured, the state stays as it is
         bound = paper_bound.paper_capacity(c.paper_delta, d, E, k, T, c.paper_form)
         return np.full(E, max(bound, floor), dtype=np.int64), bound, state.angle_ema
     columns = grap_gate_matrix(d, E) if moe.router.gate == "grap" else gate_weight

@@ -7,6 +7,7 @@ replaces the lowest-ranked remote choice (lowest p, ties: higher id). ρ = 1 dis
 top-k). Consequence, checked by the property tests: a token keeps a cross-node choice only if every local
 expert with p ≥ ρ·p_(k) is already among its choices.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,14 +31,14 @@ def intra_node_first(probs: np.ndarray, k: int, local_mask: np.ndarray, rho: flo
         return idx
     T, E = probs.shape
     rows = np.arange(T)
-    threshold = rho * vals[:, -1:]                                   # [T, 1] ρ·p_(k)
+    threshold = rho * vals[:, -1:]  # [T, 1] ρ·p_(k)
     for _ in range(k):
         chosen = np.zeros((T, E), dtype=bool)
         chosen[rows[:, None], idx] = True
         cand = np.where(local_mask & ~chosen & (probs >= threshold), probs, -np.inf)
-        best = cand.argmax(axis=-1)                                  # argmax takes the lower id on ties
+        best = cand.argmax(axis=-1)  # argmax takes the lower id on ties
         has_cand = np.isfinite(cand[rows, best])
-        remote = ~local_mask[rows[:, None], idx]                     # [T, k]; idx is best first
+        remote = ~local_mask[rows[:, None], idx]  # [T, k]; idx is best first
         # lowest-ranked remote slot = the last remote slot in best-first order
         last_remote = k - 1 - np.argmax(remote[:, ::-1], axis=-1)
         swap = has_cand & remote.any(axis=-1)

@@ -1,4 +1,5 @@
 """Top-k selection and combine weights, with the tie rule every backend follows."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -8,6 +8,7 @@ Each backend runs the real training loop (``locmoe train``) in its own process; 
 the logged steps after the first ``--warmup`` (compilation, allocator warm-up), as the loop itself measures it
 (training time only, no validation or checkpoint).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,26 +27,48 @@ sys.path.insert(0, str(ROOT))
 
 from locmoe.report import format_table, write_json  # noqa: E402
 
-VARIANTS = {"torch": ["parallel.backend=torch"],
-            "mindspore PyNative": ["parallel.backend=mindspore", "parallel.jit=false"],
-            "mindspore jit": ["parallel.backend=mindspore", "parallel.jit=true"]}
+VARIANTS = {
+    "torch": ["parallel.backend=torch"],
+    "mindspore PyNative": ["parallel.backend=mindspore", "parallel.jit=false"],
+    "mindspore jit": ["parallel.backend=mindspore", "parallel.jit=true"],
+}
 
 
 def run(name: str, args: argparse.Namespace, out_dir: Path) -> dict:
-    sets = [*VARIANTS[name], f"train.steps={args.steps}", "train.warmup_steps=2", "logging.log_every=1",
-            "train.eval_every=0", "logging.progress=false", "logging.tensorboard=false", "export.at_end=false",
-            "train.ckpt_every=0", f"train.out_dir={out_dir}", "data.max_bytes=200000"]
+    sets = [
+        *VARIANTS[name],
+        f"train.steps={args.steps}",
+        "train.warmup_steps=2",
+        "logging.log_every=1",
+        "train.eval_every=0",
+        "logging.progress=false",
+        "logging.tensorboard=false",
+        "export.at_end=false",
+        "train.ckpt_every=0",
+        f"train.out_dir={out_dir}",
+        "data.max_bytes=200000",
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads), GLOG_v="3")
-    cmd = [sys.executable, "-m", "locmoe", "train", str(ROOT / "configs" / "tiny_cpu.yaml"),
-           *[a for s in sets for a in ("--set", s)]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "locmoe",
+        "train",
+        str(ROOT / "configs" / "tiny_cpu.yaml"),
+        *[a for s in sets for a in ("--set", s)],
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in rows if r["step"] > args.warmup]
-    return {"backend": name, "tokens_per_s": float(np.median([r["tokens_per_s"] for r in timed])),
-            "step_ms": 1e3 * float(np.median([r["step_time_s"] for r in timed])),
-            "first_step_ms": 1e3 * rows[0]["step_time_s"], "loss_at_end": rows[-1]["lm_loss"]}
+    return {
+        "backend": name,
+        "tokens_per_s": float(np.median([r["tokens_per_s"] for r in timed])),
+        "step_ms": 1e3 * float(np.median([r["step_time_s"] for r in timed])),
+        "first_step_ms": 1e3 * rows[0]["step_time_s"],
+        "loss_at_end": rows[-1]["lm_loss"],
+    }
 
 
 def main() -> None:
@@ -64,10 +87,17 @@ def main() -> None:
     import mindspore
     import torch
 
-    meta = {"config": "configs/tiny_cpu.yaml", "tokens_per_step": 16 * 128, "steps": args.steps,
-            "warmup": args.warmup, "threads": args.threads, "cpu_count": os.cpu_count(),
-            "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "mindspore": mindspore.__version__}
+    meta = {
+        "config": "configs/tiny_cpu.yaml",
+        "tokens_per_step": 16 * 128,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "mindspore": mindspore.__version__,
+    }
     print(f"wrote {write_json(args.out, {'meta': meta, 'rows': rows})}")
 
 

@@ -7,9 +7,11 @@ capacity with ≤ 1 % drops (found by scanning the real loads) is the yardstick.
 
     python scripts/bench/capacity_bound.py [--tokens 8192] [--out bench_results/capacity_bound.json]
 """
+
 from __future__ import annotations
 
 import argparse
+
 import numpy as np
 
 from locmoe.config import load_config
@@ -43,9 +45,15 @@ def min_uniform_capacity(load: np.ndarray, max_drop: float = 0.01) -> int:
 
 def measure(kind: str, E: int, rule: str, args) -> dict:
     d, k, T = args.d_model, 2, args.tokens
-    overrides = [f"model.d_model={d}", "model.n_heads=8", f"moe.num_experts={E}", "moe.router.kind=gshard",
-                 "moe.router.gate=grap", f"moe.capacity.mode={'factor' if rule == 'factor' else 'bound'}",
-                 f"moe.capacity.factor={args.factor}"]
+    overrides = [
+        f"model.d_model={d}",
+        "model.n_heads=8",
+        f"moe.num_experts={E}",
+        "moe.router.kind=gshard",
+        "moe.router.gate=grap",
+        f"moe.capacity.mode={'factor' if rule == 'factor' else 'bound'}",
+        f"moe.capacity.factor={args.factor}",
+    ]
     if rule != "factor":
         overrides.append(f"moe.capacity.bound_rule={rule}")
     moe = load_config(overrides=overrides).moe
@@ -59,9 +67,15 @@ def measure(kind: str, E: int, rule: str, args) -> dict:
         state = res.state
     load, cap = res.plan.expert_load(), res.capacity
     mean = k * T / E
-    row = dict(tokens=kind, E=E, rule=rule if rule != "factor" else f"factor {args.factor}",
-               max_load=load.max() / mean, capacity=cap.max() / mean, total_capacity=cap.sum() / (k * T),
-               dropped=dropped_fraction(load, cap))
+    row = dict(
+        tokens=kind,
+        E=E,
+        rule=rule if rule != "factor" else f"factor {args.factor}",
+        max_load=load.max() / mean,
+        capacity=cap.max() / mean,
+        total_capacity=cap.sum() / (k * T),
+        dropped=dropped_fraction(load, cap),
+    )
     for scale in (0.9, 0.75, 0.5):
         row[f"dropped@{scale}x"] = dropped_fraction(load, np.floor(cap * scale))
     best = min_uniform_capacity(load)
@@ -78,20 +92,33 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench_results/capacity_bound.json")
     args = p.parse_args()
-    rows = [measure(kind, E, rule, args) for E in (8, 64) for kind in ("random", "clustered")
-            for rule in ("factor", "cone", "quantile")]
-    print(f"capacity bound on synthetic GrAP tokens: T={args.tokens}, d={args.d_model}, k=2, top-2 routing; "
-          "capacities and loads in units of the mean load k*T/E (total_capacity in units of k*T)")
+    rows = [
+        measure(kind, E, rule, args)
+        for E in (8, 64)
+        for kind in ("random", "clustered")
+        for rule in ("factor", "cone", "quantile")
+    ]
+    print(
+        f"capacity bound on synthetic GrAP tokens: T={args.tokens}, d={args.d_model}, k=2, top-2 routing; "
+        "capacities and loads in units of the mean load k*T/E (total_capacity in units of k*T)"
+    )
     print(format_table(rows, floatfmt=".3f"))
     summary = []
     for r in rows:
         if r["rule"].startswith("factor"):
             continue
         f = next(x for x in rows if x["E"] == r["E"] and x["tokens"] == r["tokens"] and x["rule"].startswith("factor"))
-        summary.append(dict(tokens=r["tokens"], E=r["E"], rule=r["rule"], dropped=r["dropped"],
-                            capacity_vs_factor=r["capacity"] / f["capacity"],
-                            total_vs_factor=r["total_capacity"] / f["total_capacity"],
-                            within_1pct=r["dropped"] <= 0.01))
+        summary.append(
+            dict(
+                tokens=r["tokens"],
+                E=r["E"],
+                rule=r["rule"],
+                dropped=r["dropped"],
+                capacity_vs_factor=r["capacity"] / f["capacity"],
+                total_vs_factor=r["total_capacity"] / f["total_capacity"],
+                within_1pct=r["dropped"] <= 0.01,
+            )
+        )
     print("\nbound vs factor %.2f (ratio < 1: the rule needs less room)" % args.factor)
     print(format_table(summary, floatfmt=".3f"))
     path = write_json(args.out, {"args": vars(args), "rows": rows, "summary": summary})

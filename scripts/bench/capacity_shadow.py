@@ -8,6 +8,7 @@ batches) and factor 1.25. Routing does not depend on the capacity, so the drops 
 Prints and writes, per rule: capacity per expert over the mean load k·T/E (mean over layers, batches and
 experts), and the dropped fraction of the copies.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,11 @@ from locmoe.report import format_table, write_json  # noqa: E402
 def rule_variants(moe) -> dict:
     """The capacity configs compared: the run's own (paper), quantile (its shipped settings), factor 1.25."""
     c = moe.capacity
-    return {"paper": moe,
-            "quantile": dataclasses.replace(moe, capacity=dataclasses.replace(c, mode="bound", bound_rule="quantile")),
-            "factor 1.25": dataclasses.replace(moe, capacity=dataclasses.replace(c, mode="factor", factor=1.25))}
+    return {
+        "paper": moe,
+        "quantile": dataclasses.replace(moe, capacity=dataclasses.replace(c, mode="bound", bound_rule="quantile")),
+        "factor 1.25": dataclasses.replace(moe, capacity=dataclasses.replace(c, mode="factor", factor=1.25)),
+    }
 
 
 def layer_inputs(run_dir: Path, batches: int):
@@ -51,10 +54,11 @@ def layer_inputs(run_dir: Path, batches: int):
     seen: dict = {i: [] for i in model.moe_layers}
     for i in model.moe_layers:
         model.layers[i].moe.register_forward_pre_hook(
-            lambda mod, args, i=i: seen[i].append(args[0].detach().reshape(-1, args[0].shape[-1]).double().numpy()))
+            lambda mod, args, i=i: seen[i].append(args[0].detach().reshape(-1, args[0].shape[-1]).double().numpy())
+        )
     corpus = load_corpus(cfg.data, load_tokenizer(cfg.data.tokenizer), cfg.moe.domains.num_domains)
     W = cfg.parallel.nodes * cfg.parallel.devices_per_node
-    sampler = BatchSampler(corpus, cfg.data.seq_len, cfg.train.batch_size * W, 0, 1, cfg.data.seed)
+    sampler = BatchSampler(corpus, cfg.data.seq_len, cfg.train.batch_size * W, rank=0, world=1, seed=cfg.data.seed)
     with torch.no_grad():
         for b in range(batches):
             tokens, _, domain = (torch.from_numpy(a) for a in sampler.batch(b, split="val"))
@@ -82,8 +86,15 @@ def shadow(run_dir: Path, batches: int = 2) -> dict:
                 T = x.shape[0]
                 ranks = np.repeat(np.arange(topo.world_size), T // topo.world_size)
                 gate, eps = get("gate_weight"), get("gate_bias")
-                r = route(x, moe, placement, ranks, gate_weight=None if gate is None else gate.astype(np.float64),
-                          gate_bias=None if eps is None else eps.astype(np.float64), state=state)
+                r = route(
+                    x,
+                    moe,
+                    placement,
+                    ranks,
+                    gate_weight=None if gate is None else gate.astype(np.float64),
+                    gate_bias=None if eps is None else eps.astype(np.float64),
+                    state=state,
+                )
                 state = r.state if rule != "paper" else state
                 caps.append(r.capacity.mean() / (k * T / E))
                 dropped, copies = dropped + r.plan.dropped(), copies + len(r.plan.kept)

@@ -13,6 +13,7 @@ synthetic uint16 tokens in documents of ~2k tokens, written to a temporary folde
     python scripts/bench/data.py [--size-gb 1] [--batches 2000] [--out bench_results/data.json]
     python scripts/bench/data.py --smoke          # 10 MB, a few batches: seconds, for CI
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,13 @@ from locmoe.data import indexed  # noqa: E402
 from locmoe.report import format_table, write_json  # noqa: E402
 
 VOCAB = 32000
-PATHS = ("int64 copy (before)", "bin_uint16, lazy", "indexed + sidecar, lazy", "indexed scanned, lazy",
-         "bin_uint16, memmap windows")
+PATHS = (
+    "int64 copy (before)",
+    "bin_uint16, lazy",
+    "indexed + sidecar, lazy",
+    "indexed scanned, lazy",
+    "bin_uint16, memmap windows",
+)
 GOAL_MB = 200
 
 
@@ -61,9 +67,18 @@ def build(folder: Path, size_gb: float, seed: int = 0) -> Path:
     lengths = lengths[np.cumsum(lengths) <= n_tokens]
     lengths = np.append(lengths, n_tokens - lengths.sum())
     indexed.write_index(folder / "corpus.idx", np.uint16, lengths, None)
-    meta = {"format": indexed.META_FORMAT, "version": indexed.META_VERSION, "dtype": "uint16",
-            "documents": len(lengths), "tokens": n_tokens, "max_token": VOCAB - 1, "tokenizer": "synthetic",
-            "tokenizer_name": "synthetic", "vocab_size": VOCAB, "document_domains": False}
+    meta = {
+        "format": indexed.META_FORMAT,
+        "version": indexed.META_VERSION,
+        "dtype": "uint16",
+        "documents": len(lengths),
+        "tokens": n_tokens,
+        "max_token": VOCAB - 1,
+        "tokenizer": "synthetic",
+        "tokenizer_name": "synthetic",
+        "vocab_size": VOCAB,
+        "document_domains": False,
+    }
     (folder / "corpus.locmoe.json").write_text(json.dumps(meta))
     for suffix in (".bin", ".idx"):
         os.link(folder / f"corpus{suffix}", folder / f"bare{suffix}")
@@ -79,19 +94,22 @@ def open_corpus(path: str, folder: Path, seq_len: int):
     from locmoe.config.schema import DataConfig, DataSource
     from locmoe.data import Corpus, load_corpus
 
-    if path == PATHS[0]:    # the code before: np.memmap(...).astype(np.int64), then views for the split
+    if path == PATHS[0]:  # the code before: np.memmap(...).astype(np.int64), then views for the split
         tokens = np.memmap(folder / "corpus.bin", dtype=np.uint16, mode="r").astype(np.int64)
         n_val = max(int(len(tokens) * 0.05), seq_len + 1)
         return Corpus({0: tokens[:-n_val]}, {0: tokens[-n_val:]}, VOCAB, "int64 copy")
-    if path == PATHS[4]:    # the road not taken: windows sliced from a memory-map (no copy, but see file_mb)
+    if path == PATHS[4]:  # the road not taken: windows sliced from a memory-map (no copy, but see file_mb)
         from locmoe.data import TokenStream
 
         whole = TokenStream.of([np.memmap(folder / "corpus.bin", dtype=np.uint16, mode="r").view(np.ndarray)])
-        return Corpus(*({0: s} for s in whole.split(len(whole) - max(int(len(whole) * 0.05), seq_len + 1))),
-                      VOCAB, "memmap")
-    source = {PATHS[1]: DataSource(path=str(folder / "corpus.bin"), format="bin_uint16"),
-              PATHS[2]: DataSource(path=str(folder / "corpus"), format="indexed"),
-              PATHS[3]: DataSource(path=str(folder / "bare"), format="indexed")}[path]
+        return Corpus(
+            *({0: s} for s in whole.split(len(whole) - max(int(len(whole) * 0.05), seq_len + 1))), VOCAB, "memmap"
+        )
+    source = {
+        PATHS[1]: DataSource(path=str(folder / "corpus.bin"), format="bin_uint16"),
+        PATHS[2]: DataSource(path=str(folder / "corpus"), format="indexed"),
+        PATHS[3]: DataSource(path=str(folder / "bare"), format="indexed"),
+    }[path]
     return load_corpus(DataConfig(sources=[source], seq_len=seq_len), SyntheticTokenizer(), 1)
 
 
@@ -101,14 +119,14 @@ def worker(path: str, folder: Path, args) -> dict:
 
     base = status_mb()
     try:
-        Path("/proc/self/clear_refs").write_text("5")     # reset VmHWM to the current RSS
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     except OSError:
         pass
     t0 = time.perf_counter()
     corpus = open_corpus(path, folder, args.seq_len)
     load_s = time.perf_counter() - t0
     loaded = status_mb()
-    sampler = BatchSampler(corpus, args.seq_len, args.batch, 0, 1, 0)
+    sampler = BatchSampler(corpus, args.seq_len, args.batch, rank=0, world=1, seed=0)
     t0 = time.perf_counter()
     for step in range(args.batches):
         x, y, d = sampler.batch(step)
@@ -116,17 +134,30 @@ def worker(path: str, folder: Path, args) -> dict:
     assert x.dtype == np.int64 and x.shape == (args.batch, args.seq_len)
     end = status_mb()
     above = lambda k, s: round(s[k] - base[k], 1)  # noqa: E731
-    return {"path": path, "load_s": round(load_s, 3), "rss_loaded_mb": above("VmRSS", loaded),
-            "rss_after_mb": above("VmRSS", end), "anon_mb": above("RssAnon", end), "file_mb": above("RssFile", end),
-            "peak_mb": round(max(end["VmHWM"], loaded["VmHWM"]) - base["VmRSS"], 1),
-            "samples_per_s": round(args.batches * args.batch / sample_s, 1), "measured": True}
+    return {
+        "path": path,
+        "load_s": round(load_s, 3),
+        "rss_loaded_mb": above("VmRSS", loaded),
+        "rss_after_mb": above("VmRSS", end),
+        "anon_mb": above("RssAnon", end),
+        "file_mb": above("RssFile", end),
+        "peak_mb": round(max(end["VmHWM"], loaded["VmHWM"]) - base["VmRSS"], 1),
+        "samples_per_s": round(args.batches * args.batch / sample_s, 1),
+        "measured": True,
+    }
 
 
 def computed_before(folder: Path) -> dict:
     """The old path's memory when there is not enough free RAM to measure it: 8 bytes per token."""
     mb = (folder / "corpus.bin").stat().st_size * 4 / 2**20
-    return {"path": PATHS[0], "rss_loaded_mb": round(mb, 1), "rss_after_mb": round(mb, 1), "anon_mb": round(mb, 1),
-            "peak_mb": round(mb, 1), "measured": False}
+    return {
+        "path": PATHS[0],
+        "rss_loaded_mb": round(mb, 1),
+        "rss_after_mb": round(mb, 1),
+        "anon_mb": round(mb, 1),
+        "peak_mb": round(mb, 1),
+        "measured": False,
+    }
 
 
 def available_mb() -> float:
@@ -142,8 +173,20 @@ def run_all(folder: Path, args) -> list[dict]:
         if path == PATHS[0] and available_mb() < 1.5 * (folder / "corpus.bin").stat().st_size * 4 / 2**20:
             rows.append(computed_before(folder))
             continue
-        cmd = [sys.executable, __file__, "--worker", path, "--data", str(folder), "--batch", str(args.batch),
-               "--seq-len", str(args.seq_len), "--batches", str(args.batches)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            path,
+            "--data",
+            str(folder),
+            "--batch",
+            str(args.batch),
+            "--seq-len",
+            str(args.seq_len),
+            "--batches",
+            str(args.batches),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
         if proc.returncode != 0:
             raise SystemExit(f"{path}: worker failed\n{proc.stderr[-3000:]}")
@@ -176,16 +219,36 @@ def main() -> None:
         rows = run_all(folder, args)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print(f"{args.size_gb:g} GB of uint16 tokens (built in {build_s:.1f}s), {args.batches} batches of "
-          f"{args.batch} x {args.seq_len}; MB above each process's baseline:")
-    print(format_table(rows, ["path", "load_s", "rss_loaded_mb", "rss_after_mb", "anon_mb", "file_mb", "peak_mb",
-                              "samples_per_s", "measured"], floatfmt=".1f"))
+    print(
+        f"{args.size_gb:g} GB of uint16 tokens (built in {build_s:.1f}s), {args.batches} batches of "
+        f"{args.batch} x {args.seq_len}; MB above each process's baseline:"
+    )
+    print(
+        format_table(
+            rows,
+            [
+                "path",
+                "load_s",
+                "rss_loaded_mb",
+                "rss_after_mb",
+                "anon_mb",
+                "file_mb",
+                "peak_mb",
+                "samples_per_s",
+                "measured",
+            ],
+            floatfmt=".1f",
+        )
+    )
     new = [r for r in rows if r["path"] in PATHS[1:4]]
     meets = all(max(r["rss_after_mb"], r["peak_mb"]) < GOAL_MB for r in new)
-    print(f"goal: every lazy path < {GOAL_MB} MB above baseline (after sampling and at peak): "
-          f"{'met' if meets else 'NOT met'}")
-    path = write_json(args.out, {"args": vars(args), "build_s": build_s, "goal_mb": GOAL_MB, "meets_goal": meets,
-                                 "rows": rows})
+    print(
+        f"goal: every lazy path < {GOAL_MB} MB above baseline (after sampling and at peak): "
+        f"{'met' if meets else 'NOT met'}"
+    )
+    path = write_json(
+        args.out, {"args": vars(args), "build_s": build_s, "goal_mb": GOAL_MB, "meets_goal": meets, "rows": rows}
+    )
     print(f"wrote {path}")
 
 

@@ -11,6 +11,7 @@ tokens/s = batch x new tokens / the whole call (prefill included), as measured f
 Start-up = loading the model + building the generator (cache, graph capture) + the first token. The
 transformers part runs in a try: if it fails, its rows say why and ours are still printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,21 +34,39 @@ from locmoe.checkpointing import seal, temp_dir  # noqa: E402
 from locmoe.config import config_to_dict, load_config  # noqa: E402
 from locmoe.export import export_checkpoint  # noqa: E402
 from locmoe.export.hf_export import export_hf  # noqa: E402
+from locmoe.model_spec import init_rule, parameter_shapes  # noqa: E402
 from locmoe.report import format_table, write_json  # noqa: E402
-from models.spec import init_rule, parameter_shapes  # noqa: E402
 
 FULL = dict(prompt=128, new="32,256", batches="1,32", reps=3)
 SMOKE = dict(prompt=12, new="4,8", batches="1,3", reps=1)
-SMOKE_MODEL = ["model.d_model=64", "model.n_heads=4", "model.n_layers=4", "model.dense_layers=2", "model.moe_every=2",
-               "model.d_ff=128", "model.max_seq_len=64", "data.seq_len=64", "moe.num_experts=4", "moe.d_expert=96"]
+SMOKE_MODEL = [
+    "model.d_model=64",
+    "model.n_heads=4",
+    "model.n_layers=4",
+    "model.dense_layers=2",
+    "model.moe_every=2",
+    "model.d_ff=128",
+    "model.max_seq_len=64",
+    "data.seq_len=64",
+    "moe.num_experts=4",
+    "moe.d_expert=96",
+]
 GOALS = {"speedup_vs_transformers": 3.0, "step_256_over_32": 1.2, "startup_s": 5.0}
 
 
 def job(a):
-    return load_config(ROOT / "configs" / "pangu_sigma_small.yaml", overrides=[
-        *(SMOKE_MODEL if a.smoke else []), "moe.capacity.mode=dropless", "moe.check_finite=false",
-        "parallel.nodes=1", "parallel.devices_per_node=1", f"parallel.device={'cpu' if a.smoke else 'cuda'}",
-        f"train.out_dir={a.work}/run"])
+    return load_config(
+        ROOT / "configs" / "pangu_sigma_small.yaml",
+        overrides=[
+            *(SMOKE_MODEL if a.smoke else []),
+            "moe.capacity.mode=dropless",
+            "moe.check_finite=false",
+            "parallel.nodes=1",
+            "parallel.devices_per_node=1",
+            f"parallel.device={'cpu' if a.smoke else 'cuda'}",
+            f"train.out_dir={a.work}/run",
+        ],
+    )
 
 
 def random_checkpoint(cfg, out: Path, device: str) -> Path:
@@ -70,8 +89,9 @@ def random_checkpoint(cfg, out: Path, device: str) -> Path:
     tmp.mkdir(parents=True)
     save_file(weights, str(tmp / "model.safetensors"))
     layout = {"world_size": 1, "ep_size": 1, "nodes": 1, "devices_per_node": 1, "emulated": False}
-    (tmp / "train_state.json").write_text(json.dumps({"step": 0, "config": config_to_dict(cfg), "layout": layout,
-                                                      "backend": "torch"}))
+    (tmp / "train_state.json").write_text(
+        json.dumps({"step": 0, "config": config_to_dict(cfg), "layout": layout, "backend": "torch"})
+    )
     return seal(out, 0, {"backend": "torch"})
 
 
@@ -97,7 +117,7 @@ def bench_ours(a, ckpt: Path, router: Path, news: list[int], batches: list[int],
                 gen = CachedGenerator(model, B, a.prompt + max(news), cuda_graph=graph, compile_step=comp)
                 build_s = time.perf_counter() - t1
                 _, first = gen.run(ps, 2)
-            except Exception as err:                      # a mode that cannot run still leaves the others
+            except Exception as err:  # a mode that cannot run still leaves the others
                 rows.append(dict(system="ours", mode=mode, batch=B, error=f"{type(err).__name__}: {err}"[:160]))
                 continue
             for new in news:
@@ -106,9 +126,19 @@ def bench_ours(a, ckpt: Path, router: Path, news: list[int], batches: list[int],
                 if B == 1 and mode == "eager" and new == max(news):
                     tokens_b1 = out[0]
                 total = t.first_token_s + t.decode_s
-                rows.append(dict(system="ours", mode=mode, batch=B, new=new, tokens_per_s=B * new / total,
-                                 ms_per_step=1e3 * t.decode_s / max(t.steps, 1), ttft_ms=1e3 * t.first_token_s,
-                                 startup_s=load_s + build_s + first.first_token_s, build_s=build_s))
+                rows.append(
+                    dict(
+                        system="ours",
+                        mode=mode,
+                        batch=B,
+                        new=new,
+                        tokens_per_s=B * new / total,
+                        ms_per_step=1e3 * t.decode_s / max(t.steps, 1),
+                        ttft_ms=1e3 * t.first_token_s,
+                        startup_s=load_s + build_s + first.first_token_s,
+                        build_s=build_s,
+                    )
+                )
     return rows, extra, tokens_b1
 
 
@@ -127,22 +157,32 @@ def bench_transformers(a, hf_dir: Path, news: list[int], batches: list[int], dty
         t = time.perf_counter()
         with torch.no_grad():
             # no EOS in the byte vocabulary (the export's eos_token_id is null): every call makes `new` tokens
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
-                                 pad_token_id=0)
+            out = model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False, pad_token_id=0
+            )
         sync(dev)
         return out, time.perf_counter() - t
 
     tokens_b1 = []
     for B in batches:
         ids = torch.tensor(prompts(B, a.prompt), device=dev)
-        _, first_s = generate(ids, 1)                    # also the warm-up
+        _, first_s = generate(ids, 1)  # also the warm-up
         for new in news:
             out, secs = generate(ids, new)
             if B == 1 and new == max(news):
-                tokens_b1 = out[0, a.prompt:].tolist()
-            rows.append(dict(system="transformers", mode="generate", batch=B, new=new, tokens_per_s=B * new / secs,
-                             ms_per_step=1e3 * (secs - first_s) / max(new - 1, 1), ttft_ms=1e3 * first_s,
-                             startup_s=load_s + first_s if B == batches[0] else None))
+                tokens_b1 = out[0, a.prompt :].tolist()
+            rows.append(
+                dict(
+                    system="transformers",
+                    mode="generate",
+                    batch=B,
+                    new=new,
+                    tokens_per_s=B * new / secs,
+                    ms_per_step=1e3 * (secs - first_s) / max(new - 1, 1),
+                    ttft_ms=1e3 * first_s,
+                    startup_s=load_s + first_s if B == batches[0] else None,
+                )
+            )
     return rows, extra, tokens_b1
 
 
@@ -200,7 +240,7 @@ def main() -> None:
             hf_rows, hf_extra, hf_b1 = bench_transformers(a, hf_dir, news, batches, dtype)
             rows += hf_rows
             extra.update(hf_extra)
-        except Exception as err:       # print our rows whatever happens on the transformers side
+        except Exception as err:  # print our rows whatever happens on the transformers side
             rows.append(dict(system="transformers", mode="generate", error=f"{type(err).__name__}: {err}"[:200]))
             extra["transformers_traceback"] = traceback.format_exc()[-2000:]
     if ours_b1 and hf_b1:
@@ -208,19 +248,23 @@ def main() -> None:
         extra["batch1_greedy_tokens_agreeing"] = same
     result = goals(rows, news)
     m = cfg.model
-    print(f"decode: d={m.d_model}, {m.n_layers} blocks ({m.dense_layers} dense, then MoE every {m.moe_every}), "
-          f"E={cfg.moe.num_experts}, f={cfg.moe.d_expert}, "
-          f"top-{cfg.moe.router.top_k} {cfg.moe.router.kind}; {dtype} on {a.device} "
-          f"({torch.cuda.get_device_name() if a.device == 'cuda' else 'cpu'}), torch {torch.__version__}, "
-          f"{a.prompt}-token prompts")
+    print(
+        f"decode: d={m.d_model}, {m.n_layers} blocks ({m.dense_layers} dense, then MoE every {m.moe_every}), "
+        f"E={cfg.moe.num_experts}, f={cfg.moe.d_expert}, "
+        f"top-{cfg.moe.router.top_k} {cfg.moe.router.kind}; {dtype} on {a.device} "
+        f"({torch.cuda.get_device_name() if a.device == 'cuda' else 'cpu'}), torch {torch.__version__}, "
+        f"{a.prompt}-token prompts"
+    )
     cols = ["system", "mode", "batch", "new", "tokens_per_s", "ms_per_step", "ttft_ms", "startup_s", "build_s", "error"]
     print(format_table(rows, [c for c in cols if any(c in r for r in rows)], ".4g"))
     for k, v in {**result, **{k: v for k, v in extra.items() if k != "transformers_traceback"}}.items():
         print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
     if "transformers_traceback" in extra:
         print(extra["transformers_traceback"], file=sys.stderr)
-    print(f"goals: speed-up >= {GOALS['speedup_vs_transformers']}x, step time {max(news)} vs {min(news)} new tokens "
-          f"<= {GOALS['step_256_over_32']}x, start-up <= {GOALS['startup_s']} s")
+    print(
+        f"goals: speed-up >= {GOALS['speedup_vs_transformers']}x, step time {max(news)} vs {min(news)} new tokens "
+        f"<= {GOALS['step_256_over_32']}x, start-up <= {GOALS['startup_s']} s"
+    )
     print(f"wrote {write_json(a.out, {'args': vars(a), 'rows': rows, 'goals': result, 'targets': GOALS, **extra})}")
 
 

@@ -6,10 +6,10 @@ overlap on/off (2 GPUs, NCCL). One table, one JSON.
 
 With two or more GPUs visible it relaunches itself under torchrun for the multi-GPU part.
 """
+
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -22,9 +22,9 @@ import torch.distributed as dist
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from backends.torch import fusion  # noqa: E402
 from backends.torch.collectives import Group  # noqa: E402
 from backends.torch.distributed import ExpertParallel, expert_parallel, init_distributed  # noqa: E402
-from backends.torch import fusion  # noqa: E402
 from backends.torch.experts import GroupedExperts, expert_flops  # noqa: E402
 from backends.torch.moe_layer import MoELayer  # noqa: E402
 from locmoe.config import load_config  # noqa: E402
@@ -32,7 +32,7 @@ from locmoe.report import format_table, write_json  # noqa: E402
 from locmoe.topology import ExpertPlacement, Topology  # noqa: E402
 
 E, D, F, K = 64, 2048, 1408, 2
-DEV, DT = "cuda", torch.bfloat16      # --smoke: the multi-process part on CPU (gloo, fp32, small) to check it
+DEV, DT = "cuda", torch.bfloat16  # --smoke: the multi-process part on CPU (gloo, fp32, small) to check it
 
 
 def timed(fn, warmup=3, reps=10, rounds=3) -> float:
@@ -62,7 +62,8 @@ def timed(fn, warmup=3, reps=10, rounds=3) -> float:
 
 def profile(fn, label: str) -> None:
     """Print the CUDA kernels that take the time of ``fn`` (three calls after warm-up)."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     for _ in range(3):
         fn()
@@ -76,12 +77,23 @@ def profile(fn, label: str) -> None:
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60))
 
 
-def job(kind="gshard", mode="dropless", impl="auto", chunks=1, nodes=1, per_node=1, dispatch="hierarchical"):
-    return load_config(overrides=[
-        f"model.d_model={D}", "model.n_heads=16", f"moe.num_experts={E}", f"moe.d_expert={F}",
-        f"moe.router.kind={kind}", f"moe.capacity.mode={mode}", f"moe.expert_impl={impl}",
-        f"moe.overlap_chunks={chunks}", "moe.check_finite=false", f"parallel.dispatch={dispatch}",
-        *([f"parallel.nodes={nodes}", f"parallel.devices_per_node={per_node}"] if nodes * per_node > 1 else [])])
+def job(kind="gshard", mode="dropless", impl="auto", chunks=1, nodes=1, per_node=1, dispatch="hierarchical", fuse=True):
+    return load_config(
+        overrides=[
+            f"moe.fuse_kernels={str(fuse).lower()}",
+            f"model.d_model={D}",
+            "model.n_heads=16",
+            f"moe.num_experts={E}",
+            f"moe.d_expert={F}",
+            f"moe.router.kind={kind}",
+            f"moe.capacity.mode={mode}",
+            f"moe.expert_impl={impl}",
+            f"moe.overlap_chunks={chunks}",
+            "moe.check_finite=false",
+            f"parallel.dispatch={dispatch}",
+            *([f"parallel.nodes={nodes}", f"parallel.devices_per_node={per_node}"] if nodes * per_node > 1 else []),
+        ]
+    )
 
 
 def make_layer(cfg, ep, seed=0):
@@ -107,6 +119,7 @@ def fwd_bwd(layer, x, g):
         fresh_grads(*params)
         y, aux, _ = layer(x)
         torch.autograd.backward([y, aux], [g, torch.ones_like(aux)])
+
     return step
 
 
@@ -122,6 +135,7 @@ def dense_ffn_step(M):
         fresh_grads(x, w1, w3, w2)
         y = fusion.swiglu(x @ w1, x @ w3) @ w2
         y.backward(g)
+
     return step
 
 
@@ -129,78 +143,110 @@ def swiglu_check() -> dict:
     """The fused (compiled) SwiGLU against the eager expression: output and both input gradients, bf16."""
     h1, h3, go = (torch.randn(65536, F, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     outs = []
-    for ctx in (contextlib.nullcontext, fusion.disabled):
+    for fuse in (True, False):
         a, b = h1.clone().requires_grad_(), h3.clone().requires_grad_()
-        with ctx():
-            y = fusion.swiglu(a, b)
-            y.backward(go)
+        y = fusion.swiglu(a, b, fuse=fuse)
+        y.backward(go)
         outs.append((y.float(), a.grad.float(), b.grad.float()))
     diffs = [float((p - q).abs().max() / q.abs().max()) for p, q in zip(*outs)]
-    return dict(part="check", what=f"fused vs eager SwiGLU, max rel. diff y/dh1/dh3: "
-                f"{diffs[0]:.1e}/{diffs[1]:.1e}/{diffs[2]:.1e} (bf16 ulp 7.8e-3)", ms=None)
+    return dict(
+        part="check",
+        what=f"fused vs eager SwiGLU, max rel. diff y/dh1/dh3: "
+        f"{diffs[0]:.1e}/{diffs[1]:.1e}/{diffs[2]:.1e} (bf16 ulp 7.8e-3)",
+        ms=None,
+    )
 
 
 def layer_check(ep, x, g) -> dict:
     """The whole layer with fused kernels against eager: output, input and parameter gradients (bf16)."""
     outs = []
-    for ctx in (contextlib.nullcontext, fusion.disabled):
-        layer = make_layer(job(), ep)
+    for fuse in (True, False):
+        layer = make_layer(job(fuse=fuse), ep)
         xi = x.detach().clone().requires_grad_()
-        with ctx():
-            y, aux, _ = layer(xi)
-            torch.autograd.backward([y, aux], [g, torch.ones_like(aux)])
+        y, aux, _ = layer(xi)
+        torch.autograd.backward([y, aux], [g, torch.ones_like(aux)])
         outs.append([y.float(), xi.grad.float(), layer.experts.w1.grad.float(), layer.experts.w2.grad.float()])
         del layer
     diffs = [float((p - q).abs().max() / q.abs().max()) for p, q in zip(*outs)]
-    return dict(part="check", what="fused vs eager MoE layer, max rel. diff y/dx/dw1/dw2: " +
-                "/".join(f"{d:.1e}" for d in diffs), ms=None)
+    return dict(
+        part="check",
+        what="fused vs eager MoE layer, max rel. diff y/dx/dw1/dw2: " + "/".join(f"{d:.1e}" for d in diffs),
+        ms=None,
+    )
 
 
 def single_gpu(args) -> list[dict]:
     T, rows = args.tokens, []
     one = Group(None, (0,), (0,), 0)
     topo = Topology(1, 1)
-    ep = ExpertParallel(topo, ExpertPlacement.contiguous(E, topo), 0, False, one, one, one, "flat")
+    ep = ExpertParallel(
+        topology=topo,
+        placement=ExpertPlacement.contiguous(E, topo),
+        rank=0,
+        group=one,
+        intra=one,
+        inter=one,
+        scheme="flat",
+    )
     M = T * K
-    flops = 3 * expert_flops(M, D, F, "swiglu")                   # forward + backward (2x forward)
+    flops = 3 * expert_flops(M, D, F, "swiglu")  # forward + backward (2x forward)
     n = 8192
     a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    gemm = 2 * n ** 3 / timed(lambda: a @ b) / 1e9
+    gemm = 2 * n**3 / timed(lambda: a @ b) / 1e9
     rows.append(dict(part="1 GPU", what="dense bf16 GEMM 8192^3", ms=None, tflops=gemm, pct_of_dense=None))
     dense_ms = timed(dense_ffn_step(M))
     dense = flops / dense_ms / 1e9
-    rows.append(dict(part="1 GPU", what=f"dense SwiGLU FFN, {M} rows (reference)", ms=dense_ms, tflops=dense,
-                     pct_of_dense=100.0))
+    rows.append(
+        dict(
+            part="1 GPU", what=f"dense SwiGLU FFN, {M} rows (reference)", ms=dense_ms, tflops=dense, pct_of_dense=100.0
+        )
+    )
     x = torch.randn(T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     g = torch.randn(T, D, device="cuda", dtype=torch.bfloat16)
     rows.append(swiglu_check())
     rows.append(layer_check(ep, x, g))
-    cases = (("gshard", "dropless", "grouped", True), ("gshard", "dropless", "grouped", False),
-             ("locmoe", "dropless", "grouped", True), ("gshard", "factor", "grouped", True),
-             ("gshard", "dropless", "loop", True))
+    cases = (
+        ("gshard", "dropless", "grouped", True),
+        ("gshard", "dropless", "grouped", False),
+        ("locmoe", "dropless", "grouped", True),
+        ("gshard", "factor", "grouped", True),
+        ("gshard", "dropless", "loop", True),
+    )
     for kind, mode, impl, fused in cases:
-        layer = make_layer(job(kind, mode, impl), ep)
-        with contextlib.nullcontext() if fused else fusion.disabled():
-            ms = timed(fwd_bwd(layer, x, g), reps=args.reps)
+        layer = make_layer(job(kind, mode, impl, fuse=fused), ep)
+        ms = timed(fwd_bwd(layer, x, g), reps=args.reps)
         if args.profile == kind and mode == "dropless" and impl == "grouped" and fused:
             profile(fwd_bwd(layer, x, g), f"MoE layer fwd+bwd, {kind} dropless grouped")
         act = "" if fused else ", unfused"
-        rows.append(dict(part="1 GPU", what=f"MoE layer fwd+bwd: {kind} top-2, {mode}, {impl} experts{act}", ms=ms,
-                         tflops=flops / ms / 1e9, pct_of_dense=100 * flops / ms / 1e9 / dense))
+        rows.append(
+            dict(
+                part="1 GPU",
+                what=f"MoE layer fwd+bwd: {kind} top-2, {mode}, {impl} experts{act}",
+                ms=ms,
+                tflops=flops / ms / 1e9,
+                pct_of_dense=100 * flops / ms / 1e9 / dense,
+            )
+        )
         del layer
     counts = torch.full((E,), M // E, device="cuda")
     xe = torch.randn(M, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     ge = torch.randn(M, D, device="cuda", dtype=torch.bfloat16)
     for impl, fused in (("grouped", True), ("grouped", False), ("loop", True)):
-        reps = args.reps if impl == "grouped" else max(2, args.reps // 4)    # the loop is ~10x slower
-        ex = GroupedExperts(E, D, F, "swiglu", impl).cuda()
+        reps = args.reps if impl == "grouped" else max(2, args.reps // 4)  # the loop is ~10x slower
+        ex = GroupedExperts(E, D, F, "swiglu", impl, fuse=fused).cuda()
         ex.reset_parameters(0.02)
         ex = ex.to(torch.bfloat16)
-        with contextlib.nullcontext() if fused else fusion.disabled():
-            ms = timed(lambda: (fresh_grads(xe, *ex.parameters()), ex(xe, counts).backward(ge)), reps=reps)
+        ms = timed(lambda: (fresh_grads(xe, *ex.parameters()), ex(xe, counts).backward(ge)), reps=reps)
         act = "" if fused else ", unfused"
-        rows.append(dict(part="1 GPU", what=f"experts only, balanced, {impl}{act}", ms=ms, tflops=flops / ms / 1e9,
-                         pct_of_dense=100 * flops / ms / 1e9 / dense))
+        rows.append(
+            dict(
+                part="1 GPU",
+                what=f"experts only, balanced, {impl}{act}",
+                ms=ms,
+                tflops=flops / ms / 1e9,
+                pct_of_dense=100 * flops / ms / 1e9 / dense,
+            )
+        )
     for r in rows:
         if r.get("tflops"):
             r["pct_of_gemm"] = 100 * r["tflops"] / gemm
@@ -223,26 +269,43 @@ def multi_gpu(args) -> None:
     raw_ms = None
     for scheme in ("flat", "hierarchical") if W // N > 1 and N > 1 else ("flat",):
         cfg_s = job(nodes=N, per_node=W // N, dispatch=scheme)
-        layer = make_layer(cfg_s, expert_parallel(ctx, cfg_s.parallel, E))     # the scheme lives in the EP view
-        rank_ids = torch.full((T,), ep.ep_rank, device=DEV)
-        out = layer.router(x, rank_ids, 1)
-        layout, _, _ = layer.dispatcher.plan(out, layer.router, rank_ids, T)
+        layer = make_layer(cfg_s, expert_parallel(ctx, cfg_s.parallel, E))  # the scheme lives in the EP view
+        rank_ids = torch.full((T,), ep.rank, device=DEV)
+        out = layer.router(x, layer.router.node_mask[rank_ids // ep.topology.devices_per_node], 1)
+        out, layout, _, _ = layer.dispatcher.plan(out, rank_ids, T, 1, training=True)
         d = layout.chunks[0]
-        send = layer.dispatcher.permute(x.detach(), out, layout)     # this rank's copies in send order
-        if raw_ms is None:   # the raw reference: one flat all_to_all_single of the same send matrix
+        send = layer.dispatcher.permute(x.detach(), out, layout)  # this rank's copies in send order
+        if raw_ms is None:  # the raw reference: one flat all_to_all_single of the same send matrix
             split_send, split_recv = d.exchange.send, d.exchange.recv
-            nbytes = sum(n for i, n in enumerate(split_send) if i != ep.ep_rank) * D * send.element_size()
+            nbytes = sum(n for i, n in enumerate(split_send) if i != ep.rank) * D * send.element_size()
             raw_out = send.new_empty((sum(split_recv), D))
             raw_ms = timed(lambda: dist.all_to_all_single(raw_out, send, split_recv, split_send), reps=args.reps)
-            rows.append(dict(part=part, what=f"raw all_to_all_single ({nbytes / 1e6:.0f} MB to peers)", ms=raw_ms,
-                             GBps=nbytes / raw_ms / 1e6, pct_of_raw=100.0))
+            rows.append(
+                dict(
+                    part=part,
+                    what=f"raw all_to_all_single ({nbytes / 1e6:.0f} MB to peers)",
+                    ms=raw_ms,
+                    GBps=nbytes / raw_ms / 1e6,
+                    pct_of_raw=100.0,
+                )
+            )
         exchange, dispatcher = d.exchange, layer.dispatcher
         ms = timed(lambda: exchange.dispatch(send)(), reps=args.reps)
-        rows.append(dict(part=part, what=f"{scheme} scheme dispatch", ms=ms, GBps=nbytes / ms / 1e6,
-                         pct_of_raw=100 * raw_ms / ms))
+        rows.append(
+            dict(
+                part=part, what=f"{scheme} scheme dispatch", ms=ms, GBps=nbytes / ms / 1e6, pct_of_raw=100 * raw_ms / ms
+            )
+        )
         full_ms = timed(lambda: dispatcher.dispatch(dispatcher.permute(x.detach(), out, layout), d)(), reps=args.reps)
-        rows.append(dict(part=part, what=f"{scheme} dispatch incl. permute + expert sort", ms=full_ms,
-                         GBps=nbytes / full_ms / 1e6, pct_of_raw=100 * raw_ms / full_ms))
+        rows.append(
+            dict(
+                part=part,
+                what=f"{scheme} dispatch incl. permute + expert sort",
+                ms=full_ms,
+                GBps=nbytes / full_ms / 1e6,
+                pct_of_raw=100 * raw_ms / full_ms,
+            )
+        )
     for chunks in (1, 4):
         lay = make_layer(job(nodes=N, per_node=W // N, chunks=chunks), ep)
         ms = timed(fwd_bwd(lay, x, g), reps=args.reps)
@@ -263,8 +326,12 @@ def main() -> None:
     p.add_argument("--part-out", default="")
     p.add_argument("--smoke", action="store_true", help="multi part only: CPU, gloo, fp32, small sizes")
     p.add_argument("--nodes", type=int, default=0, help="multi-GPU part: nodes the GPUs form (0 = one GPU per node)")
-    p.add_argument("--profile", default="", choices=["", "gshard", "locmoe"],
-                   help="print the top CUDA kernels of this router's dropless grouped layer")
+    p.add_argument(
+        "--profile",
+        default="",
+        choices=["", "gshard", "locmoe"],
+        help="print the top CUDA kernels of this router's dropless grouped layer",
+    )
     args = p.parse_args()
     if args.smoke:
         global DEV, DT, E, D, F
@@ -277,18 +344,38 @@ def main() -> None:
     if torch.cuda.device_count() >= 2:
         part = Path(args.out).with_suffix(".multi.json")
         part.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-               str(torch.cuda.device_count()), __file__, "--part", "multi", "--part-out", str(part),
-               "--tokens", str(args.tokens), "--reps", str(args.reps), "--nodes", str(args.nodes)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(torch.cuda.device_count()),
+            __file__,
+            "--part",
+            "multi",
+            "--part-out",
+            str(part),
+            "--tokens",
+            str(args.tokens),
+            "--reps",
+            str(args.reps),
+            "--nodes",
+            str(args.nodes),
+        ]
         subprocess.run(cmd, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         rows += json.loads(part.read_text())
     device = torch.cuda.get_device_name()
-    print(f"MoE layer: E={E}, d={D}, f={F}, top-{K}, {args.tokens} tokens/GPU, bf16, {device}, "
-          f"torch {torch.__version__}")
-    print("pct_of_dense: expert-FLOP rate vs a dense SwiGLU FFN of the same FLOPs (same activation kernel); "
-          "pct_of_gemm: vs the dense bf16 GEMM rate")
-    print(format_table(rows, ["part", "what", "ms", "tflops", "pct_of_dense", "pct_of_gemm", "GBps", "pct_of_raw"],
-                       ".3g"))
+    print(
+        f"MoE layer: E={E}, d={D}, f={F}, top-{K}, {args.tokens} tokens/GPU, bf16, {device}, torch {torch.__version__}"
+    )
+    print(
+        "pct_of_dense: expert-FLOP rate vs a dense SwiGLU FFN of the same FLOPs (same activation kernel); "
+        "pct_of_gemm: vs the dense bf16 GEMM rate"
+    )
+    print(
+        format_table(rows, ["part", "what", "ms", "tflops", "pct_of_dense", "pct_of_gemm", "GBps", "pct_of_raw"], ".3g")
+    )
     write_json(args.out, {"device": device, "torch": torch.__version__, "args": vars(args), "rows": rows})
 
 

@@ -10,6 +10,7 @@ On a routing trace (recorded from a checkpoint: ``--trace``; or a synthetic one 
     python scripts/bench/placement.py --trace trace.npz --devices 8
     python scripts/bench/placement.py --synthetic --devices 8 [--experts 64 --layers 8 --tokens 40000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,7 @@ import time
 from locmoe.placement.compare import compare_placements
 from locmoe.placement.grace import plan_grace
 from locmoe.placement.synthetic import planted_trace
-from locmoe.placement.trace import load_trace
-from locmoe.planning.cli import read_expect
+from locmoe.placement.trace import expected_fingerprint, load_trace
 from locmoe.report import format_table, write_json
 
 HOPS_GOAL, BALANCE_GOAL = 0.4, 1.10
@@ -27,11 +27,12 @@ HOPS_GOAL, BALANCE_GOAL = 0.4, 1.10
 
 def get_trace(args):
     if args.synthetic:
-        return planted_trace(args.tokens, args.experts, args.top_k, args.layers, args.groups, args.strength,
-                             args.skew, args.seed)
+        return planted_trace(
+            args.tokens, args.experts, args.top_k, args.layers, args.groups, args.strength, args.skew, args.seed
+        )
     if not args.trace:
         raise SystemExit("give --trace PATH (a recorded trace) or --synthetic")
-    trace = load_trace(args.trace, expect=read_expect(args.expect))
+    trace = load_trace(args.trace, expect=expected_fingerprint(args.expect))
     return trace.head(args.max_tokens) if args.max_tokens else trace
 
 
@@ -60,34 +61,67 @@ def main() -> None:
     args = p.parse_args()
     start = time.perf_counter()
     trace = get_trace(args)
-    print(f"trace: {'synthetic ' + str(trace.source.get('synthetic')) if args.synthetic else args.trace}; "
-          f"{trace.num_tokens} tokens, {trace.num_layers} MoE layers, E={trace.num_experts}, k={trace.top_k}")
-    rows, plan = compare_placements(trace, args.devices, args.devices_per_node or None, args.method,
-                                    args.time_limit, seed=args.seed)
+    print(
+        f"trace: {'synthetic ' + str(trace.source.get('synthetic')) if args.synthetic else args.trace}; "
+        f"{trace.num_tokens} tokens, {trace.num_layers} MoE layers, E={trace.num_experts}, k={trace.top_k}"
+    )
+    rows, plan = compare_placements(
+        trace, args.devices, args.devices_per_node or None, args.method, args.time_limit, seed=args.seed
+    )
     print(f"\nexpected cross-device hops per token per layer transition, {args.devices} devices")
     print(format_table(rows, floatfmt=".4f"))
-    grace = plan_grace(trace, args.devices, args.slots, args.threshold, token_placement=args.token_placement,
-                       base=plan.assignment, seed=args.seed)
-    print(f"\nreplication on the ExFlow placement: {args.slots} extra slots/device, threshold {args.threshold}, "
-          f"tokens at their {args.token_placement} device")
+    grace = plan_grace(
+        trace,
+        args.devices,
+        args.slots,
+        args.threshold,
+        token_placement=args.token_placement,
+        base=plan.assignment,
+        seed=args.seed,
+    )
+    print(
+        f"\nreplication on the ExFlow placement: {args.slots} extra slots/device, threshold {args.threshold}, "
+        f"tokens at their {args.token_placement} device"
+    )
     print(format_table(grace.stats, floatfmt=".3f"))
     skewed = grace.most_skewed()
     ratio = rows[-1]["hops_vs_round_robin"]
-    summary = [{"metric": "hops exflow / round_robin", "value": ratio, "goal": f"<= {HOPS_GOAL}",
-                "met": ratio <= HOPS_GOAL},
-               {"metric": f"max/mean load before replication (layer {skewed['layer']})",
-                "value": skewed["max_mean_before"], "goal": "", "met": ""},
-               {"metric": f"max/mean load after replication (layer {skewed['layer']})",
-                "value": skewed["max_mean_after"], "goal": f"<= {BALANCE_GOAL}",
-                "met": skewed["max_mean_after"] <= BALANCE_GOAL},
-               {"metric": f"solver seconds ({plan.method}, {plan.status})", "value": plan.solve_seconds,
-                "goal": "", "met": ""},
-               {"metric": "benchmark seconds", "value": time.perf_counter() - start, "goal": "", "met": ""}]
+    summary = [
+        {"metric": "hops exflow / round_robin", "value": ratio, "goal": f"<= {HOPS_GOAL}", "met": ratio <= HOPS_GOAL},
+        {
+            "metric": f"max/mean load before replication (layer {skewed['layer']})",
+            "value": skewed["max_mean_before"],
+            "goal": "",
+            "met": "",
+        },
+        {
+            "metric": f"max/mean load after replication (layer {skewed['layer']})",
+            "value": skewed["max_mean_after"],
+            "goal": f"<= {BALANCE_GOAL}",
+            "met": skewed["max_mean_after"] <= BALANCE_GOAL,
+        },
+        {
+            "metric": f"solver seconds ({plan.method}, {plan.status})",
+            "value": plan.solve_seconds,
+            "goal": "",
+            "met": "",
+        },
+        {"metric": "benchmark seconds", "value": time.perf_counter() - start, "goal": "", "met": ""},
+    ]
     print("\nsummary")
     print(format_table(summary, floatfmt=".3f"))
     settings = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str))}
-    path = write_json(args.out, {"args": settings, "trace_source": trace.source, "fingerprint": trace.fingerprint,
-                                 "placements": rows, "replication": grace.stats, "summary": summary})
+    path = write_json(
+        args.out,
+        {
+            "args": settings,
+            "trace_source": trace.source,
+            "fingerprint": trace.fingerprint,
+            "placements": rows,
+            "replication": grace.stats,
+            "summary": summary,
+        },
+    )
     print(f"\nwrote {path}")
 
 

@@ -5,6 +5,7 @@ A run is ``locmoe train`` of one router variant on one corpus with one seed, in 
 emulating 2 nodes, or torchrun with ``--nproc``). Several run at once: small models leave a GPU mostly idle, so
 N concurrent processes finish the grid about N times sooner (their step times are then shared-GPU times).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,17 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-STDLIB = "stdlib"            # the corpus name of the default source (the Python standard library's sources)
+STDLIB = "stdlib"  # the corpus name of the default source (the Python standard library's sources)
 
 
 @dataclass
 class Run:
     """One training run of the grid."""
-    entry: str               # router variant, optionally with overrides: "locmoe@moe.router.rho=0.9"
-    corpus: str              # a text file's path, or STDLIB
+
+    entry: str  # router variant, optionally with overrides: "locmoe@moe.router.rho=0.9"
+    corpus: str  # a text file's path, or STDLIB
     seed: int
     out: Path
-    sets: list = field(default_factory=list)      # every --set of the run
+    sets: list = field(default_factory=list)  # every --set of the run
 
     @property
     def router(self) -> str:
@@ -43,23 +45,58 @@ class Run:
         return STDLIB if self.corpus == STDLIB else Path(self.corpus).stem
 
     def command(self, job: str, nproc: int) -> list:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-                    "-m", "locmoe"] if nproc > 1 else [sys.executable, "-m", "locmoe"]
-        return [*launcher, "train", str(ROOT / "configs" / f"{job}.yaml"),
-                "--with", str(ROOT / "configs" / "routers" / f"{self.router}.yaml"),
-                *[a for s in self.sets for a in ("--set", s)]]
+        launcher = (
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                str(nproc),
+                "-m",
+                "locmoe",
+            ]
+            if nproc > 1
+            else [sys.executable, "-m", "locmoe"]
+        )
+        return [
+            *launcher,
+            "train",
+            str(ROOT / "configs" / f"{job}.yaml"),
+            "--with",
+            str(ROOT / "configs" / "routers" / f"{self.router}.yaml"),
+            *[a for s in self.sets for a in ("--set", s)],
+        ]
 
 
 def run_sets(run: Run, model: list, steps: int, dtype: str, nproc: int, nodes: int, device: str) -> list:
     """The --set overrides of one run: model sizes, schedule, logging, data, seed, topology (``nodes`` nodes of
     nproc/nodes devices, or of 1 when one process emulates them all), the variant's own."""
     data = [] if run.corpus == STDLIB else [f"data.sources=[{{path: {Path(run.corpus).resolve()}}}]"]
-    return [*model, f"parallel.device={device}", f"train.steps={steps}", f"train.dtype={dtype}",
-            f"train.warmup_steps={max(steps // 10, 1)}", "train.eval_every=0", "train.eval_batches=16",
-            "train.ckpt_every=0", "train.keep_checkpoints=1", "logging.log_every=10", "logging.progress=false",
-            "logging.heatmap_every=0", "logging.tensorboard=false", "export.at_end=false", f"train.out_dir={run.out}",
-            *data, "data.val_fraction=0.1", f"train.seed={run.seed}", f"data.seed={run.seed}", f"parallel.nodes={nodes}",
-            f"parallel.devices_per_node={max(nproc // nodes, 1)}", *run.overrides]
+    return [
+        *model,
+        f"parallel.device={device}",
+        f"train.steps={steps}",
+        f"train.dtype={dtype}",
+        f"train.warmup_steps={max(steps // 10, 1)}",
+        "train.eval_every=0",
+        "train.eval_batches=16",
+        "train.ckpt_every=0",
+        "train.keep_checkpoints=1",
+        "logging.log_every=10",
+        "logging.progress=false",
+        "logging.heatmap_every=0",
+        "logging.tensorboard=false",
+        "export.at_end=false",
+        f"train.out_dir={run.out}",
+        *data,
+        "data.val_fraction=0.1",
+        f"train.seed={run.seed}",
+        f"data.seed={run.seed}",
+        f"parallel.nodes={nodes}",
+        f"parallel.devices_per_node={max(nproc // nodes, 1)}",
+        *run.overrides,
+    ]
 
 
 def run_all(commands: list[tuple[str, list, Path]], jobs: int) -> None:
@@ -72,8 +109,9 @@ def run_all(commands: list[tuple[str, list, Path]], jobs: int) -> None:
             name, argv, log = pending.pop(0)
             log.parent.mkdir(parents=True, exist_ok=True)
             handle = open(log, "w")
-            running.append((name, subprocess.Popen(argv, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT),
-                            log, handle))
+            running.append(
+                (name, subprocess.Popen(argv, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT), log, handle)
+            )
         time.sleep(0.2)
         for item in list(running):
             name, proc, log, handle = item
@@ -102,13 +140,20 @@ def summarise(run: Run, mean_load: float) -> dict:
     rows = [json.loads(line) for line in (run.out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = max(r["step"] for r in rows)
     logged = [r for r in rows if "step_time_s" in r]
-    train = [r for r in logged if r["step"] > steps // 5] or logged          # after warm-up and compilation
+    train = [r for r in logged if r["step"] > steps // 5] or logged  # after warm-up and compilation
     val = [r for r in rows if "val_loss" in r]
     mean = lambda key: statistics.fmean(r[key] for r in train) if all(key in r for r in train) else None  # noqa
     cap = mean("capacity")
-    return {"router": run.entry, "corpus": run.corpus_name, "seed": run.seed, "val_loss": val[-1]["val_loss"],
-            "cross_node_fraction": mean("cross_node_fraction"), "dropped_fraction": mean("dropped_fraction"),
-            # the logged capacity is each layer's largest per-expert capacity (per-expert under quantile)
-            "max_capacity_over_mean_load": None if cap is None else cap / mean_load,
-            "max_load_over_mean": mean("max_expert_load") / mean_load,
-            "step_ms": 1e3 * statistics.median(r["step_time_s"] for r in train), "run_dir": str(run.out)}
+    return {
+        "router": run.entry,
+        "corpus": run.corpus_name,
+        "seed": run.seed,
+        "val_loss": val[-1]["val_loss"],
+        "cross_node_fraction": mean("cross_node_fraction"),
+        "dropped_fraction": mean("dropped_fraction"),
+        # the logged capacity is each layer's largest per-expert capacity (per-expert under quantile)
+        "max_capacity_over_mean_load": None if cap is None else cap / mean_load,
+        "max_load_over_mean": mean("max_expert_load") / mean_load,
+        "step_ms": 1e3 * statistics.median(r["step_time_s"] for r in train),
+        "run_dir": str(run.out),
+    }

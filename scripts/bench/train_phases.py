@@ -7,13 +7,22 @@ forward op it differentiates: the autograd engine's ``evaluate_function`` events
 sequence number, and the forward op sits inside a phase range. The optimizer is ``Optimizer.step``'s range;
 what is left of the step's wall time is host/idle (the device waiting for the host).
 """
+
 from __future__ import annotations
 
 import bisect
 from collections import defaultdict
 
-PHASES = ("attention", "dense_ffn", "moe/router", "moe/capacity+admission", "moe/permute", "moe/experts",
-          "moe/all_to_all", "moe/combine")
+PHASES = (
+    "attention",
+    "dense_ffn",
+    "moe/router",
+    "moe/capacity+admission",
+    "moe/permute",
+    "moe/experts",
+    "moe/all_to_all",
+    "moe/combine",
+)
 OPTIMIZER = "optimizer"
 OTHER = "other (embedding, loss, grad clip)"
 
@@ -88,7 +97,7 @@ def _phase_of(ev, ranges, seq_phase) -> str:
     if phase is not None:
         return phase
     node = ev
-    while node is not None:          # a backward kernel: find the engine event that launched it
+    while node is not None:  # a backward kernel: find the engine event that launched it
         if node.name.startswith("autograd::engine::evaluate_function") and node.sequence_nr >= 0:
             return seq_phase.get(node.sequence_nr, OTHER)
         node = node.cpu_parent

@@ -19,6 +19,7 @@ when transformers is importable). ``eager`` variants (``locmoe-eager`` ...) turn
 kernel fusion: the reference path the fast path must match.
 ``--smoke`` runs a tiny config on CPU in seconds (the CI check that this script works).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,21 +34,24 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from train_phases import PHASES, phase_times  # noqa: E402
+
 from backends.torch.distributed import init_distributed  # noqa: E402
-from backends.torch.train import Batches, build_model, loss_of, make_stepper, train_step  # noqa: E402
 from backends.torch.optim import make_optimizer  # noqa: E402
+from backends.torch.train import Batches, build_model, loss_of, make_stepper, train_step  # noqa: E402
 from locmoe.config import load_config  # noqa: E402
 from locmoe.data import BatchSampler, load_corpus, load_tokenizer  # noqa: E402
+from locmoe.model_spec import moe_layer_indices  # noqa: E402
 from locmoe.report import format_table, write_json  # noqa: E402
-from models.spec import moe_layer_indices  # noqa: E402
-from train_phases import PHASES, phase_times  # noqa: E402
 
 PEAK_FLOPS = 989e12
 ROUTERS = {"locmoe": [], "gshard": ["configs/routers/gshard.yaml"], "switch": ["configs/routers/switch.yaml"]}
-VARIANTS = {"": [],                                                     # the job as configured: the fast path
-            "eager": ["train.compile=false", "moe.fuse_kernels=false", "train.cuda_graph=false"],
-            "nograph": ["train.cuda_graph=false"],                       # compiled blocks, eager step
-            "ckpt": ["train.activation_checkpointing=true"]}
+VARIANTS = {
+    "": [],  # the job as configured: the fast path
+    "eager": ["train.compile=false", "moe.fuse_kernels=false", "train.cuda_graph=false"],
+    "nograph": ["train.cuda_graph=false"],  # compiled blocks, eager step
+    "ckpt": ["train.activation_checkpointing=true"],
+}
 
 
 def flops_per_token(cfg) -> float:
@@ -56,7 +60,7 @@ def flops_per_token(cfg) -> float:
     d, L, S = m.d_model, m.n_layers, cfg.data.seq_len
     moe_layers = set(moe_layer_indices(m))
     mats = 3 if moe.activation == "swiglu" else 2
-    n = m.vocab_size * d                                          # output projection (tied or not)
+    n = m.vocab_size * d  # output projection (tied or not)
     for i in range(L):
         n += 4 * d * d
         if i in moe_layers:
@@ -68,8 +72,14 @@ def flops_per_token(cfg) -> float:
 
 def job(args, row: str):
     base, _, variant = row.partition("-")
-    sets = [f"train.batch_size={args.batch}", f"data.seq_len={args.seq}", "logging.tensorboard=false",
-            "logging.progress=false", f"data.max_bytes={args.max_bytes}", *args.set]
+    sets = [
+        f"train.batch_size={args.batch}",
+        f"data.seq_len={args.seq}",
+        "logging.tensorboard=false",
+        "logging.progress=false",
+        f"data.max_bytes={args.max_bytes}",
+        *args.set,
+    ]
     sets += VARIANTS[variant]
     layers = ROUTERS.get(base, [])
     cfg = load_config(args.config, overrides=sets, layers=[str(ROOT / p) for p in layers])
@@ -101,8 +111,11 @@ class Sync:
             return self._old(message, category, filename, lineno, file, line)
         import traceback
 
-        ours = [f"{Path(f.filename).relative_to(ROOT)}:{f.lineno}" for f in traceback.extract_stack()
-                if f.filename.startswith(str(ROOT)) and "scripts/bench" not in f.filename]
+        ours = [
+            f"{Path(f.filename).relative_to(ROOT)}:{f.lineno}"
+            for f in traceback.extract_stack()
+            if f.filename.startswith(str(ROOT)) and "scripts/bench" not in f.filename
+        ]
         self.sites.append(ours[-1] if ours else f"{filename}:{lineno}")
 
     def __exit__(self, *exc):
@@ -146,10 +159,18 @@ def measure(args, row: str, make_step, cfg, device, n_params: int, sync_probe=No
     seconds = timed_steps(step, args.steps, device)
     tokens = cfg.train.batch_size * cfg.data.seq_len * cfg.train.grad_accum * args.steps
     tps = tokens / seconds
-    out = dict(row=row, tokens_per_s=tps, step_ms=1e3 * seconds / args.steps,
-               mfu=tps * flops_per_token(cfg) / PEAK_FLOPS, first_step_s=first, params_M=n_params / 1e6,
-               host_syncs=sync.count if sync.on else None, first_sync=sync.first, sync_sites=sync.sites,
-               peak_mem_GiB=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None)
+    out = dict(
+        row=row,
+        tokens_per_s=tps,
+        step_ms=1e3 * seconds / args.steps,
+        mfu=tps * flops_per_token(cfg) / PEAK_FLOPS,
+        first_step_s=first,
+        params_M=n_params / 1e6,
+        host_syncs=sync.count if sync.on else None,
+        first_sync=sync.first,
+        sync_sites=sync.sites,
+        peak_mem_GiB=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+    )
     if args.profile and device.type == "cuda":
         out["phases_ms"] = profile_phases(step, out["step_ms"])
     return out
@@ -171,7 +192,8 @@ def our_row(args, row: str) -> dict:
     cfg = job(args, row)
     ctx = init_distributed(cfg.parallel)
     corpus = corpus_for(cfg)
-    batches = Batches(BatchSampler(corpus, cfg.data.seq_len, cfg.train.batch_size, 0, 1, cfg.data.seed), ctx.device)
+    sampler = BatchSampler(corpus, cfg.data.seq_len, cfg.train.batch_size, rank=0, world=1, seed=cfg.data.seed)
+    batches = Batches(sampler, ctx.device)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, ctx)
     opt = make_optimizer(model, cfg.train)
@@ -180,6 +202,7 @@ def our_row(args, row: str) -> dict:
     def make_step():
         stepper = make_stepper(model, opt, cfg, ctx, batches)
         return lambda: stepper(next(counter))
+
     # host syncs are counted on the eager step: a CUDA graph's replay has none by construction, and the
     # capture itself needs a step without any
     probe = lambda: train_step(model, opt, cfg, ctx, batches, next(counter))  # noqa: E731
@@ -208,19 +231,39 @@ def qwen3_row(args, row: str) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     moe_layers = set(moe_layer_indices(m))
     hf = Qwen3MoeConfig(
-        vocab_size=m.vocab_size, hidden_size=m.d_model, intermediate_size=m.d_ff, moe_intermediate_size=moe.d_expert,
-        num_hidden_layers=m.n_layers, num_attention_heads=m.n_heads, num_key_value_heads=m.n_heads,
-        head_dim=m.d_model // m.n_heads, num_experts=moe.num_experts, num_experts_per_tok=2,
-        mlp_only_layers=[i for i in range(m.n_layers) if i not in moe_layers], decoder_sparse_step=1,
-        max_position_embeddings=m.max_seq_len, rope_theta=m.rope_theta, rms_norm_eps=m.norm_eps,
-        tie_word_embeddings=True, router_aux_loss_coef=moe.router.aux_loss_coef, norm_topk_prob=True,
-        output_router_logits=True, attn_implementation="sdpa")
+        vocab_size=m.vocab_size,
+        hidden_size=m.d_model,
+        intermediate_size=m.d_ff,
+        moe_intermediate_size=moe.d_expert,
+        num_hidden_layers=m.n_layers,
+        num_attention_heads=m.n_heads,
+        num_key_value_heads=m.n_heads,
+        head_dim=m.d_model // m.n_heads,
+        num_experts=moe.num_experts,
+        num_experts_per_tok=2,
+        mlp_only_layers=[i for i in range(m.n_layers) if i not in moe_layers],
+        decoder_sparse_step=1,
+        max_position_embeddings=m.max_seq_len,
+        rope_theta=m.rope_theta,
+        rms_norm_eps=m.norm_eps,
+        tie_word_embeddings=True,
+        router_aux_loss_coef=moe.router.aux_loss_coef,
+        norm_topk_prob=True,
+        output_router_logits=True,
+        attn_implementation="sdpa",
+    )
     torch.manual_seed(0)
     model = Qwen3MoeForCausalLM(hf).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2),
-                            weight_decay=cfg.train.weight_decay, fused=device.type == "cuda" or None)
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.train.lr,
+        betas=(cfg.train.beta1, cfg.train.beta2),
+        weight_decay=cfg.train.weight_decay,
+        fused=device.type == "cuda" or None,
+    )
     corpus = corpus_for(cfg)
-    batches = Batches(BatchSampler(corpus, cfg.data.seq_len, cfg.train.batch_size, 0, 1, cfg.data.seed), device)
+    sampler = BatchSampler(corpus, cfg.data.seq_len, cfg.train.batch_size, rank=0, world=1, seed=cfg.data.seed)
+    batches = Batches(sampler, device)
     counter = iter(range(10**9))
     bf16 = device.type == "cuda" and cfg.train.dtype == "bfloat16"
 
@@ -247,8 +290,10 @@ def curve(args, row: str) -> dict:
     for variant in ("", "eager"):
         cfg = job(args, f"{row}-{variant}" if variant else row)
         ctx = init_distributed(cfg.parallel)
-        batches = Batches(BatchSampler(corpus_for(cfg), cfg.data.seq_len, cfg.train.batch_size, 0, 1,
-                                       cfg.data.seed), ctx.device)
+        batches = Batches(
+            BatchSampler(corpus_for(cfg), cfg.data.seq_len, cfg.train.batch_size, rank=0, world=1, seed=cfg.data.seed),
+            ctx.device,
+        )
         torch.manual_seed(cfg.train.seed)
         model = build_model(cfg, ctx)
         stepper = make_stepper(model, make_optimizer(model, cfg.train), cfg, ctx, batches)
@@ -256,8 +301,16 @@ def curve(args, row: str) -> dict:
         del model, stepper
     fast, eager = losses["fast"], losses["eager"]
     rel = [abs(f - e) / abs(e) for f, e in zip(fast, eager)]
-    return dict(row=f"{row} curve", steps=args.curve, fast_loss=fast[-1], eager_loss=eager[-1],
-                rel_diff_at_end=rel[-1], max_rel_diff=max(rel), fast_curve=fast, eager_curve=eager)
+    return dict(
+        row=f"{row} curve",
+        steps=args.curve,
+        fast_loss=fast[-1],
+        eager_loss=eager[-1],
+        rel_diff_at_end=rel[-1],
+        max_rel_diff=max(rel),
+        fast_curve=fast,
+        eager_curve=eager,
+    )
 
 
 def main() -> None:
@@ -271,8 +324,13 @@ def main() -> None:
     p.add_argument("--max-bytes", type=int, default=3_000_000, help="corpus bytes read (stdlib sources)")
     p.add_argument("--set", action="append", default=[], help="extra config override for every row")
     p.add_argument("--profile", action="store_true", help="per-phase device time (torch.profiler)")
-    p.add_argument("--curve", type=int, default=0, help="also train this many steps of the first row fast and "
-                   "eager from the same start and compare the loss curves")
+    p.add_argument(
+        "--curve",
+        type=int,
+        default=0,
+        help="also train this many steps of the first row fast and "
+        "eager from the same start and compare the loss curves",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny config on CPU, 2 steps: checks the script runs")
     p.add_argument("--out", default="bench_results/train_throughput.json")
     args = p.parse_args()
@@ -286,13 +344,12 @@ def main() -> None:
             rows.append(qwen3_row(args, row) if row == "qwen3" else our_row(args, row))
         except ImportError as err:
             rows.append(dict(row=row, note=f"skipped: {err}"))
-        except Exception as err:    # one failing row must not cost the others' numbers (one GPU visit)
+        except Exception as err:  # one failing row must not cost the others' numbers (one GPU visit)
             import traceback
 
             traceback.print_exc()
             rows.append(dict(row=row, note=f"failed: {type(err).__name__}: {str(err)[:200]}"))
-        print(format_table([{k: v for k, v in rows[-1].items() if k not in ("phases_ms", "sync_sites")}]),
-              flush=True)
+        print(format_table([{k: v for k, v in rows[-1].items() if k not in ("phases_ms", "sync_sites")}]), flush=True)
         if rows[-1].get("sync_sites"):
             print("  host syncs at:", ", ".join(rows[-1]["sync_sites"]), flush=True)
     curves = []
@@ -313,8 +370,20 @@ def report(args, rows: list[dict], curves: list[dict]) -> None:
         for ref in ("dense", "qwen3", "gshard"):
             if ref in by and "tokens_per_s" in r:
                 r[f"vs_{ref}"] = r["tokens_per_s"] / by[ref]["tokens_per_s"]
-    cols = ["row", "tokens_per_s", "mfu", "step_ms", "peak_mem_GiB", "host_syncs", "first_step_s", "vs_dense",
-            "vs_qwen3", "vs_gshard", "loss_after", "note"]
+    cols = [
+        "row",
+        "tokens_per_s",
+        "mfu",
+        "step_ms",
+        "peak_mem_GiB",
+        "host_syncs",
+        "first_step_s",
+        "vs_dense",
+        "vs_qwen3",
+        "vs_gshard",
+        "loss_after",
+        "note",
+    ]
     print(f"\n{device}, torch {torch.__version__}, {Path(args.config).name}, batch {args.batch} x {args.seq}")
     print(format_table(rows, [c for c in cols if any(c in r for r in rows)]))
     prof = [r for r in rows if "phases_ms" in r]
@@ -323,11 +392,23 @@ def report(args, rows: list[dict], curves: list[dict]) -> None:
         print("\nms per step by phase (forward + its backward):")
         print(format_table([{"row": r["row"], **{n: r["phases_ms"].get(n, 0.0) for n in names}} for r in prof]))
     for c in curves:
-        print(f"\nloss curve, {c['row']}: step {c['steps']}: fast {c['fast_loss']:.4f}, eager {c['eager_loss']:.4f}, "
-              f"relative difference {c['rel_diff_at_end']:.2%} (largest over the curve {c['max_rel_diff']:.2%})")
-    write_json(args.out, {"device": device, "torch": torch.__version__, "config": Path(args.config).name,
-                          "batch": args.batch, "seq": args.seq, "steps": args.steps, "rows": rows,
-                          "curves": curves})
+        print(
+            f"\nloss curve, {c['row']}: step {c['steps']}: fast {c['fast_loss']:.4f}, eager {c['eager_loss']:.4f}, "
+            f"relative difference {c['rel_diff_at_end']:.2%} (largest over the curve {c['max_rel_diff']:.2%})"
+        )
+    write_json(
+        args.out,
+        {
+            "device": device,
+            "torch": torch.__version__,
+            "config": Path(args.config).name,
+            "batch": args.batch,
+            "seq": args.seq,
+            "steps": args.steps,
+            "rows": rows,
+            "curves": curves,
+        },
+    )
     print(f"wrote {args.out}")
 
 

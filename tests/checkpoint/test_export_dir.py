@@ -1,13 +1,14 @@
 """``locmoe export RUN OUT`` never removes what it did not write (issue 18): a non-empty foreign OUT, the run
 directory itself and ``export.dir == train.out_dir`` are refused, naming the directory; a previous export is
 replaced. A corrupt newest checkpoint given by its run directory stops the command, naming both checkpoints."""
+
 import json
 from pathlib import Path
 
 import pytest
 
-from locmoe.checkpointing import CheckpointError, list_checkpoints, step_dir
 from locmoe.atomic_io import WriteError
+from locmoe.checkpointing import CheckpointError, list_checkpoints, step_dir
 from locmoe.config import ConfigError, load_config
 from locmoe.export import export_checkpoint, load_router
 from locmoe.train_common import check_export_dir
@@ -26,7 +27,7 @@ def test_export_onto_a_foreign_directory_is_refused_and_leaves_it_as_it_was(run4
     with pytest.raises(WriteError, match=f"{out} is not empty and is not a previous router export .*thesis.tex"):
         export_checkpoint(step_dir(run4, 4), out)
     assert tree(out) == {"thesis.tex": b"years of work"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]           # no temporary left beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no temporary left beside it
 
 
 def test_export_into_the_run_directory_keeps_the_checkpoints(run4, tmp_path):
@@ -45,7 +46,7 @@ def test_a_previous_export_is_replaced(run4, tmp_path):
     assert load_router(out).manifest.source["step"] == 2
     export_checkpoint(step_dir(run4, 4), out)
     assert load_router(out).manifest.source["step"] == 4
-    (out / "notes.txt").write_text("mine")                  # now it holds something the export did not write
+    (out / "notes.txt").write_text("mine")  # now it holds something the export did not write
     with pytest.raises(WriteError, match="notes.txt"):
         export_checkpoint(step_dir(run4, 2), out)
     assert (out / "notes.txt").read_text() == "mine" and load_router(out).manifest.source["step"] == 4
@@ -63,7 +64,7 @@ def test_export_dir_equal_to_out_dir_is_refused_before_training(tmp_path):
     (foreign / "a.txt").write_text("x")
     with pytest.raises(ConfigError, match="is not an empty directory or a previous router export"):
         check_export_dir(load_config(str(TINY), [f"train.out_dir={run}", f"export.dir={foreign}"]))
-    check_export_dir(load_config(str(TINY), [f"train.out_dir={run}"]))       # out_dir/router: fine
+    check_export_dir(load_config(str(TINY), [f"train.out_dir={run}"]))  # out_dir/router: fine
 
 
 def test_a_corrupt_newest_checkpoint_stops_export_naming_both(run4, tmp_path):
@@ -78,7 +79,7 @@ def test_a_corrupt_newest_checkpoint_stops_export_naming_both(run4, tmp_path):
     assert "step_00000004" in msg and "does not match its checksum" in msg
     assert f"the newest one that verifies is {step_dir(run, 2)}" in msg
     assert not (tmp_path / "out").exists()
-    export_checkpoint(step_dir(run, 2), tmp_path / "out")                # named explicitly, it is used
+    export_checkpoint(step_dir(run, 2), tmp_path / "out")  # named explicitly, it is used
 
 
 def test_the_checkpoint_used_is_printed(run4, tmp_path, capsys):
@@ -86,13 +87,16 @@ def test_the_checkpoint_used_is_printed(run4, tmp_path, capsys):
     assert f"using checkpoint {step_dir(run4, 4)}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("mangle, says", [
-    (lambda m: [m], "expected a JSON object"),
-    (lambda m: dict(m, files=["model.safetensors"]), "'files' must be an object"),
-    (lambda m: dict(m, step="4"), "'step' must be a non-negative integer"),
-    (lambda m: dict(m, files={"../../etc/passwd": {"bytes": 1, "sha256": "x"}}), "is not allowed"),
-    (lambda m: dict(m, step=6), "the manifest says step 6, the directory name step 4"),
-])
+@pytest.mark.parametrize(
+    "mangle, says",
+    [
+        (lambda m: [m], "expected a JSON object"),
+        (lambda m: dict(m, files=["model.safetensors"]), "'files' must be an object"),
+        (lambda m: dict(m, step="4"), "'step' must be a non-negative integer"),
+        (lambda m: dict(m, files={"../../etc/passwd": {"bytes": 1, "sha256": "x"}}), "is not allowed"),
+        (lambda m: dict(m, step=6), "the manifest says step 6, the directory name step 4"),
+    ],
+)
 def test_a_manifest_of_the_wrong_shape_is_a_clear_error(run4, tmp_path, mangle, says):
     run = copy_run(run4, tmp_path / "run")
     man = step_dir(run, 4) / "manifest.json"

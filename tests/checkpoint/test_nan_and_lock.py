@@ -1,6 +1,7 @@
 """A diverged run never seals (or prunes in favour of) a checkpoint of non-finite weights, and stops with one
 message; one trainer per run directory, a second refused naming the holder, a stale lock taken over (issue 18).
 """
+
 import os
 import signal
 import socket
@@ -40,8 +41,8 @@ def test_non_finite_activations_are_a_project_error(run4):
 
     import torch
 
-    from backends.torch.distributed import init_distributed
     from backends.torch.checkpoint import load_model_weights
+    from backends.torch.distributed import init_distributed
     from backends.torch.train import build_model
     from locmoe.config import config_from_dict
 
@@ -78,19 +79,24 @@ def test_two_trainers_are_refused_and_a_stale_lock_is_taken_over(run4, tmp_path)
     SIGKILLed (its lock file stays: stale); trainer C resumes, taking the lock over with a message."""
     run = copy_run(run4, tmp_path / "run")
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    a = subprocess.Popen([sys.executable, "-m", "locmoe", *train_argv(run, "train.steps=100000"), "--resume"],
-                         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    a = subprocess.Popen(
+        [sys.executable, "-m", "locmoe", *train_argv(run, "train.steps=100000"), "--resume"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert wait_for(lambda: list_checkpoints(run)[-1][0] > 4), "trainer A did not start"
         b = tiny_train(run, "train.steps=100000", flags=["--resume"], check=False)
         line = one_error_line(b)
         assert f"is in use by another trainer: pid {a.pid} on host {socket.gethostname()}" in line
-        assert "tiny_cpu:" not in b.stdout                              # B never started training
-        assert a.poll() is None                                          # A still runs
+        assert "tiny_cpu:" not in b.stdout  # B never started training
+        assert a.poll() is None  # A still runs
     finally:
         a.send_signal(signal.SIGKILL)
         a.wait()
-    assert (run / ".lock").exists()                                      # left by the SIGKILL
+    assert (run / ".lock").exists()  # left by the SIGKILL
     newest = list_checkpoints(run)[-1][0]
     c = tiny_train(run, f"train.steps={newest + 1}", flags=["--resume"])
     assert f"taking over the lock of {run} left by a run that ended without releasing it: pid {a.pid}" in c.stdout

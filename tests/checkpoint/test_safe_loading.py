@@ -2,6 +2,7 @@
 pickle (with a manifest that matches, as a tamperer would leave it) ends resume, convert, export, trace and
 generate with one message naming the file, exit 2, and the pickle's command never runs. Format-1 (pickled)
 checkpoints resume only with --trust-checkpoint, and then through torch's restricted unpickler."""
+
 import hashlib
 import json
 import os
@@ -68,9 +69,14 @@ def test_a_hostile_checkpoint_runs_no_code_in_any_command(run4, tmp_path, prompt
     assert not (tmp_path / "trace.npz").exists()
 
 
-@pytest.mark.parametrize("name, says", [("optimizer_rank0.json", "is not a JSON file"),
-                                        ("optimizer_rank0.safetensors", "is not a safetensors file"),
-                                        ("rng_rank0.json", "is not a JSON file")])
+@pytest.mark.parametrize(
+    "name, says",
+    [
+        ("optimizer_rank0.json", "is not a JSON file"),
+        ("optimizer_rank0.safetensors", "is not a safetensors file"),
+        ("rng_rank0.json", "is not a JSON file"),
+    ],
+)
 def test_resume_names_each_hostile_file(run4, tmp_path, name, says):
     """One file at a time, so that each reader of the resume path meets the pickle."""
     run = copy_run(run4, tmp_path / "run")
@@ -93,6 +99,7 @@ def test_a_hostile_weights_file_is_named(run4, tmp_path):
 
 # ----------------------------------------------------------------------------- format 1 (older locmoe)
 
+
 def make_format1(ckpt: Path) -> None:
     """Rewrite a format-2 torch checkpoint as locmoe wrote it before format 2: ``torch.save`` of the
     optimiser's state_dict and of the RNG states, manifest format_version 1."""
@@ -112,8 +119,10 @@ def make_format1(ckpt: Path) -> None:
     for name in ("optimizer_rank0.json", "optimizer_rank0.safetensors", "rng_rank0.json"):
         (ckpt / name).unlink()
     torch.save(opt.state_dict(), ckpt / "optimizer_rank0.pt")
-    torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                "cuda": None}, ckpt / "rng_rank0.pt")
+    torch.save(
+        {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(), "cuda": None},
+        ckpt / "rng_rank0.pt",
+    )
     files = {}
     for name in ("model.safetensors", "train_state.json", "optimizer_rank0.pt", "rng_rank0.pt"):
         data = (ckpt / name).read_bytes()
@@ -133,7 +142,7 @@ def test_format1_resumes_only_when_trusted_and_then_exactly(run4, tmp_path):
     tiny_train(new, "train.steps=6", flags=["--resume"])
     a, b = losses(new), losses(old)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
-    assert [a[s] for s in (5, 6)] == [b[s] for s in (5, 6)]       # the same state: bit-identical steps
+    assert [a[s] for s in (5, 6)] == [b[s] for s in (5, 6)]  # the same state: bit-identical steps
 
 
 def test_a_hostile_format1_pickle_runs_no_code_even_when_trusted(run4, tmp_path):
@@ -142,7 +151,7 @@ def test_a_hostile_format1_pickle_runs_no_code_even_when_trusted(run4, tmp_path)
     ckpt = step_dir(run, 4)
     make_format1(ckpt)
     marker = tmp_path / "PWNED"
-    rewrite(ckpt, "rng_rank0.pt", hostile(marker, protocol=2))     # torch.save's protocol
+    rewrite(ckpt, "rng_rank0.pt", hostile(marker, protocol=2))  # torch.save's protocol
     proc = locmoe("convert", ckpt, tmp_path / "conv", "--to", "torch", "--trust-checkpoint")
     line = one_error_line(proc)
     assert "rng_rank0.pt cannot be read: torch's restricted unpickler refuses it" in line and "system" in line

@@ -3,6 +3,7 @@
 ``.name.tmp-PID``, no ``.step_N.tmp``, no half export. The faults are injected at the write
 (``LOCMOE_FAULT_INJECT=disk_full:PATTERN``) as the kernel would raise them (OSError ENOSPC / EROFS): a small
 tmpfs needs root, and chmod does not stop root."""
+
 import os
 from pathlib import Path
 
@@ -65,10 +66,11 @@ def test_a_read_only_directory(run4, tmp_path, monkeypatch):
 
 def test_export_onto_a_full_disk_leaves_nothing(run4, tmp_path):
     out = tmp_path / "deep" / "router"
-    line = one_error_line(locmoe("export", step_dir(run4, 4), out,
-                                 env={"LOCMOE_FAULT_INJECT": "disk_full:router.safetensors"}))
+    line = one_error_line(
+        locmoe("export", step_dir(run4, 4), out, env={"LOCMOE_FAULT_INJECT": "disk_full:router.safetensors"})
+    )
     assert "disk full" in line and "router.safetensors" in line
-    assert sorted(p.name for p in tmp_path.iterdir()) == []                  # not even the parents it made
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # not even the parents it made
 
 
 def test_a_full_disk_on_re_export_keeps_the_previous_export(run4, tmp_path, monkeypatch):
@@ -81,20 +83,31 @@ def test_a_full_disk_on_re_export_keeps_the_previous_export(run4, tmp_path, monk
 
 
 def test_trace_onto_a_full_disk_leaves_nothing(run4, tmp_path):
-    line = one_error_line(locmoe("trace", step_dir(run4, 4), tmp_path / "trace.npz", "--tokens", "32",
-                                 env={"LOCMOE_FAULT_INJECT": "disk_full:*.npz"}))
+    line = one_error_line(
+        locmoe(
+            "trace",
+            step_dir(run4, 4),
+            tmp_path / "trace.npz",
+            "--tokens",
+            "32",
+            env={"LOCMOE_FAULT_INJECT": "disk_full:*.npz"},
+        )
+    )
     assert "disk full" in line and "trace.npz" in line
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("fault, file, says", [("disk_full", "model.safetensors", "disk full"),
-                                               ("read_only", "manifest.json", "read-only file system")])
+@pytest.mark.parametrize(
+    "fault, file, says",
+    [("disk_full", "model.safetensors", "disk full"), ("read_only", "manifest.json", "read-only file system")],
+)
 def test_a_checkpoint_onto_a_full_or_read_only_disk_leaves_no_temporary(run4, tmp_path, fault, file, says):
     """Resumed at step 4, the checkpoint of step 6 fails: one message, exit 2, no .step_00000006.tmp, and the
     checkpoints of before untouched."""
     run = copy_run(run4, tmp_path / "run")
-    proc = tiny_train(run, "train.steps=6", flags=["--resume"], env={"LOCMOE_FAULT_INJECT": f"{fault}:{file}"},
-                      check=False)
+    proc = tiny_train(
+        run, "train.steps=6", flags=["--resume"], env={"LOCMOE_FAULT_INJECT": f"{fault}:{file}"}, check=False
+    )
     line = one_error_line(proc)
     assert says in line and file in line
     assert [s for s, _ in list_checkpoints(run)] == [2, 4] and leftovers(run) == []

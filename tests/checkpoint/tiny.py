@@ -1,5 +1,6 @@
 """A tiny torch run (1 MoE layer, 16-token sequences, a 30 kB corpus) whose checkpoints the tests here copy,
 tamper with and load; and the CLI run as a user runs it (a subprocess), for exit codes and messages."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,11 +13,24 @@ from pathlib import Path
 
 from tests.training.runs import QUIET, ROOT, TINY
 
-TEXT = ("Checkpoints are shared between people and clusters; loading one must never run code.\n"
-        "The quick brown fox jumps over the lazy dog, again and again, for the sake of a corpus.\n") * 180
-SMALL = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.d_ff=64", "moe.d_expert=32",
-         "data.seq_len=16", "model.max_seq_len=16", "train.batch_size=1", "train.warmup_steps=1",
-         "logging.log_every=1", "train.ckpt_every=2", "moe.router.gate=dense"]
+TEXT = (
+    "Checkpoints are shared between people and clusters; loading one must never run code.\n"
+    "The quick brown fox jumps over the lazy dog, again and again, for the sake of a corpus.\n"
+) * 180
+SMALL = [
+    "model.d_model=32",
+    "model.n_layers=2",
+    "model.n_heads=2",
+    "model.d_ff=64",
+    "moe.d_expert=32",
+    "data.seq_len=16",
+    "model.max_seq_len=16",
+    "train.batch_size=1",
+    "train.warmup_steps=1",
+    "logging.log_every=1",
+    "train.ckpt_every=2",
+    "moe.router.gate=dense",
+]
 
 
 def corpus(where: Path) -> Path:
@@ -36,8 +50,9 @@ def train_argv(out: Path, *extra: str) -> list[str]:
     return ["train", str(TINY), *[a for o in sets for a in ("--set", o)]]
 
 
-def tiny_train(out: Path, *extra: str, flags=(), env: dict | None = None, check: bool = True,
-               cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def tiny_train(
+    out: Path, *extra: str, flags=(), env: dict | None = None, check: bool = True, cwd: Path = ROOT
+) -> subprocess.CompletedProcess:
     """``locmoe train`` of the tiny model (``flags``: e.g. --resume)."""
     proc = locmoe(*train_argv(out, *extra), *flags, env=env, cwd=cwd)
     if check:
@@ -48,8 +63,14 @@ def tiny_train(out: Path, *extra: str, flags=(), env: dict | None = None, check:
 def locmoe(*args, env: dict | None = None, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
     """``python -m locmoe ARGS`` as a user runs it."""
     full = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "locmoe", *map(str, args)], cwd=cwd, env=full,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "locmoe", *map(str, args)],
+        cwd=cwd,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def copy_run(src: Path, dst: Path) -> Path:

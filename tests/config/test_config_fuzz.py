@@ -2,6 +2,7 @@
 added): each value that the field's type or rules refuse must end ``locmoe train`` with exit code 2, one line
 on stderr naming the field, no traceback, and nothing written. Plus the file-level classes (malformed YAML, not
 UTF-8, a bad ``defaults:``, an out_dir that is a file), a few of them as real subprocess runs."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,13 +17,13 @@ import pytest
 from locmoe.cli import main
 from locmoe.config import JobConfig, load_config
 
-HUGE_INT = "1" + "0" * 400          # an int beyond the float range: as a float it is inf
+HUGE_INT = "1" + "0" * 400  # an int beyond the float range: as a float it is inf
 
 
 def _bad_scalars(hint, rules: dict) -> list[str]:
     """YAML texts that a field of annotation ``hint`` with ``rules`` must refuse (none of them is valid)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union:                      # Optional[X]: null is allowed, X's bad values are not
+    if origin is typing.Union:  # Optional[X]: null is allowed, X's bad values are not
         return [v for v in _bad_scalars(next(a for a in args if a is not type(None)), rules) if v != "null"]
     if origin is list:
         element = _bad_scalars(args[0], rules)[0]
@@ -43,7 +44,7 @@ def _bad_scalars(hint, rules: dict) -> list[str]:
         out += [repr(float(rules["ge"]) - 1.0)] if "ge" in rules else []
         out += [repr(float(rules["gt"]))] if "gt" in rules else []
         out += [repr(float(rules["lt"]))] if "lt" in rules else []
-        if "le" in rules:                            # absurd values: the upper bound must refuse them
+        if "le" in rules:  # absurd values: the upper bound must refuse them
             out += ["1.0e+300", "1e300", repr(float(rules["le"]) * 10 + 1)]
         return out
     if hint is str:
@@ -84,7 +85,7 @@ def cases() -> list[tuple[str, str, str]]:
         others = "" if name == "path" else "path: a.txt, "
         for bad in _bad_scalars(hint, rules):
             if bad in ("''", "'  '") and name == "path":
-                continue        # an empty source path is a cross-field rule, tested in test_config.py
+                continue  # an empty source path is a cross-field rule, tested in test_config.py
             out.append((f"{path}=[{{{others}{name}: {bad}}}]", f"{path}[0].{name}", f"{path}[].{name}={bad[:20]}"))
     return out
 
@@ -201,8 +202,14 @@ SUBPROCESS_CASES = [
 @pytest.mark.parametrize("extra", SUBPROCESS_CASES, ids=lambda e: e[1][:24])
 def test_subprocess_exit_2_one_line_nothing_written(extra, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    out = subprocess.run([sys.executable, "-m", "locmoe", "train", "tiny_cpu", *extra], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "locmoe", "train", "tiny_cpu", *extra],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
     assert _listing(tmp_path) == []

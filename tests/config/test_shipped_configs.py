@@ -1,4 +1,5 @@
 """Every YAML file we ship loads, and each router variant changes exactly the router it names."""
+
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,16 @@ JOBS = sorted(p for p in CONFIGS.glob("*.yaml"))
 VARIANTS = sorted((CONFIGS / "routers").glob("*.yaml"))
 # the router kind each variant selects: the four named after a router, and the issue-14 variants (the papers'
 # LocMoE, and DeepSeek / ST-MoE baselines built on the top-k router gshard)
-KIND = {"locmoe": "locmoe", "gshard": "gshard", "switch": "switch", "hash": "hash", "locmoe_paper": "locmoe",
-        "node_limited": "gshard", "aux_free": "gshard", "st_moe": "gshard"}
+KIND = {
+    "locmoe": "locmoe",
+    "gshard": "gshard",
+    "switch": "switch",
+    "hash": "hash",
+    "locmoe_paper": "locmoe",
+    "node_limited": "gshard",
+    "aux_free": "gshard",
+    "st_moe": "gshard",
+}
 
 
 @pytest.mark.parametrize("job", JOBS, ids=lambda p: p.stem)
@@ -39,6 +48,7 @@ def test_all_router_variants_ship():
 
 # ----------------------------------------------------------------------------- found by name, one source
 
+
 def test_the_checkout_reads_the_top_level_configs_folder():
     """configs/ is the single source: a checkout (and an editable install) reads it in place, and no copy of a
     shipped YAML file lives anywhere else in the package tree (the wheel maps configs/ to locmoe/configs/)."""
@@ -50,11 +60,18 @@ def test_the_checkout_reads_the_top_level_configs_folder():
     assert copies == []
 
 
-@pytest.mark.parametrize("ref,expected", [
-    ("tiny_cpu", "tiny_cpu.yaml"), ("tiny_cpu.yaml", "tiny_cpu.yaml"), ("configs/tiny_cpu.yaml", "tiny_cpu.yaml"),
-    ("./configs/tiny_cpu.yaml", "tiny_cpu.yaml"), ("gshard", "routers/gshard.yaml"),
-    ("routers/gshard", "routers/gshard.yaml"), ("configs/routers/gshard.yaml", "routers/gshard.yaml"),
-])
+@pytest.mark.parametrize(
+    "ref,expected",
+    [
+        ("tiny_cpu", "tiny_cpu.yaml"),
+        ("tiny_cpu.yaml", "tiny_cpu.yaml"),
+        ("configs/tiny_cpu.yaml", "tiny_cpu.yaml"),
+        ("./configs/tiny_cpu.yaml", "tiny_cpu.yaml"),
+        ("gshard", "routers/gshard.yaml"),
+        ("routers/gshard", "routers/gshard.yaml"),
+        ("configs/routers/gshard.yaml", "routers/gshard.yaml"),
+    ],
+)
 def test_shipped_names(ref, expected):
     from locmoe.config.shipped import find_shipped
 
@@ -75,13 +92,13 @@ def test_a_file_in_the_working_directory_wins_over_a_shipped_name(tmp_path, monk
     (tmp_path / "gshard").write_text("moe: {router: {kind: switch}}\n")
     cfg = load_config("tiny_cpu.yaml", layers=["gshard"])
     assert cfg.name == "mine" and cfg.moe.router.kind == "switch"
-    assert load_config("tiny_cpu").name == "tiny_cpu"          # no file called tiny_cpu: the shipped one
+    assert load_config("tiny_cpu").name == "tiny_cpu"  # no file called tiny_cpu: the shipped one
 
 
 def test_defaults_are_relative_to_their_file_then_shipped(tmp_path, monkeypatch):
     (tmp_path / "jobs").mkdir()
     (tmp_path / "jobs" / "base.yaml").write_text("model: {d_model: 64, n_heads: 2}\nmoe: {num_experts: 4}\n")
     (tmp_path / "jobs" / "job.yaml").write_text("defaults: [base.yaml, routers/gshard.yaml]\nname: job\n")
-    monkeypatch.chdir("/")                                      # not where the files are
+    monkeypatch.chdir("/")  # not where the files are
     cfg = load_config(tmp_path / "jobs" / "job.yaml")
     assert (cfg.name, cfg.model.d_model, cfg.moe.num_experts, cfg.moe.router.kind) == ("job", 64, 4, "gshard")

@@ -1,10 +1,11 @@
 """The whole PanGu-Sigma-style model across backends: the same seed gives the same weights, and a checkpoint
-written by one backend (``model.safetensors``, ``models.spec`` names) loaded in the other gives the same
+written by one backend (``model.safetensors``, ``locmoe.model_spec`` names) loaded in the other gives the same
 logits and auxiliary objective.
 
 Tolerance: logits 2e-5 absolute, aux 1e-6. Both run fp32 on CPU; their attention, matmul and softmax
 kernels sum in different orders (measured max |Δlogit| ~1e-6 on these sizes).
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -18,19 +19,42 @@ VARIANTS = {
     "gshard-dense-bound-untied": ["moe.router.kind=gshard", "moe.capacity.mode=bound", "model.tie_embeddings=false"],
     "hash-domains-gelu": ["moe.router.kind=hash", "moe.domains.num_domains=2", "moe.activation=gelu"],
     # issue 14: the paper's gate (learned ε), batch locality loss and Theorem-1 bound; the loss-free bias (state)
-    "locmoe-paper": ["moe.router.top_k=1", "moe.router.gate_activation=relu", "moe.router.gate_bias=true",
-                     "moe.router.rho=1.0", "moe.router.balance_counts=gate", "moe.router.locality_loss=batch",
-                     "moe.capacity.mode=bound", "moe.capacity.bound_rule=paper"],
-    "aux-free-node-limited": ["moe.router.kind=gshard", "moe.router.scoring=sigmoid", "moe.router.node_limit=1",
-                              "moe.router.bias_update_rate=0.001", "moe.router.z_loss_coef=0.001"],
+    "locmoe-paper": [
+        "moe.router.top_k=1",
+        "moe.router.gate_activation=relu",
+        "moe.router.gate_bias=true",
+        "moe.router.rho=1.0",
+        "moe.router.balance_counts=gate",
+        "moe.router.locality_loss=batch",
+        "moe.capacity.mode=bound",
+        "moe.capacity.bound_rule=paper",
+    ],
+    "aux-free-node-limited": [
+        "moe.router.kind=gshard",
+        "moe.router.scoring=sigmoid",
+        "moe.router.node_limit=1",
+        "moe.router.bias_update_rate=0.001",
+        "moe.router.z_loss_coef=0.001",
+    ],
 }
 LOGIT_TOL, AUX_TOL = 2e-5, 1e-6
 
 
 def job(name: str):
-    return load_config(overrides=["model.d_model=64", "model.n_layers=3", "model.n_heads=4", "model.d_ff=96",
-                                  "model.max_seq_len=16", "data.seq_len=16", "moe.d_expert=48",
-                                  "parallel.nodes=2", "parallel.devices_per_node=2", *VARIANTS[name]])
+    return load_config(
+        overrides=[
+            "model.d_model=64",
+            "model.n_layers=3",
+            "model.n_heads=4",
+            "model.d_ff=96",
+            "model.max_seq_len=16",
+            "data.seq_len=16",
+            "moe.d_expert=48",
+            "parallel.nodes=2",
+            "parallel.devices_per_node=2",
+            *VARIANTS[name],
+        ]
+    )
 
 
 def batch(cfg):
@@ -119,7 +143,7 @@ def test_a_checkpoint_gives_the_same_logits_in_the_other_backend(tmp_path, varia
     writer, reader = FRAMEWORKS[direction[0]](cfg, seed=11), FRAMEWORKS[direction[1]](cfg, seed=0)
     state = writer.state()
     rng = np.random.default_rng(5)
-    for name in state:                  # ε and the selection bias start at 0: make them matter
+    for name in state:  # ε and the selection bias start at 0: make them matter
         if name.endswith(("router.gate_bias", "router.selection_bias")):
             state[name] = (rng.standard_normal(state[name].shape) * 0.3).astype(np.float32)
     save_file(state, str(tmp_path / "model.safetensors"))

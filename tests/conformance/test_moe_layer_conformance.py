@@ -17,6 +17,7 @@ Each test runs for every pair of backends. Tolerances, and why (largest differen
   absolute, NaN where the reference has NaN (an expert not seen yet). The angles are float64 in every backend;
   the bias is float32 state in the frameworks (one update of γ = 0.01 on a bias of ~0.05).
 """
+
 import itertools
 
 import numpy as np
@@ -89,8 +90,10 @@ def test_every_router_and_capacity_mode_is_covered():
     only takes a factor), and some cases really drop copies, so kept/dropped is compared meaningfully."""
     seen = {(c["kind"], c["mode"], _bound_rule(c)) for c in runners.CASES}
     for kind in ("locmoe", "gshard", "switch"):
-        assert {(kind, m, r) for m, r in [("factor", "cone"), ("dropless", "cone"), ("bound", "cone"),
-                                          ("bound", "quantile")]} <= seen
+        assert {
+            (kind, m, r)
+            for m, r in [("factor", "cone"), ("dropless", "cone"), ("bound", "cone"), ("bound", "quantile")]
+        } <= seen
     assert {("hash", "factor", "cone"), ("hash", "dropless", "cone"), ("expert_choice", "factor", "cone")} <= seen
     assert sum(int((~runners.run("numpy", name).kept).sum()) for name in CASE_IDS) > 0
 
@@ -98,9 +101,21 @@ def test_every_router_and_capacity_mode_is_covered():
 def test_every_issue14_option_is_covered():
     """Each new router option appears in a case, and the paper bound with a fixed δ really drops copies."""
     extras = " ".join(x for c in runners.CASES for x in c["extra"])
-    for option in ("gate_activation=relu", "gate_bias=true", "locality_loss=batch", "balance_counts=gate",
-                   "scoring=sigmoid", "bias_update_rate", "node_limit=1", "node_score=top2_sum", "z_loss_coef",
-                   "bound_rule=paper", "paper_delta", "paper_form=exp", "paper_schedule=ema"):
+    for option in (
+        "gate_activation=relu",
+        "gate_bias=true",
+        "locality_loss=batch",
+        "balance_counts=gate",
+        "scoring=sigmoid",
+        "bias_update_rate",
+        "node_limit=1",
+        "node_score=top2_sum",
+        "z_loss_coef",
+        "bound_rule=paper",
+        "paper_delta",
+        "paper_form=exp",
+        "paper_schedule=ema",
+    ):
         assert option in extras, option
     fixed = next(n for n, c in zip(CASE_IDS, runners.CASES) if "moe.capacity.paper_delta=0.05" in c["extra"])
     assert (~runners.run("numpy", fixed).kept).sum() > 0
@@ -117,21 +132,33 @@ def test_both_backends_build_the_same_layer_for_each_case():
         assert a.moe == b.moe and a.model == b.model
 
 
-@pytest.mark.parametrize("kind,extra", [("locmoe", ()), ("gshard", ()), ("hash", ()), ("expert_choice", ()),
-                                        ("locmoe", runners.PAPER),
-                                        ("gshard", ("moe.router.bias_update_rate=0.001", "moe.router.gate_bias=true"))])
+@pytest.mark.parametrize(
+    "kind,extra",
+    [
+        ("locmoe", ()),
+        ("gshard", ()),
+        ("hash", ()),
+        ("expert_choice", ()),
+        ("locmoe", runners.PAPER),
+        ("gshard", ("moe.router.bias_update_rate=0.001", "moe.router.gate_bias=true")),
+    ],
+)
 def test_parameter_names_and_shapes_match_across_frameworks(kind, extra):
     """A checkpoint converts by name: torch's state_dict and MindSpore's parameters hold the same entries,
-    which are ``models.spec``'s (ε and the selection bias included)."""
+    which are ``locmoe.model_spec``'s (ε and the selection bias included)."""
     from backends.mindspore.moe_layer import MoELayer as MsLayer
     from backends.torch.moe_layer import MoELayer as TorchLayer
     from tests.backends.torch import moe_cases as torch_cases
 
     cfg = ms_cases.job(kind=kind, extra=extra)
-    torch_names = {n: tuple(t.shape) for n, t in TorchLayer(cfg.moe, ms_cases.D, ms_cases.V,
-                                                             torch_cases.emulated_ep(cfg)).state_dict().items()}
-    ms_names = {n: tuple(p.shape) for n, p in MsLayer(cfg.moe, ms_cases.D, ms_cases.V,
-                                                      ms_cases.emulated_ep(cfg)).parameters_and_names()}
+    torch_names = {
+        n: tuple(t.shape)
+        for n, t in TorchLayer(cfg.moe, ms_cases.D, ms_cases.V, torch_cases.emulated_ep(cfg)).state_dict().items()
+    }
+    ms_names = {
+        n: tuple(p.shape)
+        for n, p in MsLayer(cfg.moe, ms_cases.D, ms_cases.V, ms_cases.emulated_ep(cfg)).parameters_and_names()
+    }
     assert ms_names == torch_names
     r = cfg.moe.router
     assert ("router.gate_bias" in torch_names) == (r.gate_bias and kind != "hash")

@@ -1,5 +1,6 @@
 """Bad data, every source format: ``locmoe train`` exits 2 with one line naming the file and the problem, no
 traceback, and writes nothing (the run directory is never created). Runs the CLI in-process for speed."""
+
 import json
 from pathlib import Path
 
@@ -11,8 +12,15 @@ from locmoe.data import indexed
 
 ROOT = Path(__file__).resolve().parents[2]
 SEQ = 16
-QUIET = ["logging.progress=false", "logging.tensorboard=false", "export.at_end=false", f"data.seq_len={SEQ}",
-         f"model.max_seq_len={SEQ}", "train.steps=2", "train.warmup_steps=1"]
+QUIET = [
+    "logging.progress=false",
+    "logging.tensorboard=false",
+    "export.at_end=false",
+    f"data.seq_len={SEQ}",
+    f"model.max_seq_len={SEQ}",
+    "train.steps=2",
+    "train.warmup_steps=1",
+]
 
 
 def tokens(n=2000, dtype=np.uint16, bad_at=None, bad=300):
@@ -26,9 +34,18 @@ def write_indexed(prefix, t, meta=None, modes=None):
     t.tofile(indexed.bin_path(prefix))
     indexed.write_index(indexed.idx_path(prefix), t.dtype, [len(t)], modes)
     if meta is not None:
-        base = {"format": "locmoe-indexed", "version": 1, "dtype": t.dtype.name, "documents": 1, "tokens": len(t),
-                "max_token": int(t.max()), "tokenizer": "byte", "tokenizer_name": "byte", "vocab_size": 256,
-                "document_domains": modes is not None}
+        base = {
+            "format": "locmoe-indexed",
+            "version": 1,
+            "dtype": t.dtype.name,
+            "documents": 1,
+            "tokens": len(t),
+            "max_token": int(t.max()),
+            "tokenizer": "byte",
+            "tokenizer_name": "byte",
+            "vocab_size": 256,
+            "document_domains": modes is not None,
+        }
         indexed.meta_path(prefix).write_text(meta if isinstance(meta, str) else json.dumps({**base, **meta}))
 
 
@@ -53,7 +70,7 @@ def case(name, d: Path):
         f.write_text("tiny")
         return f, "text", "too few for a training and a validation sequence"
     if name == "text: split leaves no validation window":
-        f.write_text("x" * (2 * SEQ + 3))           # validation gets exactly seq_len + 1 tokens: nothing to draw
+        f.write_text("x" * (2 * SEQ + 3))  # validation gets exactly seq_len + 1 tokens: nothing to draw
         return f, "text", "the validation split of"
     if name.startswith("jsonl: domain "):
         value = name.split("domain ", 1)[1]
@@ -127,28 +144,38 @@ def case(name, d: Path):
     raise AssertionError(name)
 
 
-CASES = ["text: not utf-8", "text: missing", "text: empty folder", "text: too small",
-         "text: split leaves no validation window",
-         'jsonl: domain "a"', "jsonl: domain 0.7", "jsonl: domain true", "jsonl: domain -1", "jsonl: domain 5",
-         "jsonl: not json", "jsonl: no text", "jsonl: not utf-8",
-         *(f"{fmt}: {what}" for fmt in ("bin_uint16", "bin_uint32")
-           for what in ("empty", "ragged size", "id beyond the vocabulary in the validation split only")),
-         "indexed: missing .idx", "indexed: missing .bin", "indexed: not an index", "indexed: truncated index",
-         "indexed: halves that do not belong together", "indexed: float tokens",
-         "indexed: id beyond the vocabulary in the validation split only", "indexed: prepared with another tokenizer",
-         "indexed: sidecar not json", "indexed: sidecar of the wrong shape",
-         "indexed: document domain beyond num_domains", "indexed: no tokens"]
-
-
-@pytest.fixture(autouse=True)
-def backend_entry(monkeypatch):
-    """NOTE: importing backends.torch.train makes the package attribute ``backends.torch.train`` the module,
-    shadowing the package's ``train`` function, so a second in-process ``locmoe train`` calls a module. Point
-    the attribute at the real entry for these in-process runs."""
-    import backends.torch
-    from backends.torch.train import train
-
-    monkeypatch.setattr(backends.torch, "train", train)
+CASES = [
+    "text: not utf-8",
+    "text: missing",
+    "text: empty folder",
+    "text: too small",
+    "text: split leaves no validation window",
+    'jsonl: domain "a"',
+    "jsonl: domain 0.7",
+    "jsonl: domain true",
+    "jsonl: domain -1",
+    "jsonl: domain 5",
+    "jsonl: not json",
+    "jsonl: no text",
+    "jsonl: not utf-8",
+    *(
+        f"{fmt}: {what}"
+        for fmt in ("bin_uint16", "bin_uint32")
+        for what in ("empty", "ragged size", "id beyond the vocabulary in the validation split only")
+    ),
+    "indexed: missing .idx",
+    "indexed: missing .bin",
+    "indexed: not an index",
+    "indexed: truncated index",
+    "indexed: halves that do not belong together",
+    "indexed: float tokens",
+    "indexed: id beyond the vocabulary in the validation split only",
+    "indexed: prepared with another tokenizer",
+    "indexed: sidecar not json",
+    "indexed: sidecar of the wrong shape",
+    "indexed: document domain beyond num_domains",
+    "indexed: no tokens",
+]
 
 
 @pytest.mark.parametrize("name", CASES)

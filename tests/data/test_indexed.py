@@ -1,16 +1,17 @@
 """The indexed dataset format: the .idx bytes follow Megatron's MMapIndexedDataset layout (checked against a
 hand-assembled file), what is written is read back exactly, foreign (sidecar-less) files are read, and any
 corruption of the index is a DataError, never another exception."""
+
 import json
 import struct
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from locmoe.config.schema import DataConfig, DataSource
-from locmoe.data import DataError, load_corpus, load_tokenizer
-from locmoe.data import indexed
+from locmoe.data import DataError, indexed, load_corpus, load_tokenizer
 
 
 def handmade_idx(dtype_code, lengths, itemsize, doc_index, modes=None) -> bytes:
@@ -34,8 +35,9 @@ def test_idx_bytes_follow_megatrons_layout(tmp_path, dtype, code):
     indexed.write_index(tmp_path / "a.idx", dtype, lengths, None)
     assert (tmp_path / "a.idx").read_bytes() == handmade_idx(code, lengths, np.dtype(dtype).itemsize, [0, 1, 2, 3, 4])
     indexed.write_index(tmp_path / "b.idx", dtype, lengths, np.array([2, 0, 1, 2]))
-    assert (tmp_path / "b.idx").read_bytes() == handmade_idx(code, lengths, np.dtype(dtype).itemsize,
-                                                             [0, 1, 2, 3, 4], [2, 0, 1, 2])
+    assert (tmp_path / "b.idx").read_bytes() == handmade_idx(
+        code, lengths, np.dtype(dtype).itemsize, [0, 1, 2, 3, 4], [2, 0, 1, 2]
+    )
 
 
 def test_a_long_document_becomes_several_sequences(tmp_path, monkeypatch):
@@ -49,10 +51,22 @@ def write_dataset(prefix, docs, domains, dtype, meta=True, vocab=256):
     np.concatenate(docs).astype(dtype).tofile(indexed.bin_path(prefix))
     indexed.write_index(indexed.idx_path(prefix), dtype, [len(d) for d in docs], np.asarray(domains) if meta else None)
     if meta:
-        indexed.meta_path(prefix).write_text(json.dumps({
-            "format": "locmoe-indexed", "version": 1, "dtype": np.dtype(dtype).name, "documents": len(docs),
-            "tokens": int(sum(len(d) for d in docs)), "max_token": int(max(d.max() for d in docs if len(d))),
-            "tokenizer": "byte", "tokenizer_name": "byte", "vocab_size": vocab, "document_domains": True}))
+        indexed.meta_path(prefix).write_text(
+            json.dumps(
+                {
+                    "format": "locmoe-indexed",
+                    "version": 1,
+                    "dtype": np.dtype(dtype).name,
+                    "documents": len(docs),
+                    "tokens": int(sum(len(d) for d in docs)),
+                    "max_token": int(max(d.max() for d in docs if len(d))),
+                    "tokenizer": "byte",
+                    "tokenizer_name": "byte",
+                    "vocab_size": vocab,
+                    "document_domains": True,
+                }
+            )
+        )
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
@@ -66,13 +80,16 @@ def test_written_is_read_back_exactly(tmp_path, dtype):
     assert ds.documents == 40 and ds.dtype == np.dtype(dtype) and ds.n_tokens == sum(map(len, docs))
     np.testing.assert_array_equal(arrays["lengths"], [len(d) for d in docs])
     np.testing.assert_array_equal(arrays["modes"], domains)
-    np.testing.assert_array_equal(ds.tokens()[0:ds.n_tokens], np.concatenate(docs))
+    np.testing.assert_array_equal(ds.tokens()[0 : ds.n_tokens], np.concatenate(docs))
     # the corpus: each domain is its documents in order (interleaved domains are runs of one file)
-    corpus = load_corpus(DataConfig(sources=[DataSource(path=str(tmp_path / "c"))], seq_len=8, val_fraction=0.1),
-                         load_tokenizer("byte"), 3)
+    corpus = load_corpus(
+        DataConfig(sources=[DataSource(path=str(tmp_path / "c"))], seq_len=8, val_fraction=0.1),
+        load_tokenizer("byte"),
+        3,
+    )
     for d in range(3):
         whole = np.concatenate([doc for doc, dom in zip(docs, domains) if dom == d])
-        got = np.concatenate([corpus.train[d][0:len(corpus.train[d])], corpus.val[d][0:len(corpus.val[d])]])
+        got = np.concatenate([corpus.train[d][0 : len(corpus.train[d])], corpus.val[d][0 : len(corpus.val[d])]])
         np.testing.assert_array_equal(got, whole)
 
 
@@ -81,17 +98,22 @@ def test_a_megatron_file_without_sidecar_is_one_domain(tmp_path):
     applies and the tokens are scanned for the vocabulary check."""
     docs = [np.arange(50) % 200, np.arange(70) % 100]
     write_dataset(tmp_path / "m", docs, [1, 0], np.uint16, meta=False)
-    corpus = load_corpus(DataConfig(sources=[DataSource(path=str(tmp_path / "m.idx"), domain=1)], seq_len=8,
-                                    val_fraction=0.2),
-                         load_tokenizer("byte"), 2)
+    corpus = load_corpus(
+        DataConfig(sources=[DataSource(path=str(tmp_path / "m.idx"), domain=1)], seq_len=8, val_fraction=0.2),
+        load_tokenizer("byte"),
+        2,
+    )
     assert list(corpus.train) == [1] and corpus.tokens("train") + corpus.tokens("val") == 120
 
 
 @pytest.mark.parametrize("spelling", ["c", "c.bin", "c.idx"])
 def test_auto_detects_the_prefix(tmp_path, spelling):
     write_dataset(tmp_path / "c", [np.arange(100) % 256], [0], np.uint8)
-    corpus = load_corpus(DataConfig(sources=[DataSource(path=str(tmp_path / spelling))], seq_len=8,
-                                    val_fraction=0.2), load_tokenizer("byte"), 1)
+    corpus = load_corpus(
+        DataConfig(sources=[DataSource(path=str(tmp_path / spelling))], seq_len=8, val_fraction=0.2),
+        load_tokenizer("byte"),
+        1,
+    )
     assert corpus.tokens("train") + corpus.tokens("val") == 100
 
 
@@ -121,7 +143,7 @@ def test_a_corrupt_index_is_a_data_error(good, tmp_path_factory, data):
         if kind == "flip" and raw:
             raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
         elif kind == "cut":
-            del raw[data.draw(st.integers(0, len(raw))):]
+            del raw[data.draw(st.integers(0, len(raw))) :]
         else:
             raw += bytes(data.draw(st.integers(1, 16)))
     d = tmp_path_factory.mktemp("bad")
@@ -133,4 +155,4 @@ def test_a_corrupt_index_is_a_data_error(good, tmp_path_factory, data):
         assert "\n" not in str(err) and str(d / "g") in str(err)
         return
     assert ds.n_tokens * ds.dtype.itemsize == (d / "g.bin").stat().st_size
-    assert len(ds.tokens()[0:ds.n_tokens]) == ds.n_tokens
+    assert len(ds.tokens()[0 : ds.n_tokens]) == ds.n_tokens

@@ -1,11 +1,13 @@
 """Lazy token streams: windows equal those of the eager int64 path, batch for batch, for every old source
 format (text, jsonl with domains, bin_uint16, bin_uint32, the stdlib fallback with max_bytes), and the pieces
 (TokenStream slicing and splitting, FileTokens, the chunked min/max scan) equal plain numpy."""
+
 import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from locmoe.config.schema import DataConfig, DataSource
 from locmoe.data import BatchSampler, TokenStream, load_corpus, load_tokenizer
@@ -19,8 +21,9 @@ def sources(tmp_path_factory):
     d = tmp_path_factory.mktemp("src")
     rng = np.random.default_rng(0)
     (d / "a.txt").write_text("héllo wörld, ünïcödé " * 200, encoding="utf-8")
-    (d / "b.jsonl").write_text("\n".join(json.dumps({"text": f"row {i} " * (i % 7 + 3), "domain": i % 2})
-                                         for i in range(300)))
+    (d / "b.jsonl").write_text(
+        "\n".join(json.dumps({"text": f"row {i} " * (i % 7 + 3), "domain": i % 2}) for i in range(300))
+    )
     rng.integers(0, 256, 20000).astype(np.uint16).tofile(d / "c.bin")
     rng.integers(0, 256, 30000).astype(np.uint32).tofile(d / "e.u32")
     (d / "folder").mkdir()
@@ -36,8 +39,12 @@ def configs(d):
         "text": DataConfig(sources=[src("a.txt")], seq_len=32),
         "text cut mid-character": DataConfig(sources=[src("a.txt")], seq_len=32, max_bytes=1001),
         "folder": DataConfig(sources=[src("folder")], seq_len=16, seed=5),
-        "mixed domains": DataConfig(sources=[src("b.jsonl"), src("c.bin", domain=1), src("e.u32", domain=1),
-                                             src("a.txt")], seq_len=48, val_fraction=0.1, seed=3),
+        "mixed domains": DataConfig(
+            sources=[src("b.jsonl"), src("c.bin", domain=1), src("e.u32", domain=1), src("a.txt")],
+            seq_len=48,
+            val_fraction=0.1,
+            seed=3,
+        ),
     }
 
 
@@ -50,10 +57,10 @@ def test_batches_equal_the_eager_path(sources, name):
     for split, ref in (("train", train), ("val", val)):
         assert {d: len(s) for d, s in getattr(corpus, split).items()} == {d: len(s) for d, s in ref.items()}
         for d, s in ref.items():
-            np.testing.assert_array_equal(getattr(corpus, split)[d][0:len(s)], s)
+            np.testing.assert_array_equal(getattr(corpus, split)[d][0 : len(s)], s)
     for world in (1, 3):
         for rank in range(world):
-            sampler = BatchSampler(corpus, cfg.seq_len, 2, rank, world, cfg.seed)
+            sampler = BatchSampler(corpus, cfg.seq_len, 2, rank=rank, world=world, seed=cfg.seed)
             for step in range(4):
                 for split, ref in (("train", train), ("val", val)):
                     got = sampler.batch(step, step % 2, split)
@@ -76,10 +83,10 @@ def test_stream_slices_and_splits_equal_numpy(lengths, data):
     np.testing.assert_array_equal(s[a:b], flat[a:b])
     head, tail = s.split(a)
     assert len(head) == a and len(tail) == len(flat) - a
-    np.testing.assert_array_equal(np.concatenate([head[0:len(head)], tail[0:len(tail)]]), flat)
+    np.testing.assert_array_equal(np.concatenate([head[0 : len(head)], tail[0 : len(tail)]]), flat)
     if len(tail):
         c = data.draw(st.integers(0, len(tail) - 1))
-        np.testing.assert_array_equal(tail[c:], flat[a + c:])
+        np.testing.assert_array_equal(tail[c:], flat[a + c :])
 
 
 def test_file_tokens_and_chunked_scan(tmp_path, monkeypatch):
@@ -90,10 +97,12 @@ def test_file_tokens_and_chunked_scan(tmp_path, monkeypatch):
     assert len(ft) == len(tokens)
     for a, b in ((0, 1), (5, 5000), (10000, 10007), (0, 10007)):
         np.testing.assert_array_equal(ft[a:b], tokens[a:b])
-    monkeypatch.setattr(stream_mod, "SCAN_BYTES", 1000)          # ~20 chunks: the chunk edges are exercised
+    monkeypatch.setattr(stream_mod, "SCAN_BYTES", 1000)  # ~20 chunks: the chunk edges are exercised
     assert scan_minmax(path, np.uint16) == (int(tokens.min()), int(tokens.max()))
-    assert scan_minmax(path, np.uint16, offset=2 * 9000, count=1007) == (int(tokens[9000:].min()),
-                                                                         int(tokens[9000:].max()))
+    assert scan_minmax(path, np.uint16, offset=2 * 9000, count=1007) == (
+        int(tokens[9000:].min()),
+        int(tokens[9000:].max()),
+    )
 
 
 def test_a_stream_never_copies_the_corpus(sources):

@@ -1,6 +1,7 @@
 """``locmoe data prepare``: the prepared dataset holds exactly the tokens training on the text sources would,
 whatever the number of workers or JSONL chunks; failures name the file and leave nothing behind; training
 reads the prefix."""
+
 import json
 
 import numpy as np
@@ -8,16 +9,17 @@ import pytest
 
 from locmoe import cli
 from locmoe.config.schema import DataConfig, DataSource
-from locmoe.data import BatchSampler, load_corpus, load_tokenizer
-from locmoe.data import indexed, prepare as prepare_mod
+from locmoe.data import BatchSampler, indexed, load_corpus, load_tokenizer
+from locmoe.data import prepare as prepare_mod
 
 
 @pytest.fixture()
 def texts(tmp_path):
     d = tmp_path / "src"
     d.mkdir()
-    rows = [json.dumps({"text": f"row {i} ünï " * (i % 9 + 1), **({"domain": i % 2} if i % 4 else {})})
-            for i in range(500)]
+    rows = [
+        json.dumps({"text": f"row {i} ünï " * (i % 9 + 1), **({"domain": i % 2} if i % 4 else {})}) for i in range(500)
+    ]
     (d / "rows.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
     (d / "prose.txt").write_text("Some prose, plain text. " * 300, encoding="utf-8")
     (d / "blank.txt").write_text("  \n")
@@ -33,7 +35,7 @@ def test_prepared_equals_training_on_the_text(texts, tmp_path, capsys):
     out = capsys.readouterr().out
     meta = json.loads(indexed.meta_path(tmp_path / "p").read_text())
     assert f"{meta['documents']} documents, {meta['tokens']} tokens, dtype uint8" in out
-    assert meta["documents"] == 501 and meta["dtype"] == "uint8"          # 500 rows + prose; blank.txt skipped
+    assert meta["documents"] == 501 and meta["dtype"] == "uint8"  # 500 rows + prose; blank.txt skipped
     cfg = lambda path: DataConfig(sources=[DataSource(path=str(path))], seq_len=32, seed=7)  # noqa: E731
     tok = load_tokenizer("byte")
     a, b = load_corpus(cfg(texts), tok, 2), load_corpus(cfg(tmp_path / "p"), tok, 2)
@@ -41,15 +43,18 @@ def test_prepared_equals_training_on_the_text(texts, tmp_path, capsys):
         sa, sb = getattr(a, split), getattr(b, split)
         assert sa.keys() == sb.keys() == {0, 1}
         for d in sa:
-            np.testing.assert_array_equal(sa[d][0:len(sa[d])], sb[d][0:len(sb[d])])
+            np.testing.assert_array_equal(sa[d][0 : len(sa[d])], sb[d][0 : len(sb[d])])
     for step in range(3):
-        for x, y in zip(BatchSampler(a, 32, 4, 0, 1, 7).batch(step), BatchSampler(b, 32, 4, 0, 1, 7).batch(step)):
+        for x, y in zip(
+            BatchSampler(a, 32, 4, rank=0, world=1, seed=7).batch(step),
+            BatchSampler(b, 32, 4, rank=0, world=1, seed=7).batch(step),
+        ):
             np.testing.assert_array_equal(x, y)
 
 
 def test_workers_and_chunks_do_not_change_the_bytes(texts, tmp_path, monkeypatch):
     assert run(texts, "--out", tmp_path / "one", "--workers", "1") == 0
-    monkeypatch.setattr(prepare_mod, "CHUNK_BYTES", 1000)      # rows.jsonl becomes ~20 units
+    monkeypatch.setattr(prepare_mod, "CHUNK_BYTES", 1000)  # rows.jsonl becomes ~20 units
     assert len(prepare_mod.plan_units([str(texts / "rows.jsonl")], "auto", 0)) > 10
     assert prepare_mod.prepare([str(texts)], str(tmp_path / "two"), workers=2, progress=False)["documents"] == 501
     for suffix in (".bin", ".idx"):
@@ -60,13 +65,15 @@ def test_a_bad_row_names_its_line_and_leaves_nothing(texts, tmp_path, monkeypatc
     lines = (texts / "rows.jsonl").read_text().splitlines()
     lines[411] = '{"text": "x", "domain": 0.7}'
     (texts / "rows.jsonl").write_text("\n".join(lines) + "\n")
-    monkeypatch.setattr(prepare_mod, "CHUNK_BYTES", 1000)      # the bad row is deep in a later chunk
+    monkeypatch.setattr(prepare_mod, "CHUNK_BYTES", 1000)  # the bad row is deep in a later chunk
     out = tmp_path / "out"
     out.mkdir()
     assert run(texts, "--out", out / "p", "--workers", "1") == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"locmoe data: DataError: {texts / 'rows.jsonl'}:412: 'domain' must be a non-negative integer, got 0.7"
-    assert list(out.iterdir()) == []                               # no PREFIX.*, no temporary folder
+    assert err == (
+        f"locmoe data: DataError: {texts / 'rows.jsonl'}:412: 'domain' must be a non-negative integer, got 0.7"
+    )
+    assert list(out.iterdir()) == []  # no PREFIX.*, no temporary folder
 
 
 @pytest.mark.parametrize("case", ["not utf-8", "existing output", "binary source", "no text", "missing folder"])
@@ -100,12 +107,20 @@ def test_refusals(texts, tmp_path, capsys, case):
 
 def test_training_reads_the_prefix(texts, tmp_path):
     """One short real run on a prepared prefix (torch, one process)."""
-    from tests.training.runs import train, losses
+    from tests.training.runs import losses, train
 
     assert run(texts, "--out", tmp_path / "p") == 0
     out = tmp_path / "run"
-    train(out, f"data.sources=[{{path: {tmp_path / 'p'}}}]", "moe.domains.num_domains=2", "data.seq_len=32",
-          "model.max_seq_len=32", "train.steps=2", "train.warmup_steps=1", "train.batch_size=2")
+    train(
+        out,
+        f"data.sources=[{{path: {tmp_path / 'p'}}}]",
+        "moe.domains.num_domains=2",
+        "data.seq_len=32",
+        "model.max_seq_len=32",
+        "train.steps=2",
+        "train.warmup_steps=1",
+        "train.batch_size=2",
+    )
     assert 2 in losses(out)
 
 
@@ -119,18 +134,22 @@ def test_a_tokenizer_file_and_its_fingerprint(tmp_path):
     text = "To be, or not to be, that is the question. " * 200
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        [text], trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    )
     tok.save(str(tmp_path / "bpe.json"))
     (tmp_path / "a.txt").write_text(text)
-    meta = prepare_mod.prepare([str(tmp_path / "a.txt")], str(tmp_path / "p"), str(tmp_path / "bpe.json"),
-                               progress=False)
+    meta = prepare_mod.prepare(
+        [str(tmp_path / "a.txt")], str(tmp_path / "p"), str(tmp_path / "bpe.json"), progress=False
+    )
     bpe = load_tokenizer(str(tmp_path / "bpe.json"))
     assert meta["dtype"] == "uint16" and meta["vocab_size"] == bpe.vocab_size > 256
     np.testing.assert_array_equal(np.fromfile(tmp_path / "p.bin", dtype=np.uint16), bpe.encode(text + "\n"))
     cfg = DataConfig(sources=[DataSource(path=str(tmp_path / "p"))], seq_len=16)
     assert load_corpus(cfg, bpe, 1).tokens("train") > 0
-    with pytest.raises(DataError, match=r"p\.locmoe\.json: prepared with tokenizer .*bpe\.json.* but data\.tokenizer is byte"):
+    with pytest.raises(
+        DataError, match=r"p\.locmoe\.json: prepared with tokenizer .*bpe\.json.* but data\.tokenizer is byte"
+    ):
         load_corpus(cfg, load_tokenizer("byte"), 1)
 
 

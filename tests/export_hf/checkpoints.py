@@ -1,6 +1,7 @@
-"""Checkpoints written directly (no training): every ``models.spec`` tensor drawn by its init rule, the
+"""Checkpoints written directly (no training): every ``locmoe.model_spec`` tensor drawn by its init rule, the
 router gates widened so routing differs token by token, the routers' angle state set to distinct float64
 values (one NaN) so that its round trip is checked too."""
+
 from __future__ import annotations
 
 import json
@@ -11,11 +12,22 @@ from safetensors.numpy import save_file
 
 from locmoe.checkpointing import seal, temp_dir
 from locmoe.config import config_to_dict, load_config
-from models.spec import initial_value, parameter_shapes
+from locmoe.model_spec import initial_value, parameter_shapes
 
-SMALL = ["model.d_model=32", "model.n_heads=4", "model.n_layers=4", "model.dense_layers=1", "model.d_ff=64",
-         "model.max_seq_len=64", "data.seq_len=64", "moe.num_experts=4", "moe.d_expert=48",
-         "parallel.nodes=1", "parallel.devices_per_node=1", "parallel.device=cpu"]
+SMALL = [
+    "model.d_model=32",
+    "model.n_heads=4",
+    "model.n_layers=4",
+    "model.dense_layers=1",
+    "model.d_ff=64",
+    "model.max_seq_len=64",
+    "data.seq_len=64",
+    "moe.num_experts=4",
+    "moe.d_expert=48",
+    "parallel.nodes=1",
+    "parallel.devices_per_node=1",
+    "parallel.device=cpu",
+]
 
 
 def write_checkpoint(out: Path, *overrides: str, step: int = 7, seed: int = 0) -> Path:

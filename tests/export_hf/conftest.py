@@ -1,5 +1,6 @@
 """A tiny trained checkpoint (configs/tiny_cpu.yaml, LocMoE router with GrAP, a few steps) with its router
 export, and its Hugging Face export."""
+
 import pytest
 
 from locmoe.export import export_checkpoint

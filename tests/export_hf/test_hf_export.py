@@ -2,6 +2,7 @@
 
 Tolerance 1e-4 (fp32 CPU): the same weights; the kernels differ in summation order (GrAP as a matmul
 instead of a group mean, rotate_half on permuted rows, transformers' per-expert loop) — measured ~6e-7."""
+
 import json
 
 import pytest
@@ -10,11 +11,10 @@ import transformers
 
 from backends.torch.inference.kv_generate import generate_cached
 from backends.torch.inference.loader import load_inference_model
-from locmoe.cli import main
-from locmoe.data import ByteTokenizer
-from locmoe.export import export_checkpoint
 from locmoe.checkpointing import load_state, tokenizer_spec
-from locmoe.data import load_tokenizer
+from locmoe.cli import main
+from locmoe.data import ByteTokenizer, load_tokenizer
+from locmoe.export import export_checkpoint
 from locmoe.export.hf_export import export_hf
 from locmoe.export.hf_import import import_hf
 from tests.export_hf.checkpoints import write_checkpoint
@@ -42,15 +42,24 @@ def test_transformers_computes_our_logits_on_a_trained_checkpoint(trained, hf_di
     prompt = list(b"def main(")
     ours, _ = generate_cached(load_inference_model(trained, trained / "router"), [prompt], 8)
     theirs = hf_model(hf_dir).generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)
-    assert theirs[0, len(prompt):].tolist() == ours[0]
+    assert theirs[0, len(prompt) :].tolist() == ours[0]
 
 
-@pytest.mark.parametrize("overrides", [
-    ("moe.router.kind=gshard", "moe.router.temperature=0.7", "model.tie_embeddings=false"),
-    ("moe.router.kind=switch",),                                     # k = 1: the raw probability
-    ("moe.router.kind=locmoe", "moe.router.temperature=2.0", "model.n_layers=6", "model.dense_layers=2",
-     "model.moe_every=2"),                                           # GrAP over a temperature; MoE at 2, 4
-], ids=["gshard_untied_temperature", "switch_top1", "grap_dense_pattern"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("moe.router.kind=gshard", "moe.router.temperature=0.7", "model.tie_embeddings=false"),
+        ("moe.router.kind=switch",),  # k = 1: the raw probability
+        (
+            "moe.router.kind=locmoe",
+            "moe.router.temperature=2.0",
+            "model.n_layers=6",
+            "model.dense_layers=2",
+            "model.moe_every=2",
+        ),  # GrAP over a temperature; MoE at 2, 4
+    ],
+    ids=["gshard_untied_temperature", "switch_top1", "grap_dense_pattern"],
+)
 def test_every_representable_router_matches(overrides, tmp_path):
     run = tmp_path / "run"
     write_checkpoint(run, *overrides)
@@ -64,7 +73,7 @@ def test_byte_tokenizer_encodes_and_decodes_as_ours(hf_dir):
     text = "héllo wörld\n\tdef f(x):  return x  # 😀 ∑"
     assert tok(text)["input_ids"] == ours.encode(text).tolist()
     assert tok.decode(ours.encode(text).tolist()) == text
-    for bad in ([0xC3], [0xE2, 0x82, 0x41], [0xFF, 0x41, 0xC3, 0xA9]):     # invalid UTF-8 decodes the same
+    for bad in ([0xC3], [0xE2, 0x82, 0x41], [0xFF, 0x41, 0xC3, 0xA9]):  # invalid UTF-8 decodes the same
         assert tok.decode(bad) == ours.decode(bad)
 
 
@@ -73,8 +82,10 @@ def test_tokenizers_json_of_the_run_travels_along(tmp_path):
 
     t = Tokenizer(models.BPE(unk_token="<unk>"))
     t.pre_tokenizer = pre_tokenizers.Whitespace()
-    t.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 50,
-                          trainers.BpeTrainer(vocab_size=60, special_tokens=["<unk>", "</s>"]))
+    t.train_from_iterator(
+        ["the quick brown fox jumps over the lazy dog"] * 50,
+        trainers.BpeTrainer(vocab_size=60, special_tokens=["<unk>", "</s>"]),
+    )
     t.save(str(tmp_path / "tok.json"))
     run = tmp_path / "run"
     write_checkpoint(run, f"data.tokenizer={tmp_path / 'tok.json'}", "model.vocab_size=64")
@@ -82,17 +93,21 @@ def test_tokenizers_json_of_the_run_travels_along(tmp_path):
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
     assert hf_tok("the lazy fox")["input_ids"] == t.encode("the lazy fox").ids
     assert json.loads((out / "config.json").read_text())["eos_token_id"] == t.token_to_id("</s>")
-    ckpt = import_hf(out, tmp_path / "back")                 # and back: the checkpoint keeps its own copy
+    ckpt = import_hf(out, tmp_path / "back")  # and back: the checkpoint keeps its own copy
     spec = tokenizer_spec(load_state(ckpt)["config"]["data"]["tokenizer"], ckpt)
     assert load_tokenizer(spec).encode("the lazy fox").tolist() == t.encode("the lazy fox").ids
 
 
-@pytest.mark.parametrize("overrides, field", [
-    (("moe.router.kind=hash",), "moe.router.kind = 'hash'"),
-    (("moe.router.kind=expert_choice",), "moe.router.kind = 'expert_choice'"),
-    (("moe.domains.num_domains=2",), "moe.domains.num_domains = 2"),
-    (("moe.activation=gelu",), "moe.activation = 'gelu'"),
-], ids=["hash", "expert_choice", "domains", "gelu"])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (("moe.router.kind=hash",), "moe.router.kind = 'hash'"),
+        (("moe.router.kind=expert_choice",), "moe.router.kind = 'expert_choice'"),
+        (("moe.domains.num_domains=2",), "moe.domains.num_domains = 2"),
+        (("moe.activation=gelu",), "moe.activation = 'gelu'"),
+    ],
+    ids=["hash", "expert_choice", "domains", "gelu"],
+)
 def test_unrepresentable_configs_are_clear_errors(overrides, field, tmp_path, capsys):
     run = tmp_path / "run"
     write_checkpoint(run, *overrides)

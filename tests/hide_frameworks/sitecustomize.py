@@ -1,6 +1,7 @@
 """Put this folder on PYTHONPATH to run Python as if the frameworks named in ``LOCMOE_HIDE`` (comma-separated,
 e.g. ``torch,mindspore``) were not installed: importing one, or asking ``importlib.util.find_spec`` for it, raises
 the ``ModuleNotFoundError`` a missing package raises. Used by ``tests/test_missing_framework.py``."""
+
 import os
 import sys
 

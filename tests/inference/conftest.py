@@ -1,5 +1,6 @@
 """A tiny trained checkpoint with its router export (2 nodes x 2 devices, as configs/tiny_cpu.yaml
 emulates), plus a second export of the same routers placed on 2 devices (2 nodes x 1)."""
+
 import dataclasses
 
 import pytest

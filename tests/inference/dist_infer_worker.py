@@ -3,19 +3,21 @@ writes each mode's largest logit difference from plain execution (over all ranks
 
     torchrun --nproc_per_node N tests/inference/dist_infer_worker.py CHECKPOINT ROUTER OUT.json
 """
+
 import sys
 
 import torch
 import torch.distributed as dist
 
 from backends.torch.inference.loader import load_inference_model
-from tests.inference.worker_report import finish
 from backends.torch.inference.options import ServeOptions
 from tests.inference.synthetic import profile
+from tests.inference.worker_report import finish
 
 MODES = {
-    "pipelined_auto": ServeOptions(mode="pipelined", record=True,
-                                   profile=profile(grouped_tflops=1e-3, dense_tflops=2e-3, a2a_gbps=0.005)),
+    "pipelined_auto": ServeOptions(
+        mode="pipelined", record=True, profile=profile(grouped_tflops=1e-3, dense_tflops=2e-3, a2a_gbps=0.005)
+    ),
     "plain_dense": ServeOptions(mode="plain", kernel="dense"),
     "chunked_3": ServeOptions(mode="chunked", chunks=3),
     "pipelined_3": ServeOptions(mode="pipelined", chunks=3, order="interleaved"),
@@ -28,7 +30,7 @@ def main():
     model = load_inference_model(ckpt, router)
     me = model.group.my_index
     g = torch.Generator().manual_seed(100 + me)
-    tokens = torch.randint(0, model.cfg.model.vocab_size, (1 + me % 2, 24), generator=g)   # uneven ranks
+    tokens = torch.randint(0, model.cfg.model.vocab_size, (1 + me % 2, 24), generator=g)  # uneven ranks
     # auto first: before any call a layer plans with uniform routing (later calls use the previous batch's
     # routing, which for LocMoE on these weights keeps every token on its node: then one chunk is best)
     outs = {}

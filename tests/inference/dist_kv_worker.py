@@ -3,14 +3,15 @@ path) against the no-cache forward; rank 0 writes the largest logit difference o
 
     torchrun --nproc_per_node N tests/inference/dist_kv_worker.py CHECKPOINT ROUTER OUT.json
 """
+
 import sys
 
 import torch
 import torch.distributed as dist
 
+from backends.torch.inference.decode import generate
 from backends.torch.inference.kv_decoder import KVDecoder
 from backends.torch.inference.kv_generate import generate_cached
-from backends.torch.inference.decode import generate
 from backends.torch.inference.loader import load_inference_model
 from tests.inference.worker_report import finish
 
@@ -22,7 +23,7 @@ def main():
     model = load_inference_model(ckpt, router)
     me = model.group.my_index
     g = torch.Generator().manual_seed(10 + me)
-    lengths = [3 + 4 * me, 6][: 1 + me % 2]                         # ranks hold different batches
+    lengths = [3 + 4 * me, 6][: 1 + me % 2]  # ranks hold different batches
     seqs = [torch.randint(0, 256, (n + STEPS,), generator=g) for n in lengths]
     P = max(lengths)
     dec = KVDecoder(model, len(lengths), P + STEPS)
@@ -33,7 +34,7 @@ def main():
         # the reference forward is collective too: every rank runs it once per row slot, padding with a copy
         for b in range(2):
             s, n = (seqs[b], lengths[b]) if b < len(lengths) else (seqs[0], lengths[0])
-            ref = model(s[:n + t][None], last_only=True)[0]
+            ref = model(s[: n + t][None], last_only=True)[0]
             if b < len(lengths):
                 err = max(err, (logits[b] - ref).abs().max().item())
         if t < STEPS:

@@ -1,4 +1,5 @@
 """Small served models with random weights (no checkpoint) for the KV-cache and export tests."""
+
 from __future__ import annotations
 
 import torch
@@ -6,12 +7,24 @@ import torch
 from backends.torch.inference.loader import build_inference_model, finish, random_weights
 from backends.torch.inference.model import InferenceModel
 from locmoe.config import load_config
+from locmoe.model_spec import moe_layer_indices
 from locmoe.topology import ExpertPlacement, Topology
-from models.spec import moe_layer_indices
 
-TINY = ["model.d_model=32", "model.n_heads=4", "model.n_layers=4", "model.dense_layers=1", "model.moe_every=1",
-        "model.d_ff=64", "model.max_seq_len=40", "data.seq_len=40", "moe.num_experts=4", "moe.d_expert=48",
-        "moe.capacity.mode=dropless", "moe.check_finite=false", "parallel.device=cpu"]
+TINY = [
+    "model.d_model=32",
+    "model.n_heads=4",
+    "model.n_layers=4",
+    "model.dense_layers=1",
+    "model.moe_every=1",
+    "model.d_ff=64",
+    "model.max_seq_len=40",
+    "data.seq_len=40",
+    "moe.num_experts=4",
+    "moe.d_expert=48",
+    "moe.capacity.mode=dropless",
+    "moe.check_finite=false",
+    "parallel.device=cpu",
+]
 
 
 def served_model(router: str, *overrides: str, seed: int = 0) -> InferenceModel:
@@ -20,7 +33,7 @@ def served_model(router: str, *overrides: str, seed: int = 0) -> InferenceModel:
     topo = Topology(1, 1)
     placements = {i: ExpertPlacement.contiguous(cfg.moe.num_experts, topo) for i in moe_layer_indices(cfg.model)}
     model = random_weights(finish(build_inference_model(cfg, topo, placements, "cpu"), "float32"), seed=seed)
-    with torch.no_grad():          # a spread of gate scores, so that routing differs token by token
+    with torch.no_grad():  # a spread of gate scores, so that routing differs token by token
         for i in model.moe_layers:
             g = model.layers[i].moe.router.gate_weight
             if g is not None:

@@ -1,5 +1,6 @@
 """The cost model's decisions on synthetic profiles: kernel by load, chunk count and order, fitting, and
 the profile file format."""
+
 import json
 
 import numpy as np
@@ -8,8 +9,7 @@ import pytest
 from locmoe.inference.calibration import KernelSample, LinkSample, Measurements, fit_profile
 from locmoe.inference.cost_model import balance_breakeven, choose_kernel, kernel_seconds
 from locmoe.inference.errors import InferenceError, ProfileError
-from locmoe.inference.pipeline_plan import (ChunkCost, comm_order, expected_counts, plan_pipeline, serial,
-                                            simulate)
+from locmoe.inference.pipeline_plan import ChunkCost, comm_order, expected_counts, plan_pipeline, serial, simulate
 from locmoe.inference.profile import DeviceProfile
 from tests.inference.synthetic import profile
 
@@ -17,9 +17,9 @@ D, F = 1024, 512
 
 
 def test_balanced_loads_pick_dense_and_skewed_loads_pick_grouped():
-    p = profile()                                   # dense twice as fast per FLOP, pays for padding
+    p = profile()  # dense twice as fast per FLOP, pays for padding
     balanced = np.full(8, 512)
-    skewed = np.array([2048, 256, 256, 256, 256, 512, 256, 256])       # same total rows
+    skewed = np.array([2048, 256, 256, 256, 256, 512, 256, 256])  # same total rows
     assert balanced.sum() == skewed.sum()
     assert choose_kernel(p, balanced, D, F).kernel == "dense"
     assert choose_kernel(p, skewed, D, F).kernel == "grouped"
@@ -38,15 +38,23 @@ def test_a_profile_where_grouped_is_faster_always_picks_grouped():
 def test_many_small_experts_favour_dense_when_grouped_pays_per_expert():
     p = profile(grouped_tflops=200.0, dense_tflops=200.0, grouped_per_expert_s=20e-6)
     assert choose_kernel(p, np.full(64, 16), D, F).kernel == "dense"
-    assert kernel_seconds(p, "grouped", np.zeros(4), D, F) == 0.0           # no rows: nothing runs
+    assert kernel_seconds(p, "grouped", np.zeros(4), D, F) == 0.0  # no rows: nothing runs
 
 
 def test_simulated_pipeline_overlaps_and_orders():
     costs = [ChunkCost(1.0, 1.0, 1.0)] * 4
-    assert comm_order(4, "interleaved") == [("D", 0), ("D", 1), ("C", 0), ("D", 2), ("C", 1), ("D", 3),
-                                            ("C", 2), ("C", 3)]
+    assert comm_order(4, "interleaved") == [
+        ("D", 0),
+        ("D", 1),
+        ("C", 0),
+        ("D", 2),
+        ("C", 1),
+        ("D", 3),
+        ("C", 2),
+        ("C", 3),
+    ]
     assert serial(costs) == 12.0
-    assert simulate(costs, "interleaved") == 8.0                   # the comm stream is the bottleneck
+    assert simulate(costs, "interleaved") == 8.0  # the comm stream is the bottleneck
     assert simulate([ChunkCost(1.0, 3.0, 1.0)], "interleaved") == 5.0
     compute_bound = [ChunkCost(0.25, 2.0, 0.25)] * 4
     assert simulate(compute_bound, "interleaved") == pytest.approx(0.25 + 8.0 + 0.25)
@@ -55,7 +63,7 @@ def test_simulated_pipeline_overlaps_and_orders():
 
 
 def test_chunk_count_follows_the_balance_of_communication_and_compute():
-    counts = lambda n: expected_counts([16384, 16384], 2, 32, n)          # noqa: E731  2 ranks, E=64, top-2
+    counts = lambda n: expected_counts([16384, 16384], 2, 32, n)  # noqa: E731  2 ranks, E=64, top-2
     slow_link = profile(grouped_tflops=400.0, dense_tflops=200.0, a2a_gbps=100.0, a2a_latency_s=30e-6)
     plan = plan_pipeline(slow_link, counts, 2048, 1408, "swiglu", 2)
     assert plan.chunks > 1 and plan.predicted_s < plan.serial_s
@@ -67,7 +75,7 @@ def test_chunk_count_follows_the_balance_of_communication_and_compute():
 
 def test_expected_counts_follow_the_previous_routing():
     prev = np.zeros((2, 2, 2))
-    prev[:, 0, 0] = 10                                      # everything went to rank 0's first expert
+    prev[:, 0, 0] = 10  # everything went to rank 0's first expert
     c = expected_counts([8, 4], 2, 2, 4, prev)
     assert c.shape == (2, 4, 2, 2)
     assert c[:, :, 0, 0].sum(axis=1).tolist() == [16.0, 8.0] and c[:, :, 1].sum() == 0
@@ -76,7 +84,7 @@ def test_expected_counts_follow_the_previous_routing():
 def test_fit_recovers_the_coefficients_of_synthetic_measurements():
     true = profile()
     rng = np.random.default_rng(0)
-    m = Measurements("synthetic", "float32", D, F, "swiglu", world_size=2)
+    m = Measurements(device="synthetic", dtype="float32", d_model=D, d_expert=F, activation="swiglu", world_size=2)
     for _ in range(12):
         loads = rng.integers(0, 600, size=8).tolist()
         m.grouped.append(KernelSample(loads, kernel_seconds(true, "grouped", loads, D, F)))
@@ -93,7 +101,9 @@ def test_fit_recovers_the_coefficients_of_synthetic_measurements():
 
 
 def test_fit_refuses_too_few_or_flat_measurements():
-    m = Measurements("x", "float32", D, F, "swiglu", grouped=[KernelSample([1, 2], 1e-3)])
+    m = Measurements(
+        device="x", dtype="float32", d_model=D, d_expert=F, activation="swiglu", grouped=[KernelSample([1, 2], 1e-3)]
+    )
     with pytest.raises(ProfileError, match="at least 3"):
         fit_profile(m)
     m.grouped = m.dense = [KernelSample([n, n], 1e-3) for n in (1, 10, 100)]

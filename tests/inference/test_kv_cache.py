@@ -3,6 +3,7 @@ forward), for every router that routes per token, on a batch of prompts of diffe
 
 Tolerance 1e-5 (fp32 CPU): the same weights and kernels; only the attention's key length (padding masked
 out) and the order of the expert rows differ (measured ~1e-7)."""
+
 import pytest
 import torch
 
@@ -32,7 +33,7 @@ def max_kv_error(model, domain=None) -> float:
     dec = KVDecoder(model, len(LENGTHS), P + STEPS)
 
     def ref(b, n):
-        dom = None if domain is None else domain[b:b + 1]
+        dom = None if domain is None else domain[b : b + 1]
         return model(seqs[b][:n][None], dom, last_only=True)[0]
 
     logits = dec.prefill(left_pad(seqs, LENGTHS), LENGTHS, domain)
@@ -56,6 +57,7 @@ def test_kv_cache_through_the_reference_moe_layer(monkeypatch):
     def reference_moe(self, *args):
         real(self, *args)
         self.fast_moe = {i: False for i in self.fast_moe}
+
     monkeypatch.setattr(KVDecoder, "__init__", reference_moe)
     assert max_kv_error(served_model("locmoe")) <= 1e-5
 
@@ -78,7 +80,7 @@ def test_padding_never_reaches_the_moe_layers(monkeypatch):
     dec = KVDecoder(model, 3, 16)
     seqs = [torch.arange(n) for n in LENGTHS]
     dec.prefill(left_pad(seqs, LENGTHS), LENGTHS)
-    assert rows == [sum(LENGTHS)] * len(model.moe_layers)       # 18 real tokens, not 3 x 11 slots
+    assert rows == [sum(LENGTHS)] * len(model.moe_layers)  # 18 real tokens, not 3 x 11 slots
 
 
 def test_routers_that_are_not_causal_are_refused():
@@ -102,10 +104,10 @@ def test_gathered_experts_equal_the_grouped_gemm():
 def test_cached_generation_equals_the_no_cache_reference():
     model = served_model("locmoe")
     prompts = [[100, 101, 102], [40] * 9, [7]]
-    new, stats = generate_cached(model, prompts, 6, batch_size=2)            # two rounds: 2 + 1 prompts
+    new, stats = generate_cached(model, prompts, 6, batch_size=2)  # two rounds: 2 + 1 prompts
     assert new == generate(model, prompts, 6)
     assert stats.new_tokens == 18 and stats.first_token_s > 0 and stats.tokens_per_s > 0
-    near = [[65] * (model.context - 2)]                                        # fills the context after 2
+    near = [[65] * (model.context - 2)]  # fills the context after 2
     assert generate_cached(model, near, 10)[0] == generate(model, near, 10) and len(generate(model, near, 10)[0]) == 2
 
 
@@ -119,12 +121,14 @@ def test_sampling_is_seeded_and_stops_at_eos():
     eos = a[0][2]
     gen = CachedGenerator(model, 2, 16)
     out, timing = gen.run(prompts, 8, s, eos_id=eos, eos_check_every=1)
-    assert out[0] == a[0][:a[0].index(eos) + 1]                 # cut at EOS (kept), the other row goes on
-    assert out[1] == (a[1][:a[1].index(eos) + 1] if eos in a[1] else a[1])
+    assert out[0] == a[0][: a[0].index(eos) + 1]  # cut at EOS (kept), the other row goes on
+    assert out[1] == (a[1][: a[1].index(eos) + 1] if eos in a[1] else a[1])
     logits = torch.tensor([[0.0, 5.0, 4.9, -10.0]])
-    picks = {int(sample_tokens(logits, Sampling(greedy=False, top_p=0.6), torch.Generator().manual_seed(i)))
-             for i in range(40)}
-    assert picks == {1, 2}                                       # the nucleus: the two top tokens only
+    picks = {
+        int(sample_tokens(logits, Sampling(greedy=False, top_p=0.6), torch.Generator().manual_seed(i)))
+        for i in range(40)
+    }
+    assert picks == {1, 2}  # the nucleus: the two top tokens only
 
 
 def test_prompt_longer_than_the_context_is_a_clear_error():

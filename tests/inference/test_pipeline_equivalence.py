@@ -2,6 +2,7 @@
 processes (fp32). Tolerance 1e-5 for the grouped kernel in every mode: each row meets the same kernels,
 only the chunk boundaries differ (measured: 0 or ~1e-7); 1e-4 for the dense (bmm) kernel against grouped,
 a different GEMM with its own summation order."""
+
 import json
 import os
 import subprocess
@@ -15,8 +16,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_worker(nproc: int, ckpt, router, out: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           str(ROOT / "tests/inference/dist_infer_worker.py"), str(ckpt), str(router), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        str(ROOT / "tests/inference/dist_infer_worker.py"),
+        str(ckpt),
+        str(router),
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text())

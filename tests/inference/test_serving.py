@@ -1,5 +1,6 @@
 """Loading a served model: it computes what the training model computes; bad inputs are clear errors;
 ``locmoe generate`` and ``locmoe bench`` end to end on a tiny checkpoint."""
+
 import dataclasses
 import json
 import os
@@ -25,14 +26,15 @@ def test_served_model_equals_the_training_model(tiny):
     """One process, dropless, fp32: the training model (same config on one device) gives the same logits.
     Tolerance 1e-5: same weights and kernels, only the MoE bookkeeping differs (measured ~1e-7)."""
     from backends.torch.checkpoint import load_model_weights
-    from backends.torch.train import build_model
     from backends.torch.distributed import init_distributed
+    from backends.torch.train import build_model
 
     served = load_inference_model(tiny, tiny / "router")
     ckpt = latest(tiny)
     cfg = config_from_dict(json.loads((ckpt / "train_state.json").read_text())["config"])
-    cfg = dataclasses.replace(cfg, moe=served.cfg.moe, parallel=dataclasses.replace(
-        cfg.parallel, nodes=1, devices_per_node=1))
+    cfg = dataclasses.replace(
+        cfg, moe=served.cfg.moe, parallel=dataclasses.replace(cfg.parallel, nodes=1, devices_per_node=1)
+    )
     trained = build_model(cfg, init_distributed(cfg.parallel))
     load_model_weights(trained, ckpt)
     trained.eval()
@@ -47,13 +49,14 @@ def test_greedy_and_top_p_decoding(tiny):
     model = load_inference_model(tiny, tiny / "router")
     prompts = [[100, 101, 102], [40, 41]]
     a = generate(model, prompts, 5)
-    assert [len(x) for x in a] == [5, 5] and a == generate(model, prompts, 5)          # greedy: deterministic
+    assert [len(x) for x in a] == [5, 5] and a == generate(model, prompts, 5)  # greedy: deterministic
     s = Sampling(greedy=False, top_p=0.5, seed=3)
-    assert generate(model, prompts, 5, s) == generate(model, prompts, 5, s)              # seeded
+    assert generate(model, prompts, 5, s) == generate(model, prompts, 5, s)  # seeded
     logits = torch.tensor([[0.0, 5.0, 4.9, -10.0]])
-    picks = {int(next_token(logits, Sampling(greedy=False, top_p=0.6), torch.Generator().manual_seed(i)))
-             for i in range(30)}
-    assert picks == {1, 2}                   # the nucleus holds the two top tokens, never the others
+    picks = {
+        int(next_token(logits, Sampling(greedy=False, top_p=0.6), torch.Generator().manual_seed(i))) for i in range(30)
+    }
+    assert picks == {1, 2}  # the nucleus holds the two top tokens, never the others
     assert int(next_token(logits, Sampling(), torch.Generator())) == 1
     # a sequence that reaches the context stops there
     full = generate(model, [[65] * (model.context - 2)], 10)
@@ -96,10 +99,14 @@ def test_device_count_that_does_not_fit_the_placement_is_a_clear_error(tiny, exp
 
 def run_cli(*args, nproc: int = 1) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    launcher = [sys.executable] if nproc == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
-    return subprocess.run([*launcher, "-m", "locmoe", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    launcher = (
+        [sys.executable]
+        if nproc == 1
+        else [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    )
+    return subprocess.run(
+        [*launcher, "-m", "locmoe", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_generate_cli_end_to_end(tiny, tmp_path):
@@ -109,8 +116,18 @@ def test_generate_cli_end_to_end(tiny, tmp_path):
     assert one.returncode == 0, one.stderr[-2000:]
     lines = one.stdout.splitlines()
     assert lines[0].startswith("def main(") and any(ln.startswith("import os") for ln in lines)
-    four = run_cli("generate", str(tiny), str(tiny / "router"), "--prompts", str(prompts), "--max-new-tokens", "6",
-                   "--chunks", "2", nproc=4)
+    four = run_cli(
+        "generate",
+        str(tiny),
+        str(tiny / "router"),
+        "--prompts",
+        str(prompts),
+        "--max-new-tokens",
+        "6",
+        "--chunks",
+        "2",
+        nproc=4,
+    )
     assert four.returncode == 0, four.stderr[-2000:]
     assert "import os" in four.stdout
     (tmp_path / "long.txt").write_text("x" * 200 + "\n")
@@ -120,16 +137,49 @@ def test_generate_cli_end_to_end(tiny, tmp_path):
 
 def test_bench_calibrate_and_prefill_cli(tiny, tmp_path):
     out = tmp_path / "cpu.json"
-    cal = run_cli("bench", "calibrate", "--out", str(out), "--experts", "8", "--d-model", "64", "--d-expert", "96",
-                  "--rows", "4,16,32", "--reps", "2", nproc=2)
+    cal = run_cli(
+        "bench",
+        "calibrate",
+        "--out",
+        str(out),
+        "--experts",
+        "8",
+        "--d-model",
+        "64",
+        "--d-expert",
+        "96",
+        "--rows",
+        "4,16,32",
+        "--reps",
+        "2",
+        nproc=2,
+    )
     assert cal.returncode == 0, cal.stderr[-2000:]
     data = json.loads(out.read_text())
     assert data["device"] == "cpu" and data["world_size"] == 2 and data["all_to_all"] is not None
-    pre = run_cli("bench", "prefill", str(tiny), str(tiny / "router"), "--lengths", "16,32", "--batch", "2",
-                  "--chunks", "2", "--reps", "1", "--json", str(tmp_path / "prefill.json"))
+    pre = run_cli(
+        "bench",
+        "prefill",
+        str(tiny),
+        str(tiny / "router"),
+        "--lengths",
+        "16,32",
+        "--batch",
+        "2",
+        "--chunks",
+        "2",
+        "--reps",
+        "1",
+        "--json",
+        str(tmp_path / "prefill.json"),
+    )
     assert pre.returncode == 0, pre.stderr[-2000:]
     rows = json.loads((tmp_path / "prefill.json").read_text())["rows"]
-    assert [(r["length"], r["mode"]) for r in rows] == [(16, "plain"), (16, "pipelined"), (32, "plain"),
-                                                        (32, "pipelined")]
-    assert {r["chunks"] for r in rows} == {"1"}                    # one process: nothing to overlap
+    assert [(r["length"], r["mode"]) for r in rows] == [
+        (16, "plain"),
+        (16, "pipelined"),
+        (32, "plain"),
+        (32, "pipelined"),
+    ]
+    assert {r["chunks"] for r in rows} == {"1"}  # one process: nothing to overlap
     assert all(r["tokens_per_s"] > 0 for r in rows)

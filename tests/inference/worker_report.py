@@ -1,4 +1,5 @@
 """The end of a torchrun test worker: rank 0 writes the report as JSON, every rank waits and leaves the group."""
+
 import json
 
 import torch.distributed as dist

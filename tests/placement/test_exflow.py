@@ -4,6 +4,7 @@ Hop rates are sums of at most a few thousand float64 terms: solvers that agree a
 is checked to 1e-9 (HiGHS's integrality and feasibility tolerances are far tighter than the gaps between
 distinct placements' objectives on these traces, which are multiples of 1/(T·k²) ≈ 1e-4).
 """
+
 import pytest
 
 from locmoe.placement.brute_force import brute_force_placement, enumerate_placements
@@ -13,7 +14,7 @@ from locmoe.placement.greedy import within_load_limit
 from locmoe.placement.hops import baseline_assignment, check_assignment, expected_hops, pair_weights
 from locmoe.placement.synthetic import planted_trace
 
-TINY = [(4, 2, 3, 1), (6, 3, 3, 2), (8, 2, 3, 3), (8, 4, 2, 4)]   # (E, D, L, seed)
+TINY = [(4, 2, 3, 1), (6, 3, 3, 2), (8, 2, 3, 3), (8, 4, 2, 4)]  # (E, D, L, seed)
 
 
 def tiny_trace(E, L, seed, strength=0.6, k=2):
@@ -70,7 +71,7 @@ def test_load_limit_is_respected():
     t = planted_trace(3000, 8, 2, 3, groups=2, strength=0.9, skew=1.5, seed=5)
     loads = t.expert_load().astype(float)
     free = place_exflow(t, 2, method="brute_force")
-    assert not within_load_limit(free.assignment, loads, 1.05, 2)     # the limit binds on this trace
+    assert not within_load_limit(free.assignment, loads, 1.05, 2)  # the limit binds on this trace
     for method in ("ilp", "brute_force"):
         plan = place_exflow(t, 2, method=method, load_limit=1.05, time_limit=20)
         assert within_load_limit(plan.assignment, loads, 1.05, 2), method
@@ -89,7 +90,7 @@ def test_bad_requests_name_the_value():
         place_exflow(t, 2, load_limit=0.5)
     one_hot = planted_trace(500, 4, 1, 2, groups=2, strength=1.0, skew=0.0, seed=0)
     heavy = one_hot.layers[0].copy()
-    heavy[:] = 0                                                    # every token on expert 0
+    heavy[:] = 0  # every token on expert 0
     one_hot.layers[0] = heavy
     with pytest.raises(PlacementError, match="no balanced placement of layer 0 keeps every device under 1.2"):
         place_exflow(one_hot, 2, method="brute_force", load_limit=1.2)

@@ -1,4 +1,5 @@
 """GRACE: grouping, replication under the slot budget, locality-aware replica routing, placement tables."""
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -7,8 +8,7 @@ from hypothesis import strategies as st
 from locmoe.export.manifest import PlacementTable
 from locmoe.placement.affinity import coactivation_counts
 from locmoe.placement.errors import PlacementError
-from locmoe.placement.grace import (balanced_partition, devices_per_token, grouping_assignment, plan_grace,
-                                    route_trace)
+from locmoe.placement.grace import balanced_partition, devices_per_token, grouping_assignment, plan_grace, route_trace
 from locmoe.placement.hops import baseline_assignment
 from locmoe.placement.replica_routing import route_counts, route_tokens, water_fill
 from locmoe.placement.replication import ReplicatedLayer, flows, replicate_layer
@@ -38,10 +38,10 @@ def test_route_counts_places_every_copy_on_a_holder(D, E, seed, threshold):
     rng = np.random.default_rng(seed)
     n = rng.integers(0, 30, (D, E))
     holders = rng.random((E, D)) < 0.4
-    holders[np.arange(E), rng.integers(0, D, E)] = True                       # every expert has a primary
+    holders[np.arange(E), rng.integers(0, D, E)] = True  # every expert has a primary
     A = route_counts(n, holders, threshold)
     np.testing.assert_array_equal(A.sum(axis=2), n)
-    assert (A >= 0).all() and not A[:, ~holders].any()                        # nothing sent to a non-holder
+    assert (A >= 0).all() and not A[:, ~holders].any()  # nothing sent to a non-holder
 
 
 @pytest.mark.parametrize("grouping", ["exflow", "coactivation", "round_robin"])
@@ -58,21 +58,21 @@ def test_replication_respects_the_slot_budget(skewed, slots):
     plan = plan_grace(skewed, 4, slots=slots, grouping="contiguous")
     for layer, primary in zip(plan.layers, plan.assignment):
         assert (layer.extra_slots() <= slots).all()
-        np.testing.assert_array_equal(layer.primary, primary)                 # primaries untouched
+        np.testing.assert_array_equal(layer.primary, primary)  # primaries untouched
         for e, devs in enumerate(layer.replicas):
-            assert primary[e] not in devs and len(set(devs)) == len(devs)     # no duplicate copies
+            assert primary[e] not in devs and len(set(devs)) == len(devs)  # no duplicate copies
 
 
 def test_replication_balances_a_skewed_layer(skewed):
     plan = plan_grace(skewed, 4, slots=2, grouping="exflow", time_limit=0.5)
     worst = plan.most_skewed()
-    assert worst["max_mean_before"] > 1.3                                      # the trace is skewed
+    assert worst["max_mean_before"] > 1.3  # the trace is skewed
     assert worst["max_mean_after"] <= 1.10
     assert all(r["max_mean_after"] <= r["max_mean_before"] + 1e-12 for r in plan.stats)
 
 
 def test_local_replica_is_used_while_under_threshold():
-    holders = np.ones((4, 2), bool)                                           # every expert on both devices
+    holders = np.ones((4, 2), bool)  # every expert on both devices
     ids = np.array([[0], [1], [2], [3]])
     where = np.array([0, 0, 1, 1])
     np.testing.assert_array_equal(route_tokens(ids, where, holders, threshold=1.5)[:, 0], where)
@@ -80,9 +80,9 @@ def test_local_replica_is_used_while_under_threshold():
 
 def test_overloaded_device_sheds_to_the_least_loaded_replica():
     holders = np.array([[True, True, False], [True, False, False], [False, False, True]])
-    n = np.array([[30, 10, 0], [0, 0, 5], [0, 0, 5]])                         # [D_src, E]: device 0 is hot
+    n = np.array([[30, 10, 0], [0, 0, 5], [0, 0, 5]])  # [D_src, E]: device 0 is hot
     A = route_counts(n, holders, threshold=1.0)
-    np.testing.assert_array_equal(A.sum(axis=2), n)                           # every copy placed once
+    np.testing.assert_array_equal(A.sum(axis=2), n)  # every copy placed once
     # cap = 50/3 ≈ 16.7: device 0 (40 copies) spills expert 0 to device 1 up to the cap (16), never past
     # it; expert 1's 10 copies have no other holder and stay, so device 0 keeps 24
     np.testing.assert_array_equal(A.sum(axis=(0, 1)), [24, 16, 10])

@@ -1,4 +1,5 @@
 """Routing trace format: writer, atomic save, load, and the errors for bad or foreign traces."""
+
 import numpy as np
 import pytest
 
@@ -26,7 +27,7 @@ def test_writer_accumulates_batches_and_round_trips(tmp_path):
     np.testing.assert_array_equal(trace.layers[1], np.concatenate([batches[0][1], batches[1][1]]))
     assert trace.layers[0].dtype == np.int32
     assert trace.source == {"checkpoint": "step_10"}
-    assert [p.name for p in tmp_path.iterdir()] == ["t.npz"]      # no temporary file left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["t.npz"]  # no temporary file left behind
 
 
 def test_top1_accepts_flat_ids(tmp_path):
@@ -41,12 +42,15 @@ def test_expert_load_counts_copies():
     np.testing.assert_array_equal(t.expert_load(), [[1, 2, 1, 0, 0, 0, 0, 0]])
 
 
-@pytest.mark.parametrize("layer, ids, fragment", [
-    (2, np.zeros((3, 2), int), "layer 2 is not an MoE layer of this model; moe_layers = [1, 3]"),
-    (1, np.zeros((3, 3), int), "expert ids of shape (3, 3); expected [T, 2] (top_k = 2)"),
-    (1, np.full((3, 2), 8), "expert ids span [8, 8]; allowed [0, 8)"),
-    (1, np.zeros((3, 2)) + 0.5, "expected integers"),
-])
+@pytest.mark.parametrize(
+    "layer, ids, fragment",
+    [
+        (2, np.zeros((3, 2), int), "layer 2 is not an MoE layer of this model; moe_layers = [1, 3]"),
+        (1, np.zeros((3, 3), int), "expert ids of shape (3, 3); expected [T, 2] (top_k = 2)"),
+        (1, np.full((3, 2), 8), "expert ids span [8, 8]; allowed [0, 8)"),
+        (1, np.zeros((3, 2)) + 0.5, "expected integers"),
+    ],
+)
 def test_writer_rejects_bad_batches(layer, ids, fragment):
     with pytest.raises(TraceError) as err:
         TraceWriter(FP).add(layer, ids)
@@ -73,7 +77,7 @@ def test_trace_from_another_model_names_every_differing_key(tmp_path):
     assert "is a trace from another model" in msg
     assert "num_experts = 8 in the trace, 16 expected" in msg
     assert "moe_layers = [1, 3] in the trace, [1, 2] expected" in msg
-    assert "top_k" not in msg                                         # equal keys are not listed
+    assert "top_k" not in msg  # equal keys are not listed
     load_trace(path, expect={"num_experts": 8, "moe_layers": (1, 3)})  # a subset that agrees is fine
 
 
@@ -106,8 +110,15 @@ def test_bad_fingerprint():
 
 
 def test_fingerprint_from_config():
-    cfg = load_config(overrides=["model.n_layers=6", "model.dense_layers=2", "model.moe_every=2",
-                                 "moe.num_experts=16", "model.d_model=128"])
+    cfg = load_config(
+        overrides=[
+            "model.n_layers=6",
+            "model.dense_layers=2",
+            "model.moe_every=2",
+            "moe.num_experts=16",
+            "model.d_model=128",
+        ]
+    )
     fp = fingerprint_from_config(cfg)
     assert fp["moe_layers"] == [2, 4]
     assert fp["num_experts"] == 16 and fp["top_k"] == 2 and fp["router_kind"] == "locmoe"

@@ -1,24 +1,29 @@
 """``locmoe plan``: every subcommand has --help, plans are written as PlacementTables, errors exit 2."""
+
 import json
 import subprocess
 import sys
 
 import pytest
 
+from locmoe.cli.plan import SUBCOMMANDS
 from locmoe.export.manifest import PlacementTable
 from locmoe.placement.synthetic import planted_trace
-from locmoe.planning.cli import SUBCOMMANDS
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "locmoe", "plan", *args], capture_output=True, text=True,
-                          timeout=120, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "locmoe", "plan", *args], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
 
 
 @pytest.fixture(scope="module")
 def trace_path(tmp_path_factory):
-    return str(planted_trace(3000, 16, 2, 3, groups=4, strength=0.8, skew=0.6, seed=0)
-               .save(tmp_path_factory.mktemp("t") / "trace.npz"))
+    return str(
+        planted_trace(3000, 16, 2, 3, groups=4, strength=0.8, skew=0.6, seed=0).save(
+            tmp_path_factory.mktemp("t") / "trace.npz"
+        )
+    )
 
 
 @pytest.mark.parametrize("name", sorted(SUBCOMMANDS))
@@ -29,16 +34,36 @@ def test_subcommand_help(name):
 
 
 def test_place_then_replicate_write_placement_tables(tmp_path, trace_path):
-    out = run("place", trace_path, "--devices", "4", "--time-limit", "2", "--out", str(tmp_path / "p.json"),
-              "--json", str(tmp_path / "p_rows.json"))
+    out = run(
+        "place",
+        trace_path,
+        "--devices",
+        "4",
+        "--time-limit",
+        "2",
+        "--out",
+        str(tmp_path / "p.json"),
+        "--json",
+        str(tmp_path / "p_rows.json"),
+    )
     assert out.returncode == 0, out.stderr
     assert "round_robin" in out.stdout and "exflow" in out.stdout
     table = PlacementTable.load(tmp_path / "p.json").validate(num_experts=16)
     assert table.num_devices == 4 and table.moe_layers == [0, 1, 2] and table.source.startswith("exflow")
     rows = json.loads((tmp_path / "p_rows.json").read_text())["rows"]
-    assert rows[-1]["hops"] <= rows[0]["hops"]                      # ExFlow vs round-robin
-    out = run("replicate", trace_path, "--devices", "4", "--base", str(tmp_path / "p.json"), "--slots", "1",
-              "--out", str(tmp_path / "r.json"))
+    assert rows[-1]["hops"] <= rows[0]["hops"]  # ExFlow vs round-robin
+    out = run(
+        "replicate",
+        trace_path,
+        "--devices",
+        "4",
+        "--base",
+        str(tmp_path / "p.json"),
+        "--slots",
+        "1",
+        "--out",
+        str(tmp_path / "r.json"),
+    )
     assert out.returncode == 0, out.stderr
     replicated = PlacementTable.load(tmp_path / "r.json")
     assert replicated.expert_to_device == table.expert_to_device and replicated.replicas
@@ -64,8 +89,14 @@ def test_infeasible_budget_is_refused():
 
 def test_simulate_with_given_stats(tmp_path):
     stats = tmp_path / "stats.json"
-    stats.write_text(json.dumps({"locmoe": {"on_rank": 0.1, "in_node": 0.5, "cross_node": 0.4},
-                                 "gshard": {"on_rank": 0.01, "in_node": 0.05, "cross_node": 0.94}}))
+    stats.write_text(
+        json.dumps(
+            {
+                "locmoe": {"on_rank": 0.1, "in_node": 0.5, "cross_node": 0.4},
+                "gshard": {"on_rank": 0.01, "in_node": 0.05, "cross_node": 0.94},
+            }
+        )
+    )
     out = run("simulate", "--stats", str(stats), "--json", str(tmp_path / "s.json"))
     assert out.returncode == 0, out.stderr
     rows = {r["system"]: r for r in json.loads((tmp_path / "s.json").read_text())["rows"]}

@@ -1,4 +1,5 @@
 """Cluster simulator: calibration from JSON, link model, and LocMoE vs GShard at 16 x 8."""
+
 import json
 
 import pytest
@@ -34,8 +35,10 @@ def test_fewer_cross_node_copies_mean_less_communication():
     far = RoutingStats(0.01, 0.05, 0.94)
     near = RoutingStats(0.1, 0.5, 0.4)
     for dispatch in ("flat", "hierarchical"):
-        assert (layer_times(model, System("a", near, dispatch), cal, 16, 8)["all_to_all"]
-                < layer_times(model, System("b", far, dispatch), cal, 16, 8)["all_to_all"])
+        assert (
+            layer_times(model, System("a", near, dispatch), cal, 16, 8)["all_to_all"]
+            < layer_times(model, System("b", far, dispatch), cal, 16, 8)["all_to_all"]
+        )
     with pytest.raises(PlanningError, match="dispatch 'ring'; allowed: flat, hierarchical"):
         layer_times(model, System("c", near, "ring"), cal, 16, 8)
 

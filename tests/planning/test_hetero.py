@@ -1,11 +1,18 @@
 """Heterogeneous planner: memory model, exhaustive search against an independent enumeration, errors."""
+
 import itertools
 
 import pytest
 
 from locmoe.planning.errors import PlanningError
-from locmoe.planning.hetero import (DeployConfig, InstanceModel, Workload, candidate_configs, naive_deployment,
-                                   plan_deployment)
+from locmoe.planning.hetero import (
+    DeployConfig,
+    InstanceModel,
+    Workload,
+    candidate_configs,
+    naive_deployment,
+    plan_deployment,
+)
 from locmoe.planning.profiles import DEFAULT_KINDS, DEFAULT_MODEL, load_profiles, parse_budget
 
 W = Workload(mean_prompt=1000, mean_output=300, max_context=5120)
@@ -34,8 +41,10 @@ def brute_force_best(kinds, budget):
     best = 0.0
     per_kind = []
     for name, count in budget.items():
-        cands = [(c.devices, InstanceModel(kinds[name], DEFAULT_MODEL, c).throughput(W))
-                 for c in candidate_configs(kinds[name], DEFAULT_MODEL, W, count)]
+        cands = [
+            (c.devices, InstanceModel(kinds[name], DEFAULT_MODEL, c).throughput(W))
+            for c in candidate_configs(kinds[name], DEFAULT_MODEL, W, count)
+        ]
         options = {0.0}
         for n in range(1, count + 1):
             for combo in itertools.combinations_with_replacement(cands, n):

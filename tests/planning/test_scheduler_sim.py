@@ -1,18 +1,27 @@
 """Schedulers and the discrete-event simulator: capacity is never exceeded, runs are deterministic."""
+
 import pytest
 
 from locmoe.planning.errors import PlanningError
 from locmoe.planning.event_sim import mixed_requests, simulate, workload_of
 from locmoe.planning.hetero import DeployConfig, InstanceModel
 from locmoe.planning.profiles import DEFAULT_KINDS, DEFAULT_MODEL
-from locmoe.planning.scheduler import (EarliestCompletionScheduler, InstanceState, Request, RoundRobinScheduler,
-                                       SCHEDULERS)
+from locmoe.planning.scheduler import (
+    SCHEDULERS,
+    EarliestCompletionScheduler,
+    InstanceState,
+    Request,
+    RoundRobinScheduler,
+)
 
 
 def cluster(batch=8):
     """One fast instance (H200 x 2) and two slow ones (A100 x 4), small batches so capacity binds."""
-    cfgs = [DeployConfig("h200", 2, 2, batch), DeployConfig("a100-40gb", 4, 4, batch),
-            DeployConfig("a100-40gb", 4, 4, batch)]
+    cfgs = [
+        DeployConfig("h200", 2, 2, batch),
+        DeployConfig("a100-40gb", 4, 4, batch),
+        DeployConfig("a100-40gb", 4, 4, batch),
+    ]
     return [InstanceModel(DEFAULT_KINDS[c.kind], DEFAULT_MODEL, c) for c in cfgs]
 
 
@@ -21,21 +30,22 @@ def test_no_instance_ever_runs_over_capacity(name):
     models = cluster(batch=4)
     reqs = mixed_requests(120, seed=1)
     res = simulate(models, reqs, SCHEDULERS[name]())
-    assert sum(res.served) == len(reqs)                       # everything completes
+    assert sum(res.served) == len(reqs)  # everything completes
     for running, share, m in zip(res.max_running, res.max_kv_share, models):
         assert running <= m.config.batch and share <= 1.0
-    assert max(res.max_running) == 4                          # the limit was reached, so it was tested
+    assert max(res.max_running) == 4  # the limit was reached, so it was tested
 
 
 def test_kv_capacity_binds_as_well_as_batch():
     m = InstanceModel(DEFAULT_KINDS["a100-40gb"], DEFAULT_MODEL, DeployConfig("a100-40gb", 4, 4, 256))
-    reqs = mixed_requests(200, seed=2)                        # 256 slots, but KV for only ~75 long requests
+    reqs = mixed_requests(200, seed=2)  # 256 slots, but KV for only ~75 long requests
     res = simulate([m], reqs, EarliestCompletionScheduler())
     assert res.max_kv_share[0] <= 1.0 and res.max_running[0] < 256
 
 
 class Greedy:
     """A scheduler that ignores capacity: the simulator must refuse it."""
+
     name = "greedy"
 
     def __init__(self):
@@ -70,20 +80,21 @@ def test_earliest_completion_beats_round_robin_on_unequal_instances():
     ec = simulate(models, reqs, EarliestCompletionScheduler())
     rr = simulate(models, reqs, RoundRobinScheduler())
     assert ec.output_tokens_per_s > rr.output_tokens_per_s
-    assert ec.served[0] > rr.served[0]                        # the fast instance gets more work
+    assert ec.served[0] > rr.served[0]  # the fast instance gets more work
 
 
 def test_single_request_goes_to_the_fastest_instance():
     insts = [InstanceState(str(i), m, m.config.batch, m.kv_token_capacity()) for i, m in enumerate(cluster())]
     sched = EarliestCompletionScheduler()
-    sched.submit(Request(0, 0.0, 1000, 200, 1024, 200.0), 0.0, insts)
+    request = Request(rid=0, arrival=0.0, prompt=1000, output=200, max_output=1024, expected_output=200.0)
+    sched.submit(request, 0.0, insts)
     assert [i for _, i in sched.dispatch(0.0, insts)] == [0]
-    assert all(not inst.running for inst in insts)            # dispatch leaves admission to the caller
+    assert all(not inst.running for inst in insts)  # dispatch leaves admission to the caller
 
 
 def test_request_no_instance_can_hold():
     insts = [InstanceState(str(i), m, m.config.batch, m.kv_token_capacity()) for i, m in enumerate(cluster())]
-    huge = Request(0, 0.0, 10**7, 10, 10, 10.0)
+    huge = Request(rid=0, arrival=0.0, prompt=10**7, output=10, max_output=10, expected_output=10.0)
     for sched in (EarliestCompletionScheduler(), RoundRobinScheduler()):
         with pytest.raises(PlanningError, match="request 0 needs 10000010 KV tokens"):
             sched.submit(huge, 0.0, insts)
@@ -92,7 +103,7 @@ def test_request_no_instance_can_hold():
 def test_mixed_stream_lengths():
     reqs = mixed_requests(500, seed=0, long_share=0.5)
     longs = [r for r in reqs if r.prompt >= 1024]
-    assert 200 < len(longs) < 300                            # ~half long; binomial(500, 0.5) within 4.5 sigma
+    assert 200 < len(longs) < 300  # ~half long; binomial(500, 0.5) within 4.5 sigma
     assert all(64 <= r.prompt <= 4096 and 32 <= r.output <= 1024 for r in reqs)
     w = workload_of(reqs)
     assert w.max_context == max(r.prompt for r in reqs) + 1024

@@ -4,6 +4,7 @@ mid-run, and record when the survivor ended, with what exit code and what it pri
 Linux only (worker pids and exit states come from /proc). The runs train a small model for far more steps than
 they get to run; ``parallel.timeout_s`` is ``TIMEOUT_S``.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,22 +19,36 @@ from pathlib import Path
 from tests.training.runs import QUIET, ROOT, TINY, free_port
 
 TIMEOUT_S = 20
-SMALL = ["model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.d_ff=128", "moe.d_expert=64",
-         "data.seq_len=32", "model.max_seq_len=32", "train.batch_size=2", "train.steps=100000", "logging.log_every=1",
-         "train.ckpt_every=0", "parallel.nodes=2", "parallel.devices_per_node=1", f"parallel.timeout_s={TIMEOUT_S}"]
+SMALL = [
+    "model.d_model=64",
+    "model.n_layers=2",
+    "model.n_heads=2",
+    "model.d_ff=128",
+    "moe.d_expert=64",
+    "data.seq_len=32",
+    "model.max_seq_len=32",
+    "train.batch_size=2",
+    "train.steps=100000",
+    "logging.log_every=1",
+    "train.ckpt_every=0",
+    "parallel.nodes=2",
+    "parallel.devices_per_node=1",
+    f"parallel.timeout_s={TIMEOUT_S}",
+]
 
 
 @dataclass
 class Outcome:
     """What became of the survivor after ``signal_name`` hit rank ``victim``."""
+
     launcher: str
     signal_name: str
     victim: int
-    ended_after_s: float = float("nan")     # from the signal to the survivor's exit
+    ended_after_s: float = float("nan")  # from the signal to the survivor's exit
     exit_code: int | None = None
-    stderr: str = ""                        # the survivor's own stderr (msrun: its worker log)
-    launcher_err: str = ""                  # the launcher's stderr
-    scheduler_log: str = ""                 # msrun: its scheduler's log (the scheduler runs `locmoe train` too)
+    stderr: str = ""  # the survivor's own stderr (msrun: its worker log)
+    launcher_err: str = ""  # the launcher's stderr
+    scheduler_log: str = ""  # msrun: its scheduler's log (the scheduler runs `locmoe train` too)
     notes: list = field(default_factory=list)
 
 
@@ -55,9 +70,9 @@ def run(launcher: str, signal_name: str, victim: int, base: Path) -> Outcome:
             time.sleep(0.2)
         outcome.ended_after_s = time.monotonic() - t0
         ended = not _alive(survivor, job)
-        _kill(pids[victim])                   # a stopped rank stays stopped: end it so the launcher returns
+        _kill(pids[victim])  # a stopped rank stays stopped: end it so the launcher returns
     finally:
-        for p in job.values():                # the launcher's report follows; otherwise (a failed run) no waiting
+        for p in job.values():  # the launcher's report follows; otherwise (a failed run) no waiting
             if p.poll() is None:
                 _wait_or_kill(p, 60 if ended else 0)
         outcome.notes.append(f"all ended after {time.monotonic() - started:.0f} s")
@@ -70,26 +85,64 @@ def run(launcher: str, signal_name: str, victim: int, base: Path) -> Outcome:
 def _start(launcher: str, out: Path, logs: Path) -> dict:
     sets = [a for o in (*QUIET, *SMALL, f"train.out_dir={out}") for a in ("--set", o)]
     python_dir = str(Path(sys.executable).parent)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), GLOG_v="3",
-               PATH=python_dir + os.pathsep + os.environ.get("PATH", ""))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(ROOT),
+        GLOG_v="3",
+        PATH=python_dir + os.pathsep + os.environ.get("PATH", ""),
+    )
     job_args = ["train", str(TINY), *sets]
     port = free_port()
     if launcher == "bare":
-        return {r: subprocess.Popen([sys.executable, "-m", "locmoe", *job_args], cwd=ROOT,
-                                    env=dict(env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r),
-                                             WORLD_SIZE="2"),
-                                    stdout=open(logs / f"rank{r}.out", "w"), stderr=open(logs / f"rank{r}.err", "w"))
-                for r in range(2)}
+        return {
+            r: subprocess.Popen(
+                [sys.executable, "-m", "locmoe", *job_args],
+                cwd=ROOT,
+                env=dict(env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r), WORLD_SIZE="2"),
+                stdout=open(logs / f"rank{r}.out", "w"),
+                stderr=open(logs / f"rank{r}.err", "w"),
+            )
+            for r in range(2)
+        }
     if launcher == "torchrun":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "--log-dir", str(logs / "torchrun"), "--redirects", "3", "-m", "locmoe", *job_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "--log-dir",
+            str(logs / "torchrun"),
+            "--redirects",
+            "3",
+            "-m",
+            "locmoe",
+            *job_args,
+        ]
     else:
         job_args += ["--set", "parallel.backend=mindspore"]
-        cmd = [str(Path(python_dir) / "msrun"), "--worker_num", "2", "--local_worker_num", "2", "--master_port",
-               str(port), "--log_dir", str(logs / "msrun"), "--join", "True", str(ROOT / "scripts" / "locmoe_entry.py"),
-               *job_args]
-    return {"launcher": subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(logs / "launcher.out", "w"),
-                                         stderr=open(logs / "launcher.err", "w"))}
+        cmd = [
+            str(Path(python_dir) / "msrun"),
+            "--worker_num",
+            "2",
+            "--local_worker_num",
+            "2",
+            "--master_port",
+            str(port),
+            "--log_dir",
+            str(logs / "msrun"),
+            "--join",
+            "True",
+            str(ROOT / "scripts" / "locmoe_entry.py"),
+            *job_args,
+        ]
+    return {
+        "launcher": subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=open(logs / "launcher.out", "w"), stderr=open(logs / "launcher.err", "w")
+        )
+    }
 
 
 def _wait_for_steps(out: Path, steps: int, job: dict, timeout: float) -> None:
@@ -107,7 +160,7 @@ def _worker_pids(launcher: str, job: dict) -> dict:
     key = "RANK_ID" if launcher == "msrun" else "RANK"
     pids = {}
     for pid in _children(job["launcher"].pid):
-        env, cmdline = _environ(pid), _cmdline(pid)      # (msrun's `tail -f` of a log has RANK_ID too)
+        env, cmdline = _environ(pid), _cmdline(pid)  # (msrun's `tail -f` of a log has RANK_ID too)
         if key in env and env.get("MS_ROLE") != "MS_SCHED" and "locmoe" in cmdline:
             pids[int(env[key])] = pid
     assert sorted(pids) == [0, 1], pids

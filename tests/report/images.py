@@ -1,4 +1,5 @@
 """Reading back what the plots wrote: PNG headers and the images in tensorboard event files."""
+
 from __future__ import annotations
 
 import io
@@ -43,9 +44,9 @@ def tb_images(tb_dir: Path) -> dict[tuple[str, int], np.ndarray]:
     out = {}
     for path in sorted(Path(tb_dir).glob("events.out.tfevents.*")):
         data, pos = path.read_bytes(), 0
-        while pos < len(data):          # records: u64 length, u32 crc, payload, u32 crc
-            (n,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+        while pos < len(data):  # records: u64 length, u32 crc, payload, u32 crc
+            (n,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
             pos += 12 + n + 4
             for v in event.summary.value:
                 if v.HasField("image"):

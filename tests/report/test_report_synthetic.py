@@ -1,5 +1,6 @@
 """``locmoe report`` and the logger's expert-load records, on metrics written by TrainLogger itself (no
 training): the PNG files, the tensorboard heatmaps, bad run directories, resumed runs, tag groups."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 
 from locmoe import cli
+from locmoe.cli.report import dedupe, read_jsonl
 from locmoe.config.schema import JobConfig
-from locmoe.report_cli import dedupe, read_jsonl
 from locmoe.train_log import LOADS_FILE, TAG_GROUPS, TrainLogger, _tag
 from tests.report.images import check_png, tb_images
 
@@ -30,8 +31,15 @@ def write_run(out, per_expert_capacity: bool = False, heatmap_every: int = 20) -
             load = rng.integers(40, 80, E)
             cap = np.arange(60, 60 + E) if per_expert_capacity else 64
             log.expert_load(step, layer, load, cap)
-        scalars = dict(loss=5.0 - step / 20, lm_loss=4.9 - step / 20, aux_objective=0.1, tokens_per_s=1e4 + step,
-                       dropped_fraction=0.05, cross_node_fraction=0.3, in_node_fraction=0.4)
+        scalars = dict(
+            loss=5.0 - step / 20,
+            lm_loss=4.9 - step / 20,
+            aux_objective=0.1,
+            tokens_per_s=1e4 + step,
+            dropped_fraction=0.05,
+            cross_node_fraction=0.3,
+            in_node_fraction=0.4,
+        )
         if step % 20 == 0:
             scalars["val_loss"] = 5.1 - step / 20
         log.step(step, scalars)
@@ -54,13 +62,13 @@ def report(capsys, *args: str) -> tuple[int, list[str], list[str]]:
 def test_report_writes_every_plot_of_a_resumed_run(run_dir, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    write_run(run, heatmap_every=0)                                   # resumed from 0: the same steps again
+    write_run(run, heatmap_every=0)  # resumed from 0: the same steps again
     rc, out, err = report(capsys, run, "--out", tmp_path / "pics")
     assert rc == 0, err
-    assert sorted(p.split("/")[-1] for p in out) == sorted(EXPECTED)     # every file written is printed
+    assert sorted(p.split("/")[-1] for p in out) == sorted(EXPECTED)  # every file written is printed
     for name in EXPECTED:
         check_png(tmp_path / "pics" / name)
-    assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == sorted(EXPECTED)   # no temporaries
+    assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == sorted(EXPECTED)  # no temporaries
 
 
 def test_last_record_wins():
@@ -84,7 +92,7 @@ def test_tensorboard_heatmaps(run_dir):
     for img in images.values():
         assert img.shape == (400, 600, 3) and img.std() > 10
     first, last = images[("moe/expert_load/layer_1", 20)], images[("moe/expert_load/layer_1", 40)]
-    assert np.abs(first.astype(int) - last.astype(int)).sum() > 0     # step 40's shows 4 rows, step 20's 2
+    assert np.abs(first.astype(int) - last.astype(int)).sum() > 0  # step 40's shows 4 rows, step 20's 2
 
 
 def test_expert_load_records(run_dir, tmp_path):
@@ -98,7 +106,7 @@ def test_expert_load_records(run_dir, tmp_path):
 
 def test_unfinished_last_line_is_skipped(run_dir, tmp_path, capsys):
     path = tmp_path / "metrics.jsonl"
-    path.write_text((run_dir / "metrics.jsonl").read_text() + '{"step": 50, "lo')     # killed while writing
+    path.write_text((run_dir / "metrics.jsonl").read_text() + '{"step": 50, "lo')  # killed while writing
     rows = read_jsonl(path, "metrics.jsonl", keys=("step",))
     assert [r["step"] for r in rows] == list(STEPS) and "unfinished last line" in capsys.readouterr().err
 
@@ -121,7 +129,7 @@ def test_bad_run_dir(run_dir, tmp_path, capsys, case):
     rc, out, err = report(capsys, run, "--out", tmp_path / "pics")
     assert rc == 2 and out == [] and len(err) == 1, (rc, out, err)
     assert err[0].startswith("locmoe report: ReportError:")
-    assert not (tmp_path / "pics").exists()                           # nothing half-written
+    assert not (tmp_path / "pics").exists()  # nothing half-written
 
 
 def test_tag_groups():
@@ -129,6 +137,7 @@ def test_tag_groups():
     assert _tag("val_loss") == "val/val_loss" and _tag("tokens_per_s") == "perf/tokens_per_s"
     assert _tag("dropped_fraction") == "moe/dropped_fraction"
     assert {g for g in TAG_GROUPS.values()} == {"train", "val", "perf", "moe"}
-    assert all(TAG_GROUPS[k] == "train" for k in TAG_GROUPS if k.endswith(("_loss", "_objective")) and
-               not k.startswith("val_"))
-    assert _tag("new_loss") == "train/new_loss" and _tag("val_ppl") == "val/val_ppl"   # fallback by name
+    assert all(
+        TAG_GROUPS[k] == "train" for k in TAG_GROUPS if k.endswith(("_loss", "_objective")) and not k.startswith("val_")
+    )
+    assert _tag("new_loss") == "train/new_loss" and _tag("val_ppl") == "val/val_ppl"  # fallback by name

@@ -1,10 +1,10 @@
 """Baseline routers, domain groups, and the whole reference router."""
+
 import numpy as np
 import pytest
 
 from locmoe.config import load_config
-from locmoe.routing import (allowed_experts, domain_expert_groups, expert_choice, hash_route, hash_table, route,
-                            top_k)
+from locmoe.routing import allowed_experts, domain_expert_groups, expert_choice, hash_route, hash_table, route, top_k
 from locmoe.topology import ExpertPlacement, Topology
 
 
@@ -35,7 +35,7 @@ def test_expert_choice_hand_case():
     token, expert = expert_choice(probs, 1)
     np.testing.assert_array_equal(token, [0, 2])
     np.testing.assert_array_equal(expert, [0, 1])
-    token, expert = expert_choice(probs, 2)   # expert 0: tokens 0, 1; expert 1: tokens 2, 1
+    token, expert = expert_choice(probs, 2)  # expert 0: tokens 0, 1; expert 1: tokens 2, 1
     np.testing.assert_array_equal(np.stack([token, expert]), [[0, 1, 1, 2], [0, 0, 1, 1]])
 
 
@@ -71,7 +71,7 @@ def test_router_outputs_per_kind(batch):
     h = route(x, moe("moe.router.kind=hash"), pl, tr, token_ids=ids)
     assert h.probs is None and h.aux_loss == 0 and (h.plan.weight == 1).all() and len(h.plan.expert) == 64
     s = route(x, moe("moe.router.kind=switch"), pl, tr, gate_weight=gw)
-    np.testing.assert_allclose(s.plan.weight, s.probs.max(axis=1))       # raw top-1 probability
+    np.testing.assert_allclose(s.plan.weight, s.probs.max(axis=1))  # raw top-1 probability
     g = route(x, moe("moe.router.kind=gshard"), pl, tr, gate_weight=gw)
     np.testing.assert_allclose(g.plan.weight.reshape(-1, 2).sum(axis=1), 1.0)
     ec = route(x, moe("moe.router.kind=expert_choice"), pl, tr, gate_weight=gw)

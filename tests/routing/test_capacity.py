@@ -1,17 +1,30 @@
 """Capacity: cap fractions, gate-space angles, the cone and quantile bounds, the factor rule."""
+
 import math
 
 import numpy as np
 import pytest
 
-from locmoe.routing import (cap_fraction, capacity_lower_bound, cone_shares, empirical_cone_shares, expert_angles,
-                            factor_capacity, gate_angles, per_expert_bound, update_angle_ema)
+from locmoe.routing import (
+    cap_fraction,
+    capacity_lower_bound,
+    cone_shares,
+    empirical_cone_shares,
+    expert_angles,
+    factor_capacity,
+    gate_angles,
+    per_expert_bound,
+    update_angle_ema,
+)
 
 
 def test_cap_fraction_closed_forms():
     # S^1 (n = 2): the arc within δ of a point is 2δ of 2π -> δ/π.
-    np.testing.assert_allclose(cap_fraction(2, np.array([math.pi / 4, math.pi / 2, 3 * math.pi / 4, math.pi])),
-                               [0.25, 0.5, 0.75, 1.0], atol=1e-12)
+    np.testing.assert_allclose(
+        cap_fraction(2, np.array([math.pi / 4, math.pi / 2, 3 * math.pi / 4, math.pi])),
+        [0.25, 0.5, 0.75, 1.0],
+        atol=1e-12,
+    )
     # S^2 (n = 3): Archimedes, (1 - cos δ)/2.
     deltas = np.array([0.0, math.pi / 3, 2.0, 3.0])
     np.testing.assert_allclose(cap_fraction(3, deltas), (1 - np.cos(deltas)) / 2, atol=1e-12)
@@ -42,15 +55,15 @@ def test_angle_ema_keeps_unseen_experts():
 
 
 def test_cone_bound_equal_cones_give_the_mean_load():
-    assert capacity_lower_bound(np.full(8, 1.2), 8, 2, 1000) == 250        # k*T/E exactly
+    assert capacity_lower_bound(np.full(8, 1.2), 8, 2, 1000) == 250  # k*T/E exactly
 
 
 def test_cone_bound_hand_case():
     # n = 2: A = [0.5, 0.25] -> shares [2/3, 1/3] -> C = ceil(1 * 9 * 2/3) = 6
     np.testing.assert_allclose(cone_shares(np.array([math.pi / 2, math.pi / 4]), 2), [2 / 3, 1 / 3])
     assert capacity_lower_bound(np.array([math.pi / 2, math.pi / 4]), 2, 1, 9) == 6
-    assert capacity_lower_bound(np.zeros(4), 4, 1, 9) == 3                  # empty cones: uniform share
-    assert capacity_lower_bound(np.array([math.pi, 0.0]), 2, 2, 5) == 10    # clipped to k*T
+    assert capacity_lower_bound(np.zeros(4), 4, 1, 9) == 3  # empty cones: uniform share
+    assert capacity_lower_bound(np.array([math.pi, 0.0]), 2, 2, 5) == 10  # clipped to k*T
 
 
 def test_empirical_shares_and_per_expert_bound():
@@ -63,6 +76,6 @@ def test_empirical_shares_and_per_expert_bound():
 
 
 def test_factor_capacity():
-    assert factor_capacity(1.25, 2, 100, 8) == 32     # 31.25 -> 32
-    assert factor_capacity(1.0, 2, 64, 8) == 16       # exact, no float round-up
+    assert factor_capacity(1.25, 2, 100, 8) == 32  # 31.25 -> 32
+    assert factor_capacity(1.0, 2, 64, 8) == 16  # exact, no float round-up
     assert factor_capacity(0.01, 1, 10, 8) == 1

@@ -1,4 +1,5 @@
 """The dispatch plan on a hand-built case: 2 nodes x 2 ranks, expert e on rank e, one token per rank."""
+
 import numpy as np
 
 from locmoe.routing import build_dispatch_plan, chunk_permutation
@@ -21,9 +22,9 @@ def test_classes_counts_and_orders():
     np.testing.assert_array_equal(p.locality, [0, 2, 2, 1, 0, 2, 1, 0])
     np.testing.assert_array_equal(p.send_counts(), [[1, 0, 1, 0], [1, 0, 0, 1], [0, 1, 1, 0], [0, 0, 1, 1]])
     np.testing.assert_array_equal(p.recv_counts()[2, :, 0], [1, 0, 1, 1])
-    np.testing.assert_array_equal(p.send_order(1), [3, 2])          # to rank 0 first, then rank 3
+    np.testing.assert_array_equal(p.send_order(1), [3, 2])  # to rank 0 first, then rank 3
     np.testing.assert_array_equal(p.combine_order(1), [1, 0])
-    np.testing.assert_array_equal(p.expert_order(2), [1, 4, 6])     # expert 2's copies by source rank
+    np.testing.assert_array_equal(p.expert_order(2), [1, 4, 6])  # expert 2's copies by source rank
     assert p.dropped() == 0
     assert p.locality_fractions() == {"on_rank": 3 / 8, "in_node": 2 / 8, "cross_node": 3 / 8}
 
@@ -40,7 +41,7 @@ def test_traffic_flat_and_hierarchical():
 
 
 def test_capacity_drops_the_cross_node_copy_first():
-    p = plan([8, 8, 2, 8])       # expert 2 gets copies 1 (cross), 4 (on-rank), 6 (in-node)
+    p = plan([8, 8, 2, 8])  # expert 2 gets copies 1 (cross), 4 (on-rank), 6 (in-node)
     np.testing.assert_array_equal(p.kept, [True, False, True, True, True, True, True, True])
     np.testing.assert_array_equal(p.admitted(), [2, 1, 2, 2])
     np.testing.assert_array_equal(p.expert_load(), [2, 1, 3, 2])
@@ -48,10 +49,9 @@ def test_capacity_drops_the_cross_node_copy_first():
 
 
 def test_chunk_permutation_swaps_the_two_chunk_axes():
-    counts = np.array([[2, 1], [0, 3]])       # buffer: a0b0 a0b0 a0b1 a1b1 a1b1 a1b1
+    counts = np.array([[2, 1], [0, 3]])  # buffer: a0b0 a0b0 a0b1 a1b1 a1b1 a1b1
     labels = np.array(["00", "00", "01", "11", "11", "11"])
     np.testing.assert_array_equal(labels[chunk_permutation(counts)], ["00", "00", "01", "11", "11", "11"])
-    counts = np.array([[1, 2], [2, 1]])       # a0b0 a0b1 a0b1 a1b0 a1b0 a1b1 -> b0: a0 a1 a1, b1: a0 a0 a1
+    counts = np.array([[1, 2], [2, 1]])  # a0b0 a0b1 a0b1 a1b0 a1b0 a1b1 -> b0: a0 a1 a1, b1: a0 a0 a1
     labels = np.array(["a0b0", "a0b1", "a0b1", "a1b0", "a1b0", "a1b1"])
-    np.testing.assert_array_equal(labels[chunk_permutation(counts)],
-                                  ["a0b0", "a1b0", "a1b0", "a0b1", "a0b1", "a1b1"])
+    np.testing.assert_array_equal(labels[chunk_permutation(counts)], ["a0b0", "a1b0", "a1b0", "a0b1", "a0b1", "a1b1"])

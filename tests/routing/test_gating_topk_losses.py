@@ -1,11 +1,23 @@
 """GrAP gate, softmax, top-k and the auxiliary losses on hand-computed cases."""
+
 import math
 
 import numpy as np
 import pytest
 
-from locmoe.routing import (combine_weights, dense_gate_scores, grap_gate_matrix, grap_scores, load_balance_loss,
-                            locality_loss, log_softmax, masked_logits, softmax, sort_choices, top_k)
+from locmoe.routing import (
+    combine_weights,
+    dense_gate_scores,
+    grap_gate_matrix,
+    grap_scores,
+    load_balance_loss,
+    locality_loss,
+    log_softmax,
+    masked_logits,
+    softmax,
+    sort_choices,
+    top_k,
+)
 
 
 def test_grap_scores_are_group_means():
@@ -18,7 +30,7 @@ def test_grap_equals_a_fixed_gate_with_orthogonal_columns():
     w = grap_gate_matrix(8, 4)
     np.testing.assert_array_equal(w[:, 1], [0, 0, 0.5, 0.5, 0, 0, 0, 0])
     gram = w.T @ w
-    np.testing.assert_array_equal(gram, np.diag(np.full(4, 0.5)))      # orthogonal columns
+    np.testing.assert_array_equal(gram, np.diag(np.full(4, 0.5)))  # orthogonal columns
     x = np.random.default_rng(0).standard_normal((5, 8))
     np.testing.assert_allclose(grap_scores(x, 4), dense_gate_scores(x, w), rtol=0, atol=1e-15)
 
@@ -29,8 +41,7 @@ def test_grap_needs_e_to_divide_d():
 
 
 def test_masked_softmax():
-    z = masked_logits(np.array([[0.0, 2 * math.log(2), 5.0]]), temperature=2.0,
-                      allowed=np.array([[True, True, False]]))
+    z = masked_logits(np.array([[0.0, 2 * math.log(2), 5.0]]), temperature=2.0, allowed=np.array([[True, True, False]]))
     np.testing.assert_allclose(softmax(z), [[1 / 3, 2 / 3, 0.0]], atol=1e-15)
     assert log_softmax(z)[0, 2] == -np.inf
 
@@ -61,5 +72,6 @@ def test_locality_loss_hand_case():
     # token 0: KL(U{0,1} || p) = -ln 2 - (ln .5 + ln .25)/2 = ln(2)/2 ; token 1 has no local expert: 0
     assert locality_loss(logp, local) == pytest.approx(math.log(2) / 4, abs=1e-15)
     # p uniform over the local experts exactly -> KL = 0
-    assert locality_loss(np.log(np.array([[0.5, 0.5, 1e-300]])), np.array([[True, True, False]])) == \
-        pytest.approx(0.0, abs=1e-15)
+    assert locality_loss(np.log(np.array([[0.5, 0.5, 1e-300]])), np.array([[True, True, False]])) == pytest.approx(
+        0.0, abs=1e-15
+    )

@@ -4,6 +4,7 @@ The intra-node-first rule checked here, exactly: a token keeps a cross-node choi
 its own node with p >= rho * p_(k) (p_(k) = its k-th best probability) is already among its choices; so no
 copy crosses nodes while a top-k-eligible local expert is still unchosen.
 """
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,7 +28,7 @@ def scenarios(draw):
         placement = getattr(ExpertPlacement, kind)(E, topo)
     logits = rng.standard_normal((W * tokens_per_rank, E)) * draw(st.sampled_from([0.1, 1.0, 5.0]))
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    if draw(st.booleans()):                       # exact ties
+    if draw(st.booleans()):  # exact ties
         probs = np.round(probs, 1) + 1e-12
     capacity = rng.integers(0, k * W * tokens_per_rank + 1, size=E)
     rho = draw(st.sampled_from([0.1, 0.5, 0.9, 1.0]))
@@ -95,8 +96,9 @@ def test_combine_inverts_dispatch_and_experts_see_contiguous_blocks(s):
         np.testing.assert_array_equal(send[plan.combine_order(r)], np.sort(send))
         slots = plan.expert_slot[plan.expert_order(r)]
         assert (np.diff(slots) >= 0).all()
-        np.testing.assert_array_equal(np.bincount(slots, minlength=plan.placement.experts_per_rank),
-                                      plan.recv_counts()[r].sum(axis=0))
+        np.testing.assert_array_equal(
+            np.bincount(slots, minlength=plan.placement.experts_per_rank), plan.recv_counts()[r].sum(axis=0)
+        )
 
 
 @settings(max_examples=300, deadline=None)

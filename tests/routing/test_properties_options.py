@@ -8,13 +8,25 @@
 - the batch locality loss is finite and ≥ 0 whatever the probabilities, and 0 exactly at D_c = D_l^ε;
 - the paper bound grows with δ, stays in [1, k·T], and its exp form (LocMoE+) never exceeds Theorem 1 for d ≥ 3.
 """
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from locmoe.routing import (allowed_experts, batch_locality_loss, domain_expert_groups, localised_distribution,
-                            min_capacity_fraction, node_expert_table, node_limited_top_k, node_scores,
-                            paper_capacity, selection_scores, top_k, update_selection_bias)
+from locmoe.routing import (
+    allowed_experts,
+    batch_locality_loss,
+    domain_expert_groups,
+    localised_distribution,
+    min_capacity_fraction,
+    node_expert_table,
+    node_limited_top_k,
+    node_scores,
+    paper_capacity,
+    selection_scores,
+    top_k,
+    update_selection_bias,
+)
 from locmoe.topology import ExpertPlacement, Topology
 
 
@@ -30,7 +42,7 @@ def scored(draw):
     allowed = allowed_experts(rng.integers(0, D, T), groups, E) if D > 1 else None
     aff = rng.random((T, E))
     if draw(st.booleans()):
-        aff = np.round(aff, 1)                                           # ties
+        aff = np.round(aff, 1)  # ties
     return placement, groups, allowed, aff, rng
 
 
@@ -40,7 +52,7 @@ def test_node_limited_choices(s, data):
     placement, groups, allowed, aff, _ = s
     table = node_expert_table(placement)
     N, T = table.shape[0], aff.shape[0]
-    per_node = np.array([np.isin(table, g).sum(axis=1) for g in groups])            # [D, N]
+    per_node = np.array([np.isin(table, g).sum(axis=1) for g in groups])  # [D, N]
     M = data.draw(st.integers(1, N))
     usable = min(np.sort(row[row > 0])[:M].sum() for row in per_node)
     k = data.draw(st.integers(1, max(1, min(3, usable))))
@@ -98,8 +110,9 @@ def test_batch_locality_loss_is_finite_nonnegative_and_zero_at_the_target(s, eps
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(3, 4096), st.floats(0, 1), st.floats(0, 1), st.integers(2, 64), st.integers(1, 4),
-       st.integers(1, 4096))
+@given(
+    st.integers(3, 4096), st.floats(0, 1), st.floats(0, 1), st.integers(2, 64), st.integers(1, 4), st.integers(1, 4096)
+)
 def test_paper_bound_is_monotone_and_clipped(d, a, b, n, k, T):
     lo, hi = sorted((a, b))
     for form in ("exact", "exp"):

@@ -1,4 +1,5 @@
 """Intra-node-first selection and capacity admission on hand-computed cases."""
+
 import numpy as np
 
 from locmoe.routing import admit, intra_node_first

@@ -7,16 +7,32 @@ also records whether both paths routed every copy the same way, and how many cop
 
 Used in one process by ``test_fast_path.py`` and by every rank of its torchrun launch (``python -m
 tests.training.fast_path OUT.json``)."""
+
 from __future__ import annotations
 
 import json
 import sys
 
 STEPS = 20
-SIZES = ["model.d_model=32", "model.n_heads=2", "model.n_layers=3", "model.dense_layers=1", "model.d_ff=64",
-         "model.max_seq_len=32", "moe.num_experts=8", "moe.d_expert=16", "data.seq_len=32", "data.max_bytes=20000",
-         "train.batch_size=2", "train.warmup_steps=2", f"train.steps={STEPS}", "moe.capacity.factor=1.0",
-         "parallel.device=cpu", "parallel.nodes=2", "parallel.devices_per_node=2"]
+SIZES = [
+    "model.d_model=32",
+    "model.n_heads=2",
+    "model.n_layers=3",
+    "model.dense_layers=1",
+    "model.d_ff=64",
+    "model.max_seq_len=32",
+    "moe.num_experts=8",
+    "moe.d_expert=16",
+    "data.seq_len=32",
+    "data.max_bytes=20000",
+    "train.batch_size=2",
+    "train.warmup_steps=2",
+    f"train.steps={STEPS}",
+    "moe.capacity.factor=1.0",
+    "parallel.device=cpu",
+    "parallel.nodes=2",
+    "parallel.devices_per_node=2",
+]
 
 
 def cases() -> list[tuple[str, list[str]]]:
@@ -43,14 +59,19 @@ def lockstep(sets: list[str]) -> list[dict]:
     from locmoe.config import load_config
     from locmoe.data import BatchSampler, load_corpus, load_tokenizer
 
-    cfgs = {name: load_config(overrides=[*SIZES, *sets, f"train.compile={name == 'fast'}"])
-            for name in ("eager", "fast")}
+    cfgs = {
+        name: load_config(overrides=[*SIZES, *sets, f"train.compile={name == 'fast'}"]) for name in ("eager", "fast")
+    }
     cfg = cfgs["eager"]
     ctx = init_distributed(cfg.parallel)
     corpus = load_corpus(cfg.data, load_tokenizer("byte"), cfg.moe.domains.num_domains)
     ranks = ctx.layout.topology.world_size if ctx.emulated else 1
-    batches = Batches(BatchSampler(corpus, cfg.data.seq_len, cfg.train.batch_size * ranks, ctx.rank,
-                                   ctx.world_size, 0), ctx.device)
+    batches = Batches(
+        BatchSampler(
+            corpus, cfg.data.seq_len, cfg.train.batch_size * ranks, rank=ctx.rank, world=ctx.world_size, seed=0
+        ),
+        ctx.device,
+    )
     models = {n: build_model(c, ctx) for n, c in cfgs.items()}
     opts = {n: make_optimizer(m, cfg.train) for n, m in models.items()}
     rows = []
@@ -60,8 +81,9 @@ def lockstep(sets: list[str]) -> list[dict]:
             lm, aux, metrics, grad_norm = train_step(models[name], opts[name], cfg, ctx, batches, step)
             row[name] = [float(lm.detach()), float(aux.detach()), float(grad_norm)]
             routed[name] = [routing_key(m, cfg.moe.num_experts) for m in metrics]
-        row["copies_routed_differently"] = all_ranks_sum(sum(len(a ^ b) for a, b in zip(routed["eager"],
-                                                                                      routed["fast"])))
+        row["copies_routed_differently"] = all_ranks_sum(
+            sum(len(a ^ b) for a, b in zip(routed["eager"], routed["fast"]))
+        )
         rows.append(row)
         with torch.no_grad():
             models["fast"].load_state_dict(models["eager"].state_dict())

@@ -1,4 +1,5 @@
 """Launching ``locmoe train`` in subprocesses (one process, torchrun or msrun) and reading back metrics.jsonl."""
+
 from __future__ import annotations
 
 import json
@@ -10,26 +11,64 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
-QUIET = ["logging.progress=false", "logging.tensorboard=false", "export.at_end=false", "data.max_bytes=50000",
-         "train.eval_every=0"]
+QUIET = [
+    "logging.progress=false",
+    "logging.tensorboard=false",
+    "export.at_end=false",
+    "data.max_bytes=50000",
+    "train.eval_every=0",
+]
 
 
-def train(out_dir: Path, *overrides: str, nproc: int = 1, resume: bool = False, env: dict | None = None,
-          config: Path = TINY, check: bool = True, launcher: str = "torchrun") -> subprocess.CompletedProcess:
+def train(
+    out_dir: Path,
+    *overrides: str,
+    nproc: int = 1,
+    resume: bool = False,
+    env: dict | None = None,
+    config: Path = TINY,
+    check: bool = True,
+    launcher: str = "torchrun",
+) -> subprocess.CompletedProcess:
     """``locmoe train`` in one process, or ``nproc`` processes of ``launcher`` (torchrun, or msrun on one host)."""
     sets = [a for o in (*QUIET, f"train.out_dir={out_dir}", *overrides) for a in ("--set", o)]
-    python_dir = str(Path(sys.executable).parent)       # msrun starts workers with the first python on PATH
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), GLOG_v="3",
-                    PATH=python_dir + os.pathsep + os.environ.get("PATH", ""), **(env or {}))
+    python_dir = str(Path(sys.executable).parent)  # msrun starts workers with the first python on PATH
+    full_env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(ROOT),
+        GLOG_v="3",
+        PATH=python_dir + os.pathsep + os.environ.get("PATH", ""),
+        **(env or {}),
+    )
     if nproc == 1:
         start = [sys.executable, "-m", "locmoe"]
     elif launcher == "torchrun":
-        start = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m",
-                 "locmoe"]
+        start = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(nproc),
+            "-m",
+            "locmoe",
+        ]
     else:
-        start = [str(Path(python_dir) / "msrun"), "--worker_num", str(nproc), "--local_worker_num", str(nproc),
-                 "--master_port", str(free_port()), "--log_dir", str(Path(out_dir).parent / f"{Path(out_dir).name}_logs"),
-                 "--join", "True", str(ROOT / "scripts" / "locmoe_entry.py")]
+        start = [
+            str(Path(python_dir) / "msrun"),
+            "--worker_num",
+            str(nproc),
+            "--local_worker_num",
+            str(nproc),
+            "--master_port",
+            str(free_port()),
+            "--log_dir",
+            str(Path(out_dir).parent / f"{Path(out_dir).name}_logs"),
+            "--join",
+            "True",
+            str(ROOT / "scripts" / "locmoe_entry.py"),
+        ]
     cmd = [*start, "train", str(config), *sets, *(["--resume"] if resume else [])]
     proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=900)
     if check:

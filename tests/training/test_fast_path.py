@@ -8,6 +8,7 @@ routed every copy alike: the paths differ only in the rounding of fused element-
 each cut a ranking of all tokens: a few copies then go elsewhere and that step's loss moves by up to ~1e-4
 (measured: 4 of 20 steps, 1 to 9 copies moved, at most 6.4e-5). Such steps must stay few (at most 4 of 20),
 move few copies (at most 16 of the step's 512) and move the loss by < 1e-3."""
+
 import json
 import os
 import subprocess
@@ -30,7 +31,7 @@ def assert_lockstep(rows: list[dict], name: str) -> None:
     assert len(flips) <= MAX_FLIP_STEPS, f"{name}: routing differed in {len(flips)} of 20 steps"
     for r in rows:
         flipped = r["copies_routed_differently"]
-        moved = flipped // 2          # a moved copy leaves one (token, expert) pair and enters another
+        moved = flipped // 2  # a moved copy leaves one (token, expert) pair and enters another
         assert moved <= MAX_MOVED_COPIES, f"{name}, step {r['step']}: {moved} copies routed differently"
         tol = FLIP_TOL if flipped else TOL
         for what, e, f in zip(("lm loss", "aux", "grad norm"), r["eager"], r["fast"]):
@@ -45,8 +46,17 @@ def test_one_process(name, sets):
 def test_four_gloo_ranks(tmp_path):
     out = tmp_path / "lockstep.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4", "-m",
-           "tests.training.fast_path", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "4",
+        "-m",
+        "tests.training.fast_path",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())

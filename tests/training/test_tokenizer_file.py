@@ -1,12 +1,15 @@
 """``data.tokenizer`` = a Hugging Face tokenizers JSON file: encode/decode, training with it, and clear errors."""
+
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from locmoe.data import DataError, load_tokenizer
 from tests.training.runs import train
 
-TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
-        "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n") * 50
+TEXT = (
+    "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+    "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n"
+) * 50
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def test_encode_decode_round_trip(bpe_file):
     assert tok.vocab_size == 300
     line = "The slings and arrows of outrageous fortune"
     ids = tok.encode(line)
-    assert len(ids) < len(line)                      # merges happened: fewer tokens than bytes
+    assert len(ids) < len(line)  # merges happened: fewer tokens than bytes
     assert tok.decode(ids) == line
 
 
@@ -40,8 +43,15 @@ def test_malformed_file_is_a_data_error(tmp_path):
 def test_training_with_a_tokenizer_file(tmp_path, bpe_file):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT * 4)
-    common = [f"data.tokenizer={bpe_file}", f"data.sources=[{{path: {corpus}}}]", "data.seq_len=32",
-              "model.max_seq_len=32", "train.steps=2", "train.warmup_steps=1", "train.ckpt_every=0"]
+    common = [
+        f"data.tokenizer={bpe_file}",
+        f"data.sources=[{{path: {corpus}}}]",
+        "data.seq_len=32",
+        "model.max_seq_len=32",
+        "train.steps=2",
+        "train.warmup_steps=1",
+        "train.ckpt_every=0",
+    ]
     small = train(tmp_path / "small", *common, "model.vocab_size=256", check=False)
     assert small.returncode == 2 and "is smaller than the tokenizer's vocabulary (300)" in small.stderr
     train(tmp_path / "run", *common, "model.vocab_size=320")

@@ -5,6 +5,7 @@ router export, and bad inputs.
 A small model keeps this file near two minutes on 2 cores (MindSpore PyNative on CPU runs ~0.4 s per step of
 this model in one process, ~3 s under msrun with 4 workers on 2 cores).
 """
+
 import json
 import os
 import subprocess
@@ -19,9 +20,21 @@ from locmoe.checkpointing import latest, list_checkpoints, step_dir, temp_dir
 from locmoe.export import load_router
 from tests.training.runs import ROOT, losses, train
 
-SMALL = ["model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.d_ff=128", "moe.d_expert=64",
-         "data.seq_len=32", "model.max_seq_len=32", "train.batch_size=2", "train.steps=20", "train.warmup_steps=5",
-         "logging.log_every=1", "train.lr=1e-3", "train.min_lr=1e-4"]
+SMALL = [
+    "model.d_model=64",
+    "model.n_layers=2",
+    "model.n_heads=2",
+    "model.d_ff=128",
+    "moe.d_expert=64",
+    "data.seq_len=32",
+    "model.max_seq_len=32",
+    "train.batch_size=2",
+    "train.steps=20",
+    "train.warmup_steps=5",
+    "logging.log_every=1",
+    "train.lr=1e-3",
+    "train.min_lr=1e-4",
+]
 MS = [*SMALL, "parallel.backend=mindspore"]
 
 
@@ -45,7 +58,7 @@ def test_msrun_expert_parallel_training_equals_one_process(one, tmp_path):
 
 
 def test_mindspore_training_equals_torch(one, tmp_path):
-    """Same seed → same weights (models.spec.initial_value) → the same 20 steps in both frameworks within
+    """Same seed → same weights (locmoe.model_spec.initial_value) → the same 20 steps in both frameworks within
     1e-4 (measured ~2e-6: fp32 kernels differ in summation order)."""
     train(tmp_path / "torch", *SMALL, "train.ckpt_every=0")
     a, b = losses(one), losses(tmp_path / "torch")
@@ -61,12 +74,18 @@ def test_kill_during_checkpoint_then_resume_reproduces_the_run(one, tmp_path):
     train(crashed, *common, resume=True)
     assert not temp_dir(crashed, 6).exists()
     a, b = losses(one), losses(crashed)
-    assert max(abs(a[s] - b[s]) for s in range(4, 21)) <= 1e-6      # fp32 CPU, same process layout
+    assert max(abs(a[s] - b[s]) for s in range(4, 21)) <= 1e-6  # fp32 CPU, same process layout
 
 
 def convert(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "locmoe", "convert", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    return subprocess.run(
+        [sys.executable, "-m", "locmoe", "convert", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
 
 
 def test_convert_to_torch_continues_the_run_and_converts_back_exactly(one, tmp_path):
@@ -113,9 +132,19 @@ def test_resuming_a_torch_checkpoint_needs_conversion(tmp_path):
 def test_cli_trains_and_exports_with_the_tiny_config(tmp_path):
     """``locmoe train configs/tiny_cpu.yaml --set parallel.backend=mindspore``, its own sizes, a short run."""
     out = tmp_path / "run"
-    train(out, "parallel.backend=mindspore", "train.steps=3", "train.warmup_steps=1", "train.eval_every=3",
-          "train.eval_batches=1", "logging.log_every=1", "logging.tensorboard=true", "export.at_end=true",
-          "moe.router.gate=dense", "moe.capacity.mode=bound")
+    train(
+        out,
+        "parallel.backend=mindspore",
+        "train.steps=3",
+        "train.warmup_steps=1",
+        "train.eval_every=3",
+        "train.eval_batches=1",
+        "logging.log_every=1",
+        "logging.tensorboard=true",
+        "export.at_end=true",
+        "moe.router.gate=dense",
+        "moe.capacity.mode=bound",
+    )
     assert list((out / "tb").glob("events.out.tfevents.*"))
     assert np.isfinite(losses(out, "val_loss")[3])
     ckpt = latest(out)
@@ -126,7 +155,8 @@ def test_cli_trains_and_exports_with_the_tiny_config(tmp_path):
     assert m.source["backend"] == "mindspore"
     weights = load_file(str(ckpt / "model.safetensors"))
     for i in m.moe_layers:
-        np.testing.assert_array_equal(router.layer_tensor(i, "gate_weight"), weights[f"layers.{i}.moe.router.gate_weight"])
+        gate = f"layers.{i}.moe.router.gate_weight"
+        np.testing.assert_array_equal(router.layer_tensor(i, "gate_weight"), weights[gate])
         assert np.isfinite(router.layer_tensor(i, "angle_ema")).all()
 
 
@@ -140,6 +170,6 @@ def test_missing_data_path_is_refused_before_any_output(tmp_path):
 def test_a_missing_mindspore_is_a_clear_error_naming_the_extra(monkeypatch):
     import backends
 
-    monkeypatch.setitem(sys.modules, "mindspore", None)         # what `import mindspore` sees when absent
+    monkeypatch.setitem(sys.modules, "mindspore", None)  # what `import mindspore` sees when absent
     with pytest.raises(backends.BackendUnavailable, match=r"pip install 'locmoe\[mindspore\]'"):
         backends.get("mindspore")

@@ -1,7 +1,5 @@
 """Pretraining with the torch backend: expert parallelism equals one process, crash safety and exact
 resume, bad inputs, and the artefacts of a run (tensorboard events, checkpoints, router export)."""
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,24 +35,33 @@ def test_kill_during_checkpoint_then_resume_reproduces_the_run(tmp_path):
     train(tmp_path / "straight", *common)
     crashed = tmp_path / "crashed"
     proc = train(crashed, *common, env={"LOCMOE_FAULT_INJECT": "kill_during_checkpoint:20"}, check=False)
-    assert proc.returncode == -9                                     # SIGKILL while writing step 20
+    assert proc.returncode == -9  # SIGKILL while writing step 20
     assert [s for s, _ in list_checkpoints(crashed)] == [10]
-    assert temp_dir(crashed, 20).is_dir()                            # the half-written one is not listed
+    assert temp_dir(crashed, 20).is_dir()  # the half-written one is not listed
     assert latest(crashed).name == "step_00000010" and verify(latest(crashed))["step"] == 10
     train(crashed, *common, resume=True)
     assert not temp_dir(crashed, 20).exists()
     a, b = losses(tmp_path / "straight"), losses(crashed)
-    assert max(abs(a[s] - b[s]) for s in range(11, 31)) <= 1e-6      # fp32 CPU, same process layout
+    assert max(abs(a[s] - b[s]) for s in range(11, 31)) <= 1e-6  # fp32 CPU, same process layout
 
 
 def test_run_artefacts_and_router_export(tmp_path):
     out = tmp_path / "run"
-    train(out, "train.steps=40", "train.warmup_steps=5", "train.eval_every=20", "logging.log_every=10",
-          "logging.tensorboard=true", "logging.heatmap_every=20", "export.at_end=true",
-          "moe.router.gate=dense", "moe.capacity.mode=bound")
+    train(
+        out,
+        "train.steps=40",
+        "train.warmup_steps=5",
+        "train.eval_every=20",
+        "logging.log_every=10",
+        "logging.tensorboard=true",
+        "logging.heatmap_every=20",
+        "export.at_end=true",
+        "moe.router.gate=dense",
+        "moe.capacity.mode=bound",
+    )
     assert list((out / "tb").glob("events.out.tfevents.*"))
     val = losses(out, "val_loss")
-    assert val[40] < np.log(256) - 1.0                               # well below the uniform-byte baseline
+    assert val[40] < np.log(256) - 1.0  # well below the uniform-byte baseline
     ckpt = latest(out)
     router = load_router(out / "router")
     m = router.manifest
@@ -62,7 +69,8 @@ def test_run_artefacts_and_router_export(tmp_path):
     assert m.topology == {"nodes": 2, "devices_per_node": 2} and m.source["step"] == 40
     weights = load_file(str(ckpt / "model.safetensors"))
     for i in m.moe_layers:
-        np.testing.assert_array_equal(router.layer_tensor(i, "gate_weight"), weights[f"layers.{i}.moe.router.gate_weight"])
+        gate = f"layers.{i}.moe.router.gate_weight"
+        np.testing.assert_array_equal(router.layer_tensor(i, "gate_weight"), weights[gate])
         assert np.isfinite(router.layer_tensor(i, "angle_ema")).all()
     assert router.placement.expert_to_device[0] == [0, 0, 1, 1, 2, 2, 3, 3]
 
@@ -110,7 +118,7 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
         blob.write_bytes(bytes(data))
     err, _ = bad(tmp_path, "train.ckpt_every=2", resume=True)
     assert "--resume: no valid checkpoint" in err and "model.safetensors does not match its checksum" in err
-    assert (out / "metrics.jsonl").read_text() == before              # nothing new written
+    assert (out / "metrics.jsonl").read_text() == before  # nothing new written
 
 
 def test_existing_checkpoints_need_resume(tmp_path):

@@ -7,6 +7,7 @@ all-to-all overlapped with expert compute).
     generate(model, prompts, ...)                        the no-cache reference decoding (decode.py)
     ServeOptions                                         plain / chunked / pipelined, kernel, profile
 """
+
 from backends.torch.inference.options import ServeOptions
 
 __all__ = ["ServeOptions"]

@@ -2,6 +2,7 @@
 :class:`DeviceProfile`. Collective under torchrun: every rank measures, rank 0's fit is used by all, so
 every rank makes the same chunk-count decisions.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,10 +24,11 @@ from locmoe.inference.profile import DeviceProfile
 @dataclass(frozen=True)
 class CalibrationShape:
     """What to measure: the local experts of one rank and the row counts to try."""
-    experts: int                 # local experts (E / W)
+
+    experts: int  # local experts (E / W)
     d_model: int
     d_expert: int
-    rows_per_expert: tuple       # mean rows per expert of each measured batch
+    rows_per_expert: tuple  # mean rows per expert of each measured batch
     activation: str = "swiglu"
     reps: int = 5
 
@@ -49,16 +51,28 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def measure(shape: CalibrationShape, device: torch.device, dtype: torch.dtype, group: Group,
-            progress: Optional[Callable[[str], None]] = None) -> Measurements:
+def measure(
+    shape: CalibrationShape,
+    device: torch.device,
+    dtype: torch.dtype,
+    group: Group,
+    progress: Optional[Callable[[str], None]] = None,
+) -> Measurements:
     """Time both expert kernels on every load pattern of every row count, then copies (and the all-to-all);
     ``progress`` is told what was measured after each row count."""
     torch.manual_seed(0)
     ex = GroupedExperts(shape.experts, shape.d_model, shape.d_expert, shape.activation)
     ex.reset_parameters(0.02)
     ex = ex.to(device=device, dtype=dtype)
-    m = Measurements(device_name(device), str(dtype).replace("torch.", ""), shape.d_model, shape.d_expert,
-                     shape.activation, world_size=group.size, tile_rows=128 if device.type == "cuda" else 1)
+    m = Measurements(
+        device=device_name(device),
+        dtype=str(dtype).replace("torch.", ""),
+        d_model=shape.d_model,
+        d_expert=shape.d_expert,
+        activation=shape.activation,
+        world_size=group.size,
+        tile_rows=128 if device.type == "cuda" else 1,
+    )
     with torch.no_grad():
         for mean in shape.rows_per_expert:
             for loads in load_patterns(shape.experts, mean).values():
@@ -68,8 +82,10 @@ def measure(shape: CalibrationShape, device: torch.device, dtype: torch.dtype, g
                     s = time_call(lambda: run_experts(ex, x, counts, loads, kernel), device, reps=shape.reps)
                     into.append(KernelSample(loads.tolist(), s))
             if progress is not None:
-                progress(f"experts at {mean} rows each: grouped {m.grouped[-1].seconds * 1e3:.3g} ms, dense "
-                         f"{m.dense[-1].seconds * 1e3:.3g} ms (last load pattern)")
+                progress(
+                    f"experts at {mean} rows each: grouped {m.grouped[-1].seconds * 1e3:.3g} ms, dense "
+                    f"{m.dense[-1].seconds * 1e3:.3g} ms (last load pattern)"
+                )
         for rows in message_rows(shape, dtype, 1):
             x = torch.randn(rows, shape.d_model, device=device, dtype=dtype)
             idx = torch.randperm(rows, device=device)
@@ -86,7 +102,7 @@ def message_rows(shape: CalibrationShape, dtype, ranks: int) -> list[int]:
     row_bytes = shape.d_model * torch.tensor([], dtype=dtype).element_size()
     largest = max(shape.rows_per_expert) * shape.experts * 2 * row_bytes
     top = min(max(largest, 4 << 20), 256 << 20)
-    return [max(1, top // 4 ** i // ranks // row_bytes) for i in range(5)]
+    return [max(1, top // 4**i // ranks // row_bytes) for i in range(5)]
 
 
 def measure_all_to_all(shape: CalibrationShape, device, dtype, group: Group) -> list[LinkSample]:
@@ -95,14 +111,23 @@ def measure_all_to_all(shape: CalibrationShape, device, dtype, group: Group) -> 
     for per_peer in message_rows(shape, dtype, W):
         x = torch.randn(per_peer * W, shape.d_model, device=device, dtype=dtype)
         y = torch.empty_like(x)
-        s = time_call(lambda: dist.all_to_all_single(y, x, group=group.handle), device, reps=shape.reps,
-                      barrier=lambda: dist.barrier(group=group.handle))
+        s = time_call(
+            lambda: dist.all_to_all_single(y, x, group=group.handle),
+            device,
+            reps=shape.reps,
+            barrier=lambda: dist.barrier(group=group.handle),
+        )
         out.append(LinkSample(per_peer * (W - 1) * x.shape[1] * x.element_size(), s))
     return out
 
 
-def calibrate(shape: CalibrationShape, device: torch.device, dtype: torch.dtype, group: Group,
-              progress: Optional[Callable[[str], None]] = None) -> DeviceProfile:
+def calibrate(
+    shape: CalibrationShape,
+    device: torch.device,
+    dtype: torch.dtype,
+    group: Group,
+    progress: Optional[Callable[[str], None]] = None,
+) -> DeviceProfile:
     """Measure (every rank: the all-to-all needs them all) and fit rank 0's measurements; the profile, or
     rank 0's error, reaches every rank."""
     m = measure(shape, device, dtype, group, progress)

@@ -3,6 +3,7 @@ few hundred kernel launches from Python. Possible because :meth:`KVDecoder.step`
 whole preallocated cache, masked) and never waits for the host; the inputs are copied into static tensors
 before each replay and the logits are read from the graph's own output tensor.
 """
+
 from __future__ import annotations
 
 from typing import Optional

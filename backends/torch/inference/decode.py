@@ -5,6 +5,7 @@ forwards: rank r serves prompts r, r+W, ...; a rank with no prompt left in a rou
 placeholder and throws it away. No KV cache: each step re-runs the whole sequence (prefill is what the
 expert pipeline speeds up; this path is for correctness and small models).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from locmoe.inference.errors import InferenceError
 @dataclass(frozen=True)
 class Sampling:
     """greedy: argmax; otherwise nucleus sampling over the smallest set of tokens with mass >= top_p."""
+
     greedy: bool = True
     top_p: float = 0.9
     temperature: float = 1.0
@@ -38,8 +40,8 @@ def next_token(logits: torch.Tensor, s: Sampling, gen: torch.Generator) -> torch
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / s.temperature, dim=-1).cpu()
     sorted_p, idx = probs.sort(dim=-1, descending=True)
-    before = sorted_p.cumsum(dim=-1) - sorted_p                # mass of the better tokens
-    sorted_p = sorted_p.masked_fill(before >= s.top_p, 0.0)    # the top token always stays
+    before = sorted_p.cumsum(dim=-1) - sorted_p  # mass of the better tokens
+    sorted_p = sorted_p.masked_fill(before >= s.top_p, 0.0)  # the top token always stays
     pick = torch.multinomial(sorted_p, 1, generator=gen)
     return idx.gather(1, pick)[:, 0].to(logits.device)
 
@@ -49,12 +51,19 @@ def check_prompts(prompts: Sequence[Sequence[int]], context: int) -> None:
         if len(p) == 0:
             raise InferenceError(f"prompt {i} is empty")
         if len(p) > context:
-            raise InferenceError(f"prompt {i} has {len(p)} tokens, longer than the model's context of {context} "
-                                 "tokens (model.max_seq_len); shorten it")
+            raise InferenceError(
+                f"prompt {i} has {len(p)} tokens, longer than the model's context of {context} "
+                "tokens (model.max_seq_len); shorten it"
+            )
 
 
-def generate(model: InferenceModel, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-             sampling: Sampling = Sampling(), domain: Optional[int] = None) -> list[list[int]]:
+def generate(
+    model: InferenceModel,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    sampling: Sampling = Sampling(),
+    domain: Optional[int] = None,
+) -> list[list[int]]:
     """New tokens for every prompt (the same list on every rank). Stops at ``max_new_tokens`` or when the
     sequence fills the context."""
     check_prompts(prompts, model.context)
@@ -69,7 +78,7 @@ def generate(model: InferenceModel, prompts: Sequence[Sequence[int]], max_new_to
         for _ in range(max_new_tokens):
             window = seq + new if seq is not None else [0]
             if len(window) >= model.context:
-                window = [0]                    # full: keep taking part in the collectives, discard the result
+                window = [0]  # full: keep taking part in the collectives, discard the result
                 seq_done = True
             else:
                 seq_done = seq is None

@@ -3,6 +3,7 @@ expert-sorted rows, and a padded dense batched GEMM — every local expert's row
 [E_local, max_load, d] block and multiplied by ``torch.bmm``. Padding rows are zeros, and an FFN maps a
 zero row to a zero row (no biases), so they are simply dropped afterwards.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,12 +27,13 @@ def dense_experts(experts: GroupedExperts, x: torch.Tensor, loads: np.ndarray) -
     E, d = len(loads), x.shape[1]
     idx = torch.from_numpy(slots).to(x.device, non_blocking=True)
     block = x.new_zeros(E * cap, d).index_copy_(0, idx, x).view(E, cap, d)
-    y = experts._ffn(lambda a, w: torch.bmm(a, w.to(a.dtype)), block)        # [E, cap, d]
+    y = experts._ffn(lambda a, w: torch.bmm(a, w.to(a.dtype)), block)  # [E, cap, d]
     return y.view(E * cap, d).index_select(0, idx)
 
 
-def run_experts(experts: GroupedExperts, x: torch.Tensor, counts: torch.Tensor, loads: np.ndarray,
-                kernel: str) -> tuple[torch.Tensor, str]:
+def run_experts(
+    experts: GroupedExperts, x: torch.Tensor, counts: torch.Tensor, loads: np.ndarray, kernel: str
+) -> tuple[torch.Tensor, str]:
     """Apply the local experts with ``kernel`` ("grouped" or "dense"); returns (rows, the kernel that ran:
     grouped falls back to the per-expert loop where grouped_mm does not run, e.g. fp32 on CUDA)."""
     if x.shape[0] == 0:

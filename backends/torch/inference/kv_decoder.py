@@ -9,6 +9,7 @@ rows and, under any capacity, cannot change a real token's routing); every row o
 token. On one process the MoE layers run :func:`moe_step` (same router, same weights, dropless); across an
 EP group they run the collective :class:`InferenceMoE` (every rank calls each step).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -51,25 +52,32 @@ class KVDecoder:
         x = self._blocks(tokens[:, None], slot, self.cache.capacity, domain, None)
         return self._logits(x[:, 0])
 
-    def _blocks(self, tokens: torch.Tensor, slots: torch.Tensor, kv_len: int, domain: Optional[torch.Tensor],
-                real_idx: Optional[torch.Tensor]) -> torch.Tensor:
+    def _blocks(
+        self,
+        tokens: torch.Tensor,
+        slots: torch.Tensor,
+        kv_len: int,
+        domain: Optional[torch.Tensor],
+        real_idx: Optional[torch.Tensor],
+    ) -> torch.Tensor:
         """tokens [B, S] at cache ``slots`` [S] -> hidden states [B, S, d] after the last block (before the
         final norm); ``real_idx`` the flat indices of the tokens the MoE layers see (None: all)."""
         m, cache = self.model, self.cache
         B, S = tokens.shape
-        pos = positions(slots, cache.pad, self.context)                   # [B, S]
-        cos, sin = m.rope_cos[pos], m.rope_sin[pos]                        # [B, S, hd/2]
+        pos = positions(slots, cache.pad, self.context)  # [B, S]
+        cos, sin = m.rope_cos[pos], m.rope_sin[pos]  # [B, S, hd/2]
         mask = attention_mask(slots, cache.pad, kv_len)
         dom = None if domain is None else domain[:, None].expand(B, S).reshape(-1)
         ids = tokens.reshape(-1)
         if real_idx is not None:
             ids = ids.index_select(0, real_idx)
             dom = None if dom is None else dom.index_select(0, real_idx)
-        per_rank: list = []           # the EP group's token counts, gathered once per call (collective path)
+        per_rank: list = []  # the EP group's token counts, gathered once per call (collective path)
         x = m.embed(tokens)
         for i, block in enumerate(m.layers):
-            x = x + cached_attention(block.attn, block.attn_norm(x), cos, sin, cache.k[i], cache.v[i], slots, mask,
-                                     kv_len)
+            x = x + cached_attention(
+                block.attn, block.attn_norm(x), cos, sin, cache.k[i], cache.v[i], slots, mask, kv_len
+            )
             h = block.ffn_norm(x)
             if hasattr(block, "ffn"):
                 x = x + block.ffn(h)
@@ -83,8 +91,9 @@ class KVDecoder:
             x = x + y.view(B, S, -1)
         return x
 
-    def _moe(self, layer: int, x: torch.Tensor, ids: torch.Tensor, dom: Optional[torch.Tensor],
-             per_rank: list) -> torch.Tensor:
+    def _moe(
+        self, layer: int, x: torch.Tensor, ids: torch.Tensor, dom: Optional[torch.Tensor], per_rank: list
+    ) -> torch.Tensor:
         moe = self.model.layers[layer].moe
         if self.fast_moe[layer]:
             return moe_step(moe.router, moe.experts, x, ids, dom)

@@ -9,6 +9,7 @@ steps: one host sync per check, not per step), at ``max_new_tokens``, or when a 
 The no-cache ``decode.generate`` (every step re-runs the sequence) stays the reference it is tested
 against (``tests/inference/test_kv_cache.py``).
 """
+
 from __future__ import annotations
 
 import time
@@ -43,18 +44,25 @@ def sample_tokens(logits: torch.Tensor, s: Sampling, gen: torch.Generator) -> to
 
 @dataclass
 class BatchTiming:
-    first_token_s: float        # prefill + the first token back on the host
-    decode_s: float             # the decode steps after it (synchronised)
-    steps: int                  # decode steps run
-    new_tokens: int             # tokens kept (after EOS / budget trimming)
+    first_token_s: float  # prefill + the first token back on the host
+    decode_s: float  # the decode steps after it (synchronised)
+    steps: int  # decode steps run
+    new_tokens: int  # tokens kept (after EOS / budget trimming)
 
 
 class CachedGenerator:
     """A :class:`KVDecoder` for ``batch`` rows and ``capacity`` cache slots (prompt + new tokens), with its
     decode step optionally captured as a CUDA graph; reusable for any prompts that fit."""
 
-    def __init__(self, model: InferenceModel, batch: int, capacity: int, cuda_graph: bool = False,
-                 domain: Optional[int] = None, compile_step: bool = False):
+    def __init__(
+        self,
+        model: InferenceModel,
+        batch: int,
+        capacity: int,
+        cuda_graph: bool = False,
+        domain: Optional[int] = None,
+        compile_step: bool = False,
+    ):
         """``compile_step``: the decode step through ``torch.compile`` (fused element-wise kernels; its
         first call compiles), captured as a CUDA graph on top when ``cuda_graph``."""
         self.model, self.batch = model, batch
@@ -70,9 +78,16 @@ class CachedGenerator:
                 raise InferenceError(f"--cuda-graph: {why}")
             self.step = GraphedStep(self.decoder, self.domain)
 
-    def run(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
-            eos_id: Optional[int] = None, steps: Optional[int] = None, eos_check_every: int = 16,
-            seed_offset: int = 0) -> tuple[list[list[int]], BatchTiming]:
+    def run(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        sampling: Sampling = Sampling(),
+        eos_id: Optional[int] = None,
+        steps: Optional[int] = None,
+        eos_check_every: int = 16,
+        seed_offset: int = 0,
+    ) -> tuple[list[list[int]], BatchTiming]:
         """New tokens for each of ``prompts`` (at most ``batch``; the remaining rows decode a placeholder).
 
         ``steps`` forces the number of decode steps (an EP group must agree on it; EOS then never ends the
@@ -84,13 +99,15 @@ class CachedGenerator:
         check_prompts(prompts, context)
         rows = [list(p) for p in prompts] + [[0]] * (self.batch - len(prompts))
         lengths = [len(p) for p in rows]
-        budgets = [max(0, min(max_new_tokens, context - n)) for n in lengths[:len(prompts)]]
+        budgets = [max(0, min(max_new_tokens, context - n)) for n in lengths[: len(prompts)]]
         forced = steps is not None
         steps = max(max(budgets) - 1, 0) if steps is None else steps
         P = max(lengths)
         if P + steps > self.decoder.cache.capacity:
-            raise InferenceError(f"{P} prompt slots + {steps} decode steps exceed the cache of "
-                                 f"{self.decoder.cache.capacity} slots; build the generator with a larger capacity")
+            raise InferenceError(
+                f"{P} prompt slots + {steps} decode steps exceed the cache of "
+                f"{self.decoder.cache.capacity} slots; build the generator with a larger capacity"
+            )
         tokens = torch.tensor([[0] * (P - len(r)) + r for r in rows], dtype=torch.long).to(self.device)
         gen = torch.Generator(device=self.device).manual_seed(sampling.seed + seed_offset)
         sync(self.device)
@@ -98,7 +115,7 @@ class CachedGenerator:
         tok = sample_tokens(self.decoder.prefill(tokens, lengths, self.domain), sampling, gen)
         out = torch.empty(self.batch, steps + 1, dtype=torch.long, device=self.device)
         out[:, 0] = tok
-        tok.cpu()                                              # the first token is on the host
+        tok.cpu()  # the first token is on the host
         t1 = time.perf_counter()
         finished = None if eos_id is None else tok == eos_id
         slot = torch.empty(1, dtype=torch.long, device=self.device)
@@ -110,9 +127,9 @@ class CachedGenerator:
             done = t + 1
             if finished is not None:
                 finished |= tok == eos_id
-                if not forced and done % eos_check_every == 0 and bool(finished[:len(prompts)].all()):
+                if not forced and done % eos_check_every == 0 and bool(finished[: len(prompts)].all()):
                     break
-        host = out[:, :done + 1].cpu().tolist()
+        host = out[:, : done + 1].cpu().tolist()
         t2 = time.perf_counter()
         new = [_trim(host[b], budgets[b], eos_id) for b in range(len(prompts))]
         return new, BatchTiming(t1 - t0, t2 - t1, done, sum(len(x) for x in new))
@@ -121,7 +138,7 @@ class CachedGenerator:
 def _trim(row: list[int], budget: int, eos_id: Optional[int]) -> list[int]:
     row = row[:budget]
     if eos_id is not None and eos_id in row:
-        row = row[:row.index(eos_id) + 1]          # EOS is kept, as transformers' generate does
+        row = row[: row.index(eos_id) + 1]  # EOS is kept, as transformers' generate does
     return row
 
 
@@ -129,7 +146,7 @@ def _trim(row: list[int], budget: int, eos_id: Optional[int]) -> list[int]:
 class GenerationStats:
     prompts: int
     new_tokens: int
-    first_token_s: float        # of the first batch
+    first_token_s: float  # of the first batch
     total_s: float
     decode_steps: int
 
@@ -138,9 +155,16 @@ class GenerationStats:
         return self.new_tokens / self.total_s if self.total_s > 0 else 0.0
 
 
-def generate_cached(model: InferenceModel, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                    sampling: Sampling = Sampling(), domain: Optional[int] = None, eos_id: Optional[int] = None,
-                    batch_size: int = 32, cuda_graph: bool = False) -> tuple[list[list[int]], GenerationStats]:
+def generate_cached(
+    model: InferenceModel,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    sampling: Sampling = Sampling(),
+    domain: Optional[int] = None,
+    eos_id: Optional[int] = None,
+    batch_size: int = 32,
+    cuda_graph: bool = False,
+) -> tuple[list[list[int]], GenerationStats]:
     """New tokens for every prompt (the same list on every rank), ``batch_size`` prompts at a time.
 
     Under an EP group of W processes rank r serves prompts r, r+W, ...; every rank runs the same rounds
@@ -150,7 +174,7 @@ def generate_cached(model: InferenceModel, prompts: Sequence[Sequence[int]], max
     check_prompts(prompts, model.context)
     W, me = model.group.size, model.group.my_index
     rounds = _rounds(len(prompts), W, batch_size)
-    plans = []                          # per round: (decode steps, cache slots), the same on every rank
+    plans = []  # per round: (decode steps, cache slots), the same on every rank
     for per_rank in rounds:
         lengths = [len(prompts[i]) for ids in per_rank for i in ids]
         steps = max(0, max(min(max_new_tokens, model.context - n) for n in lengths) - 1)
@@ -161,9 +185,10 @@ def generate_cached(model: InferenceModel, prompts: Sequence[Sequence[int]], max
     first, steps_run, t0 = None, 0, time.perf_counter()
     for r, (per_rank, (steps, _)) in enumerate(zip(rounds, plans)):
         ids = per_rank[me]
-        batch = [prompts[i] for i in ids] or [[0]]          # a rank without prompts still takes part
-        new, timing = gen.run(batch, max_new_tokens, sampling, eos_id, steps=steps if W > 1 else None,
-                              seed_offset=me + r * W)
+        batch = [prompts[i] for i in ids] or [[0]]  # a rank without prompts still takes part
+        new, timing = gen.run(
+            batch, max_new_tokens, sampling, eos_id, steps=steps if W > 1 else None, seed_offset=me + r * W
+        )
         first = timing.first_token_s if first is None else first
         steps_run += timing.steps
         mine.update({i: new[j] for j, i in enumerate(ids)})
@@ -178,5 +203,4 @@ def _rounds(n: int, W: int, batch_size: int) -> list[list[list[int]]]:
         raise InferenceError(f"batch size {batch_size}; it must be >= 1")
     owned = [list(range(q, n, W)) for q in range(W)]
     count = max((len(o) + batch_size - 1) // batch_size for o in owned)
-    return [[o[r * batch_size:(r + 1) * batch_size] for o in owned] for r in range(count)]
-
+    return [[o[r * batch_size : (r + 1) * batch_size] for o in owned] for r in range(count)]

@@ -9,13 +9,14 @@ cross streams are marked with ``record_stream`` so the caching allocator does no
 On CPU (gloo) the lane launches asynchronous collectives and waits on their handles when the rows are
 needed; without overlap every collective completes before the next step is issued.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
 import torch
 
-Start = Callable[[], Callable[[], torch.Tensor]]     # launches a collective, returns ``finish``
+Start = Callable[[], Callable[[], torch.Tensor]]  # launches a collective, returns ``finish``
 
 
 class Pending:
@@ -49,7 +50,7 @@ class Lanes:
                 for t in inputs:
                     t.record_stream(self.comm)
                 _mark(clock, name + ":start", self.comm)
-                out = start()()               # finished *on the comm stream*; the host does not wait
+                out = start()()  # finished *on the comm stream*; the host does not wait
                 _mark(clock, name + ":end", self.comm)
                 done = torch.cuda.Event()
                 done.record(self.comm)
@@ -74,7 +75,7 @@ class Lanes:
 
 def _finish_marked(finish, clock, name: str) -> torch.Tensor:
     out = finish()
-    _mark(clock, name + ":end")         # on CPU: when the host saw the rows arrive
+    _mark(clock, name + ":end")  # on CPU: when the host saw the rows arrive
     return out
 
 

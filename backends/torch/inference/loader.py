@@ -1,6 +1,7 @@
 """Build an :class:`InferenceModel` from a checkpoint directory and an exported router directory — no
 training code: the config comes from the checkpoint, the routers and the expert placement from the export.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,15 +20,20 @@ from locmoe.config.schema import JobConfig
 from locmoe.export import load_router
 from locmoe.inference.deployment import check_export_matches, serving_placements
 from locmoe.inference.errors import InferenceError
+from locmoe.model_spec import init_rule, is_expert_param, parameter_shapes
 from locmoe.topology import ExpertPlacement, LaunchEnv, Topology
-from models.spec import init_rule, is_expert_param, parameter_shapes
 
 CAPACITY = ("dropless", "as_trained")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_inference_model(checkpoint: str | Path, router_dir: str | Path, device: str = "auto",
-                         dtype: Optional[str] = None, capacity: str = "dropless") -> InferenceModel:
+def load_inference_model(
+    checkpoint: str | Path,
+    router_dir: str | Path,
+    device: str = "auto",
+    dtype: Optional[str] = None,
+    capacity: str = "dropless",
+) -> InferenceModel:
     """The model of ``checkpoint`` with the routers of ``router_dir``, expert-parallel over the processes
     the launcher started (torchrun: NCCL on CUDA, gloo on CPU).
 
@@ -49,25 +55,49 @@ def load_inference_model(checkpoint: str | Path, router_dir: str | Path, device:
     env = LaunchEnv.from_environ()
     topo, placements = serving_placements(export.manifest, env.world_size)
     if capacity == "dropless":
-        cfg = dataclasses.replace(cfg, moe=dataclasses.replace(
-            cfg.moe, capacity=dataclasses.replace(cfg.moe.capacity, mode="dropless"), check_finite=False))
+        cfg = dataclasses.replace(
+            cfg,
+            moe=dataclasses.replace(
+                cfg.moe, capacity=dataclasses.replace(cfg.moe.capacity, mode="dropless"), check_finite=False
+            ),
+        )
     # cast and move the (uninitialised) model first, then copy each tensor straight into its device copy:
     # no full-size fp32 model on the host, which is most of the start-up time at GPU sizes
     model = finish(build_inference_model(cfg, topo, placements, device, env), dtype)
     load_weights(model, cfg, weights, export.tensors)
-    model.checkpoint = path          # where serving finds the run's tokenizer copy (locmoe.checkpointing)
+    model.checkpoint = path  # where serving finds the run's tokenizer copy (locmoe.checkpointing)
     return model
 
 
-def build_inference_model(cfg: JobConfig, topo: Topology, placements: dict[int, ExpertPlacement],
-                          device: str = "auto", env: Optional[LaunchEnv] = None) -> InferenceModel:
+def build_inference_model(
+    cfg: JobConfig,
+    topo: Topology,
+    placements: dict[int, ExpertPlacement],
+    device: str = "auto",
+    env: Optional[LaunchEnv] = None,
+) -> InferenceModel:
     """Set up the devices and process groups for ``topo`` and an (uninitialised) model on the CPU (its
     weights are whatever memory held: load them, or draw them with :func:`random_weights`)."""
-    parallel = dataclasses.replace(cfg.parallel, nodes=topo.num_nodes, devices_per_node=topo.devices_per_node,
-                                   expert_parallel_size=0, device=device)
+    parallel = dataclasses.replace(
+        cfg.parallel,
+        nodes=topo.num_nodes,
+        devices_per_node=topo.devices_per_node,
+        expert_parallel_size=0,
+        device=device,
+    )
     ctx = init_distributed(parallel, env)
-    eps = {i: ExpertParallel(topo, pl, ctx.layout.ep_rank, False, ctx.ep, ctx.intra, ctx.inter, parallel.dispatch)
-           for i, pl in placements.items()}
+    eps = {
+        i: ExpertParallel(
+            topology=topo,
+            placement=pl,
+            rank=ctx.layout.ep_rank,
+            group=ctx.ep,
+            intra=ctx.intra,
+            inter=ctx.inter,
+            scheme=parallel.dispatch,
+        )
+        for i, pl in placements.items()
+    }
     with _no_default_init():
         model = InferenceModel(cfg, eps, ctx.ep)
     model.device = ctx.device
@@ -120,8 +150,10 @@ def load_weights(model: InferenceModel, cfg: JobConfig, weights: Path, router_te
         names = set(f.keys())
         expected = set(parameter_shapes(cfg))
         if names != expected:
-            raise CheckpointError(f"{weights} was written for another model: missing {sorted(expected - names)[:5]},"
-                                  f" unexpected {sorted(names - expected)[:5]}")
+            raise CheckpointError(
+                f"{weights} was written for another model: missing {sorted(expected - names)[:5]},"
+                f" unexpected {sorted(names - expected)[:5]}"
+            )
         with torch.no_grad():
             for name in sorted(expected):
                 t = torch.from_numpy(router_tensors[name]) if name in router_tensors else f.get_tensor(name)

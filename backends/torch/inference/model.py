@@ -1,7 +1,8 @@
 """The PanGu-Sigma-style decoder for serving: the training model's blocks (``models.pangu_sigma_torch``)
 with :class:`InferenceMoE` in the MoE blocks, each MoE layer with its own expert placement (an export's
-placement table may differ per layer). Same parameter names as ``models.spec``.
+placement table may differ per layer). Same parameter names as ``locmoe.model_spec``.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -16,8 +17,8 @@ from backends.torch.inference.moe import InferenceMoE, LayerCall
 from backends.torch.inference.options import ServeOptions
 from locmoe.config.schema import JobConfig
 from locmoe.inference.errors import InferenceError
+from locmoe.model_spec import moe_layer_indices
 from models.pangu_sigma_torch import Block, RMSNorm, rotary_tables
-from models.spec import moe_layer_indices
 
 
 class InferenceBlock(Block):
@@ -32,8 +33,13 @@ class InferenceBlock(Block):
         if hasattr(self, "ffn"):
             return x + self.ffn(h)
         B, S, d = h.shape
-        y = self.moe(h.reshape(-1, d), token_ids.reshape(-1), None if domain is None else domain.reshape(-1),
-                     tokens_per_rank, opts)
+        y = self.moe(
+            h.reshape(-1, d),
+            token_ids.reshape(-1),
+            None if domain is None else domain.reshape(-1),
+            tokens_per_rank,
+            opts,
+        )
         return x + y.view(B, S, d)
 
 
@@ -58,15 +64,17 @@ class InferenceModel(nn.Module):
         return self.rope_cos.shape[0]
 
     @torch.no_grad()
-    def forward(self, tokens: torch.Tensor, domain: Optional[torch.Tensor] = None,
-                last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, domain: Optional[torch.Tensor] = None, last_only: bool = False
+    ) -> torch.Tensor:
         """tokens: [B, S], domain: [B] -> logits [B, S, V] ([B, V] with ``last_only``, as prefill needs).
 
         Collective: every rank of the EP group calls it the same number of times (any B, S per rank)."""
         B, S = tokens.shape
         if S > self.context:
-            raise InferenceError(f"a sequence of {S} tokens is longer than the model's context "
-                                 f"(model.max_seq_len = {self.context})")
+            raise InferenceError(
+                f"a sequence of {S} tokens is longer than the model's context (model.max_seq_len = {self.context})"
+            )
         tokens_per_rank = self._tokens_per_rank(B * S, tokens.device)
         dom = None if domain is None else domain[:, None].expand(B, S)
         x = self.embed(tokens)

@@ -1,4 +1,5 @@
 """How the MoE layers of an inference model execute (one object, shared by every layer of the model)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ class ServeOptions:
         record: keep a per-layer record of each call (loads, chunks, kernels, predicted time).
         timeline: also time every stage of every chunk (events on CUDA; costs a sync when read).
     """
+
     mode: str = "pipelined"
     chunks: int = 0
     kernel: str = "auto"
@@ -43,8 +45,10 @@ class ServeOptions:
         if self.chunks < 0:
             raise InferenceError(f"chunks = {self.chunks}; use 0 (from the cost model) or a positive count")
         if self.mode != "plain" and self.chunks == 0 and self.profile is None:
-            raise InferenceError(f"mode {self.mode!r} with chunks = 0 picks the chunk count from a calibration "
-                                 "profile: pass one (`locmoe bench calibrate`) or a fixed chunk count")
+            raise InferenceError(
+                f"mode {self.mode!r} with chunks = 0 picks the chunk count from a calibration "
+                "profile: pass one (`locmoe bench calibrate`) or a fixed chunk count"
+            )
 
     @property
     def overlap(self) -> bool:

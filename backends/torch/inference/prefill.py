@@ -1,5 +1,6 @@
 """Prefill throughput of an :class:`InferenceModel` in one execution mode, and what each MoE layer did
 (shared by ``locmoe bench prefill`` and ``scripts/bench/prefill.py``)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,9 +18,9 @@ from backends.torch.inference.timing import time_call
 @dataclass
 class PrefillResult:
     label: str
-    tokens: int                 # over all ranks, per forward
-    seconds: float              # per forward (median)
-    layers: list = field(default_factory=list)     # one dict per MoE layer (rank 0's view)
+    tokens: int  # over all ranks, per forward
+    seconds: float  # per forward (median)
+    layers: list = field(default_factory=list)  # one dict per MoE layer (rank 0's view)
 
     @property
     def tokens_per_s(self) -> float:
@@ -31,16 +32,18 @@ def random_prompts(vocab: int, batch: int, length: int, seed: int, device) -> to
     return torch.randint(0, vocab, (batch, length), generator=g).to(device)
 
 
-def measure_prefill(model: InferenceModel, tokens: torch.Tensor, opts: ServeOptions, label: str,
-                    reps: int = 3, rounds: int = 3) -> PrefillResult:
+def measure_prefill(
+    model: InferenceModel, tokens: torch.Tensor, opts: ServeOptions, label: str, reps: int = 3, rounds: int = 3
+) -> PrefillResult:
     """Time ``model(tokens, last_only=True)`` under ``opts``, then run once more recording every MoE layer
     (chunks, kernels, predicted and measured expert-stage time); collective under torchrun."""
     device = tokens.device
     group = model.group
     barrier = (lambda: dist.barrier(group=group.handle)) if group.size > 1 else None
     model.options = dataclasses.replace(opts, record=False, timeline=False)
-    seconds = time_call(lambda: model(tokens, last_only=True), device, warmup=1, reps=reps, rounds=rounds,
-                        barrier=barrier)
+    seconds = time_call(
+        lambda: model(tokens, last_only=True), device, warmup=1, reps=reps, rounds=rounds, barrier=barrier
+    )
     total = tokens.numel()
     if group.size > 1:
         t = torch.tensor([total], device=device)
@@ -60,11 +63,17 @@ def layer_row(call) -> dict:
     measured = t.get("rows_back", 0.0) - t.get("send_ready", 0.0) if t else None
     loads = np.asarray(call.loads, dtype=np.float64)
     kernels = sorted(set(call.kernels))
-    return {"layer": call.layer, "chunks": call.chunks, "order": call.order, "kernel": "+".join(kernels),
-            "max_over_mean_load": float(loads.max() / max(loads.mean(), 1e-9)),
-            "predicted_ms": None if call.predicted_s is None else call.predicted_s * 1e3,
-            "predicted_serial_ms": None if call.predicted_serial_s is None else call.predicted_serial_s * 1e3,
-            "measured_ms": measured,
-            "error_pct": None if call.predicted_s is None or not measured else
-            100.0 * (call.predicted_s * 1e3 - measured) / measured,
-            "timeline_ms": t}
+    return {
+        "layer": call.layer,
+        "chunks": call.chunks,
+        "order": call.order,
+        "kernel": "+".join(kernels),
+        "max_over_mean_load": float(loads.max() / max(loads.mean(), 1e-9)),
+        "predicted_ms": None if call.predicted_s is None else call.predicted_s * 1e3,
+        "predicted_serial_ms": None if call.predicted_serial_s is None else call.predicted_serial_s * 1e3,
+        "measured_ms": measured,
+        "error_pct": None
+        if call.predicted_s is None or not measured
+        else 100.0 * (call.predicted_s * 1e3 - measured) / measured,
+        "timeline_ms": t,
+    }

@@ -1,4 +1,5 @@
 """Device timing: CUDA events on GPU (the host runs ahead; events time the device), perf_counter on CPU."""
+
 from __future__ import annotations
 
 import time
@@ -38,8 +39,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 2, reps: int = 5,
-              rounds: int = 3, barrier: Optional[Callable[[], None]] = None) -> float:
+def time_call(
+    fn: Callable[[], object],
+    device: torch.device,
+    warmup: int = 2,
+    reps: int = 5,
+    rounds: int = 3,
+    barrier: Optional[Callable[[], None]] = None,
+) -> float:
     """Seconds per call of ``fn``: ``reps`` back-to-back calls timed together, the median of ``rounds``.
     ``barrier`` (e.g. a process-group barrier) lines ranks up before each round of a collective."""
     for _ in range(warmup):

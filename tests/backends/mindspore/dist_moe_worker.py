@@ -4,6 +4,7 @@ the single-process reference and the numpy dispatch plan. Writes a JSON report f
     msrun --worker_num 4 --local_worker_num 4 --master_port P --log_dir L --join True \
         tests/backends/mindspore/dist_moe_worker.py OUT.json
 """
+
 import json
 import sys
 import time
@@ -30,7 +31,7 @@ def gather_uneven(t: np.ndarray, group) -> np.ndarray:
     """Concatenate arrays of different lengths (expert choice gives ranks different copy counts)."""
     lengths = gather(np.array([len(t)], dtype=np.int64), group)
     padded = np.zeros(int(lengths.max()), dtype=np.int64)
-    padded[:len(t)] = t
+    padded[: len(t)] = t
     rows = gather(padded[None], group)
     return np.concatenate([r[:n] for r, n in zip(rows, lengths)])
 
@@ -40,8 +41,8 @@ def check_collectives(ctx) -> dict:
     labelled by (source, destination, index); gradients; byte counts; all-gather of unequal blocks."""
     W, me = ctx.world_size, ctx.rank
     routes = np.random.default_rng(5).integers(0, 4, (W, W))
-    routes[1, :] = 0                                        # rank 1 sends nothing,
-    routes[:, 2] = 0                                        # rank 2 receives nothing
+    routes[1, :] = 0  # rank 1 sends nothing,
+    routes[:, 2] = 0  # rank 2 receives nothing
     ok = {}
     for kind in ("ep", "intra", "inter"):
         group = getattr(ctx, kind)
@@ -57,9 +58,13 @@ def check_collectives(ctx) -> dict:
         nodes = np.asarray(group.nodes)
         row_bytes = 2 * 4
         cross = int((send * (nodes != nodes[group.my_index])).sum() * row_bytes)
-        ok[kind] = bool(np.array_equal(out.asnumpy(), want) and np.array_equal(grad.asnumpy(), x.asnumpy())
-                        and counter.cross_node == cross and counter.calls == 1)
-    blocks = np.full((1 + ctx.layout.topology.node_of(me), 2), me, dtype=np.int64)     # node 1 sends more rows
+        ok[kind] = bool(
+            np.array_equal(out.asnumpy(), want)
+            and np.array_equal(grad.asnumpy(), x.asnumpy())
+            and counter.cross_node == cross
+            and counter.calls == 1
+        )
+    blocks = np.full((1 + ctx.layout.topology.node_of(me), 2), me, dtype=np.int64)  # node 1 sends more rows
     got = all_gather_rows(Tensor(blocks), ctx.intra).asnumpy()
     ok["gather"] = bool(np.array_equal(got, np.concatenate([np.full_like(blocks, r) for r in ctx.intra.world_ranks])))
     total = all_reduce(Tensor(np.array([me], dtype=np.int64)), ctx.inter).asnumpy()
@@ -75,19 +80,23 @@ def check_rank_without_tokens(ctx) -> dict:
     w = mc.global_weights(cfg)
     w["gate"][:, :6], w["gate"][:, 6:] = np.abs(w["gate"][:, :6]), -np.abs(w["gate"][:, 6:])
     x, ids, dom, g = mc.global_batch()
-    x = np.abs(x)                                           # positive inputs: experts 6, 7 always score < 0
+    x = np.abs(x)  # positive inputs: experts 6, 7 always score < 0
     ep = expert_parallel(ctx, cfg.parallel, mc.E)
     layer = MoELayer(cfg.moe, mc.D, mc.V, ep)
     mc.load_weights(layer, w)
-    part = slice(ep.ep_rank * mc.TOKENS_PER_RANK, (ep.ep_rank + 1) * mc.TOKENS_PER_RANK)
+    part = slice(ep.rank * mc.TOKENS_PER_RANK, (ep.rank + 1) * mc.TOKENS_PER_RANK)
     y, gx, m, grads = mc.run_layer(layer, x[part], ids[part], dom[part], g[part], mc.TOPOLOGY.world_size)
-    y, gx, gw1 = gather(y, ep.ep), gather(gx, ep.ep), gather(grads["experts.w1"], ep.ep)   # contiguous placement
+    # contiguous placement
+    y, gx, gw1 = gather(y, ep.group), gather(gx, ep.group), gather(grads["experts.w1"], ep.group)
     one = MoELayer(cfg.moe, mc.D, mc.V, mc.emulated_ep(cfg))
     mc.load_weights(one, w)
     y_ref, gx_ref, m_ref, grads_ref = mc.run_layer(one, x, ids, dom, g, 1)
-    return {"rank3_rows": int(m_ref.stats.admitted[6:].sum()), "y_err": float(np.abs(y - y_ref).max()),
-            "gx_err": float(np.abs(gx - gx_ref).max()),
-            "gw1_err": float(np.abs(gw1 - grads_ref["experts.w1"]).max())}
+    return {
+        "rank3_rows": int(m_ref.stats.admitted[6:].sum()),
+        "y_err": float(np.abs(y - y_ref).max()),
+        "gx_err": float(np.abs(gx - gx_ref).max()),
+        "gw1_err": float(np.abs(gw1 - grads_ref["experts.w1"]).max()),
+    }
 
 
 def run_case(c, ctx):
@@ -97,32 +106,41 @@ def run_case(c, ctx):
     w = mc.global_weights(cfg)
     mc.load_weights(layer, w)
     x, ids, dom, g = mc.global_batch()
-    r, T = ep.ep_rank, mc.TOKENS_PER_RANK
+    r, T = ep.rank, mc.TOKENS_PER_RANK
     part = slice(r * T, (r + 1) * T)
     y, gx, m, grads = mc.run_layer(layer, x[part], ids[part], dom[part], g[part], mc.TOPOLOGY.world_size)
-    out = {"y": gather(y, ep.ep), "gx": gather(gx, ep.ep), "expert": gather_uneven(m.expert.asnumpy(), ep.ep),
-           "kept": gather_uneven(m.kept.asnumpy().astype(np.int64), ep.ep).astype(bool), "summary": m.summary()}
+    out = {
+        "y": gather(y, ep.group),
+        "gx": gather(gx, ep.group),
+        "expert": gather_uneven(m.expert.asnumpy(), ep.group),
+        "kept": gather_uneven(m.kept.asnumpy().astype(np.int64), ep.group).astype(bool),
+        "summary": m.summary(),
+    }
     for name in ("w1", "w2", "w3"):
         if "experts." + name in grads:
-            local = gather(grads["experts." + name], ep.ep)
+            local = gather(grads["experts." + name], ep.group)
             local = local.reshape(mc.TOPOLOGY.world_size, -1, *local.shape[1:])
             full = np.zeros((mc.E, *local.shape[2:]), dtype=np.float32)
             for rank in range(mc.TOPOLOGY.world_size):
                 full[list(ep.placement.local_experts(rank))] = local[rank]
             out["grad_" + name] = full
     if "router.gate_weight" in grads:
-        out["grad_gate"] = all_reduce(Tensor(grads["router.gate_weight"]), ep.ep).asnumpy()
+        out["grad_gate"] = all_reduce(Tensor(grads["router.gate_weight"]), ep.group).asnumpy()
     mine = np.array([layer.traffic.by_stage.get(s, [0, 0]) for s in STAGES], dtype=np.int64)
-    out["stages"] = [dict(zip(STAGES, s.tolist())) for s in gather(mine[None], ep.ep)]
+    out["stages"] = [dict(zip(STAGES, s.tolist())) for s in gather(mine[None], ep.group)]
     return cfg, w, (x, ids, dom), out
 
 
 def compare(c, cfg, w, batch, out):
     x, ids, dom = batch
     _, _, _, _, y_ref, gx_ref, grads_ref, m_ref = mc.single_process_reference(c)
-    res = {"name": mc.case_name(c), "y_err": float(np.abs(out["y"] - y_ref).max()),
-           "gx_err": float(np.abs(out["gx"] - gx_ref).max()), "summary": out["summary"],
-           "ref_summary": m_ref.summary()}
+    res = {
+        "name": mc.case_name(c),
+        "y_err": float(np.abs(out["y"] - y_ref).max()),
+        "gx_err": float(np.abs(out["gx"] - gx_ref).max()),
+        "summary": out["summary"],
+        "ref_summary": m_ref.summary(),
+    }
     for name in ("w1", "w2", "w3"):
         if "grad_" + name in out:
             res[f"g{name}_err"] = float(np.abs(out["grad_" + name] - grads_ref["experts." + name]).max())
@@ -132,8 +150,15 @@ def compare(c, cfg, w, batch, out):
     gate = w["gate"] if cfg.moe.router.gate == "dense" else None
     domain = dom if cfg.moe.domains.num_domains > 1 else None
     placement = mc.emulated_ep(cfg).placement
-    ref = route(x, cfg.moe, placement, np.repeat(np.arange(4), mc.TOKENS_PER_RANK), gate_weight=gate,
-                token_ids=ids, domain=domain)
+    ref = route(
+        x,
+        cfg.moe,
+        placement,
+        np.repeat(np.arange(4), mc.TOKENS_PER_RANK),
+        gate_weight=gate,
+        token_ids=ids,
+        domain=domain,
+    )
     res["experts_equal"] = bool(np.array_equal(out["expert"], ref.plan.expert))
     res["kept_equal"] = bool(np.array_equal(out["kept"], ref.plan.kept))
     res["dropped"] = int((~ref.plan.kept).sum())
@@ -148,14 +173,14 @@ def compare(c, cfg, w, batch, out):
             got = np.sum([stages[n + tag] for n in names], axis=0)
             if list(got) != [pred["intra_node"][rank], pred["cross_node"][rank]]:
                 res["traffic_ok"] = False
-                res.setdefault("traffic_mismatch", []).append([direction, rank, list(map(int, got)),
-                                                               int(pred["intra_node"][rank]),
-                                                               int(pred["cross_node"][rank])])
+                res.setdefault("traffic_mismatch", []).append(
+                    [direction, rank, list(map(int, got)), int(pred["intra_node"][rank]), int(pred["cross_node"][rank])]
+                )
     res["cross_bytes"] = int(out["summary"]["cross_node_bytes"])
-    res["cross_bytes_measured"] = int(sum(sum(v[1] for k, v in s.items() if ":grad" not in k)
-                                          for s in out["stages"]))
-    res["cross_bytes_predicted"] = int(sum(ref.plan.traffic(row, scheme, d)["cross_node"].sum()
-                                           for d in ("dispatch", "combine")))
+    res["cross_bytes_measured"] = int(sum(sum(v[1] for k, v in s.items() if ":grad" not in k) for s in out["stages"]))
+    res["cross_bytes_predicted"] = int(
+        sum(ref.plan.traffic(row, scheme, d)["cross_node"].sum() for d in ("dispatch", "combine"))
+    )
     # the backward all-to-alls send what the forward ones received: same bytes, mirrored
     res["grad_cross_bytes"] = int(sum(sum(v[1] for k, v in s.items() if ":grad" in k) for s in out["stages"]))
     return res

@@ -3,6 +3,7 @@ weights, batches, and the single-process (all experts local) reference run.
 
 The sizes, ``CASES`` and weights are ``tests/moe_cases_common.py``'s, shared with the torch tests.
 """
+
 from __future__ import annotations
 
 import mindspore as ms
@@ -13,8 +14,7 @@ from backends.mindspore.collectives import Group
 from backends.mindspore.distributed import ExpertParallel
 from backends.mindspore.moe_layer import MoELayer
 from locmoe.topology import ExpertPlacement
-from tests.moe_cases_common import (CASES, D, E, F, TOKENS_PER_RANK, TOPOLOGY, V, case,  # noqa: F401
-                                    case_name, global_weights)
+from tests.moe_cases_common import CASES, TOKENS_PER_RANK, TOPOLOGY, D, E, F, V, case, case_name, global_weights  # noqa: F401
 from tests.moe_cases_common import job as _job
 
 
@@ -35,14 +35,20 @@ def global_batch(seed=1, ranks=TOPOLOGY.world_size):
     """(x [T, d], token ids [T], domains [T], output cotangent g [T, d]) as numpy arrays, T = all ranks' tokens."""
     rng = np.random.default_rng(seed)
     T = TOKENS_PER_RANK * ranks
-    return (rng.standard_normal((T, D)).astype(np.float32), rng.integers(0, V, T),
-            rng.integers(0, 2, T), rng.standard_normal((T, D)).astype(np.float32))
+    return (
+        rng.standard_normal((T, D)).astype(np.float32),
+        rng.integers(0, V, T),
+        rng.integers(0, 2, T),
+        rng.standard_normal((T, D)).astype(np.float32),
+    )
 
 
 def emulated_ep(cfg) -> ExpertParallel:
     one = Group(None, (0,), (0,), 0)
     placement = ExpertPlacement.from_config(cfg.parallel, E, TOPOLOGY)
-    return ExpertParallel(TOPOLOGY, placement, 0, True, one, one, one, cfg.parallel.dispatch)
+    return ExpertParallel(
+        topology=TOPOLOGY, placement=placement, rank=0, group=one, intra=one, inter=one, scheme=cfg.parallel.dispatch
+    )
 
 
 def run_layer(layer: MoELayer, x, ids, domain, g, num_ranks: int):

@@ -1,6 +1,7 @@
 """The collective adapter in one process: groups of one, byte counting, and the Ascend path's clear error
 when the native all-to-all is missing. The multi-worker behaviour is tested under msrun
 (``test_moe_distributed.py::test_collective_adapter``)."""
+
 import numpy as np
 import pytest
 from mindspore import Tensor
@@ -38,6 +39,9 @@ def test_missing_native_all_to_all_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(collectives, "native_collectives", lambda: True)
     monkeypatch.delattr(comm_func, "all_to_all_single_with_output_shape")
     pair = Group("g", (0, 1), (0, 0), 0, (0, 1), 2)
-    with pytest.raises(RuntimeError, match="has no communication.comm_func.all_to_all_single_with_output_shape, "
-                                           "which the Ascend dispatch uses; install mindspore>=2.10,<2.11"):
+    with pytest.raises(
+        RuntimeError,
+        match="has no communication.comm_func.all_to_all_single_with_output_shape, "
+        "which the Ascend dispatch uses; install mindspore>=2.10,<2.11",
+    ):
         all_to_all(Tensor(np.zeros((2, 4), np.float32)), [1, 1], [1, 1], pair)

@@ -3,6 +3,7 @@
 Guards a measured pitfall: bytecode capture of a Cell method ran but returned zero gradients for the Cell's
 own parameters. Tolerance 1e-6 absolute (the compiled graph runs the same fp32 kernels; measured equal).
 """
+
 import numpy as np
 from mindspore import Tensor
 
@@ -13,13 +14,24 @@ from locmoe.config import load_config
 
 
 def loss_and_grads(jit: bool):
-    cfg = load_config(overrides=["parallel.backend=mindspore", f"parallel.jit={str(jit).lower()}",
-                                 "model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.d_ff=64",
-                                 "moe.d_expert=32", "parallel.nodes=2", "parallel.devices_per_node=2"])
+    cfg = load_config(
+        overrides=[
+            "parallel.backend=mindspore",
+            f"parallel.jit={str(jit).lower()}",
+            "model.d_model=64",
+            "model.n_layers=2",
+            "model.n_heads=2",
+            "model.d_ff=64",
+            "moe.d_expert=32",
+            "parallel.nodes=2",
+            "parallel.devices_per_node=2",
+        ]
+    )
     model = build_model(cfg, init_distributed(cfg.parallel))
     tokens = np.random.default_rng(0).integers(0, 256, (8, 17))
     lm, _, _, grads = Step(model, make_optimizer(model, cfg.train), 1)(
-        Tensor(tokens[:, :-1]), Tensor(tokens[:, 1:]), Tensor(np.zeros(8, np.int64)))
+        Tensor(tokens[:, :-1]), Tensor(tokens[:, 1:]), Tensor(np.zeros(8, np.int64))
+    )
     return float(lm.asnumpy()), {n: g.asnumpy() for n, g in grads.items()}
 
 

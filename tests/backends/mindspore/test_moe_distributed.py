@@ -9,6 +9,7 @@ bit-identical, except with overlap chunks, where each expert multiplies differen
 the learned gate's gradient is summed across ranks, whose summation order differs from one process's
 (~3e-6 seen), so it gets the same 1e-5.
 """
+
 import json
 import os
 import socket
@@ -43,12 +44,29 @@ def launch(tmp_path_factory) -> dict:
     """One msrun launch running every case (and the collective checks); its JSON report."""
     tmp = tmp_path_factory.mktemp("msrun")
     out, log_dir = tmp / "report.json", tmp / "logs"
-    python_dir = str(Path(sys.executable).parent)       # msrun starts workers with the first python on PATH
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", GLOG_v="3",
-               PATH=python_dir + os.pathsep + os.environ.get("PATH", ""))
-    cmd = [str(Path(python_dir) / "msrun"), "--worker_num", "4", "--local_worker_num", "4",
-           "--master_port", str(free_port()), "--log_dir", str(log_dir), "--join", "True",
-           str(ROOT / "tests/backends/mindspore/dist_moe_worker.py"), str(out)]
+    python_dir = str(Path(sys.executable).parent)  # msrun starts workers with the first python on PATH
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        OMP_NUM_THREADS="1",
+        GLOG_v="3",
+        PATH=python_dir + os.pathsep + os.environ.get("PATH", ""),
+    )
+    cmd = [
+        str(Path(python_dir) / "msrun"),
+        "--worker_num",
+        "4",
+        "--local_worker_num",
+        "4",
+        "--master_port",
+        str(free_port()),
+        "--log_dir",
+        str(log_dir),
+        "--join",
+        "True",
+        str(ROOT / "tests/backends/mindspore/dist_moe_worker.py"),
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and out.exists(), proc.stdout[-2000:] + proc.stderr[-2000:] + worker_logs(log_dir)
     return json.loads(out.read_text())
@@ -102,9 +120,19 @@ def test_hierarchical_and_flat_give_the_same_bytes_across_nodes(report):
 
 @pytest.mark.parametrize("mode", ["factor", "dropless"])
 def test_locmoe_crosses_nodes_less_than_gshard_by_the_planned_ratio(report, mode):
-    name = lambda kind: mc.case_name(next(c for c in mc.CASES if c["kind"] == kind and c["mode"] == mode  # noqa
-                                          and c["dispatch"] == "hierarchical" and not c["extra"]))
+    name = lambda kind: mc.case_name(  # noqa: E731
+        next(
+            c
+            for c in mc.CASES
+            if c["kind"] == kind
+            and c["mode"] == mode  # noqa
+            and c["dispatch"] == "hierarchical"
+            and not c["extra"]
+        )
+    )
     loc, gsh = report[name("locmoe")], report[name("gshard")]
     assert loc["cross_bytes_measured"] < gsh["cross_bytes_measured"]
-    assert loc["cross_bytes_measured"] / gsh["cross_bytes_measured"] == \
-        loc["cross_bytes_predicted"] / gsh["cross_bytes_predicted"]
+    assert (
+        loc["cross_bytes_measured"] / gsh["cross_bytes_measured"]
+        == loc["cross_bytes_predicted"] / gsh["cross_bytes_predicted"]
+    )

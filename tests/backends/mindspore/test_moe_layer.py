@@ -1,6 +1,7 @@
 """The MindSpore MoE layer in one process: outputs against the numpy reference, gradients against finite
 differences of the numpy reference (float64), the expert loop against the reference FFN, parameter names,
 and the clear errors on bad input."""
+
 import numpy as np
 import pytest
 from mindspore import Tensor
@@ -20,8 +21,15 @@ setup_runtime("CPU")
 
 def reference_output(cfg, w, x, ids, dom):
     gate = w["gate"].astype(np.float64) if cfg.moe.router.gate == "dense" else None
-    plan = route(x, cfg.moe, mc.emulated_ep(cfg).placement, np.repeat(np.arange(4), len(x) // 4),
-                 gate_weight=gate, token_ids=ids, domain=dom if cfg.moe.domains.num_domains > 1 else None).plan
+    plan = route(
+        x,
+        cfg.moe,
+        mc.emulated_ep(cfg).placement,
+        np.repeat(np.arange(4), len(x) // 4),
+        gate_weight=gate,
+        token_ids=ids,
+        domain=dom if cfg.moe.domains.num_domains > 1 else None,
+    ).plan
     to64 = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
     return moe_forward(x, plan, to64(w["w1"]), to64(w["w2"]), to64(w.get("w3")), cfg.moe.activation), plan
 
@@ -34,9 +42,15 @@ def test_output_equals_numpy_reference(case):
     np.testing.assert_allclose(y, y_ref, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("case", [mc.case(kind="locmoe", mode="factor", dispatch="flat"),
-                                  mc.case(kind="gshard", mode="bound", dispatch="flat"),
-                                  mc.case(kind="switch", mode="factor", dispatch="flat")], ids=mc.case_name)
+@pytest.mark.parametrize(
+    "case",
+    [
+        mc.case(kind="locmoe", mode="factor", dispatch="flat"),
+        mc.case(kind="gshard", mode="bound", dispatch="flat"),
+        mc.case(kind="switch", mode="factor", dispatch="flat"),
+    ],
+    ids=mc.case_name,
+)
 def test_gradients_match_finite_differences_of_the_reference(case):
     """Directional derivatives of f = Σ y·g along random directions in x, w1 and the gate, central
     differences on the float64 reference (step 1e-6: routing stays fixed); tolerance 1e-4 relative."""
@@ -49,7 +63,7 @@ def test_gradients_match_finite_differences_of_the_reference(case):
 
     def fd(direction, **at):
         eps = 1e-6
-        (name, base), = at.items()
+        ((name, base),) = at.items()
         if name == "x":
             return (f(base + eps * direction) - f(base - eps * direction)) / (2 * eps)
         return (f(x64, **{name: base + eps * direction}) - f(x64, **{name: base - eps * direction})) / (2 * eps)
@@ -79,8 +93,11 @@ def test_expert_loop_equals_reference_ffn(activation):
     """Each expert's slice against the float64 reference FFN: 1e-5 (O(1) outputs, fp32 matmuls)."""
     rng = np.random.default_rng(0)
     experts = GroupedExperts(4, 32, 16, activation, "loop")
-    w = {n: (rng.standard_normal(getattr(experts, n).shape) * 0.2).astype(np.float32)
-         for n in ("w1", "w2", "w3") if getattr(experts, n) is not None}
+    w = {
+        n: (rng.standard_normal(getattr(experts, n).shape) * 0.2).astype(np.float32)
+        for n in ("w1", "w2", "w3")
+        if getattr(experts, n) is not None
+    }
     for n, v in w.items():
         getattr(experts, n).set_data(Tensor(v))
     x = rng.standard_normal((50, 32)).astype(np.float32)
@@ -89,8 +106,9 @@ def test_expert_loop_equals_reference_ffn(activation):
     bounds = np.cumsum([0, *counts])
     for e in range(4):
         rows = slice(bounds[e], bounds[e + 1])
-        want = expert_ffn(x[rows].astype(np.float64), w["w1"][e], w["w2"][e],
-                          w["w3"][e] if "w3" in w else None, activation)
+        want = expert_ffn(
+            x[rows].astype(np.float64), w["w1"][e], w["w2"][e], w["w3"][e] if "w3" in w else None, activation
+        )
         np.testing.assert_allclose(y[rows], want, atol=1e-5)
 
 
@@ -98,7 +116,7 @@ def test_reset_parameters_draws_the_given_scales():
     experts = GroupedExperts(8, 64, 32, "swiglu", "loop")
     experts.reset_parameters(0.02, out_std=0.005)
     stds = [float(getattr(experts, n).asnumpy().std()) for n in ("w1", "w3", "w2")]
-    assert stds == pytest.approx([0.02, 0.02, 0.005], rel=0.05)        # 16k draws each: ~1% sampling error
+    assert stds == pytest.approx([0.02, 0.02, 0.005], rel=0.05)  # 16k draws each: ~1% sampling error
 
 
 def test_grouped_gemm_is_a_clear_error_off_ascend():
@@ -107,8 +125,7 @@ def test_grouped_gemm_is_a_clear_error_off_ascend():
         experts(Tensor(np.zeros((4, 32), np.float32)), [2, 2])
 
 
-@pytest.mark.parametrize("kind,gate", [("locmoe", False), ("gshard", True), ("hash", False),
-                                       ("expert_choice", True)])
+@pytest.mark.parametrize("kind,gate", [("locmoe", False), ("gshard", True), ("hash", False), ("expert_choice", True)])
 def test_parameter_names_match_the_torch_backend(kind, gate):
     """Same names and shapes as the torch layer: checkpoints convert by name."""
     mode = "factor"
@@ -168,28 +185,39 @@ def test_topology_that_does_not_match_the_launcher():
 
 
 def test_several_ranks_need_msrun():
-    with pytest.raises(ConfigError, match="parallel.backend: mindspore with 4 ranks must be started by msrun, "
-                                          "not torchrun"):
+    with pytest.raises(
+        ConfigError, match="parallel.backend: mindspore with 4 ranks must be started by msrun, not torchrun"
+    ):
         init_distributed(ParallelConfig(backend="mindspore", device="cpu"), LaunchEnv(4, 0, 4, "torchrun"))
 
 
 def test_unknown_or_missing_device():
     with pytest.raises(ConfigError, match=r"parallel.device: 'tpu' is not a MindSpore device; allowed: \['auto', "):
         resolve_device("tpu")
-    with pytest.raises(ConfigError, match="parallel.device: 'ascend' was asked for, but this MindSpore build sees "
-                                          "no Ascend device"):
+    with pytest.raises(
+        ConfigError, match="parallel.device: 'ascend' was asked for, but this MindSpore build sees no Ascend device"
+    ):
         resolve_device("ascend")
     assert resolve_device("cpu") == "CPU"
 
 
 def test_single_process_context_emulates_the_configured_topology():
-    ctx = init_distributed(ParallelConfig(backend="mindspore", device="cpu", nodes=2, devices_per_node=2),
-                           LaunchEnv(1, 0, 1, "none"))
+    ctx = init_distributed(
+        ParallelConfig(backend="mindspore", device="cpu", nodes=2, devices_per_node=2), LaunchEnv(1, 0, 1, "none")
+    )
     assert ctx.emulated and ctx.world_size == 1 and ctx.ep.size == 1 and ctx.device == "CPU"
 
 
 def test_group_of_one():
     one = Group(None, (0,), (0,), 0)
     assert one.size == 1 and one.my_world_rank == 0
-    ep = ExpertParallel(Topology(1, 1), ExpertPlacement.contiguous(4, Topology(1, 1)), 0, False, one, one, one, "flat")
+    ep = ExpertParallel(
+        topology=Topology(1, 1),
+        placement=ExpertPlacement.contiguous(4, Topology(1, 1)),
+        rank=0,
+        group=one,
+        intra=one,
+        inter=one,
+        scheme="flat",
+    )
     assert not ep.distributed and ep.local_experts == (0, 1, 2, 3)

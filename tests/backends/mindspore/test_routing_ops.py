@@ -1,5 +1,6 @@
 """Each MindSpore routing op against its numpy twin in ``locmoe.routing`` on random inputs (exact decisions),
 with ties on purpose: MindSpore documents no tie order for its sort, so the ops break ties themselves."""
+
 import numpy as np
 import pytest
 from mindspore import Tensor
@@ -24,7 +25,7 @@ def probs_of(rng, T=40, E=8, scale=2.0):
 
 @pytest.mark.parametrize("descending", [False, True])
 def test_stable_argsort_keeps_index_order_on_ties(rng, descending):
-    v = rng.integers(0, 4, (6, 50)).astype(np.float32)              # many ties
+    v = rng.integers(0, 4, (6, 50)).astype(np.float32)  # many ties
     want = np.argsort(-v if descending else v, axis=-1, kind="stable")
     np.testing.assert_array_equal(ops.stable_argsort(Tensor(v), -1, descending).asnumpy(), want)
     want0 = np.argsort(-v if descending else v, axis=0, kind="stable")
@@ -40,7 +41,7 @@ def test_grap_and_angles(rng):
     a = ops.gate_angles(Tensor(s.astype(np.float64)), Tensor(np.eye(8))).asnumpy()
     np.testing.assert_allclose(a, ref.gate_angles(s.astype(np.float64), np.eye(8)), atol=1e-12)
     zero = ops.gate_angles(Tensor(np.zeros((2, 8))), Tensor(np.eye(8))).asnumpy()
-    np.testing.assert_allclose(zero, np.pi / 2)                      # a zero vector counts as orthogonal
+    np.testing.assert_allclose(zero, np.pi / 2)  # a zero vector counts as orthogonal
 
 
 @pytest.mark.parametrize("ties", [False, True])
@@ -64,7 +65,7 @@ def test_sort_choices(rng):
 def test_admission(rng):
     C, E = 200, 8
     expert = rng.integers(0, E, C)
-    prob = np.round(rng.random(C), 2).astype(np.float32)       # ties on purpose
+    prob = np.round(rng.random(C), 2).astype(np.float32)  # ties on purpose
     locality = rng.integers(0, 3, C)
     capacity = rng.integers(0, 40, E)
     got = ops.admit(*(Tensor(a) for a in (expert, prob, locality, capacity))).asnumpy()
@@ -87,7 +88,7 @@ def test_log_softmax_with_masked_experts(rng):
     by ~4e-6, which this op exists to avoid)."""
     z = rng.standard_normal((20, 8)) * 3
     z[rng.random(z.shape) < 0.3] = -np.inf
-    z[:, 0] = 0.0                                                   # every row keeps one expert
+    z[:, 0] = 0.0  # every row keeps one expert
     got = ops.log_softmax(Tensor(z.astype(np.float32))).asnumpy()
     want = ref.log_softmax(z.astype(np.float32).astype(np.float64))
     assert np.array_equal(np.isinf(got), np.isinf(want))
@@ -99,15 +100,19 @@ def test_losses_and_weights(rng):
     idx = ref.top_k(p, 2)[0]
     local = rng.random(p.shape) < 0.3
     assert float(ops.load_balance_loss(Tensor(p), Tensor(idx), 8).asnumpy()) == pytest.approx(
-        ref.load_balance_loss(p, idx, 8), abs=1e-12)
+        ref.load_balance_loss(p, idx, 8), abs=1e-12
+    )
     assert float(ops.locality_loss(Tensor(np.log(p)), Tensor(local)).asnumpy()) == pytest.approx(
-        ref.locality_loss(np.log(p), local), abs=1e-12)
+        ref.locality_loss(np.log(p), local), abs=1e-12
+    )
     chosen = np.take_along_axis(p, idx, 1)
     np.testing.assert_allclose(ops.combine_weights(Tensor(chosen)).asnumpy(), ref.combine_weights(chosen))
 
 
 # ----------------------------------------------------------------------------- issue-14 options
 from backends.mindspore import routing_extras as extras  # noqa: E402
+from backends.mindspore.moe_ops import MindSporeOps  # noqa: E402
+from locmoe.moe.routing import paper_gate  # noqa: E402
 from locmoe.topology import ExpertPlacement, Topology  # noqa: E402
 
 
@@ -118,7 +123,7 @@ def test_node_limited_top_k(rng, how, ties):
     if ties:
         p = np.round(p, 1).astype(np.float32)
     allowed = rng.random(p.shape) < 0.7
-    allowed[:, [0, 8]] = True                                       # a usable expert on each node
+    allowed[:, [0, 8]] = True  # a usable expert on each node
     table = ref.node_expert_table(ExpertPlacement.round_robin(16, Topology(4, 1)))
     sel = ref.selection_scores(p, None, allowed)
     for m in (1, 2, 4):
@@ -133,34 +138,40 @@ def test_selection_bias_and_its_update(rng):
     np.testing.assert_array_equal(got, ref.top_k(ref.selection_scores(p, bias, None), 2)[0])
     load = rng.integers(0, 30, 8)
     # float32 state: 1e-7 of a bias of ~0.1
-    np.testing.assert_allclose(extras.update_selection_bias(bias, load, 1e-3),
-                               ref.update_selection_bias(bias.astype(np.float64), load, 1e-3), atol=1e-7)
+    np.testing.assert_allclose(
+        extras.update_selection_bias(bias, load, 1e-3),
+        ref.update_selection_bias(bias.astype(np.float64), load, 1e-3),
+        atol=1e-7,
+    )
 
 
 def test_paper_gate_sigmoid_and_z_loss(rng):
     s = rng.standard_normal((10, 8)).astype(np.float32)
     b = rng.standard_normal(8).astype(np.float32)
-    np.testing.assert_allclose(extras.paper_gate(Tensor(s), "relu", Tensor(b)).asnumpy(), ref.paper_gate(s, "relu", b),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        paper_gate(MindSporeOps(), Tensor(s), "relu", Tensor(b)).asnumpy(), ref.paper_gate(s, "relu", b), atol=1e-6
+    )
     z = s.copy()
     z[:, 3] = -np.inf
     aff, probs, _ = extras.sigmoid_affinities(Tensor(z))
     want = ref.sigmoid(z.astype(np.float64))
     np.testing.assert_allclose(aff.asnumpy(), want, atol=1e-7)
     np.testing.assert_allclose(probs.asnumpy(), want / want.sum(1, keepdims=True), atol=1e-7)
-    assert float(extras.router_z_loss(Tensor(z)).asnumpy()) == pytest.approx(ref.router_z_loss(z.astype(np.float64)),
-                                                                             abs=1e-9)
+    assert float(extras.router_z_loss(Tensor(z)).asnumpy()) == pytest.approx(
+        ref.router_z_loss(z.astype(np.float64)), abs=1e-9
+    )
 
 
 def test_batch_locality_loss_and_cosine_deviation(rng):
     p = probs_of(rng).astype(np.float64)
     local = np.zeros((40, 8), bool)
-    local[:20, :4] = True                                           # rank 0 on node 0, rank 1 on node 1
+    local[:20, :4] = True  # rank 0 on node 0, rank 1 on node 1
     local[20:, 4:] = True
     ranks = np.repeat([0, 1], 20)
     got = float(extras.batch_locality_loss(Tensor(p), Tensor(local), None, 2, 0.01).asnumpy())
     assert got == pytest.approx(ref.batch_locality_loss(p, local, None, ranks, 0.01), abs=1e-12)
     x = rng.standard_normal((12, 32))
     w = ref.grap_gate_matrix(32, 8)
-    np.testing.assert_allclose(extras.cosine_deviation(Tensor(x), Tensor(w)).asnumpy(), ref.cosine_deviation(x, w),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        extras.cosine_deviation(Tensor(x), Tensor(w)).asnumpy(), ref.cosine_deviation(x, w), atol=1e-12
+    )

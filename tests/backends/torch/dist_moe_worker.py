@@ -3,6 +3,7 @@ with the single-process reference and the numpy dispatch plan. Writes a JSON rep
 
     torchrun --standalone --nproc_per_node 4 tests/backends/torch/dist_moe_worker.py OUT.json
 """
+
 import json
 import sys
 
@@ -35,15 +36,21 @@ def run_case(c, ctx):
     w = mc.global_weights(cfg)
     mc.load_weights(layer, w)
     x, ids, dom, g = mc.global_batch()
-    r, T = ep.ep_rank, mc.TOKENS_PER_RANK
+    r, T = ep.rank, mc.TOKENS_PER_RANK
     part = slice(r * T, (r + 1) * T)
     y, gx, m = mc.run_layer(layer, x[part], ids[part], dom[part], g[part], mc.TOPOLOGY.world_size)
-    out = {"y": gather(y, ep.ep), "gx": gather(gx, ep.ep), "expert": gather_uneven(m.expert),
-           "kept": gather_uneven(m.kept), "summary": m.summary(), "by_stage": layer.traffic.by_stage}
+    out = {
+        "y": gather(y, ep.group),
+        "gx": gather(gx, ep.group),
+        "expert": gather_uneven(m.expert),
+        "kept": gather_uneven(m.kept),
+        "summary": m.summary(),
+        "by_stage": layer.traffic.by_stage,
+    }
     for name in ("w1", "w2", "w3"):
         p = getattr(layer.experts, name)
         if p is not None:
-            local = gather(p.grad, ep.ep).reshape(mc.TOPOLOGY.world_size, -1, *p.shape[1:])
+            local = gather(p.grad, ep.group).reshape(mc.TOPOLOGY.world_size, -1, *p.shape[1:])
             full = np.zeros((mc.E, *p.shape[1:]), dtype=np.float32)
             for rank in range(mc.TOPOLOGY.world_size):
                 full[list(ep.placement.local_experts(rank))] = local[rank]
@@ -61,9 +68,13 @@ def run_case(c, ctx):
 def compare(c, cfg, w, batch, out):
     x, ids, dom = batch
     _, _, _, _, y_ref, gx_ref, grads_ref, m_ref = mc.single_process_reference(c)
-    res = {"name": mc.case_name(c), "y_err": float(np.abs(out["y"] - y_ref).max()),
-           "gx_err": float(np.abs(out["gx"] - gx_ref).max()), "summary": out["summary"],
-           "ref_summary": m_ref.summary()}
+    res = {
+        "name": mc.case_name(c),
+        "y_err": float(np.abs(out["y"] - y_ref).max()),
+        "gx_err": float(np.abs(out["gx"] - gx_ref).max()),
+        "summary": out["summary"],
+        "ref_summary": m_ref.summary(),
+    }
     for name in ("w1", "w2", "w3"):
         if "grad_" + name in out:
             res[f"g{name}_err"] = float(np.abs(out["grad_" + name] - grads_ref["experts." + name]).max())
@@ -73,8 +84,15 @@ def compare(c, cfg, w, batch, out):
     gate = w["gate"] if cfg.moe.router.gate == "dense" else None
     domain = dom.numpy() if cfg.moe.domains.num_domains > 1 else None
     placement = mc.emulated_ep(cfg).placement
-    ref = route(x.numpy(), cfg.moe, placement, np.repeat(np.arange(4), mc.TOKENS_PER_RANK), gate_weight=gate,
-                token_ids=ids.numpy(), domain=domain)
+    ref = route(
+        x.numpy(),
+        cfg.moe,
+        placement,
+        np.repeat(np.arange(4), mc.TOKENS_PER_RANK),
+        gate_weight=gate,
+        token_ids=ids.numpy(),
+        domain=domain,
+    )
     res["experts_equal"] = bool(np.array_equal(out["expert"], ref.plan.expert))
     res["kept_equal"] = bool(np.array_equal(out["kept"], ref.plan.kept))
     # byte counters against the plan's prediction, per rank and per stage
@@ -89,14 +107,14 @@ def compare(c, cfg, w, batch, out):
             got = np.sum([stages.get(n + tag, [0, 0]) for n in names], axis=0)
             if list(got) != [pred["intra_node"][rank], pred["cross_node"][rank]]:
                 res["traffic_ok"] = False
-                res.setdefault("traffic_mismatch", []).append([direction, rank, list(map(int, got)),
-                                                               int(pred["intra_node"][rank]),
-                                                               int(pred["cross_node"][rank])])
+                res.setdefault("traffic_mismatch", []).append(
+                    [direction, rank, list(map(int, got)), int(pred["intra_node"][rank]), int(pred["cross_node"][rank])]
+                )
     res["cross_bytes"] = int(out["summary"]["cross_node_bytes"])
-    res["cross_bytes_measured"] = int(sum(sum(v[1] for k, v in s.items() if ":grad" not in k)
-                                          for s in out["stages"]))
-    res["cross_bytes_predicted"] = int(sum(ref.plan.traffic(row, scheme, d)["cross_node"].sum()
-                                           for d in ("dispatch", "combine")))
+    res["cross_bytes_measured"] = int(sum(sum(v[1] for k, v in s.items() if ":grad" not in k) for s in out["stages"]))
+    res["cross_bytes_predicted"] = int(
+        sum(ref.plan.traffic(row, scheme, d)["cross_node"].sum() for d in ("dispatch", "combine"))
+    )
     return res
 
 

@@ -1,5 +1,6 @@
 """Shared by the torch MoE tests and their torchrun worker: layer configs, global weights, batches, and the
 single-process (all experts local) reference run."""
+
 from __future__ import annotations
 
 import torch
@@ -8,8 +9,7 @@ from backends.torch.collectives import Group
 from backends.torch.distributed import ExpertParallel
 from backends.torch.moe_layer import MoELayer
 from locmoe.topology import ExpertPlacement
-from tests.moe_cases_common import (CASES, D, E, F, TOKENS_PER_RANK, TOPOLOGY, V, case,  # noqa: F401
-                                    case_name, global_weights, job)
+from tests.moe_cases_common import CASES, TOKENS_PER_RANK, TOPOLOGY, D, E, F, V, case, case_name, global_weights, job  # noqa: F401
 
 
 def load_weights(layer: MoELayer, w: dict) -> None:
@@ -26,13 +26,20 @@ def global_batch(seed=1, ranks=TOPOLOGY.world_size):
     g = torch.Generator().manual_seed(seed)
     T = TOKENS_PER_RANK * ranks
     x = torch.randn(T, D, generator=g)
-    return x, torch.randint(0, V, (T,), generator=g), torch.randint(0, 2, (T,), generator=g), torch.randn(T, D, generator=g)
+    return (
+        x,
+        torch.randint(0, V, (T,), generator=g),
+        torch.randint(0, 2, (T,), generator=g),
+        torch.randn(T, D, generator=g),
+    )
 
 
 def emulated_ep(cfg) -> ExpertParallel:
     one = Group(None, (0,), (0,), 0)
     placement = ExpertPlacement.from_config(cfg.parallel, E, TOPOLOGY)
-    return ExpertParallel(TOPOLOGY, placement, 0, True, one, one, one, cfg.parallel.dispatch)
+    return ExpertParallel(
+        topology=TOPOLOGY, placement=placement, rank=0, group=one, intra=one, inter=one, scheme=cfg.parallel.dispatch
+    )
 
 
 def run_layer(layer: MoELayer, x, ids, domain, g, num_ranks: int):

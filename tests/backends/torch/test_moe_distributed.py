@@ -4,6 +4,7 @@ Tolerances (fp32): outputs, input gradients and expert-weight gradients 1e-5 abs
 are bit-identical: every row sees the same kernels); the learned gate's gradient is all-reduced across
 ranks, whose summation order differs from one process's, so it gets the same 1e-5.
 """
+
 import json
 import os
 import subprocess
@@ -22,8 +23,16 @@ TOL = 1e-5
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist") / "report.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4",
-           str(ROOT / "tests/backends/torch/dist_moe_worker.py"), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "4",
+        str(ROOT / "tests/backends/torch/dist_moe_worker.py"),
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {r["name"]: r for r in json.loads(out.read_text())}
@@ -50,9 +59,19 @@ def test_hierarchical_and_flat_give_the_same_bytes_across_nodes(report):
 
 @pytest.mark.parametrize("mode", ["factor", "dropless"])
 def test_locmoe_crosses_nodes_less_than_gshard_by_the_planned_ratio(report, mode):
-    name = lambda kind: mc.case_name(next(c for c in mc.CASES if c["kind"] == kind and c["mode"] == mode  # noqa
-                                          and c["dispatch"] == "hierarchical" and not c["extra"]))
+    name = lambda kind: mc.case_name(  # noqa: E731
+        next(
+            c
+            for c in mc.CASES
+            if c["kind"] == kind
+            and c["mode"] == mode  # noqa
+            and c["dispatch"] == "hierarchical"
+            and not c["extra"]
+        )
+    )
     loc, gsh = report[name("locmoe")], report[name("gshard")]
     assert loc["cross_bytes_measured"] < gsh["cross_bytes_measured"]
-    assert loc["cross_bytes_measured"] / gsh["cross_bytes_measured"] == \
-        loc["cross_bytes_predicted"] / gsh["cross_bytes_predicted"]
+    assert (
+        loc["cross_bytes_measured"] / gsh["cross_bytes_measured"]
+        == loc["cross_bytes_predicted"] / gsh["cross_bytes_predicted"]
+    )

@@ -1,5 +1,6 @@
 """The MoE layer in one process: outputs against the numpy reference, gradients against finite differences of
 the numpy reference (float64), grouped GEMM against the loop, and the clear errors on bad input."""
+
 import numpy as np
 import pytest
 import torch
@@ -17,8 +18,15 @@ from tests.backends.torch import moe_cases as mc
 
 def reference_output(cfg, w, x, ids, dom):
     gate = w["gate"].astype(np.float64) if cfg.moe.router.gate == "dense" else None
-    plan = route(x, cfg.moe, mc.emulated_ep(cfg).placement, np.repeat(np.arange(4), len(x) // 4),
-                 gate_weight=gate, token_ids=ids, domain=dom if cfg.moe.domains.num_domains > 1 else None).plan
+    plan = route(
+        x,
+        cfg.moe,
+        mc.emulated_ep(cfg).placement,
+        np.repeat(np.arange(4), len(x) // 4),
+        gate_weight=gate,
+        token_ids=ids,
+        domain=dom if cfg.moe.domains.num_domains > 1 else None,
+    ).plan
     to64 = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
     return moe_forward(x, plan, to64(w["w1"]), to64(w["w2"]), to64(w.get("w3")), cfg.moe.activation), plan
 
@@ -31,9 +39,15 @@ def test_output_equals_numpy_reference(case):
     np.testing.assert_allclose(y, y_ref, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("case", [mc.case(kind="locmoe", mode="factor", dispatch="flat"),
-                                  mc.case(kind="gshard", mode="bound", dispatch="flat"),
-                                  mc.case(kind="switch", mode="factor", dispatch="flat")], ids=mc.case_name)
+@pytest.mark.parametrize(
+    "case",
+    [
+        mc.case(kind="locmoe", mode="factor", dispatch="flat"),
+        mc.case(kind="gshard", mode="bound", dispatch="flat"),
+        mc.case(kind="switch", mode="factor", dispatch="flat"),
+    ],
+    ids=mc.case_name,
+)
 def test_gradients_match_finite_differences_of_the_reference(case):
     """Directional derivatives of f = Σ y·g along random directions in x and w1, central differences
     on the float64 reference (step 1e-6: routing stays fixed); tolerance 1e-4 relative to the derivative."""
@@ -110,5 +124,25 @@ def test_emulated_token_count_must_split_over_ranks():
 def test_group_of_one():
     assert Group(None, (0,), (0,), 0).size == 1
     one = Group(None, (0,), (0,), 0)
-    ep = ExpertParallel(Topology(1, 1), ExpertPlacement.contiguous(4, Topology(1, 1)), 0, False, one, one, one, "flat")
+    ep = ExpertParallel(
+        topology=Topology(1, 1),
+        placement=ExpertPlacement.contiguous(4, Topology(1, 1)),
+        rank=0,
+        group=one,
+        intra=one,
+        inter=one,
+        scheme="flat",
+    )
     assert not ep.distributed and ep.local_experts == (0, 1, 2, 3)
+
+
+@pytest.mark.parametrize("rule", ["quantile", "cone", "paper"])
+def test_capacity_state_follows_the_module_when_it_moves(rule):
+    """Moving a module replaces its buffers (here float64 -> float32 -> float64): the capacity planner must
+    update the router's angle average that the module holds now, not the tensor it held at construction."""
+    cfg = mc.job(kind="locmoe", mode="bound", extra=[f"moe.capacity.bound_rule={rule}"])
+    layer = MoELayer(cfg.moe, mc.D, mc.V, mc.emulated_ep(cfg)).float().double()
+    assert torch.isnan(layer.router.angle_ema).all()
+    layer.train()
+    layer(torch.randn(mc.TOKENS_PER_RANK * mc.TOPOLOGY.world_size, mc.D, dtype=torch.float64))
+    assert not torch.isnan(layer.router.angle_ema).all()

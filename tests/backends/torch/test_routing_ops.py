@@ -1,10 +1,12 @@
 """Each torch routing op against its numpy twin in ``locmoe.routing`` on random inputs (exact decisions)."""
+
 import numpy as np
 import pytest
 import torch
 
 from backends.torch import routing_ops as ops
 from locmoe import routing as ref
+from locmoe.moe.routing import paper_gate
 
 
 @pytest.fixture(params=range(5))
@@ -41,7 +43,7 @@ def test_top_k_and_intra_node_first(rng, ties):
 def test_admission(rng):
     C, E = 200, 8
     expert = rng.integers(0, E, C)
-    prob = np.round(rng.random(C), 2).astype(np.float32)       # ties on purpose
+    prob = np.round(rng.random(C), 2).astype(np.float32)  # ties on purpose
     locality = rng.integers(0, 3, C)
     capacity = rng.integers(0, 40, E)
     got = ops.admit(*(torch.from_numpy(a) for a in (expert, prob, locality, capacity))).numpy()
@@ -63,9 +65,11 @@ def test_losses_and_weights(rng):
     local = rng.random(p.shape) < 0.3
     pt = torch.from_numpy(p)
     assert float(ops.load_balance_loss(pt, torch.from_numpy(idx), 8)) == pytest.approx(
-        ref.load_balance_loss(p, idx, 8), abs=1e-12)
+        ref.load_balance_loss(p, idx, 8), abs=1e-12
+    )
     assert float(ops.locality_loss(pt.log(), torch.from_numpy(local))) == pytest.approx(
-        ref.locality_loss(np.log(p), local), abs=1e-12)
+        ref.locality_loss(np.log(p), local), abs=1e-12
+    )
     chosen = np.take_along_axis(p, idx, 1)
     np.testing.assert_allclose(ops.combine_weights(torch.from_numpy(chosen)).numpy(), ref.combine_weights(chosen))
 
@@ -73,20 +77,21 @@ def test_losses_and_weights(rng):
 @pytest.mark.parametrize("q", [1.0, 0.75, 0.5, 0.1, 0.999])
 def test_expert_angles_bit_identical_to_numpy(rng, q):
     E = 16
-    expert = rng.integers(0, E - 3, size=int(rng.integers(1, 3000)))    # some experts get no copy
-    angles = np.round(rng.random(expert.size) * 1.5, 3)                  # ties included
+    expert = rng.integers(0, E - 3, size=int(rng.integers(1, 3000)))  # some experts get no copy
+    angles = np.round(rng.random(expert.size) * 1.5, 3)  # ties included
     delta, seen = ops.expert_angles(torch.from_numpy(angles), torch.from_numpy(expert), E, q)
     ref_delta, ref_seen = ref.expert_angles(angles, expert, E, q)
     np.testing.assert_array_equal(seen.numpy(), ref_seen)
-    np.testing.assert_array_equal(delta.numpy(), ref_delta)               # exact, not approximately
+    np.testing.assert_array_equal(delta.numpy(), ref_delta)  # exact, not approximately
 
 
 def test_update_angle_ema_bit_identical_to_numpy(rng):
     E = 8
     delta = rng.random(E)
     seen = rng.random(E) < 0.7
-    first = ops.update_angle_ema(torch.full((E,), float("nan"), dtype=torch.float64), torch.from_numpy(delta),
-                                 torch.from_numpy(seen), 0.9)
+    first = ops.update_angle_ema(
+        torch.full((E,), float("nan"), dtype=torch.float64), torch.from_numpy(delta), torch.from_numpy(seen), 0.9
+    )
     np.testing.assert_array_equal(first.numpy(), ref.update_angle_ema(None, delta, seen, 0.9))
     prev = rng.random(E)
     later = ops.update_angle_ema(torch.from_numpy(prev), torch.from_numpy(delta), torch.from_numpy(seen), 0.9)
@@ -95,6 +100,7 @@ def test_update_angle_ema_bit_identical_to_numpy(rng):
 
 # ----------------------------------------------------------------------------- issue-14 options
 from backends.torch import routing_extras as extras  # noqa: E402
+from backends.torch.moe_ops import TorchOps  # noqa: E402
 from locmoe.topology import ExpertPlacement, Topology  # noqa: E402
 
 
@@ -128,7 +134,7 @@ def test_selection_bias_and_its_update(rng):
     got = ops.top_k(extras.selection_scores(torch.from_numpy(p), torch.from_numpy(bias), None), 2).numpy()
     np.testing.assert_array_equal(got, ref.top_k(ref.selection_scores(p, bias, None), 2)[0])
 
-    class R(torch.nn.Module):                   # the two attributes the update reads
+    class R(torch.nn.Module):  # the two attributes the update reads
         router_cfg = type("C", (), {"bias_update_rate": 1e-3})()
 
     r = R()
@@ -136,19 +142,23 @@ def test_selection_bias_and_its_update(rng):
     load = rng.integers(0, 30, 8)
     extras.update_selection_bias_(r, torch.from_numpy(load))
     # float32 state: 1e-7 of a bias of ~0.1
-    np.testing.assert_allclose(r.selection_bias.numpy(), ref.update_selection_bias(bias.astype(np.float64), load, 1e-3),
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        r.selection_bias.numpy(), ref.update_selection_bias(bias.astype(np.float64), load, 1e-3), atol=1e-7
+    )
     r.eval()
     before = r.selection_bias.clone()
     extras.update_selection_bias_(r, torch.from_numpy(load))
-    assert torch.equal(r.selection_bias, before)                 # evaluation leaves the bias alone
+    assert torch.equal(r.selection_bias, before)  # evaluation leaves the bias alone
 
 
 def test_paper_gate_sigmoid_z_loss_and_batch_locality(rng):
     s = rng.standard_normal((40, 8)).astype(np.float32)
     b = rng.standard_normal(8).astype(np.float32)
-    np.testing.assert_allclose(extras.paper_gate(torch.from_numpy(s), "relu", torch.from_numpy(b)).numpy(),
-                               ref.paper_gate(s, "relu", b), atol=1e-6)
+    np.testing.assert_allclose(
+        paper_gate(TorchOps(), torch.from_numpy(s), "relu", torch.from_numpy(b)).numpy(),
+        ref.paper_gate(s, "relu", b),
+        atol=1e-6,
+    )
     z = s.copy()
     z[:, 3] = -np.inf
     aff, probs, _ = extras.affinities("sigmoid", torch.from_numpy(z))
@@ -179,8 +189,12 @@ def test_belong_probability_on_the_device_matches_scipy():
 
 def test_paper_capacity_and_delta_state_match_numpy(rng):
     for _ in range(200):
-        d, n, k, T = int(rng.integers(2, 2048)), int(rng.integers(2, 64)), int(rng.integers(1, 3)), \
-            int(rng.integers(1, 5000))
+        d, n, k, T = (
+            int(rng.integers(2, 2048)),
+            int(rng.integers(2, 64)),
+            int(rng.integers(1, 3)),
+            int(rng.integers(1, 5000)),
+        )
         delta = float(rng.random() ** 2)
         for form in ("exact", "exp"):
             got = int(extras.paper_capacity(torch.tensor(delta, dtype=torch.float64), d, n, k, T, form))
@@ -192,12 +206,17 @@ def test_paper_capacity_and_delta_state_match_numpy(rng):
         got = extras.update_paper_delta(nan, torch.from_numpy(delta), torch.from_numpy(seen), schedule, 0.9)
         np.testing.assert_array_equal(got.numpy(), ref.update_paper_delta(None, delta, seen, schedule, 0.9))
     cap = torch.tensor([3, 4, 5])
-    np.testing.assert_array_equal(ops.unseen_fallback(cap, torch.tensor([0.1, float("nan"), 0.2]), 9).numpy(),
-                                  ref.unseen_fallback(cap.numpy(), np.array([0.1, np.nan, 0.2]), 9))
+    np.testing.assert_array_equal(
+        ops.unseen_fallback(cap, torch.tensor([0.1, float("nan"), 0.2]), 9).numpy(),
+        ref.unseen_fallback(cap.numpy(), np.array([0.1, np.nan, 0.2]), 9),
+    )
     x = rng.standard_normal((12, 32))
     w = ref.grap_gate_matrix(32, 8)
-    np.testing.assert_allclose(extras.cosine_deviation(torch.from_numpy(x), torch.from_numpy(w)).numpy(),
-                               ref.cosine_deviation(x, w), atol=1e-12)
+    np.testing.assert_allclose(
+        extras.cosine_deviation(torch.from_numpy(x), torch.from_numpy(w)).numpy(),
+        ref.cosine_deviation(x, w),
+        atol=1e-12,
+    )
 
 
 def test_options_have_no_data_dependent_shapes():
@@ -210,7 +229,7 @@ def test_options_have_no_data_dependent_shapes():
     _, t_table, node_of = _table()
     sel = extras.selection_scores(p, torch.empty(E, device=meta), allowed)
     assert extras.node_limited_top_k(sel, 2, 1, t_table.to(meta), node_of.to(meta), "top2_sum").shape == (T, 2)
-    assert extras.paper_gate(p, "relu", torch.empty(E, device=meta)).shape == (T, E)
+    assert paper_gate(TorchOps(), p, "relu", torch.empty(E, device=meta)).shape == (T, E)
     assert extras.affinities("sigmoid", p)[0].shape == (T, E)
     assert extras.router_z_loss(p).shape == ()
     assert extras.batch_locality_loss(p, allowed, allowed, 4, 0.01).shape == ()

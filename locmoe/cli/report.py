@@ -6,6 +6,7 @@ loss.png (training and validation loss), tokens_per_s.png, routing.png (dropped,
 fractions of the routed copies) and expert_load_layer_L.png per MoE layer. A resumed run appends to both
 files; the last record of a step (and layer) wins.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else run / "plots"
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out} exists and is not a directory")
-    figures = scalar_figures(steps) + load_figures(loads)   # everything is drawn before anything is written
+    figures = scalar_figures(steps) + load_figures(loads)  # everything is drawn before anything is written
     if not loads:
         print(f"note: no {LOADS_FILE} in {run}: no expert-load plots", file=sys.stderr)
     from locmoe.plots import save_png
@@ -69,7 +70,7 @@ def read_jsonl(path: Path, what: str, keys: tuple[str, ...]) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            if i == len(lines):             # no newline after it: the last write was cut short
+            if i == len(lines):  # no newline after it: the last write was cut short
                 print(f"note: {path}:{i}: unfinished last line skipped", file=sys.stderr)
                 continue
             raise ReportError(f"{path}:{i}: not a JSON object: {line[:60]!r}") from None
@@ -99,19 +100,33 @@ def scalar_figures(rows: list[dict]) -> list[tuple[str, object]]:
         return {label: series(rows, key) for label, key in named.items() if series(rows, key)[0]}
 
     out = []
-    loss = present(**{"training (LM)": "lm_loss" if series(rows, "lm_loss")[0] else "loss",
-                      "validation": "val_loss"})
+    loss = present(**{"training (LM)": "lm_loss" if series(rows, "lm_loss")[0] else "loss", "validation": "val_loss"})
     if loss:
         out.append(("loss.png", line_figure("cross-entropy loss", "loss (nats / token)", loss)))
     speed = present(**{"tokens/s": "tokens_per_s"})
     if speed:
-        out.append(("tokens_per_s.png", line_figure("training throughput (excludes validation and checkpoints)",
-                                                    "tokens / s", speed, ylim=(0, None))))
-    routing = present(**{"dropped (of routed)": "dropped_fraction", "cross-node (of kept)": "cross_node_fraction",
-                         "in-node (of kept)": "in_node_fraction"})
+        out.append(
+            (
+                "tokens_per_s.png",
+                line_figure(
+                    "training throughput (excludes validation and checkpoints)", "tokens / s", speed, ylim=(0, None)
+                ),
+            )
+        )
+    routing = present(
+        **{
+            "dropped (of routed)": "dropped_fraction",
+            "cross-node (of kept)": "cross_node_fraction",
+            "in-node (of kept)": "in_node_fraction",
+        }
+    )
     if routing:
-        out.append(("routing.png", line_figure("token copies, mean over MoE layers", "fraction of copies",
-                                               routing, ylim=(0, None))))
+        out.append(
+            (
+                "routing.png",
+                line_figure("token copies, mean over MoE layers", "fraction of copies", routing, ylim=(0, None)),
+            )
+        )
     return out
 
 
@@ -126,8 +141,11 @@ def load_figures(rows: list[dict]) -> list[tuple[str, object]]:
             loads = np.array([r["load"] for r in mine], dtype=np.float64)
             caps = np.array([np.broadcast_to(r["capacity"], len(r["load"])) for r in mine], dtype=np.float64)
         except (KeyError, ValueError, TypeError) as err:
-            raise ReportError(f"{LOADS_FILE}: layer {layer}: records need 'load' [E] and 'capacity' of the same "
-                              f"number of experts ({err})") from None
-        out.append((f"expert_load_layer_{layer}.png",
-                    expert_load_figure([r["step"] for r in mine], loads, caps, layer)))
+            raise ReportError(
+                f"{LOADS_FILE}: layer {layer}: records need 'load' [E] and 'capacity' of the same "
+                f"number of experts ({err})"
+            ) from None
+        out.append(
+            (f"expert_load_layer_{layer}.png", expert_load_figure([r["step"] for r in mine], loads, caps, layer))
+        )
     return out

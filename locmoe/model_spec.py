@@ -23,6 +23,7 @@ the router export; a checkpoint holds exactly these tensors (experts consolidate
     norm.weight                          [d]
     lm_head.weight                       [V, d]       (absent with tie_embeddings)
 """
+
 from __future__ import annotations
 
 import zlib
@@ -45,11 +46,18 @@ def parameter_shapes(cfg: JobConfig) -> dict[str, tuple]:
     moe_layers = set(moe_layer_indices(m))
     for i in range(m.n_layers):
         p = f"layers.{i}."
-        shapes.update({p + "attn_norm.weight": (d,), p + "attn.wqkv.weight": (3 * d, d),
-                       p + "attn.wo.weight": (d, d), p + "ffn_norm.weight": (d,)})
+        shapes.update(
+            {
+                p + "attn_norm.weight": (d,),
+                p + "attn.wqkv.weight": (3 * d, d),
+                p + "attn.wo.weight": (d, d),
+                p + "ffn_norm.weight": (d,),
+            }
+        )
         if i not in moe_layers:
-            shapes.update({p + "ffn.w1.weight": (m.d_ff, d), p + "ffn.w3.weight": (m.d_ff, d),
-                           p + "ffn.w2.weight": (d, m.d_ff)})
+            shapes.update(
+                {p + "ffn.w1.weight": (m.d_ff, d), p + "ffn.w3.weight": (m.d_ff, d), p + "ffn.w2.weight": (d, m.d_ff)}
+            )
             continue
         r = p + "moe.router."
         if moe.router.gate == "dense" and moe.router.kind != "hash":
@@ -111,7 +119,7 @@ def initial_value(name: str, cfg: JobConfig, seed: int) -> np.ndarray | None:
     if kind == "zeros":
         return np.zeros(shape, np.float32)
     if kind == "normal":
-        return (np.random.default_rng(init_seed(name, seed)).standard_normal(shape, np.float32) * std)
+        return np.random.default_rng(init_seed(name, seed)).standard_normal(shape, np.float32) * std
     return None
 
 

@@ -1,12 +1,13 @@
 """``locmoe bench calibrate``: measure the expert kernels, device copies and (under torchrun) the
 all-to-all on this device and write the cost model's JSON profile. ``locmoe bench prefill``: prefill
 tokens/s of a checkpoint for a batch of prompts of given lengths, plain and with the expert pipeline."""
+
 from __future__ import annotations
 
 import argparse
 import time
 
-from locmoe.cli_args import int_at_least
+from locmoe.cli.args import int_at_least
 from locmoe.inference.errors import InferenceError
 
 # Calibration shapes by device: an accelerator's are the 1B-class expert sizes the cost model plans for; the
@@ -18,25 +19,49 @@ SHAPES = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from locmoe.inference.generate_cli import add_serving_arguments
+    from locmoe.cli.generate import add_serving_arguments
 
     sub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     c = sub.add_parser("calibrate", help="measure this device; write the cost model's profile (JSON)")
     gpu, cpu = SHAPES["accelerator"], SHAPES["cpu"]
     c.add_argument("--out", required=True, help="profile JSON to write")
-    c.add_argument("--experts", type=int_at_least(1), default=None,
-                   help=f"experts per MoE layer, all ranks (E); default {gpu['experts']} on CUDA, {cpu['experts']} on CPU")
-    c.add_argument("--d-model", type=int_at_least(1), default=None,
-                   help=f"hidden size d; default {gpu['d_model']} on CUDA, {cpu['d_model']} on CPU")
-    c.add_argument("--d-expert", type=int_at_least(1), default=None,
-                   help=f"expert FFN hidden size; default {gpu['d_expert']} on CUDA, {cpu['d_expert']} on CPU")
-    c.add_argument("--rows", default=None, help="mean rows per local expert of the measured batches "
-                   f"(comma-separated); default {gpu['rows']} on CUDA, {cpu['rows']} on CPU")
-    c.add_argument("--reps", type=int_at_least(1), default=None,
-                   help=f"timed repetitions per call; default {gpu['reps']} on CUDA, {cpu['reps']} on CPU")
+    c.add_argument(
+        "--experts",
+        type=int_at_least(1),
+        default=None,
+        help=f"experts per MoE layer, all ranks (E); default {gpu['experts']} on CUDA, {cpu['experts']} on CPU",
+    )
+    c.add_argument(
+        "--d-model",
+        type=int_at_least(1),
+        default=None,
+        help=f"hidden size d; default {gpu['d_model']} on CUDA, {cpu['d_model']} on CPU",
+    )
+    c.add_argument(
+        "--d-expert",
+        type=int_at_least(1),
+        default=None,
+        help=f"expert FFN hidden size; default {gpu['d_expert']} on CUDA, {cpu['d_expert']} on CPU",
+    )
+    c.add_argument(
+        "--rows",
+        default=None,
+        help="mean rows per local expert of the measured batches "
+        f"(comma-separated); default {gpu['rows']} on CUDA, {cpu['rows']} on CPU",
+    )
+    c.add_argument(
+        "--reps",
+        type=int_at_least(1),
+        default=None,
+        help=f"timed repetitions per call; default {gpu['reps']} on CUDA, {cpu['reps']} on CPU",
+    )
     c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda if present")
-    c.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="default bfloat16 on CUDA, float32 on CPU")
+    c.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="default bfloat16 on CUDA, float32 on CPU",
+    )
     f = sub.add_parser("prefill", help="prefill tokens/s of a checkpoint (plain vs pipelined)")
     f.add_argument("checkpoint", help="checkpoint directory, or a run's out_dir (its newest checkpoint)")
     f.add_argument("router", help="exported router directory (`locmoe export`, or out_dir/router)")
@@ -69,7 +94,8 @@ def calibrate(args: argparse.Namespace) -> int:
 
     from backends.torch.collectives import Group
     from backends.torch.distributed import _backend_for, resolve_device, shutdown
-    from backends.torch.inference.calibrate import CalibrationShape, calibrate as run
+    from backends.torch.inference.calibrate import CalibrationShape
+    from backends.torch.inference.calibrate import calibrate as run
     from backends.torch.inference.loader import DTYPES
 
     device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
@@ -93,18 +119,22 @@ def calibrate(args: argparse.Namespace) -> int:
         if rank == 0:
             print(f"calibrate [{time.perf_counter() - start:5.1f} s] {text}", flush=True)
 
-    progress(f"{device.type}, {str(dtype).replace('torch.', '')}: E={args.experts} (local {shape.experts}), "
-             f"d={args.d_model}, f={args.d_expert}, rows per expert {rows}, {args.reps} reps")
+    progress(
+        f"{device.type}, {str(dtype).replace('torch.', '')}: E={args.experts} (local {shape.experts}), "
+        f"d={args.d_model}, f={args.d_expert}, rows per expert {rows}, {args.reps} reps"
+    )
     profile = run(shape, device, dtype, group, progress)
     if rank == 0:
         profile.save(args.out)
         a2a = profile.all_to_all
-        print(f"calibrated {profile.device} ({profile.dtype}, {W} process(es)): grouped "
-              f"{1e-12 / profile.grouped.s_per_flop:.3g} TFLOP/s, dense {1e-12 / profile.dense.s_per_flop:.3g} "
-              f"TFLOP/s, copy {profile.copy.bandwidth_gbps:.3g} GB/s"
-              + (f", all-to-all {a2a.bandwidth_gbps:.3g} GB/s + {a2a.latency_s * 1e6:.3g} us" if a2a else "")
-              + f"; median fit errors {', '.join(f'{k} {v:.1%}' for k, v in profile.fit_error.items())}"
-              + f" -> {args.out}")
+        print(
+            f"calibrated {profile.device} ({profile.dtype}, {W} process(es)): grouped "
+            f"{1e-12 / profile.grouped.s_per_flop:.3g} TFLOP/s, dense {1e-12 / profile.dense.s_per_flop:.3g} "
+            f"TFLOP/s, copy {profile.copy.bandwidth_gbps:.3g} GB/s"
+            + (f", all-to-all {a2a.bandwidth_gbps:.3g} GB/s + {a2a.latency_s * 1e6:.3g} us" if a2a else "")
+            + f"; median fit errors {', '.join(f'{k} {v:.1%}' for k, v in profile.fit_error.items())}"
+            + f" -> {args.out}"
+        )
     shutdown()
     return 0
 
@@ -115,7 +145,7 @@ def prefill(args: argparse.Namespace) -> int:
     from backends.torch.distributed import shutdown
     from backends.torch.inference.loader import load_inference_model
     from backends.torch.inference.prefill import measure_prefill, random_prompts
-    from locmoe.inference.generate_cli import serving_options
+    from locmoe.cli.generate import serving_options
     from locmoe.report import format_table, write_json
 
     lengths = _ints(args.lengths, "--lengths")
@@ -131,8 +161,16 @@ def prefill(args: argparse.Namespace) -> int:
         for o in modes:
             r = measure_prefill(model, tokens, o, o.mode, reps=args.reps)
             chunks = sorted({layer["chunks"] for layer in r.layers})
-            rows.append({"length": S, "mode": o.mode, "chunks": ",".join(map(str, chunks)),
-                         "tokens": r.tokens, "ms": r.seconds * 1e3, "tokens_per_s": r.tokens_per_s})
+            rows.append(
+                {
+                    "length": S,
+                    "mode": o.mode,
+                    "chunks": ",".join(map(str, chunks)),
+                    "tokens": r.tokens,
+                    "ms": r.seconds * 1e3,
+                    "tokens_per_s": r.tokens_per_s,
+                }
+            )
     if me == 0:
         print(format_table(rows, ["length", "mode", "chunks", "tokens", "ms", "tokens_per_s"], ".4g"))
         if args.json:

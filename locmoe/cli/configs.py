@@ -3,6 +3,7 @@
 A name works wherever a config file does: ``locmoe train tiny_cpu --with gshard``. To start your own job,
 copy one: ``locmoe configs tiny_cpu > my_job.yaml``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,9 @@ def main(args: argparse.Namespace) -> int:
     if args.name:
         path = find_shipped(args.name)
         if path is None:
-            raise ConfigError("", f"{args.name!r} names no shipped config; shipped: "
-                              f"{', '.join(c.name for c in configs)}")
+            raise ConfigError(
+                "", f"{args.name!r} names no shipped config; shipped: {', '.join(c.name for c in configs)}"
+            )
         print(path.read_text(encoding="utf-8"), end="")
         return 0
     width = max(len(c.name) for c in configs)

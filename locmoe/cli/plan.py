@@ -1,29 +1,32 @@
 """``locmoe plan``: expert placement and deployment planning.
 
-    locmoe plan affinity  TRACE                      inter-layer affinity strength per layer pair
-    locmoe plan place     TRACE --devices D          ExFlow placement -> placement.json (PlacementTable)
-    locmoe plan replicate TRACE --devices D          GRACE grouping + replicas -> placement.json
-    locmoe plan deploy    --budget h200=8,...        heterogeneous deployment + scheduler simulation
-    locmoe plan simulate  --nodes 16 --devices-per-node 8   projected step time, LocMoE vs baselines
+locmoe plan affinity  TRACE                      inter-layer affinity strength per layer pair
+locmoe plan place     TRACE --devices D          ExFlow placement -> placement.json (PlacementTable)
+locmoe plan replicate TRACE --devices D          GRACE grouping + replicas -> placement.json
+locmoe plan deploy    --budget h200=8,...        heterogeneous deployment + scheduler simulation
+locmoe plan simulate  --nodes 16 --devices-per-node 8   projected step time, LocMoE vs baselines
 """
+
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-from locmoe.cli_args import float_in, int_at_least
+from locmoe.cli.args import float_in, int_at_least
 
-_count = int_at_least(1)      # devices, nodes, experts, sizes: at least one
-_natural = int_at_least(0)    # 0 means "all" / "off" where the help says so
+_count = int_at_least(1)  # devices, nodes, experts, sizes: at least one
+_natural = int_at_least(0)  # 0 means "all" / "off" where the help says so
 _seconds = float_in(gt=0)
 
 
 def _trace_args(q: argparse.ArgumentParser, devices: bool = True) -> None:
     q.add_argument("trace", help="routing trace (.npz written by locmoe.placement.trace.TraceWriter)")
-    q.add_argument("--expect", default="", metavar="EXPORT|JSON", help="the model the trace must come from: a "
-                   "router export directory, its manifest.json, or a JSON fingerprint")
+    q.add_argument(
+        "--expect",
+        default="",
+        metavar="EXPORT|JSON",
+        help="the model the trace must come from: a router export directory, its manifest.json, or a JSON fingerprint",
+    )
     q.add_argument("--max-tokens", type=_natural, default=0, help="use only the first N tokens (0 = all)")
     if devices:
         q.add_argument("--devices", type=_count, required=True, help="devices D the experts are placed on")
@@ -38,11 +41,19 @@ def _args_affinity(q):
 def _args_place(q):
     _trace_args(q)
     q.add_argument("--devices-per-node", type=_natural, default=0, help="if > 0, also report cross-node hops")
-    q.add_argument("--method", default="auto", choices=["auto", "ilp", "greedy", "brute_force"],
-                   help="placement search: the integer program, greedy, exhaustive (tiny cases), or auto")
+    q.add_argument(
+        "--method",
+        default="auto",
+        choices=["auto", "ilp", "greedy", "brute_force"],
+        help="placement search: the integer program, greedy, exhaustive (tiny cases), or auto",
+    )
     q.add_argument("--time-limit", type=_seconds, default=30.0, help="ILP time limit in seconds")
-    q.add_argument("--load-limit", type=float_in(ge=1), default=None,
-                   help="max device load as a factor of the mean (>= 1); default: no limit")
+    q.add_argument(
+        "--load-limit",
+        type=float_in(ge=1),
+        default=None,
+        help="max device load as a factor of the mean (>= 1); default: no limit",
+    )
     q.add_argument("--out", default="placement.json", help="PlacementTable to write")
 
 
@@ -50,19 +61,30 @@ def _args_replicate(q):
     _trace_args(q)
     q.add_argument("--slots", type=_natural, default=2, help="extra expert slots per device (memory budget)")
     q.add_argument("--threshold", type=float_in(ge=1), default=1.05, help="balance threshold x mean device load")
-    q.add_argument("--grouping", default="exflow", choices=["exflow", "coactivation", "contiguous", "round_robin"],
-                   help="how experts are first grouped onto devices")
-    q.add_argument("--base", default="", help="start from this placement.json instead of a grouping (default: "
-                   "none)")
-    q.add_argument("--token-placement", default="home", choices=["home", "previous"],
-                   help="where a token is at dispatch: its data-parallel device or its previous expert's")
+    q.add_argument(
+        "--grouping",
+        default="exflow",
+        choices=["exflow", "coactivation", "contiguous", "round_robin"],
+        help="how experts are first grouped onto devices",
+    )
+    q.add_argument("--base", default="", help="start from this placement.json instead of a grouping (default: none)")
+    q.add_argument(
+        "--token-placement",
+        default="home",
+        choices=["home", "previous"],
+        help="where a token is at dispatch: its data-parallel device or its previous expert's",
+    )
     q.add_argument("--time-limit", type=_seconds, default=10.0, help="ILP time limit of the exflow grouping (s)")
     q.add_argument("--out", default="placement.json", help="PlacementTable to write")
 
 
 def _args_deploy(q):
-    q.add_argument("--profile", default=None, help="JSON profile (device_kinds, model, workload); default: the "
-                   "built-in kinds (h200, h100, a100-40gb) and a Mixtral-8x7B-like model")
+    q.add_argument(
+        "--profile",
+        default=None,
+        help="JSON profile (device_kinds, model, workload); default: the "
+        "built-in kinds (h200, h100, a100-40gb) and a Mixtral-8x7B-like model",
+    )
     q.add_argument("--budget", default="h200=8,a100-40gb=16", help="devices per kind, e.g. h200=8,h100=8")
     q.add_argument("--requests", type=_count, default=1500, help="requests in the simulated stream")
     q.add_argument("--rate", type=float_in(ge=0), default=0.0, help="arrivals per second (0 = all at t=0)")
@@ -70,8 +92,11 @@ def _args_deploy(q):
 
 
 def _args_simulate(q):
-    q.add_argument("--calibration", default=None, help="JSON calibration (fields of Calibration); default: the "
-                   "numbers measured in DESIGN §5")
+    q.add_argument(
+        "--calibration",
+        default=None,
+        help="JSON calibration (fields of Calibration); default: the numbers measured on 2xH200",
+    )
     q.add_argument("--stats", default=None, help="JSON {system: RoutingStats fields}; default: the reference router")
     q.add_argument("--nodes", type=_count, default=16, help="nodes of the simulated cluster")
     q.add_argument("--devices-per-node", type=_count, default=8, help="devices per node")
@@ -85,16 +110,29 @@ def _args_simulate(q):
 
 
 SUBCOMMANDS = {
-    "affinity": ("inter-layer expert affinity of a routing trace: P(expert j at l+1 | expert i at l) and its "
-                 "strength", _args_affinity),
-    "place": ("ExFlow placement: the integer program (HiGHS) over expert->device maps minimising cross-device "
-              "hops; writes a PlacementTable", _args_place),
-    "replicate": ("GRACE grouping + replication of hot experts under a slot budget + locality-aware replica "
-                  "routing; writes a PlacementTable with replicas", _args_replicate),
-    "deploy": ("heterogeneous deployment: best mix of instances under a device budget, and a scheduler "
-               "simulation against a naive deployment", _args_deploy),
-    "simulate": ("cluster simulator: projected training step time of LocMoE vs GShard/Switch on N x G devices",
-                 _args_simulate),
+    "affinity": (
+        "inter-layer expert affinity of a routing trace: P(expert j at l+1 | expert i at l) and its strength",
+        _args_affinity,
+    ),
+    "place": (
+        "ExFlow placement: the integer program (HiGHS) over expert->device maps minimising cross-device "
+        "hops; writes a PlacementTable",
+        _args_place,
+    ),
+    "replicate": (
+        "GRACE grouping + replication of hot experts under a slot budget + locality-aware replica "
+        "routing; writes a PlacementTable with replicas",
+        _args_replicate,
+    ),
+    "deploy": (
+        "heterogeneous deployment: best mix of instances under a device budget, and a scheduler "
+        "simulation against a naive deployment",
+        _args_deploy,
+    ),
+    "simulate": (
+        "cluster simulator: projected training step time of LocMoE vs GShard/Switch on N x G devices",
+        _args_simulate,
+    ),
 }
 
 
@@ -108,14 +146,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from locmoe.cli import plan_handlers
     from locmoe.export.manifest import ExportError
     from locmoe.placement.errors import PlacementError
     from locmoe.placement.trace import TraceError
-    from locmoe.planning import cli_handlers
     from locmoe.planning.errors import PlanningError
 
     try:
-        out = getattr(cli_handlers, args.what)(args)
+        out = getattr(plan_handlers, args.what)(args)
     except (TraceError, PlacementError, PlanningError, ExportError) as err:
         print(f"locmoe plan {args.what}: error: {err}", file=sys.stderr)
         return 2
@@ -125,27 +163,3 @@ def main(args: argparse.Namespace) -> int:
         settings = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str)) or v is None}
         print(f"wrote {write_json(args.json, {'args': settings, **out})}")
     return 0
-
-
-def read_expect(text: str) -> dict | None:
-    """A fingerprint from a router export directory, a manifest.json, or inline JSON."""
-    if not text:
-        return None
-    path = Path(text)
-    if path.is_dir():
-        path = path / "manifest.json"
-    if path.is_file():
-        from locmoe.export.manifest import RouterManifest
-
-        m = RouterManifest.from_file(path)
-        return {"num_experts": m.num_experts, "top_k": m.top_k, "moe_layers": m.moe_layers,
-                "router_kind": m.router_kind, "d_model": m.d_model, "vocab_size": m.vocab_size}
-    from locmoe.placement.trace import TraceError
-
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        raise TraceError(f"--expect {text!r} is neither a router export, a manifest.json nor a JSON object") from None
-    if not isinstance(data, dict):
-        raise TraceError(f"--expect {text!r}: expected a JSON object of fingerprint keys")
-    return data

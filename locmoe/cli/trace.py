@@ -1,6 +1,7 @@
 """``locmoe trace CHECKPOINT OUT.npz``: record which experts every token chooses at every MoE layer of a
 trained checkpoint, on its validation text (or other data given with ``--set data.…``). The trace feeds
 ``locmoe plan affinity|place|replicate``."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,10 +12,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="trace file to write (.npz)")
     p.add_argument("--tokens", type=int, default=65536, help="record at least this many tokens (default 65536)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
-    from locmoe.cli_args import add_set_argument
+    from locmoe.cli.args import add_set_argument
 
-    add_set_argument(p, "data.FIELD=VALUE", "'data.sources=[{path: x.txt}]' data.seq_len=64",
-                     "the checkpoint's data section")
+    add_set_argument(
+        p, "data.FIELD=VALUE", "'data.sources=[{path: x.txt}]' data.seq_len=64", "the checkpoint's data section"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -23,8 +25,12 @@ def main(args: argparse.Namespace) -> int:
     for name in ("tokens", "batch_size"):
         if getattr(args, name) < 1:
             raise TraceError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    import backends
+    from typing import cast
 
-    out = backends.get("torch").record_trace(args.checkpoint, args.out, args.tokens, args.batch_size, args.set)
+    import backends
+    from locmoe.backend_api import TraceRecorder
+
+    recorder = cast(TraceRecorder, backends.get("torch"))  # the one backend that records traces
+    out = recorder.record_trace(args.checkpoint, args.out, args.tokens, args.batch_size, args.set)
     print(f"wrote {out}")
     return 0

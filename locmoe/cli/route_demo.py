@@ -1,5 +1,6 @@
 """``locmoe route-demo``: route one random batch on an emulated cluster with each router and compare
 where the token copies go (on the rank, in the node, across nodes) and how many are dropped."""
+
 from __future__ import annotations
 
 import argparse
@@ -36,20 +37,42 @@ def run(args: argparse.Namespace) -> list[dict]:
     token_rank = np.repeat(np.arange(topo.world_size), args.tokens_per_rank)
     rows = []
     for kind in ROUTERS:
-        moe = load_config(overrides=[f"model.d_model={args.d_model}", f"moe.num_experts={args.experts}",
-                                     f"moe.router.kind={kind}", f"moe.router.rho={args.rho}",
-                                     f"moe.capacity.factor={args.capacity_factor}"]).moe
+        moe = load_config(
+            overrides=[
+                f"model.d_model={args.d_model}",
+                f"moe.num_experts={args.experts}",
+                f"moe.router.kind={kind}",
+                f"moe.router.rho={args.rho}",
+                f"moe.capacity.factor={args.capacity_factor}",
+            ]
+        ).moe
         res = route(x, moe, placement, token_rank, gate_weight=gate)
         frac = res.plan.locality_fractions()
         cross = res.plan.traffic(args.d_model * 2, "hierarchical")["cross_node"].sum()
-        rows.append(dict(router=kind, gate=moe.router.gate, k=moe.router.top_k, on_rank=frac["on_rank"],
-                         in_node=frac["in_node"], cross_node=frac["cross_node"],
-                         dropped=res.plan.dropped() / len(res.plan.kept), cross_node_MB=cross / 1e6))
-    print(f"route-demo: {args.nodes} nodes x {args.devices_per_node} devices, E={args.experts}, "
-          f"d={args.d_model}, {args.tokens_per_rank} tokens/rank, rho={args.rho}, capacity factor "
-          f"{args.capacity_factor} (fractions of token copies; bytes at bf16)")
+        rows.append(
+            dict(
+                router=kind,
+                gate=moe.router.gate,
+                k=moe.router.top_k,
+                on_rank=frac["on_rank"],
+                in_node=frac["in_node"],
+                cross_node=frac["cross_node"],
+                dropped=res.plan.dropped() / len(res.plan.kept),
+                cross_node_MB=cross / 1e6,
+            )
+        )
+    print(
+        f"route-demo: {args.nodes} nodes x {args.devices_per_node} devices, E={args.experts}, "
+        f"d={args.d_model}, {args.tokens_per_rank} tokens/rank, rho={args.rho}, capacity factor "
+        f"{args.capacity_factor} (fractions of token copies; bytes at bf16)"
+    )
     print(format_table(rows, floatfmt=".3f"))
     if args.json:
         settings = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str))}
         write_json(args.json, {"args": settings, "rows": rows})
     return rows
+
+
+def main(args: argparse.Namespace) -> int:
+    run(args)
+    return 0

@@ -4,6 +4,7 @@ number types for flags, and ``--set`` taking several values.
 Number flags use the types below (``int_at_least(0)``, ``float_in(gt=0)``...) so a bad value such as
 ``--max-tokens -5`` or ``--rate nan`` is refused by argparse itself: exit 2, one line naming the flag.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,16 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if ("%(default)" in text or "default" in text.lower() or default is None or default is argparse.SUPPRESS
-                or action.required or not action.option_strings or isinstance(default, bool)
-                or default == []):
+        if (
+            "%(default)" in text
+            or "default" in text.lower()
+            or default is None
+            or default is argparse.SUPPRESS
+            or action.required
+            or not action.option_strings
+            or isinstance(default, bool)
+            or default == []
+        ):
             return text
         return f"{text} (default: %(default)s)"
 
@@ -42,17 +50,21 @@ def _number(kind: Callable, text: str) -> float:
     try:
         value = kind(text)
     except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") \
-            from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
     if isinstance(value, float) and not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not allowed: must be a finite number")
     return value
 
 
-def _bounded(kind: Callable, ge: Optional[float], gt: Optional[float], le: Optional[float],
-             lt: Optional[float]) -> Callable[[str], float]:
-    rules = [(ge, ">=", lambda a, b: a >= b), (gt, ">", lambda a, b: a > b),
-             (le, "<=", lambda a, b: a <= b), (lt, "<", lambda a, b: a < b)]
+def _bounded(
+    kind: Callable, ge: Optional[float], gt: Optional[float], le: Optional[float], lt: Optional[float]
+) -> Callable[[str], float]:
+    rules = [
+        (ge, ">=", lambda a, b: a >= b),
+        (gt, ">", lambda a, b: a > b),
+        (le, "<=", lambda a, b: a <= b),
+        (lt, "<", lambda a, b: a < b),
+    ]
     rules = [(bound, sym, ok) for bound, sym, ok in rules if bound is not None]
     allowed = " and ".join(f"{sym} {bound:g}" for bound, sym, _ in rules)
 
@@ -71,8 +83,9 @@ def int_at_least(low: int) -> Callable[[str], int]:
     return _bounded(int, low, None, None, None)
 
 
-def float_in(ge: Optional[float] = None, gt: Optional[float] = None, le: Optional[float] = None,
-             lt: Optional[float] = None) -> Callable[[str], float]:
+def float_in(
+    ge: Optional[float] = None, gt: Optional[float] = None, le: Optional[float] = None, lt: Optional[float] = None
+) -> Callable[[str], float]:
     """A finite ``float`` flag type within the given bounds (inclusive ``ge``/``le``, exclusive ``gt``/``lt``)."""
     return _bounded(float, ge, gt, le, lt)
 
@@ -80,12 +93,22 @@ def float_in(ge: Optional[float] = None, gt: Optional[float] = None, le: Optiona
 finite_float = float_in()
 
 
-def add_set_argument(p: argparse.ArgumentParser, metavar: str = "SECTION.FIELD=VALUE",
-                     example: str = "train.steps=50 moe.num_experts=16", what: str = "config fields") -> None:
+def add_set_argument(
+    p: argparse.ArgumentParser,
+    metavar: str = "SECTION.FIELD=VALUE",
+    example: str = "train.steps=50 moe.num_experts=16",
+    what: str = "config fields",
+) -> None:
     """``--set A=1 B=2`` (several values, and repeatable): one flat list in ``args.set``."""
-    p.add_argument("--set", action="extend", nargs="+", default=[], metavar=metavar,
-                   help=f"override {what}, e.g. --set {example}; takes several values and may be repeated; "
-                        "each value is YAML (8, 1e-3, [0, 1], true); applied last")
+    p.add_argument(
+        "--set",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar=metavar,
+        help=f"override {what}, e.g. --set {example}; takes several values and may be repeated; "
+        "each value is YAML (8, 1e-3, [0, 1], true); applied last",
+    )
 
 
 def print_error(command: str, message: str) -> int:

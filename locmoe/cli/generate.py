@@ -2,6 +2,7 @@
 the text, then tokens/s and the time to the first token (stderr). Prompts are batched and decoded with the
 KV cache (``--no-kv-cache``: the reference path). Launch with torchrun to serve the experts over several
 processes (the export's device count)."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,36 +17,60 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint directory, or a run's out_dir (its newest checkpoint)")
     p.add_argument("router", help="exported router directory (`locmoe export`, or out_dir/router)")
     p.add_argument("--prompts", required=True, help="text file: one prompt per non-empty line")
-    from locmoe.cli_args import float_in, int_at_least
+    from locmoe.cli.args import float_in, int_at_least
 
     p.add_argument("--max-new-tokens", type=int_at_least(1), default=32, help="tokens to generate per prompt")
-    p.add_argument("--top-p", type=float_in(gt=0, le=1), default=None,
-                   help="nucleus sampling with this mass; default greedy")
+    p.add_argument(
+        "--top-p", type=float_in(gt=0, le=1), default=None, help="nucleus sampling with this mass; default greedy"
+    )
     p.add_argument("--temperature", type=float_in(gt=0), default=1.0, help="sampling temperature (with --top-p)")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the sampling")
     p.add_argument("--domain", type=int, default=None, help="domain id of every prompt (random routed experts)")
     p.add_argument("--batch-size", type=int_at_least(1), default=32, help="prompts decoded together (KV cache)")
     p.add_argument("--eos-id", type=int_at_least(0), default=None, help="stop a prompt at this token id")
     p.add_argument("--cuda-graph", action="store_true", help="replay the one-token decode step as a CUDA graph")
-    p.add_argument("--no-kv-cache", dest="kv_cache", action="store_false",
-                   help="re-run the whole sequence every step, one prompt at a time (the reference path)")
+    p.add_argument(
+        "--no-kv-cache",
+        dest="kv_cache",
+        action="store_false",
+        help="re-run the whole sequence every step, one prompt at a time (the reference path)",
+    )
     add_serving_arguments(p)
 
 
 def add_serving_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared with ``locmoe bench prefill``."""
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda if present")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="default bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--profile", default=None, help="calibration profile (`locmoe bench calibrate`): kernel per "
-                   "load and chunk count from the cost model")
-    p.add_argument("--mode", default="auto", choices=["auto", "plain", "chunked", "pipelined"],
-                   help="expert execution; auto = pipelined with a profile or --chunks > 1, else plain")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="default bfloat16 on CUDA, float32 on CPU",
+    )
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="calibration profile (`locmoe bench calibrate`): kernel per load and chunk count from the cost model",
+    )
+    p.add_argument(
+        "--mode",
+        default="auto",
+        choices=["auto", "plain", "chunked", "pipelined"],
+        help="expert execution; auto = pipelined with a profile or --chunks > 1, else plain",
+    )
     p.add_argument("--chunks", type=int, default=0, help="fixed chunk count (0 = from the profile)")
-    p.add_argument("--kernel", default="auto", choices=["auto", "grouped", "dense"],
-                   help="expert kernel; auto = the cost model's choice per load (grouped without a profile)")
-    p.add_argument("--capacity", default="dropless", choices=["dropless", "as_trained"],
-                   help="dropless serves every token; as_trained keeps the training capacity rule")
+    p.add_argument(
+        "--kernel",
+        default="auto",
+        choices=["auto", "grouped", "dense"],
+        help="expert kernel; auto = the cost model's choice per load (grouped without a profile)",
+    )
+    p.add_argument(
+        "--capacity",
+        default="dropless",
+        choices=["dropless", "as_trained"],
+        help="dropless serves every token; as_trained keeps the training capacity rule",
+    )
 
 
 def serving_options(args: argparse.Namespace):
@@ -80,8 +105,9 @@ def main(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise InferenceError(f"--max-new-tokens {args.max_new_tokens}; it must be >= 1")
     prompts = read_prompts(args.prompts)
-    sampling = Sampling(greedy=args.top_p is None, top_p=args.top_p or 1.0, temperature=args.temperature,
-                        seed=args.seed)
+    sampling = Sampling(
+        greedy=args.top_p is None, top_p=args.top_p or 1.0, temperature=args.temperature, seed=args.seed
+    )
     opts = serving_options(args)
     model = load_inference_model(args.checkpoint, args.router, args.device, args.dtype, args.capacity)
     model.options = opts
@@ -89,8 +115,9 @@ def main(args: argparse.Namespace) -> int:
     ids = [tok.encode(p).tolist() for p in prompts]
     t0 = time.perf_counter()
     if args.kv_cache:
-        new, stats = generate_cached(model, ids, args.max_new_tokens, sampling, args.domain, args.eos_id,
-                                     args.batch_size, args.cuda_graph)
+        new, stats = generate_cached(
+            model, ids, args.max_new_tokens, sampling, args.domain, args.eos_id, args.batch_size, args.cuda_graph
+        )
         how = f"KV cache, batches of {args.batch_size}, time to first token {stats.first_token_s * 1e3:.0f} ms"
     else:
         new = generate(model, ids, args.max_new_tokens, sampling, args.domain)
@@ -100,7 +127,9 @@ def main(args: argparse.Namespace) -> int:
         for prompt, out in zip(prompts, new):
             print(prompt + tok.decode(out))
         count = sum(len(x) for x in new)
-        print(f"{len(prompts)} prompts, {count} new tokens in {seconds:.2f} s: {count / seconds:.1f} tokens/s "
-              f"({how})", file=sys.stderr)
+        print(
+            f"{len(prompts)} prompts, {count} new tokens in {seconds:.2f} s: {count / seconds:.1f} tokens/s ({how})",
+            file=sys.stderr,
+        )
     shutdown()
     return 0

@@ -2,6 +2,7 @@
 
 Each handler returns the JSON payload of what it printed (``--json`` writes it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,14 +13,15 @@ from locmoe.report import format_table
 
 
 def _trace(args: argparse.Namespace):
-    from locmoe.placement.trace import load_trace
-    from locmoe.planning.cli import read_expect
+    from locmoe.placement.trace import expected_fingerprint, load_trace
 
-    trace = load_trace(args.trace, expect=read_expect(args.expect))
+    trace = load_trace(args.trace, expect=expected_fingerprint(args.expect))
     if args.max_tokens:
         trace = trace.head(args.max_tokens)
-    print(f"trace {args.trace}: {trace.num_tokens} tokens, {trace.num_layers} MoE layers {trace.moe_layers}, "
-          f"E={trace.num_experts}, k={trace.top_k}, router {trace.fingerprint['router_kind']}")
+    print(
+        f"trace {args.trace}: {trace.num_tokens} tokens, {trace.num_layers} MoE layers {trace.moe_layers}, "
+        f"E={trace.num_experts}, k={trace.top_k}, router {trace.fingerprint['router_kind']}"
+    )
     return trace
 
 
@@ -38,10 +40,13 @@ def place(args: argparse.Namespace) -> dict:
     from locmoe.placement.table import to_placement_table
 
     trace = _trace(args)
-    rows, plan = compare_placements(trace, args.devices, args.devices_per_node or None, args.method,
-                                    args.time_limit, args.load_limit, args.seed)
-    print(f"expected cross-device hops per token per layer transition on {args.devices} devices "
-          "(coherent: share of next-layer copies computed where the token already is)")
+    rows, plan = compare_placements(
+        trace, args.devices, args.devices_per_node or None, args.method, args.time_limit, args.load_limit, args.seed
+    )
+    print(
+        f"expected cross-device hops per token per layer transition on {args.devices} devices "
+        "(coherent: share of next-layer copies computed where the token already is)"
+    )
     print(format_table(rows, floatfmt=".4f"))
     table = to_placement_table(plan.assignment, args.devices, trace.moe_layers, f"exflow-{plan.method}")
     print(f"wrote {table.save(args.out)}")
@@ -57,18 +62,32 @@ def replicate(args: argparse.Namespace) -> dict:
     base = None
     if args.base:
         base, _ = from_placement_table(PlacementTable.load(args.base).validate(trace.num_experts))
-    plan = plan_grace(trace, args.devices, args.slots, args.threshold, args.grouping, args.token_placement,
-                      base=base, time_limit=args.time_limit, seed=args.seed)
-    print(f"GRACE on {args.devices} devices, {args.slots} extra slots each, threshold {args.threshold}, grouping "
-          f"{plan.grouping}, tokens at their {args.token_placement} device (max/mean device load; remote: share "
-          "of copies leaving their device)")
+    plan = plan_grace(
+        trace,
+        args.devices,
+        args.slots,
+        args.threshold,
+        args.grouping,
+        args.token_placement,
+        base=base,
+        time_limit=args.time_limit,
+        seed=args.seed,
+    )
+    print(
+        f"GRACE on {args.devices} devices, {args.slots} extra slots each, threshold {args.threshold}, grouping "
+        f"{plan.grouping}, tokens at their {args.token_placement} device (max/mean device load; remote: share "
+        "of copies leaving their device)"
+    )
     print(format_table(plan.stats, floatfmt=".3f"))
     table = to_placement_table(plan.assignment, args.devices, trace.moe_layers, f"grace-{plan.grouping}", plan.layers)
     print(f"wrote {table.save(args.out)}")
-    from locmoe.placement.eplb import eplb_arrays, write_eplb      # the same placement in EPLB's layout
+    from locmoe.placement.eplb import eplb_arrays, write_eplb  # the same placement in EPLB's layout
 
-    print("wrote {} and {} (EPLB arrays for vLLM / SGLang)".format(
-        *write_eplb(eplb_arrays(plan.layers, trace.moe_layers), args.out)))
+    print(
+        "wrote {} and {} (EPLB arrays for vLLM / SGLang)".format(
+            *write_eplb(eplb_arrays(plan.layers, trace.moe_layers), args.out)
+        )
+    )
     return {"rows": plan.stats, "placement": table.to_dict()}
 
 
@@ -90,13 +109,16 @@ def simulate(args: argparse.Namespace) -> dict:
     from locmoe.planning.router_stats import project_routers
 
     cal = Calibration.from_json(args.calibration) if args.calibration else Calibration()
-    model = MoEModel(args.d_model, args.d_expert, args.experts, 2, args.layers,
-                     tokens_per_device=args.tokens_per_device)
+    model = MoEModel(
+        args.d_model, args.d_expert, args.experts, 2, args.layers, tokens_per_device=args.tokens_per_device
+    )
     stats = _read_stats(args.stats) if args.stats else None
     rows = project_routers(model, cal, args.nodes, args.devices_per_node, stats, args.overlap_chunks, args.seed)
-    print(f"projected training step on {args.nodes} x {args.devices_per_node} devices: d={model.d_model}, "
-          f"f={model.d_expert}, E={model.num_experts}, {model.moe_layers} MoE layers, {model.tokens_per_device} "
-          f"tokens/device; calibration: {cal.source}")
+    print(
+        f"projected training step on {args.nodes} x {args.devices_per_node} devices: d={model.d_model}, "
+        f"f={model.d_expert}, E={model.num_experts}, {model.moe_layers} MoE layers, {model.tokens_per_device} "
+        f"tokens/device; calibration: {cal.source}"
+    )
     print(format_table(rows, floatfmt=".3f"))
     return {"rows": rows, "calibration": cal.to_dict()}
 
@@ -110,5 +132,6 @@ def _read_stats(path: str) -> dict:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
         return {name: RoutingStats(**fields) for name, fields in raw.items()}
     except (OSError, json.JSONDecodeError, TypeError, AttributeError) as err:
-        raise PlanningError(f"--stats {path}: {err}; expected {{system: {{on_rank, in_node, cross_node, "
-                            "dropped, max_load}}}}") from None
+        raise PlanningError(
+            f"--stats {path}: {err}; expected {{system: {{on_rank, in_node, cross_node, dropped, max_load}}}}}}}}"
+        ) from None
