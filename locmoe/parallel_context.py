@@ -21,6 +21,20 @@ class DistContext:
     world: Any
     emulated: bool  # one process stands in for the whole EP group
 
+    @classmethod
+    def one_process(cls, layout: ParallelLayout, device, single) -> "DistContext":
+        """A process without peers: every group is ``single``, the backend's group of one."""
+        return cls(
+            layout=layout,
+            device=device,
+            ep=single,
+            intra=single,
+            inter=single,
+            expert_dp=single,
+            world=single,
+            emulated=layout.emulated,
+        )
+
     @property
     def rank(self) -> int:
         return self.layout.rank

@@ -72,16 +72,7 @@ def init_distributed(parallel: ParallelConfig, env: Optional[LaunchEnv] = None) 
     setup_runtime(device)
     if env.world_size == 1:
         single = Group(None, (0,), (0,), 0)
-        return DistContext(
-            layout=layout,
-            device=device,
-            ep=single,
-            intra=single,
-            inter=single,
-            expert_dp=single,
-            world=single,
-            emulated=layout.emulated,
-        )
+        return DistContext.one_process(layout, device, single)
     if env.launcher != "msrun":
         raise ConfigError(
             "parallel.backend",

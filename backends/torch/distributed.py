@@ -82,16 +82,7 @@ def init_distributed(parallel: ParallelConfig, env: Optional[LaunchEnv] = None) 
     groups = _make_groups(layout, timeout) if env.world_size > 1 else None
     single = Group(None, (0,), (0,), 0)
     if groups is None:
-        return DistContext(
-            layout=layout,
-            device=device,
-            ep=single,
-            intra=single,
-            inter=single,
-            expert_dp=single,
-            world=single,
-            emulated=layout.emulated,
-        )
+        return DistContext.one_process(layout, device, single)
     return DistContext(layout=layout, device=device, emulated=False, **groups)
 
 
