@@ -36,6 +36,11 @@ class TrafficCounter:
         s[0] += intra
         s[1] += cross
 
+    def add_rows(self, rows_to_peers: Sequence[int], row_bytes: int, group, stage: str) -> None:
+        """``add`` for one all-to-all of a backend's ``Group`` (members' ``ranks``, ``nodes``, ``my_index``)."""
+        me, nbytes = group.my_index, [r * row_bytes for r in rows_to_peers]
+        self.add(nbytes, group.nodes, group.nodes[me], group.ranks, group.ranks[me], stage)
+
     def reset(self) -> None:
         self.intra_node = self.cross_node = self.calls = 0
         self.by_stage = {}

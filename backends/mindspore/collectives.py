@@ -106,14 +106,7 @@ def _exchange(
     handle of an asynchronous launch or None)."""
     row_bytes = math.prod(x.shape[1:]) * x.itemsize
     if counter is not None:
-        counter.add(
-            [s * row_bytes for s in send],
-            group.nodes,
-            group.nodes[group.my_index],
-            group.ranks,
-            group.ranks[group.my_index],
-            stage,
-        )
+        counter.add_rows(send, row_bytes, group, stage)
     if group.size == 1:
         return x, None, None
     if native_collectives():

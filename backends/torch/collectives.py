@@ -58,14 +58,7 @@ def _exchange(
     before ``handle.wait()`` (on CUDA that lets the compute stream run on while NCCL moves the data)."""
     row_bytes = math.prod(x.shape[1:]) * x.element_size()
     if counter is not None:
-        counter.add(
-            [s * row_bytes for s in send],
-            group.nodes,
-            group.nodes[group.my_index],
-            group.ranks,
-            group.ranks[group.my_index],
-            stage,
-        )
+        counter.add_rows(send, row_bytes, group, stage)
     if group.size == 1:
         return x.clone()
     out = x.new_empty((sum(recv), *x.shape[1:]))

@@ -45,12 +45,14 @@ class TCPStoreKV:
     """
 
     def __init__(self, host: str, port: int, timeout_s: float, prefix: str):
+        # A request to a stalled server waits past the watchdog's verdict (due ``timeout_s`` after the last answer,
+        # the exit a few beats later): a client timing out first prints c10d's own warnings beside our one line.
         self._store = dist.TCPStore(
             host_name=host,
             port=port,
             is_master=False,
             wait_for_workers=False,
-            timeout=datetime.timedelta(seconds=timeout_s),
+            timeout=datetime.timedelta(seconds=2 * timeout_s + 60),
         )
         self._prefix = prefix
         self._canary = socket.create_connection((host, port), timeout=timeout_s)

@@ -3,6 +3,12 @@ single-process (all experts local) reference run."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from backends.torch.collectives import Group
@@ -61,3 +67,14 @@ def single_process_reference(c: dict, seed_w=0, seed_x=1):
     y, gx, m = run_layer(layer, x, ids, dom, g, 1)
     grads = {n: p.grad.detach().numpy() for n, p in layer.named_parameters() if p.grad is not None}
     return cfg, layer, w, (x, ids, dom, g), y.numpy(), gx.numpy(), grads, m
+
+
+def torchrun_report(worker: str, out: Path) -> dict:
+    """Run ``tests/backends/torch/<worker>`` on 4 gloo ranks (torchrun) and read its report: {case name: row}."""
+    root = Path(__file__).resolve().parents[3]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    script = str(root / "tests" / "backends" / "torch" / worker)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4", script, str(out)]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {r["name"]: r for r in json.loads(out.read_text())}

@@ -5,10 +5,6 @@ are bit-identical: every row sees the same kernels); the learned gate's gradient
 ranks, whose summation order differs from one process's, so it gets the same 1e-5.
 """
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,21 +17,7 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist") / "report.json"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "4",
-        str(ROOT / "tests/backends/torch/dist_moe_worker.py"),
-        str(out),
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {r["name"]: r for r in json.loads(out.read_text())}
+    return mc.torchrun_report("dist_moe_worker.py", tmp_path_factory.mktemp("dist") / "report.json")
 
 
 @pytest.mark.parametrize("case", mc.CASES, ids=mc.case_name)

@@ -2,10 +2,6 @@
 batched GEMM over padded slots adds the same products per row) and the same kept copies, with and without
 drops, in one process and on 4 real gloo ranks (2 nodes x 2)."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -38,21 +34,7 @@ def test_the_cases_cover_drops_and_no_drops():
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("static") / "report.json"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "4",
-        str(ROOT / "tests/backends/torch/dist_static_worker.py"),
-        str(out),
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {r["name"]: r for r in json.loads(out.read_text())}
+    return mc.torchrun_report("dist_static_worker.py", tmp_path_factory.mktemp("static") / "report.json")
 
 
 @pytest.mark.parametrize("case", STATIC_CASES, ids=mc.case_name)
