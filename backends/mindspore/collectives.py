@@ -148,12 +148,7 @@ def _all_to_all_by_gather(x: Tensor, recv: list, group: Group, routes: np.ndarra
     sends to the members before me. Empty buffers are padded to one row (AllGather rejects zero rows).
     """
     me, members = group.my_world_rank, list(group.world_ranks)
-    got = routes[members, me]
-    if got.tolist() != list(recv):
-        raise RuntimeError(
-            f"all-to-all '{stage}': rank {me} expects {list(recv)} rows from ranks {members}, "
-            f"but they send {got.tolist()}: the split sizes disagree across ranks"
-        )
+    _check_routes(routes, recv, me, members, stage)
     width = max(1, int(routes.sum(axis=1).max()))
     pad = width - x.shape[0]
     padded = ops.cat([x, ops.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
@@ -163,6 +158,34 @@ def _all_to_all_by_gather(x: Tensor, recv: list, group: Group, routes: np.ndarra
     return ops.gather(gathered, Tensor(np.concatenate(index).astype(np.int64)), 0)
 
 
+def _all_to_all_by_sum(x: Tensor, recv: list, group: Group, routes: np.ndarray, stage: str) -> Tensor:
+    """:func:`_all_to_all_by_gather` as one world AllReduce (a sum) of every rank's padded buffer in its own
+    block, zeros elsewhere: the same rows (adding zeros is exact), and MindSpore differentiates it itself
+    (AllReduce's gradient is an AllReduce, which CPU has; AllGather's is a ReduceScatter, which it has not).
+    It moves world-size times the bytes: the CPU emulation of an exchange, never the Ascend path."""
+    me, members = group.my_world_rank, list(group.world_ranks)
+    _check_routes(routes, recv, me, members, stage)
+    width = max(1, int(routes.sum(axis=1).max()))
+    W, rows = group.world_size, x.shape[0]
+    blocks = [t for t in (ops.zeros((me * width, *x.shape[1:]), ms.float32), x.astype(ms.float32)) if t.shape[0]]
+    after = (W - me) * width - rows
+    if after:
+        blocks.append(ops.zeros((after, *x.shape[1:]), ms.float32))
+    summed = ops.AllReduce()(ops.cat(blocks))  # [world * width, ...]; CPU AllReduce is float32 only
+    before = group.my_index
+    index = [s * width + int(routes[s, members[:before]].sum()) + np.arange(routes[s, me]) for s in members]
+    return ops.gather(summed, Tensor(np.concatenate(index).astype(np.int64)), 0).astype(x.dtype)
+
+
+def _check_routes(routes: np.ndarray, recv: list, me: int, members: list, stage: str) -> None:
+    got = routes[members, me]
+    if got.tolist() != list(recv):
+        raise RuntimeError(
+            f"all-to-all '{stage}': rank {me} expects {list(recv)} rows from ranks {members}, "
+            f"but they send {got.tolist()}: the split sizes disagree across ranks"
+        )
+
+
 def all_to_all(
     x: Tensor,
     send_splits: list,
@@ -170,14 +193,21 @@ def all_to_all(
     group: Group,
     counter: Optional[TrafficCounter] = None,
     stage: str = "a2a",
+    autodiff: bool = False,
 ) -> Tensor:
     """Send ``send_splits[i]`` rows of ``x`` to member i; receive ``recv_splits[i]`` rows from member i.
 
-    Differentiable: the gradient travels back along the same routes.
+    Differentiable: the gradient travels back along the same routes. ``autodiff``: inside a traced graph
+    (whose autodiff skips the Cell's bprop) the CPU exchange is :func:`_all_to_all_by_sum`; its backward's
+    bytes are then not counted.
     """
     send, recv = [int(s) for s in send_splits], [int(r) for r in recv_splits]
     if group.size == 1:
         return _exchange(x, send, recv, group, counter, stage)[0]
+    if autodiff and not native_collectives():
+        if counter is not None:
+            counter.add_rows(send, math.prod(x.shape[1:]) * x.itemsize, group, stage)
+        return _all_to_all_by_sum(x, recv, group, _world_routes(send, group), stage)
     return _AllToAll(send, recv, group, counter, stage)(x)
 
 
@@ -188,16 +218,18 @@ def all_to_all_start(
     group: Group,
     counter: Optional[TrafficCounter] = None,
     stage: str = "a2a",
+    autodiff: bool = False,
 ) -> Callable[[], Tensor]:
     """Start an all-to-all and return ``finish`` (→ the received rows), as the torch backend does.
 
     On Ascend the exchange is launched with ``async_op`` and ``finish`` waits on its handle, so the experts of
     one chunk run while the next chunk travels (``moe.overlap_chunks``). On CPU, PyNative has no asynchronous
-    collective: the exchange runs at once and ``finish`` hands the result over.
+    collective: the exchange runs at once and ``finish`` hands the result over (``autodiff``: see
+    :func:`all_to_all`).
     """
     send, recv = [int(s) for s in send_splits], [int(r) for r in recv_splits]
     if group.size == 1 or not native_collectives():
-        out = all_to_all(x, send, recv, group, counter, stage)
+        out = all_to_all(x, send, recv, group, counter, stage, autodiff)
         return lambda: out
     cell = _AllToAll(send, recv, group, counter, stage, async_op=True)
     out = cell(x)

@@ -2,9 +2,10 @@
 torch backend: ``router.gate_weight`` for a learned gate, ``experts.w1/w2/w3``); one call is
 ``locmoe.moe.layer.moe_forward`` over ``backends.mindspore.moe_ops``.
 
-PyNative only: with expert parallelism the dispatcher reads the split sizes on the host once per call, and
-the capacity kernels run the numpy reference's functions (the model builder may compile the dense blocks
-with ``jit``, not this layer). The collectives run synchronously on CPU (``collectives.all_to_all_start``),
+In PyNative the dynamic dispatch reads split sizes on the host and the bound's capacity kernels run the numpy
+reference's functions; with ``moe.dispatch_shape: static`` and a factor capacity nothing in the layer reads the
+device, so ``parallel.jit_step`` compiles it with the rest of the step (``backends.mindspore.train_step``).
+The collectives run synchronously on CPU (``collectives.all_to_all_start``),
 so ``moe.overlap_chunks`` gives the same results and byte counts there, without overlap.
 """
 
@@ -38,6 +39,7 @@ class MoELayer(nn.Cell):
         gate_rows = moe.num_experts if moe.router.gate == "grap" else d_model
         capacity = CapacityPlanner(self.ops, moe, self.router, gate_rows, d_model)
         self.dispatcher = TokenDispatcher(self.ops, ep, moe, capacity, self.traffic)
+        self.defer_checks, self.nonfinite = False, None  # set by backends.mindspore.train_step
 
     def construct(
         self, x: Tensor, token_ids: Optional[Tensor] = None, domain: Optional[Tensor] = None
@@ -50,8 +52,15 @@ class MoELayer(nn.Cell):
         return moe_forward(self.ops, self, x, token_ids, domain, self.training)
 
     def count_nonfinite(self, x: Tensor) -> None:
-        """``moe.check_finite``: NaN/Inf in the input activations (PyNative: read at once)."""
-        bad = int((~ops.isfinite(x)).sum().asnumpy())
+        """``moe.check_finite``: NaN/Inf in the input activations, read at once; inside a compiled step
+        (``defer_checks``) the count is kept in ``nonfinite`` for the step to return and check."""
+        count = (~ops.isfinite(x)).sum()
+        if self.defer_checks:
+            self.nonfinite = count
+            return
+        self.raise_if_nonfinite(int(count.asnumpy()))
+
+    def raise_if_nonfinite(self, bad: int) -> None:
         if bad:
             raise NonFiniteError(
                 f"MoE layer {self.layer_id} on rank {self.ep.rank}: the input "

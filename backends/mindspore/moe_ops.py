@@ -29,6 +29,11 @@ def _host(t) -> np.ndarray:
 
 
 class MindSporeOps:
+    """``traced``: the layer runs inside a traced graph (``parallel.jit_step``), whose autodiff ignores a Cell's
+    own bprop, so the CPU all-to-all takes its form that MindSpore differentiates itself."""
+
+    traced: bool = False
+
     # ---------------------------------------------------------------- tensors
     def zeros(self, shape, dtype, like):
         return ops.zeros(shape, _DTYPES[dtype])
@@ -49,7 +54,7 @@ class MindSporeOps:
         return ops.full(t.shape, value, dtype=t.dtype)
 
     def arange(self, n, like):
-        return ops.arange(n, dtype=ms.int64)
+        return rops.arange(n)
 
     def index_tensor(self, values, like):
         return Tensor(np.asarray(values, dtype=np.int64))
@@ -100,7 +105,8 @@ class MindSporeOps:
         return ops.isnan(t).all()
 
     def stack(self, ts, axis=0):
-        return ops.stack(list(ts), axis=axis)
+        # cat, not ops.stack: the bprop of Stack fails inside a traced graph (MindSpore 2.10)
+        return ops.cat([ops.expand_dims(t, axis) for t in ts], axis)
 
     def cat(self, ts):
         return ops.cat(list(ts))
@@ -141,11 +147,15 @@ class MindSporeOps:
     def argsort_stable(self, key):
         # distinct keys (key, index): any sort then gives the stable order (no stable sort off Ascend)
         C = key.shape[0]
-        return rops.argsort_unique(key.astype(ms.int64) * C + ops.arange(C, dtype=ms.int64))
+        return rops.argsort_unique(key.astype(ms.int64) * C + rops.arange(C))
 
     def counts_of(self, index, n, where=None):
-        i = _host(index)
-        return Tensor(np.bincount(i if where is None else i[_host(where)], minlength=n).astype(np.int64))
+        # on the device (a count read on the host would be a constant in a traced graph), as a sum of one-hot
+        # rows: CPU's scatter-add (TensorScatterElements, reduction add) loses updates to its threads
+        hit = index.astype(ms.int64)[:, None] == rops.arange(n)[None, :]
+        if where is not None:
+            hit = hit & where[:, None]
+        return hit.astype(ms.int64).sum(axis=0)
 
     # ---------------------------------------------------------------- state, checks, execution
     def assign_(self, state, value):
@@ -261,10 +271,10 @@ class MindSporeOps:
         return collectives.all_reduce(t, group)
 
     def all_to_all(self, x, send, recv, group, counter, stage):
-        return collectives.all_to_all(x, send, recv, group, counter, stage)
+        return collectives.all_to_all(x, send, recv, group, counter, stage, autodiff=self.traced)
 
     def all_to_all_start(self, x, send, recv, group, counter, stage):
-        return collectives.all_to_all_start(x, send, recv, group, counter, stage)
+        return collectives.all_to_all_start(x, send, recv, group, counter, stage, autodiff=self.traced)
 
     # ---------------------------------------------------------------- moving copies
     def copy_positions(self, order, num_kept, num_copies):

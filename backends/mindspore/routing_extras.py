@@ -12,6 +12,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, ops
 
+from backends.mindspore import routing_ops as rops
 from backends.mindspore.routing_ops import _on_ascend, log_softmax, stable_argsort, top_k
 
 
@@ -61,7 +62,7 @@ def node_limited_top_k(sel: Tensor, k: int, num_nodes: int, table: np.ndarray, h
     """[T, k] top-k among the experts on each token's ``num_nodes`` best nodes (ties: lower node, lower id)."""
     N, per = table.shape
     nodes = stable_argsort(node_scores(sel, table, how), -1, descending=True)[:, :num_nodes]  # [T, M]
-    keep_node = (nodes[:, :, None] == ops.arange(N, dtype=ms.int64)[None, None, :]).any(axis=1)  # [T, N]
+    keep_node = (nodes[:, :, None] == rops.arange(N)[None, None, :]).any(axis=1)  # [T, N]
     node_of = np.zeros(sel.shape[1], dtype=np.int64)
     node_of[table.reshape(-1)] = np.repeat(np.arange(N), per)
     keep = ops.gather(keep_node, Tensor(node_of), 1)  # [T, E]

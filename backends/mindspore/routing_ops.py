@@ -11,7 +11,14 @@ tie rule is made explicit: :func:`stable_argsort` sorts unique integer keys (den
 from __future__ import annotations
 
 import mindspore as ms
+import numpy as np
 from mindspore import Tensor, mint, ops
+
+
+def arange(n: int, dtype=ms.int64) -> Tensor:
+    """0 .. n-1 as a constant (``ops.arange`` takes its dtype as an argument, which ``jit``'s trace capture
+    cannot record)."""
+    return Tensor(np.arange(n), dtype)
 
 
 def _on_ascend() -> bool:
@@ -40,7 +47,7 @@ def stable_argsort(values: Tensor, axis: int = -1, descending: bool = False) -> 
     n = values.shape[-1]
     if n == 0:
         return ops.zeros(values.shape, ms.int64)
-    index = ops.arange(n, dtype=ms.int64)
+    index = arange(n, ms.int64)
     key = dense_rank(values, descending) * n + index  # unique per row: (rank, index)
     return ops.sort(key, axis=-1)[1].astype(ms.int64)
 
@@ -95,8 +102,8 @@ def intra_node_first(probs: Tensor, k: int, local_mask: Tensor, rho: float) -> T
     if rho >= 1.0:
         return idx
     T, E = probs.shape
-    ids = ops.arange(E, dtype=ms.int64)
-    slots = ops.arange(k, dtype=ms.int64)
+    ids = arange(E, ms.int64)
+    slots = arange(k, ms.int64)
     threshold = rho * ops.gather_elements(probs, 1, idx[:, -1:])
     neg_inf = ops.full_like(probs, float("-inf"))
     for _ in range(k):
@@ -121,7 +128,7 @@ def combine_weights(chosen: Tensor) -> Tensor:
 def load_balance_loss(probs: Tensor, expert_ids: Tensor, num_experts: int) -> Tensor:
     """E · Σ_e f_e · P_e over one rank's tokens; f from the choices (no gradient), P from probs."""
     T, k = expert_ids.shape
-    one_hot = expert_ids.reshape(-1)[:, None] == ops.arange(num_experts, dtype=expert_ids.dtype)[None, :]
+    one_hot = expert_ids.reshape(-1)[:, None] == arange(num_experts, expert_ids.dtype)[None, :]
     f = ops.stop_gradient(one_hot.astype(probs.dtype).sum(axis=0) / (T * k))
     return num_experts * (f * probs.mean(axis=0)).sum()
 
@@ -139,7 +146,7 @@ def locality_loss(log_probs: Tensor, local_mask: Tensor) -> Tensor:
 def admission_order(expert: Tensor, prob: Tensor, locality: Tensor) -> Tensor:
     """Copy ids sorted by (expert, class, -prob, copy id): one sort of unique integer keys."""
     C = expert.shape[0]
-    copy_id = ops.arange(C, dtype=ms.int64)
+    copy_id = arange(C, ms.int64)
     prob_rank = dense_rank(prob, descending=True)  # 0 = most probable
     key = ((expert.astype(ms.int64) * 3 + locality.astype(ms.int64)) * C + prob_rank) * C + copy_id
     return argsort_unique(key)
@@ -152,7 +159,7 @@ def admit(expert: Tensor, prob: Tensor, locality: Tensor, capacity: Tensor) -> T
     order = admission_order(expert, prob, locality)
     sorted_expert = ops.gather(expert.astype(ms.int64), order, 0)
     start = ops.searchsorted(sorted_expert, sorted_expert)  # first place of each expert's queue
-    position = ops.arange(order.shape[0], dtype=ms.int64) - start
+    position = arange(order.shape[0], ms.int64) - start
     kept_sorted = position < ops.gather(capacity.astype(ms.int64), sorted_expert, 0)
     return ops.gather(kept_sorted, argsort_unique(order), 0)  # back to copy-id order
 
@@ -163,7 +170,7 @@ def expert_choice(probs: Tensor, capacity: int) -> tuple[Tensor, Tensor]:
     take = min(capacity, T)
     order = stable_argsort(probs, axis=0, descending=True)[:take]  # [take, E]
     token = order.T.reshape(-1)
-    expert = ops.repeat_interleave(ops.arange(E, dtype=ms.int64), take, 0)
+    expert = ops.repeat_interleave(arange(E, ms.int64), take, 0)
     ok = ops.gather(probs.reshape(-1), token * E + expert, 0) > 0
     keep = ops.nonzero(ok).reshape(-1)
     token, expert = ops.gather(token, keep, 0), ops.gather(expert, keep, 0)

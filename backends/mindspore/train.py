@@ -2,8 +2,9 @@
 (one process, or msrun: ``scripts/train_msrun.sh``). The twin of ``backends.torch.train``.
 
 Order of work: check every input (config, data, checkpoint to resume) before writing anything, build the
-model, then step: micro-batches (``mindspore.value_and_grad``) → gradient sync → clip → AdamW; log,
-validate, checkpoint; export the routers at the end.
+model, then step: micro-batches (``mindspore.value_and_grad``) → gradient sync → clip → AdamW, op by op
+(``EagerStep``) or compiled (``parallel.jit_step``: ``train_step.CompiledStep``); log, validate, checkpoint;
+export the routers at the end.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from dataclasses import dataclass
 
 import mindspore as ms
 import numpy as np
-from mindspore import Tensor, ops
+from mindspore import Tensor
 
 from backends.mindspore.checkpoint import load_checkpoint, save_checkpoint
 from backends.mindspore.distributed import DistContext, expert_parallel, init_distributed
-from backends.mindspore.optim import all_reduce_mean, clip_grad_norm, make_optimizer, set_lr, sync_gradients
+from backends.mindspore.optim import all_reduce_mean, make_optimizer, set_lr
+from backends.mindspore.train_step import CompiledStep, EagerStep, loss_of
 from locmoe import train_common as common
 from locmoe.checkpointing import clean_temporaries
 from locmoe.config import ConfigError
@@ -61,32 +63,6 @@ def prepare(cfg: JobConfig, resume: bool):
     return ctx, corpus, ckpt, Batches(sampler)
 
 
-def loss_of(model, x, y, d):
-    logits, aux, metrics = model(x, d)
-    lm = ops.cross_entropy(logits.astype(ms.float32).reshape(-1, logits.shape[-1]), y.reshape(-1))
-    return lm, aux, metrics
-
-
-class Step:
-    """Forward + backward of one micro-batch: (lm loss, aux objective, metrics, gradients by name)."""
-
-    def __init__(self, model, optimizer, grad_accum: int):
-        self.model, self.names = model, list(optimizer.params)
-        self.seen: dict = {}
-
-        def objective(x, y, d):
-            lm, aux, metrics = loss_of(model, x, y, d)
-            self.seen.update(lm=lm, aux=aux, metrics=metrics)
-            return (lm + aux) / grad_accum
-
-        self.grad = ms.value_and_grad(objective, None, list(optimizer.params.values()))
-
-    def __call__(self, x, y, d):
-        _, grads = self.grad(x, y, d)
-        s = self.seen
-        return s["lm"], s["aux"], s["metrics"], dict(zip(self.names, grads))
-
-
 def validate(model, batches: Batches, ctx, eval_batches: int) -> float:
     model.set_train(False)
     losses = [float(loss_of(model, *batches.get(i, split="val"))[0].asnumpy()) for i in range(eval_batches)]
@@ -105,10 +81,6 @@ def moe_scalars(metrics: list, logger: TrainLogger, step: int, layers: list) -> 
     )
 
 
-def accumulate(total: dict | None, grads: dict) -> dict:
-    return grads if total is None else {n: total[n] + g for n, g in grads.items()}
-
-
 def train(cfg: JobConfig, resume: bool = False) -> dict:
     """Run the job; returns the last logged scalars (rank 0) and the final checkpoint path."""
     ctx, corpus, ckpt, batches = prepare(cfg, resume)
@@ -123,28 +95,23 @@ def train(cfg: JobConfig, resume: bool = False) -> dict:
     run = common.RunRecord(cfg, ctx.is_main, start)
     t = cfg.train
     tokens_per_step = batches.sampler.batch_per_rank * ctx.world_size * cfg.data.seq_len * t.grad_accum
-    mode = "PyNative + jit" if cfg.parallel.jit else "PyNative"
+    mode = "compiled step" if cfg.parallel.jit_step else "PyNative + jit" if cfg.parallel.jit else "PyNative"
     run.logger.message(
         common.start_message(
             cfg, sum(p.size for p in model.trainable_params()), corpus, ctx, f"MindSpore {ctx.device} {mode}"
         )
     )
-    micro_step = Step(model, optimizer, t.grad_accum)
+    one_step = (CompiledStep if cfg.parallel.jit_step else EagerStep)(model, optimizer, ctx, cfg)
     for step in range(start, t.steps):
         set_lr(optimizer, lr_at(step, t))
-        grads = None
-        for micro in range(t.grad_accum):
-            lm, aux, metrics, g = micro_step(*batches.get(step, micro))
-            grads = accumulate(grads, g)
-        sync_gradients(grads, ctx)
-        grad_norm = clip_grad_norm(grads, ctx, t.grad_clip)
-        optimizer.step(grads)
+        lm, aux, metrics, grad_norm = one_step(batches, step)
         done = step + 1
 
         def scalars() -> dict:
             loss, aux_v = all_reduce_mean([float(lm.asnumpy()), float(aux.asnumpy())], ctx)
+            norm = float(grad_norm.asnumpy()) if isinstance(grad_norm, Tensor) else grad_norm
             return dict(
-                common.step_scalars(loss, aux_v, lr_at(step, t), grad_norm, tokens_per_step, run.clock, done),
+                common.step_scalars(loss, aux_v, lr_at(step, t), norm, tokens_per_step, run.clock, done),
                 **moe_scalars(metrics, run.logger, done, model.moe_layers),
             )
 

@@ -35,6 +35,7 @@ def resolve_and_check(cfg: JobConfig) -> JobConfig:
     _check_parallel(cfg)
     _check_train(cfg)
     check_router_options(cfg)
+    _check_jit_step(cfg)
     return cfg
 
 
@@ -124,6 +125,27 @@ def _check_dispatch_shape(moe) -> None:
             f"'static' moves one fixed-size block per expert; "
             f"moe.overlap_chunks = {moe.overlap_chunks} is not supported with it (use 1)",
         )
+
+
+def _check_jit_step(cfg: JobConfig) -> None:
+    """A compiled step replays the shapes and host values of its first call: nothing in it may read the
+    device on the host or change shape from step to step."""
+    if not cfg.parallel.jit_step or cfg.model.dense_layers >= cfg.model.n_layers:
+        return
+    moe, why = cfg.moe, None
+    if cfg.parallel.backend != "mindspore":
+        why = f"is a MindSpore field; parallel.backend is {cfg.parallel.backend} (torch: train.cuda_graph)"
+    elif moe.dispatch_shape != "static":
+        why = "needs moe.dispatch_shape static: dynamic dispatch reads its split sizes on the host"
+    elif moe.capacity.mode != "factor":
+        why = (
+            f"needs moe.capacity.mode factor, not {moe.capacity.mode}: the bound sizes the static buffer from "
+            "this step's routing, a value the host reads"
+        )
+    elif moe.router.bias_update_rate > 0:
+        why = "cannot update moe.router's selection bias (bias_update_rate > 0) on the host inside the step"
+    if why:
+        raise ConfigError("parallel.jit_step", f"true {why}")
 
 
 def _check_parallel(cfg: JobConfig) -> None:

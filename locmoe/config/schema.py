@@ -261,6 +261,11 @@ class ParallelConfig:
         le=604800,
     )
     jit: bool = spec(False, "MindSpore: compile the dense blocks with mindspore.jit")
+    jit_step: bool = spec(
+        False,
+        "MindSpore: compile the whole training step, MoE layers included: forward and backward as one "
+        "traced graph, clipping and AdamW as one more (needs moe.dispatch_shape static, capacity mode factor)",
+    )
 
 
 @dataclass

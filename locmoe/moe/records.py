@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -115,3 +115,28 @@ class MoEMetrics:
             float(host(self.locality_loss)),
             self.traffic,
         )
+
+
+def tensor_leaves(record, is_tensor: Callable[[Any], bool]) -> list:
+    """The tensors of a record (``MoEMetrics``, ``GroupStats``, nested records), field by field: what a
+    compiled step returns in place of the record (a graph's outputs are tensors)."""
+    out = []
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if is_dataclass(value) and not isinstance(value, TrafficCounter):
+            out += tensor_leaves(value, is_tensor)
+        elif is_tensor(value):
+            out.append(value)
+    return out
+
+
+def with_leaves(record, leaves: list, is_tensor: Callable[[Any], bool]):
+    """``record`` with its tensors replaced by ``leaves`` (in ``tensor_leaves`` order); ``leaves`` is consumed."""
+    changes = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if is_dataclass(value) and not isinstance(value, TrafficCounter):
+            changes[f.name] = with_leaves(value, leaves, is_tensor)
+        elif is_tensor(value):
+            changes[f.name] = leaves.pop(0)
+    return replace(record, **changes)

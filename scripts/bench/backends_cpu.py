@@ -1,6 +1,7 @@
 """Training throughput of the tiny model (configs/tiny_cpu.yaml: one process emulating 2 nodes x 2 devices) on
-CPU: torch, MindSpore PyNative and MindSpore with the dense blocks compiled (``parallel.jit``). One table, one
-JSON.
+CPU: torch, MindSpore PyNative, MindSpore with the dense blocks compiled (``parallel.jit``), MindSpore with
+static-shape dispatch (``moe.dispatch_shape: static``) in PyNative and with the whole step compiled
+(``parallel.jit_step``; its first step holds the trace and the compilation). One table, one JSON.
 
     python scripts/bench/backends_cpu.py [--steps 12] [--threads 2] [--out bench_results/backends_cpu.json]
 
@@ -31,6 +32,8 @@ VARIANTS = {
     "torch": ["parallel.backend=torch"],
     "mindspore PyNative": ["parallel.backend=mindspore", "parallel.jit=false"],
     "mindspore jit": ["parallel.backend=mindspore", "parallel.jit=true"],
+    "mindspore static": ["parallel.backend=mindspore", "moe.dispatch_shape=static"],
+    "mindspore jit_step": ["parallel.backend=mindspore", "moe.dispatch_shape=static", "parallel.jit_step=true"],
 }
 
 

@@ -9,7 +9,8 @@ from mindspore import Tensor
 
 from backends.mindspore.distributed import init_distributed
 from backends.mindspore.optim import make_optimizer
-from backends.mindspore.train import Step, build_model
+from backends.mindspore.train import build_model
+from backends.mindspore.train_step import Step
 from locmoe.config import load_config
 
 
