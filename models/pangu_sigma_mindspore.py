@@ -26,9 +26,15 @@ def _weight(*shape: int) -> Parameter:
     return Parameter(Tensor(np.zeros(shape, np.float32)), name="weight")
 
 
+def cast(t: Tensor, dtype) -> Tensor:
+    """t in ``dtype`` (no operator when it already is)."""
+    return t if t.dtype == dtype else t.astype(dtype)
+
+
 def linear(x: Tensor, w: Tensor) -> Tensor:
-    """y = x W^T, W: [out, in] (the torch layout, so checkpoints need no transpose)."""
-    return ops.matmul(x, w.T)
+    """y = x W^T in x's dtype, W: [out, in] (the torch layout, so checkpoints need no transpose; fp32 master
+    weights are cast for a bfloat16 x)."""
+    return ops.matmul(x, cast(w, x.dtype).T)
 
 
 class Linear(nn.Cell):
@@ -98,7 +104,7 @@ def attention(x: Tensor, cos: Tensor, sin: Tensor, swap: Tensor, wqkv: Tensor, w
     q, k = apply_rotary(q, cos[:S], sin[:S], swap), apply_rotary(k, cos[:S], sin[:S], swap)
     scores = ops.matmul(q, k.swapaxes(-1, -2)) * (hd**-0.5)  # [B, H, S, S]
     future = ops.triu(ops.ones((S, S), ms.float32), 1).astype(ms.bool_)
-    probs = ops.softmax(ops.masked_fill(scores, future, float("-inf")), -1)
+    probs = cast(ops.softmax(ops.masked_fill(cast(scores, ms.float32), future, float("-inf")), -1), v.dtype)
     y = ops.matmul(probs, v)  # [B, H, S, hd]
     return linear(y.swapaxes(1, 2).reshape(B, S, d), wo)
 
@@ -136,7 +142,7 @@ class FeedForward(nn.Cell):
 
 
 class Block(nn.Cell):
-    def __init__(self, cfg: JobConfig, layer_id: int, ep: Optional[ExpertParallel]):
+    def __init__(self, cfg: JobConfig, layer_id: int, ep: Optional[ExpertParallel], compute_dtype=ms.float32):
         super().__init__()
         m, jit = cfg.model, cfg.parallel.jit
         self.attn_norm, self.ffn_norm = RMSNorm(m.d_model, m.norm_eps), RMSNorm(m.d_model, m.norm_eps)
@@ -145,7 +151,7 @@ class Block(nn.Cell):
         if ep is None:
             self.ffn = FeedForward(m.d_model, m.d_ff, jit)
         else:
-            self.moe = MoELayer(cfg.moe, m.d_model, m.vocab_size, ep, layer_id)
+            self.moe = MoELayer(cfg.moe, m.d_model, m.vocab_size, ep, layer_id, compute_dtype)
 
     def construct(self, x, cos, sin, token_ids, domain):
         x = x + self.attn(self.attn_norm(x), cos, sin)
@@ -156,14 +162,24 @@ class Block(nn.Cell):
         return x + y, aux, metrics
 
 
+def compute_dtype_of(cfg: JobConfig):
+    """``train.dtype`` as the activations' dtype (the parameters and AdamW stay float32)."""
+    return ms.bfloat16 if cfg.train.dtype == "bfloat16" else ms.float32
+
+
 class PanGuSigma(nn.Cell):
-    def __init__(self, cfg: JobConfig, ep: ExpertParallel):
+    def __init__(self, cfg: JobConfig, ep: ExpertParallel, compute_dtype=None):
+        """``compute_dtype``: the activations' dtype, ``train.dtype``'s unless given (the tests give float16,
+        which CPU kernels have, for the mixed-precision path that bfloat16 takes on Ascend)."""
         super().__init__()
         m = cfg.model
         self.cfg = cfg
+        self.compute_dtype = compute_dtype or compute_dtype_of(cfg)
         self.moe_layers = moe_layer_indices(m)
         self.embed = Embedding(m.vocab_size, m.d_model)
-        self.layers = nn.CellList([Block(cfg, i, ep if i in self.moe_layers else None) for i in range(m.n_layers)])
+        self.layers = nn.CellList(
+            [Block(cfg, i, ep if i in self.moe_layers else None, self.compute_dtype) for i in range(m.n_layers)]
+        )
         self.norm = RMSNorm(m.d_model, m.norm_eps)
         self.lm_head = None if m.tie_embeddings else Linear(m.d_model, m.vocab_size)
         self.rope_cos, self.rope_sin = rotary_tables(m.d_model // m.n_heads, m.max_seq_len, m.rope_theta)
@@ -174,7 +190,7 @@ class PanGuSigma(nn.Cell):
         if S > self.rope_cos.shape[0]:
             raise ValueError(f"sequence length {S} exceeds model.max_seq_len ({self.rope_cos.shape[0]})")
         dom = None if domain is None else ops.broadcast_to(domain[:, None], (B, S))
-        x = self.embed(tokens)
+        x = cast(self.embed(tokens), self.compute_dtype)
         aux, metrics = ops.zeros((), ms.float32), []
         for block in self.layers:
             x, a, m = block(x, self.rope_cos, self.rope_sin, tokens, dom)

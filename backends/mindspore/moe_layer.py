@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from backends.mindspore.experts import GroupedExperts
@@ -29,10 +30,14 @@ from locmoe.traffic import TrafficCounter
 
 
 class MoELayer(nn.Cell):
-    def __init__(self, moe: MoEConfig, d_model: int, vocab_size: int, ep: ExpertParallel, layer_id: int = 0):
+    def __init__(
+        self, moe: MoEConfig, d_model: int, vocab_size: int, ep: ExpertParallel, layer_id: int = 0, compute_dtype=None
+    ):
+        """``compute_dtype``: the experts' dtype (bfloat16 activations: the router runs in float32 and the experts
+        in bfloat16, as torch's autocast does)."""
         super().__init__()
         self.layer_id, self.d_model, self.ep, self.moe = layer_id, d_model, ep, moe
-        self.ops = MindSporeOps()
+        self.ops = MindSporeOps(compute_dtype or ms.float32)
         self.router = Router(moe, d_model, vocab_size, ep.placement, self.ops)
         self.experts = GroupedExperts(len(ep.local_experts), d_model, moe.d_expert, moe.activation, moe.expert_impl)
         self.traffic = TrafficCounter()
@@ -49,7 +54,10 @@ class MoELayer(nn.Cell):
         token_ids, domain: [...] per token (hash router; Random Routed Experts). In one process emulating W
         ranks, the tokens are W equal blocks, rank 0's first.
         """
-        return moe_forward(self.ops, self, x, token_ids, domain, self.training)
+        if x.dtype == ms.float32:
+            return moe_forward(self.ops, self, x, token_ids, domain, self.training)
+        y, aux, metrics = moe_forward(self.ops, self, x.astype(ms.float32), token_ids, domain, self.training)
+        return y.astype(x.dtype), aux, metrics
 
     def count_nonfinite(self, x: Tensor) -> None:
         """``moe.check_finite``: NaN/Inf in the input activations, read at once; inside a compiled step

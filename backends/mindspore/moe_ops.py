@@ -34,6 +34,9 @@ class MindSporeOps:
 
     traced: bool = False
 
+    def __init__(self, compute=ms.float32):
+        self.compute = compute  # the experts' dtype
+
     # ---------------------------------------------------------------- tensors
     def zeros(self, shape, dtype, like):
         return ops.zeros(shape, _DTYPES[dtype])
@@ -173,7 +176,7 @@ class MindSporeOps:
             raise ValueError(f"{what} must lie in [0, {n}){why}, got [{v.min()}, {v.max()}]")
 
     def compute_dtype(self, x):
-        return x
+        return x if x.dtype == self.compute else x.astype(self.compute)
 
     def phase(self, name):
         return contextlib.nullcontext()

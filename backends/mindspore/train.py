@@ -49,11 +49,11 @@ class Batches:
 def prepare(cfg: JobConfig, resume: bool):
     """Everything that can fail on bad input, before any output is written."""
     ctx = init_distributed(cfg.parallel)
-    if cfg.train.dtype != "float32" and ctx.device != "CPU":
-        # on CPU bfloat16 means fp32 compute in both backends (torch autocasts on CUDA/NPU only)
+    if cfg.train.dtype == "bfloat16" and ctx.device == "CPU":
         raise ConfigError(
             "train.dtype",
-            f"'{cfg.train.dtype}' on {ctx.device} is not supported by the MindSpore backend yet; allowed: float32",
+            "'bfloat16' needs bfloat16 matmuls, which MindSpore's CPU kernels lack (MindSpore 2.10); "
+            "allowed on CPU: float32 (bfloat16 is for Ascend)",
         )
     corpus, ckpt = common.check_inputs(cfg, resume)
     ranks = ctx.layout.topology.world_size if ctx.emulated else 1

@@ -312,7 +312,12 @@ class TrainConfig:
     beta1: float = spec(0.9, "AdamW beta1", ge=0, lt=1)
     beta2: float = spec(0.95, "AdamW beta2", ge=0, lt=1)
     grad_clip: float = spec(1.0, "clip the global gradient norm to this; 0 = off", ge=0)
-    dtype: str = spec("float32", "compute dtype; bfloat16 autocasts on CUDA/NPU", choices=DTYPES)
+    dtype: str = spec(
+        "float32",
+        "compute dtype; bfloat16: torch autocasts on CUDA/NPU (float32 on CPU), MindSpore runs bfloat16 "
+        "activations on Ascend (refused on CPU)",
+        choices=DTYPES,
+    )
     compile: Optional[bool] = spec(
         None,
         "torch: compile each block with torch.compile; null = on CUDA only "
