@@ -16,17 +16,7 @@ from backends.mindspore.optim import make_optimizer
 from backends.mindspore.train_step import Step
 from locmoe.config import ConfigError, load_config
 from models.pangu_sigma_mindspore import PanGuSigma
-
-SETS = [
-    "parallel.backend=mindspore",
-    "model.d_model=64",
-    "model.n_layers=2",
-    "model.n_heads=2",
-    "model.d_ff=64",
-    "moe.d_expert=32",
-    "parallel.nodes=2",
-    "parallel.devices_per_node=2",
-]
+from tests.backends.mindspore.test_model_jit import SMALL as SETS
 
 
 def loss_and_grads(dtype):

@@ -13,21 +13,20 @@ from backends.mindspore.train import build_model
 from backends.mindspore.train_step import Step
 from locmoe.config import load_config
 
+SMALL = [  # a small MindSpore model, one process emulating 2 nodes x 2
+    "parallel.backend=mindspore",
+    "model.d_model=64",
+    "model.n_layers=2",
+    "model.n_heads=2",
+    "model.d_ff=64",
+    "moe.d_expert=32",
+    "parallel.nodes=2",
+    "parallel.devices_per_node=2",
+]
+
 
 def loss_and_grads(jit: bool):
-    cfg = load_config(
-        overrides=[
-            "parallel.backend=mindspore",
-            f"parallel.jit={str(jit).lower()}",
-            "model.d_model=64",
-            "model.n_layers=2",
-            "model.n_heads=2",
-            "model.d_ff=64",
-            "moe.d_expert=32",
-            "parallel.nodes=2",
-            "parallel.devices_per_node=2",
-        ]
-    )
+    cfg = load_config(overrides=[*SMALL, f"parallel.jit={str(jit).lower()}"])
     model = build_model(cfg, init_distributed(cfg.parallel))
     tokens = np.random.default_rng(0).integers(0, 256, (8, 17))
     lm, _, _, grads = Step(model, make_optimizer(model, cfg.train), 1)(
