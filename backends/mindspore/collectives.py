@@ -101,6 +101,7 @@ def _exchange(
     stage: str,
     routes: Optional[np.ndarray] = None,
     async_op: bool = False,
+    autodiff: bool = False,
 ) -> tuple:
     """Send ``send[i]`` rows of x to member i, receive ``recv[i]`` from member i; returns (rows, routes, the
     handle of an asynchronous launch or None)."""
@@ -114,7 +115,7 @@ def _exchange(
         return out, None, handle
     if routes is None:
         routes = _world_routes(send, group)
-    return _all_to_all_by_gather(x, recv, group, routes, stage), routes, None
+    return _cpu_all_to_all(x, recv, group, routes, stage, autodiff), routes, None
 
 
 def _native_all_to_all(x: Tensor, send: list, recv: list, group: Group, async_op: bool) -> tuple[Tensor, object]:
@@ -141,49 +142,43 @@ def _world_routes(send: list, group: Group) -> np.ndarray:
     return ops.AllGather()(Tensor(row[None])).asnumpy()
 
 
-def _all_to_all_by_gather(x: Tensor, recv: list, group: Group, routes: np.ndarray, stage: str) -> Tensor:
-    """The exact all-to-all from one world AllGather: pad, gather every buffer, keep the rows sent to me.
+def _cpu_all_to_all(x: Tensor, recv: list, group: Group, routes: np.ndarray, stage: str, autodiff: bool) -> Tensor:
+    """The exact all-to-all from one world collective: every rank's send buffer, padded to the world's largest,
+    reaches every rank, and each keeps the rows sent to it. A sender's buffer lists its rows member by member
+    in group order; the rows for me start after those it sends to the members before me.
 
-    A sender's buffer lists its rows member by member in group order; the rows for me start after those it
-    sends to the members before me. Empty buffers are padded to one row (AllGather rejects zero rows).
-    """
+    The collective is an AllGather (:func:`_gather_world`), or with
+    ``autodiff`` one AllReduce (a sum) of each rank's buffer in its own block, zeros elsewhere: the same rows
+    (adding zeros is exact), and MindSpore differentiates it itself (AllReduce's gradient is an AllReduce,
+    which CPU has; AllGather's is a ReduceScatter, which it has not). That form moves world-size times the
+    bytes: the CPU emulation of an exchange inside a traced graph, never the Ascend path."""
     me, members = group.my_world_rank, list(group.world_ranks)
-    _check_routes(routes, recv, me, members, stage)
-    width = max(1, int(routes.sum(axis=1).max()))
-    pad = width - x.shape[0]
-    padded = ops.cat([x, ops.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-    gathered = ops.AllGather()(padded)  # [world * width, ...]
-    before = group.my_index
-    index = [s * width + int(routes[s, members[:before]].sum()) + np.arange(routes[s, me]) for s in members]
-    return ops.gather(gathered, Tensor(np.concatenate(index).astype(np.int64)), 0)
-
-
-def _all_to_all_by_sum(x: Tensor, recv: list, group: Group, routes: np.ndarray, stage: str) -> Tensor:
-    """:func:`_all_to_all_by_gather` as one world AllReduce (a sum) of every rank's padded buffer in its own
-    block, zeros elsewhere: the same rows (adding zeros is exact), and MindSpore differentiates it itself
-    (AllReduce's gradient is an AllReduce, which CPU has; AllGather's is a ReduceScatter, which it has not).
-    It moves world-size times the bytes: the CPU emulation of an exchange, never the Ascend path."""
-    me, members = group.my_world_rank, list(group.world_ranks)
-    _check_routes(routes, recv, me, members, stage)
-    width = max(1, int(routes.sum(axis=1).max()))
-    W, rows = group.world_size, x.shape[0]
-    blocks = [t for t in (ops.zeros((me * width, *x.shape[1:]), ms.float32), x.astype(ms.float32)) if t.shape[0]]
-    after = (W - me) * width - rows
-    if after:
-        blocks.append(ops.zeros((after, *x.shape[1:]), ms.float32))
-    summed = ops.AllReduce()(ops.cat(blocks))  # [world * width, ...]; CPU AllReduce is float32 only
-    before = group.my_index
-    index = [s * width + int(routes[s, members[:before]].sum()) + np.arange(routes[s, me]) for s in members]
-    return ops.gather(summed, Tensor(np.concatenate(index).astype(np.int64)), 0).astype(x.dtype)
-
-
-def _check_routes(routes: np.ndarray, recv: list, me: int, members: list, stage: str) -> None:
     got = routes[members, me]
     if got.tolist() != list(recv):
         raise RuntimeError(
             f"all-to-all '{stage}': rank {me} expects {list(recv)} rows from ranks {members}, "
             f"but they send {got.tolist()}: the split sizes disagree across ranks"
         )
+    width = max(1, int(routes.sum(axis=1).max()))
+    world = _summed_blocks(x, group, width) if autodiff else _gather_world(x, width)
+    before = group.my_index
+    index = [s * width + int(routes[s, members[:before]].sum()) + np.arange(routes[s, me]) for s in members]
+    rows = ops.gather(world, Tensor(np.concatenate(index).astype(np.int64)), 0)  # from [world * width, ...]
+    return rows if rows.dtype == x.dtype else rows.astype(x.dtype)
+
+
+def _pad_rows(x: Tensor, rows: int) -> Tensor:
+    """x followed by zero rows up to ``rows`` rows."""
+    pad = rows - x.shape[0]
+    return ops.cat([x, ops.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+
+
+def _summed_blocks(x: Tensor, group: Group, width: int) -> Tensor:
+    """[world * width, ...]: every rank's x in its block of ``width`` rows, by one world AllReduce (CPU's takes
+    float32 only)."""
+    me, x = group.my_world_rank, x if x.dtype == ms.float32 else x.astype(ms.float32)
+    mine = ops.cat([ops.zeros((me * width, *x.shape[1:]), ms.float32), x]) if me else x
+    return ops.AllReduce()(_pad_rows(mine, group.world_size * width))
 
 
 def all_to_all(
@@ -198,16 +193,12 @@ def all_to_all(
     """Send ``send_splits[i]`` rows of ``x`` to member i; receive ``recv_splits[i]`` rows from member i.
 
     Differentiable: the gradient travels back along the same routes. ``autodiff``: inside a traced graph
-    (whose autodiff skips the Cell's bprop) the CPU exchange is :func:`_all_to_all_by_sum`; its backward's
-    bytes are then not counted.
+    (whose autodiff skips the Cell's bprop) the CPU exchange takes its AllReduce form (:func:`_cpu_all_to_all`);
+    its backward's bytes are then not counted.
     """
     send, recv = [int(s) for s in send_splits], [int(r) for r in recv_splits]
-    if group.size == 1:
-        return _exchange(x, send, recv, group, counter, stage)[0]
-    if autodiff and not native_collectives():
-        if counter is not None:
-            counter.add_rows(send, math.prod(x.shape[1:]) * x.itemsize, group, stage)
-        return _all_to_all_by_sum(x, recv, group, _world_routes(send, group), stage)
+    if group.size == 1 or (autodiff and not native_collectives()):
+        return _exchange(x, send, recv, group, counter, stage, autodiff=autodiff)[0]
     return _AllToAll(send, recv, group, counter, stage)(x)
 
 
@@ -267,9 +258,7 @@ def all_gather_rows(x: Tensor, group: Group) -> Tensor:
 
 def _gather_world(x: Tensor, width: int) -> Tensor:
     """World AllGather of x padded to ``width`` rows (at least one: AllGather rejects zero rows)."""
-    pad = max(1, width) - x.shape[0]
-    padded = ops.cat([x, ops.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-    out = ops.AllGather()(padded)
+    out = ops.AllGather()(_pad_rows(x, max(1, width)))
     if width == 0:
         return out[:0]
     return out

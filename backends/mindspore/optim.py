@@ -36,15 +36,21 @@ class AdamW:
 
     def step(self, grads: dict[str, Tensor]) -> None:
         self.step_count += 1
-        b1, b2 = self.betas
-        c1, c2 = 1 - b1**self.step_count, 1 - b2**self.step_count
+        c1, c2 = 1 - self.betas[0] ** self.step_count, 1 - self.betas[1] ** self.step_count
         for name, p in self.params.items():
-            g = grads[name]
-            m = self.exp_avg[name] = b1 * self.exp_avg[name] + (1 - b1) * g
-            v = self.exp_avg_sq[name] = b2 * self.exp_avg_sq[name] + (1 - b2) * g * g
-            w = p * (1 - self.lr * self.decay[name]) if self.decay[name] else p.value()
-            denom = ops.sqrt(v) / math.sqrt(c2) + self.eps
-            p.set_data(w - (self.lr / c1) * m / denom)
+            keep = 1 - self.lr * self.decay[name] if self.decay[name] else None
+            w, self.exp_avg[name], self.exp_avg_sq[name] = adamw_rule(
+                p.value(),
+                grads[name],
+                self.exp_avg[name],
+                self.exp_avg_sq[name],
+                keep,
+                self.lr / c1,
+                math.sqrt(c2),
+                self.betas,
+                self.eps,
+            )
+            p.set_data(w)
 
     def state_dict(self) -> dict:
         """{"step": int, "exp_avg": {name: Tensor}, "exp_avg_sq": {name: Tensor}}."""
@@ -57,6 +63,17 @@ class AdamW:
                 raise KeyError(f"optimiser state lacks {key} of {sorted(missing)[:5]}")
             getattr(self, key).update({n: Tensor(state[key][n], ms.float32) for n in self.params})
         self.step_count = int(state["step"])
+
+
+def adamw_rule(p, g, m, v, keep, step_size, sqrt_c2, betas: tuple, eps: float) -> tuple:
+    """(parameter, exp_avg, exp_avg_sq) after one AdamW step of p with gradient g: torch's update rule (decoupled
+    decay ``keep`` = 1 - lr·weight_decay, or None; step size lr/c1; √c2 the second moment's bias correction).
+    The one formula of the PyNative optimiser and the compiled step (``train_step.adamw_update``)."""
+    b1, b2 = betas
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    w = p if keep is None else p * keep
+    return w - step_size * m / (ops.sqrt(v) / sqrt_c2 + eps), m, v
 
 
 def make_optimizer(model, t: TrainConfig) -> AdamW:

@@ -10,14 +10,17 @@ tie rule is made explicit: :func:`stable_argsort` sorts unique integer keys (den
 
 from __future__ import annotations
 
+import functools
+
 import mindspore as ms
 import numpy as np
 from mindspore import Tensor, mint, ops
 
 
+@functools.lru_cache(maxsize=256)
 def arange(n: int, dtype=ms.int64) -> Tensor:
-    """0 .. n-1 as a constant (``ops.arange`` takes its dtype as an argument, which ``jit``'s trace capture
-    cannot record)."""
+    """0 .. n-1 as a constant, made once per (n, dtype) (``ops.arange`` takes its dtype as an argument, which
+    ``jit``'s trace capture cannot record; callers never write into it)."""
     return Tensor(np.arange(n), dtype)
 
 

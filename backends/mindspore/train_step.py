@@ -9,8 +9,9 @@ control flow (``locmoe.moe``) compiles as it is; what it needs from the step is 
 (``backends.torch.step_graph``): fixed shapes and no device value read on the host. Static dispatch with a
 factor capacity gives both (``locmoe.config.checks._check_jit_step`` refuses the rest); the layers' NaN/Inf
 checks become counts the step returns and checks (``MoELayer.defer_checks``). The update: ``mindspore.jit``'s
-ast capture of pure functions over the flat parameters, gradients and moments (AdamW written as
-``backends.mindspore.optim.AdamW`` writes it, the clipping as ``clip_grad_norm``), so the same numbers come out.
+ast capture of functions over the flat parameters, gradients and moments, assigning the parameters and moments
+in place (``optim.adamw_rule``, the PyNative optimiser's formula; the clipping as ``clip_grad_norm`` clips), so
+the same numbers come out.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from mindspore import Parameter, Tensor, ops
 
 from backends.mindspore.collectives import all_reduce
 from backends.mindspore.distributed import DistContext
-from backends.mindspore.optim import AdamW, clip_grad_norm, sync_gradients
+from backends.mindspore.optim import AdamW, adamw_rule, clip_grad_norm, sync_gradients
 from backends.mindspore.trace_capture import trace
 from locmoe.config.schema import JobConfig
 from locmoe.model_spec import is_expert_param
@@ -63,10 +64,6 @@ class EagerStep:
     def __init__(self, model, optimizer, ctx: DistContext, cfg: JobConfig):
         self.optimizer, self.ctx, self.t = optimizer, ctx, cfg.train
         self.micro_step = Step(model, optimizer, cfg.train.grad_accum)
-
-    def _tracing(self, on: bool) -> None:
-        for cell in self.moe_cells:
-            cell.defer_checks = cell.ops.traced = on
 
     def __call__(self, batches, step: int):
         grads = None
@@ -108,7 +105,7 @@ def adamw_update(decayed: tuple, betas: tuple, eps: float, max_norm: float):
     """jit(dense², expert², step size, √c2, keep, *params, *grads, *exp_avg, *exp_avg_sq) -> the global norm,
     after clipping the gradients to ``max_norm`` and one AdamW step written into the parameters and the moments
     (Parameters, assigned in place; keep = 1 - lr·weight_decay for the decayed parameters)."""
-    n, (b1, b2) = len(decayed), betas
+    n = len(decayed)
 
     def update(dense_sq, expert_sq, step_size, sqrt_c2, keep, *flat):
         norm = ops.sqrt(dense_sq + expert_sq)
@@ -118,12 +115,10 @@ def adamw_update(decayed: tuple, betas: tuple, eps: float, max_norm: float):
         scale = scale.astype(ms.float32)
         for i in range(n):
             p, g, m, v = flat[i], flat[n + i] * scale, flat[2 * n + i], flat[3 * n + i]
-            m_new = b1 * m + (1 - b1) * g
-            v_new = b2 * v + (1 - b2) * g * g
-            w = p * keep if decayed[i] else p
-            ops.assign(p, w - step_size * m_new / (ops.sqrt(v_new) / sqrt_c2 + eps))
-            ops.assign(m, m_new)
-            ops.assign(v, v_new)
+            new = adamw_rule(p, g, m, v, keep if decayed[i] else None, step_size, sqrt_c2, betas, eps)
+            ops.assign(p, new[0])
+            ops.assign(m, new[1])
+            ops.assign(v, new[2])
         return norm
 
     return ms.jit(update)
