@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from backends.torch.collectives import Group
-from backends.torch.liveness import start_liveness
+from backends.torch.liveness import liveness_store, start_liveness
 from locmoe import liveness
 from locmoe.config import ConfigError
 from locmoe.config.schema import ParallelConfig
@@ -75,10 +75,11 @@ def init_distributed(parallel: ParallelConfig, env: Optional[LaunchEnv] = None) 
     device = resolve_device(parallel.device, int(os.environ.get("LOCAL_RANK", 0)))
     backend = _backend_for(device)
     timeout = group_timeout(parallel, backend)
+    store = liveness_store(parallel, env)
     if env.world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend, rank=env.rank, world_size=env.world_size, timeout=timeout)
     if env.world_size > 1:
-        start_liveness(parallel, env)
+        start_liveness(parallel, env, store)
     groups = _make_groups(layout, timeout) if env.world_size > 1 else None
     single = Group(None, (0,), (0,), 0)
     if groups is None:

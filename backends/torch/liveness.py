@@ -2,17 +2,23 @@
 turns a failed collective into one line naming the rank that stopped.
 
 The store is the one ``init_process_group`` rendezvoused on (``MASTER_ADDR:MASTER_PORT``: hosted by rank 0 under
-a bare launch, by the agent under torchrun), through a client of our own, so the heartbeat thread never
-shares a socket with the process group.
+a bare launch, by the agent under torchrun), through a client of our own in a child process
+(``store_proxy.py``), so the heartbeat thread never shares a socket with the process group, and c10d's report
+of a request the store's death cut short stays off the rank's stderr.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import datetime
+import json
 import os
 import select
 import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
 from typing import Optional
 
 import torch.distributed as dist
@@ -34,28 +40,46 @@ COMM_ERROR_TEXT = (
     "socket",
     "watchdog",
 )
+PROXY = Path(__file__).with_name("store_proxy.py")
 
 
 class TCPStoreKV:
-    """``locmoe.liveness.Store`` on a c10d TCPStore, its keys under ``prefix``.
+    """``locmoe.liveness.Store`` on a c10d TCPStore, its keys under ``prefix``, through a client in a child
+    process (``backends/torch/store_proxy.py``: c10d logs a request that fails because the store's host died
+    with a C++ stack trace on stderr, the child's stderr, not ours).
 
     ``alive()`` watches a second, idle socket to the server (the server keeps it open, silently): when the
-    server's process dies the kernel closes it. Checking it before each operation spares us the failing
-    operation itself, which c10d reports with a C++ stack trace on stderr.
+    server's process dies the kernel closes it, and no request need fail to tell.
     """
 
     def __init__(self, host: str, port: int, timeout_s: float, prefix: str):
         # A request to a stalled server waits past the watchdog's verdict (due ``timeout_s`` after the last answer,
-        # the exit a few beats later): a client timing out first prints c10d's own warnings beside our one line.
-        self._store = dist.TCPStore(
-            host_name=host,
-            port=port,
-            is_master=False,
-            wait_for_workers=False,
-            timeout=datetime.timedelta(seconds=2 * timeout_s + 60),
+        # the exit a few beats later): a client timing out first would fail the beat before the verdict is due.
+        self._proxy = subprocess.Popen(
+            [sys.executable, str(PROXY), host, str(port), str(2 * timeout_s + 60)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
         )
-        self._prefix = prefix
-        self._canary = socket.create_connection((host, port), timeout=timeout_s)
+        self._stderr: collections.deque = collections.deque(maxlen=20)  # its last lines, for a failed start
+        self._drain = threading.Thread(target=self._drain_stderr, name="locmoe-store-client-stderr", daemon=True)
+        self._drain.start()
+        self._lock = threading.Lock()  # one request in flight: the heartbeat's, or leave()'s after it
+        self._prefix, self.address, self._timeout_s = prefix, (host, port), timeout_s
+        self._canary: Optional[socket.socket] = None
+
+    def connect(self) -> "TCPStoreKV":
+        """Wait until the client process is connected (it starts at construction: a torch import, which can
+        overlap the rendezvous) and open the canary."""
+        try:
+            self._reply()  # "ready"
+        except liveness.StoreGone as err:
+            self._drain.join(5)
+            raise RuntimeError(f"the liveness store client did not start ({err}): {' | '.join(self._stderr)}") from None
+        self._canary = socket.create_connection(self.address, timeout=self._timeout_s)
+        return self
 
     def alive(self) -> bool:
         readable, _, _ = select.select([self._canary], [], [], 0)
@@ -67,43 +91,80 @@ class TCPStoreKV:
             return False
 
     def set(self, key: str, value: str) -> None:
-        self._check_alive()
-        self._store.set(self._prefix + key, value)
+        self._request("set", self._prefix + key, value)
 
     def get(self, key: str) -> Optional[str]:
-        self._check_alive()
-        k = self._prefix + key
-        return self._store.get(k).decode() if self._store.check([k]) else None  # get() would wait for it
+        return self._request("get", self._prefix + key)
 
     def get_many(self, keys: list) -> list:
-        self._check_alive()
-        return [v.decode() for v in self._store.multi_get([self._prefix + k for k in keys])]
+        return self._request("multi_get", [self._prefix + k for k in keys])
 
     def setdefault(self, key: str, value: str) -> None:
-        self._check_alive()
-        self._store.compare_set(self._prefix + key, "", value)  # sets only a missing (or empty) key
+        self._request("compare_set", self._prefix + key, "", value)  # sets only a missing (or empty) key
 
-    def _check_alive(self) -> None:
+    def close(self) -> None:
+        """End the client process (it also ends by itself when this process does)."""
+        with contextlib.suppress(OSError):
+            self._proxy.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proxy.wait(5)
+        if self._canary is not None:
+            self._canary.close()
+
+    def _request(self, op: str, *args):
         if not self.alive():
             raise liveness.StoreGone("the connection to it closed")
+        with self._lock:
+            try:
+                self._proxy.stdin.write(json.dumps([op, *args]) + "\n")
+                self._proxy.stdin.flush()
+            except (OSError, ValueError):
+                raise liveness.StoreGone("its client process ended") from None
+            return self._reply()
+
+    def _reply(self):
+        line = self._proxy.stdout.readline()
+        if not line:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proxy.wait(5)
+            raise liveness.StoreGone(f"its client process ended (exit {self._proxy.returncode})")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise liveness.StoreGone(reply["error"].splitlines()[0][:120])
+        return reply["ok"]
+
+    def _drain_stderr(self) -> None:
+        for line in self._proxy.stderr:
+            self._stderr.append(line.rstrip())
 
 
-def start_liveness(parallel: ParallelConfig, env: LaunchEnv) -> Optional[liveness.Liveness]:
-    """Heartbeats of this rank (after ``init_process_group``, before the sub-groups); None for one process."""
+def liveness_store(parallel: ParallelConfig, env: LaunchEnv) -> Optional[TCPStoreKV]:
+    """The heartbeat store's client, its process starting (call it before ``init_process_group``, so that its
+    start-up overlaps the rendezvous); None where this rank gets no heartbeats."""
     if env.world_size == 1 or liveness.active() is not None:
-        return liveness.active()
+        return None
     if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
-        return None  # the caller set up the process group with another init method
-    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        return None  # the caller sets up the process group with another init method
     # torchrun's store outlives a restart of the workers: one namespace per attempt
     prefix = (
         f"locmoe/liveness/{os.environ.get('TORCHELASTIC_RUN_ID', 'job')}/"
         f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
     )
-    store = TCPStoreKV(host, port, parallel.timeout_s, prefix)
+    return TCPStoreKV(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), parallel.timeout_s, prefix)
+
+
+def start_liveness(
+    parallel: ParallelConfig, env: LaunchEnv, store: Optional[TCPStoreKV] = None
+) -> Optional[liveness.Liveness]:
+    """Heartbeats of this rank (after ``init_process_group``, before the sub-groups) on ``store``, from
+    :func:`liveness_store` (made here if not given); None for one process."""
+    store = store or liveness_store(parallel, env)
+    if store is None:
+        return liveness.active()
+    host, port = store.address
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     return liveness.Liveness(
-        store,
+        store.connect(),
         env.rank,
         env.world_size,
         parallel.timeout_s,

@@ -123,6 +123,8 @@ class Liveness:
                     self._wait_for_peers(time.monotonic() + min(self.timeout_s, self.grace_s + self.diag_s))
             except Exception:  # noqa: BLE001 — leaving must not turn into an error
                 pass
+        if not self._threads[0].is_alive():  # else the heartbeat may still be in a request
+            getattr(self.store, "close", lambda: None)()
         if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._old_sigterm)
 

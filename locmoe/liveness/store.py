@@ -10,7 +10,8 @@ from typing import Optional, Protocol
 class Store(Protocol):
     """The few operations liveness needs. ``get`` returns None for a missing key and must not wait for it;
     ``get_many`` reads keys that exist, in one round trip where the store can; ``setdefault`` sets a key only
-    if it is missing. A store may also have ``alive() -> bool``: False when it is known to be gone."""
+    if it is missing. A store may also have ``alive() -> bool``: False when it is known to be gone, and
+    ``close()``, called when the rank leaves."""
 
     def set(self, key: str, value: str) -> None: ...
 
@@ -22,7 +23,7 @@ class Store(Protocol):
 
 
 class StoreGone(ConnectionError):
-    """The store's ``alive()`` said it is gone."""
+    """The store is gone: its ``alive()`` said so, or its client lost the connection (the text says which)."""
 
 
 class FileStore:
