@@ -86,27 +86,44 @@ def pair_swap(head_dim: int) -> Tensor:
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, swap: Tensor) -> Tensor:
-    """x: [B, H, S, hd]; rotate each (even, odd) feature pair (x1, x2) by its position's angle: (x1·cos - x2·sin,
-    x2·cos + x1·sin), the same products and sums as written out per pair. The swap of each pair is a matmul with
-    a permutation (``swap``, :func:`pair_swap`): strided slices and their concatenation cost MindSpore's CPU
-    kernels 2.6x more (measured)."""
+    """x: [..., hd]; rotate each (even, odd) feature pair (x1, x2) by its position's angle: (x1·cos - x2·sin,
+    x2·cos + x1·sin), the same products and sums as written out per pair (cos, sin broadcast over x). The swap
+    of each pair is one 2-D matmul with a permutation (``swap``, :func:`pair_swap`): strided slices and their
+    concatenation cost MindSpore's CPU kernels 2.6x more, a batched matmul 2x more (measured)."""
     h = x.astype(ms.float32)
-    return (h * cos + ops.matmul(h, swap) * sin).astype(x.dtype)
+    swapped = ops.matmul(h.reshape(-1, h.shape[-1]), swap).reshape(h.shape)
+    return (h * cos + swapped * sin).astype(x.dtype)
+
+
+def causal_bias(S: int) -> Tensor:
+    """[S, S]: 0 where a query may look (itself and the past), -inf at the future."""
+    future = ops.triu(ops.ones((S, S), ms.float32), 1).astype(ms.bool_)
+    return ops.masked_fill(ops.zeros((S, S), ms.float32), future, float("-inf"))
 
 
 def attention(x: Tensor, cos: Tensor, sin: Tensor, swap: Tensor, wqkv: Tensor, wo: Tensor, n_heads: int) -> Tensor:
     """Causal rotary self-attention of x: [B, S, d] (a pure function of its inputs, so ``mindspore.jit`` can
-    compile it and still return gradients for the weights)."""
+    compile it and still return gradients for the weights).
+
+    Written for MindSpore's CPU kernels, 2.6x faster forward and backward than the textbook form (measured,
+    traced): q, k and v from the row blocks of ``wqkv`` (slicing the [B, S, 3d] product per head cost a 10 ms
+    strided slice each), rotated as [B, S, H, hd] before the head transpose, the 1/√hd scale folded into q's
+    rotary tables, the causal mask an added bias (where a masked fill ran forward and backward over the scores)."""
     B, S, d = x.shape
     hd = d // n_heads
-    qkv = linear(x, wqkv).reshape(B, S, 3, n_heads, hd).transpose(2, 0, 3, 1, 4)  # [3, B, H, S, hd]
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    q, k = apply_rotary(q, cos[:S], sin[:S], swap), apply_rotary(k, cos[:S], sin[:S], swap)
-    scores = ops.matmul(q, k.swapaxes(-1, -2)) * (hd**-0.5)  # [B, H, S, S]
-    future = ops.triu(ops.ones((S, S), ms.float32), 1).astype(ms.bool_)
-    probs = cast(ops.softmax(ops.masked_fill(cast(scores, ms.float32), future, float("-inf")), -1), v.dtype)
+    cos, sin = cos[:S].reshape(S, 1, hd), sin[:S].reshape(S, 1, hd)  # over [B, S, H, hd]
+
+    def heads(i: int) -> Tensor:  # [B, S, H, hd]
+        return linear(x, wqkv[i * d : (i + 1) * d]).reshape(B, S, n_heads, hd)
+
+    scale = hd**-0.5
+    q = apply_rotary(heads(0), cos * scale, sin * scale, swap).transpose(0, 2, 1, 3)  # [B, H, S, hd]
+    k = apply_rotary(heads(1), cos, sin, swap).transpose(0, 2, 1, 3)
+    v = heads(2).transpose(0, 2, 1, 3)
+    scores = cast(ops.matmul(q, k.swapaxes(-1, -2)), ms.float32) + causal_bias(S)  # [B, H, S, S]
+    probs = cast(ops.softmax(scores, -1), v.dtype)
     y = ops.matmul(probs, v)  # [B, H, S, hd]
-    return linear(y.swapaxes(1, 2).reshape(B, S, d), wo)
+    return linear(y.transpose(0, 2, 1, 3).reshape(B, S, d), wo)
 
 
 def swiglu(x: Tensor, w1: Tensor, w3: Tensor, w2: Tensor) -> Tensor:

@@ -9,22 +9,21 @@ control flow (``locmoe.moe``) compiles as it is; what it needs from the step is 
 (``backends.torch.step_graph``): fixed shapes and no device value read on the host. Static dispatch with a
 factor capacity gives both (``locmoe.config.checks._check_jit_step`` refuses the rest); the layers' NaN/Inf
 checks become counts the step returns and checks (``MoELayer.defer_checks``). The update: ``mindspore.jit``'s
-ast capture of functions over the flat parameters, gradients and moments, assigning the parameters and moments
-in place (``optim.adamw_rule``, the PyNative optimiser's formula; the clipping as ``clip_grad_norm`` clips), so
-the same numbers come out.
+ast capture of functions over the flat parameters, gradients and moments, updating the parameters and moments
+in place with the PyNative optimiser's fused kernel and coefficients (``optim.AdamW``; the clipping as
+``clip_grad_norm`` clips), so the same numbers come out.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import mindspore as ms
-from mindspore import Parameter, Tensor, ops
+from mindspore import Tensor, ops
 
 from backends.mindspore.collectives import all_reduce
 from backends.mindspore.distributed import DistContext
-from backends.mindspore.optim import AdamW, adamw_rule, clip_grad_norm, sync_gradients
+from backends.mindspore.optim import AdamW, clip_grad_norm, fused_adamw, sync_gradients
 from backends.mindspore.trace_capture import trace
 from locmoe.config.schema import JobConfig
 from locmoe.model_spec import is_expert_param
@@ -101,24 +100,22 @@ def squared_norms(expert: tuple):
     return ms.jit(norms)
 
 
-def adamw_update(decayed: tuple, betas: tuple, eps: float, max_norm: float):
-    """jit(dense², expert², step size, √c2, keep, *params, *grads, *exp_avg, *exp_avg_sq) -> the global norm,
-    after clipping the gradients to ``max_norm`` and one AdamW step written into the parameters and the moments
-    (Parameters, assigned in place; keep = 1 - lr·weight_decay for the decayed parameters)."""
+def adamw_update(decayed: tuple, betas: tuple, max_norm: float):
+    """jit(dense², expert², lr', eps', decay', *params, *grads, *exp_avg, *exp_avg_sq) -> the global norm, after
+    clipping the gradients to ``max_norm`` and one AdamW step written into the parameters and the moments by the
+    PyNative optimiser's fused kernel (``optim.fused_coefficients``: lr', eps', decay')."""
     n = len(decayed)
 
-    def update(dense_sq, expert_sq, step_size, sqrt_c2, keep, *flat):
+    def update(dense_sq, expert_sq, lr, eps, decay, *flat):
         norm = ops.sqrt(dense_sq + expert_sq)
         scale = ops.ones((), ms.float64)
         if max_norm > 0:
             scale = ops.where(norm > max_norm, max_norm / (norm + 1e-6), scale)
         scale = scale.astype(ms.float32)
+        no_decay = ops.zeros((), ms.float32)
         for i in range(n):
             p, g, m, v = flat[i], flat[n + i] * scale, flat[2 * n + i], flat[3 * n + i]
-            new = adamw_rule(p, g, m, v, keep if decayed[i] else None, step_size, sqrt_c2, betas, eps)
-            ops.assign(p, new[0])
-            ops.assign(m, new[1])
-            ops.assign(v, new[2])
+            fused_adamw(p, m, v, lr, betas[0], betas[1], eps, decay if decayed[i] else no_decay, g)
         return norm
 
     return ms.jit(update)
@@ -141,8 +138,7 @@ class CompiledStep:
         self.grad = ms.value_and_grad(forward, None, list(optimizer.params.values()), has_aux=True)
         self.norms = squared_norms(tuple(is_expert_param(n) for n in self.names))
         decayed = tuple(optimizer.decay[n] > 0 for n in self.names)
-        self.update = adamw_update(decayed, optimizer.betas, optimizer.eps, t.grad_clip)
-        self.weight_decay = t.weight_decay
+        self.update = adamw_update(decayed, optimizer.betas, t.grad_clip)
 
     def _forward(self, x, y, d):
         """Traced once: the Python below runs at the first call only, its operators replay after. The layers
@@ -181,29 +177,15 @@ class CompiledStep:
         if self.ctx.world_size > 1:
             expert_sq = all_reduce(expert_sq.reshape(1), self.ctx.ep).reshape(())
         o.step_count += 1
-        b1, b2 = o.betas
-        c1, c2 = 1 - b1**o.step_count, 1 - b2**o.step_count
-        scalar = lambda v: Tensor(v, ms.float32)  # noqa: E731
         return self.update(
             dense_sq,
             expert_sq,
-            scalar(o.lr / c1),
-            scalar(math.sqrt(c2)),
-            scalar(1 - o.lr * self.weight_decay),
+            *(Tensor(c, ms.float32) for c in o.coefficients()),
             *[o.params[n] for n in self.names],
             *grads,
-            *self._moments("exp_avg"),
-            *self._moments("exp_avg_sq"),
+            *[o.exp_avg[n] for n in self.names],
+            *[o.exp_avg_sq[n] for n in self.names],
         )
-
-    def _moments(self, key: str) -> list:
-        """The optimiser's moments as Parameters, which the update graph assigns in place (a resumed
-        optimiser holds plain tensors: they become Parameters here, under the same dict keys)."""
-        state = getattr(self.optimizer, key)
-        for n in self.names:
-            if not isinstance(state[n], Parameter):
-                state[n] = Parameter(state[n], name=f"{key}.{n}", requires_grad=False)
-        return [state[n] for n in self.names]
 
     def _metrics(self, leaves: list) -> list:
         """The traced call's metrics with this step's tensors."""
