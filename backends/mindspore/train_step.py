@@ -84,13 +84,15 @@ def _is_tensor(value) -> bool:
 
 
 def squared_norms(expert: tuple):
-    """jit(*grads) -> (Σ g² over the replicated parameters, Σ g² over the experts), float64."""
+    """jit(*grads) -> (Σ g² over the replicated parameters, Σ g² over the experts), float32 as torch's
+    clip_grad_norm sums them; each Σ g² a dot product (a MatMul: 3x faster than a squaring and a sum on CPU)."""
 
     def norms(*grads):
-        dense = ops.zeros((), ms.float64)
-        experts = ops.zeros((), ms.float64)
+        dense = ops.zeros((), ms.float32)
+        experts = ops.zeros((), ms.float32)
         for i in range(len(grads)):
-            sq = (grads[i].astype(ms.float64) ** 2).sum()
+            g = grads[i].astype(ms.float32)
+            sq = ops.matmul(g.reshape(1, -1), g.reshape(-1, 1)).reshape(())
             if expert[i]:
                 experts = experts + sq
             else:
@@ -108,10 +110,9 @@ def adamw_update(decayed: tuple, betas: tuple, max_norm: float):
 
     def update(dense_sq, expert_sq, lr, eps, decay, *flat):
         norm = ops.sqrt(dense_sq + expert_sq)
-        scale = ops.ones((), ms.float64)
+        scale = ops.ones((), ms.float32)
         if max_norm > 0:
             scale = ops.where(norm > max_norm, max_norm / (norm + 1e-6), scale)
-        scale = scale.astype(ms.float32)
         no_decay = ops.zeros((), ms.float32)
         for i in range(n):
             p, g, m, v = flat[i], flat[n + i] * scale, flat[2 * n + i], flat[3 * n + i]
