@@ -3,11 +3,15 @@ CPU: torch, MindSpore PyNative, MindSpore with the dense blocks compiled (``para
 static-shape dispatch (``moe.dispatch_shape: static``) in PyNative and with the whole step compiled
 (``parallel.jit_step``; its first step holds the trace and the compilation). One table, one JSON.
 
-    python scripts/bench/backends_cpu.py [--steps 12] [--threads 2] [--out bench_results/backends_cpu.json]
+    python scripts/bench/backends_cpu.py [--steps 12] [--threads 2] [--repeats 3] [--variants torch,...]
+                                         [--out bench_results/backends_cpu.json]
 
 Each backend runs the real training loop (``locmoe train``) in its own process; tokens/s is the median over
 the logged steps after the first ``--warmup`` (compilation, allocator warm-up), as the loop itself measures it
-(training time only, no validation or checkpoint).
+(training time only, no validation or checkpoint). ``--repeats`` runs every variant that many times, in
+rounds (each round runs every variant once), and reports each variant's median run: on a shared machine a
+slow spell then lands on all variants alike instead of on whichever ran during it (torch's step alone has
+measured 135-298 ms on this 2-core VM from one run to the next).
 """
 
 from __future__ import annotations
@@ -35,6 +39,12 @@ VARIANTS = {
     "mindspore static": ["parallel.backend=mindspore", "moe.dispatch_shape=static"],
     "mindspore jit_step": ["parallel.backend=mindspore", "moe.dispatch_shape=static", "parallel.jit_step=true"],
 }
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run of median tokens/s (the lower middle one for an even count), with every run's tokens/s."""
+    ordered = sorted(runs, key=lambda r: r["tokens_per_s"])
+    return {**ordered[(len(ordered) - 1) // 2], "runs_tokens_per_s": [r["tokens_per_s"] for r in runs]}
 
 
 def run(name: str, args: argparse.Namespace, out_dir: Path) -> dict:
@@ -79,14 +89,29 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=2, help="leading steps left out of the median")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="OMP_NUM_THREADS of each run")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each variant, in rounds; the median is kept")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, torch first: {list(VARIANTS)}")
     p.add_argument("--out", default=str(ROOT / "bench_results" / "backends_cpu.json"))
     args = p.parse_args()
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown or names[0] != "torch" or args.repeats < 1:
+        p.error(f"--variants: torch first, then any of {list(VARIANTS)[1:]} (got {names}); --repeats >= 1")
+    runs: dict[str, list] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [run(name, args, Path(tmp) / name.replace(" ", "_")) for name in VARIANTS]
+        for rep in range(args.repeats):
+            for name in names:
+                runs[name].append(run(name, args, Path(tmp) / f"{name.replace(' ', '_')}_{rep}"))
+    rows = [median_run(runs[n]) for n in names]
     base = rows[0]["tokens_per_s"]
-    for r in rows:
+    for name, r in zip(names, rows):
         r["vs_torch"] = r["tokens_per_s"] / base
-    print(format_table(rows, ["backend", "tokens_per_s", "step_ms", "first_step_ms", "vs_torch", "loss_at_end"]))
+        # the same ratio within each round (runs minutes apart), its median: the noise-robust reading
+        r["vs_torch_by_round"] = float(
+            np.median([a["tokens_per_s"] / t["tokens_per_s"] for a, t in zip(runs[name], runs["torch"])])
+        )
+    columns = ["backend", "tokens_per_s", "step_ms", "first_step_ms", "vs_torch", "vs_torch_by_round", "loss_at_end"]
+    print(format_table(rows, columns))
     import mindspore
     import torch
 
@@ -96,6 +121,7 @@ def main() -> None:
         "steps": args.steps,
         "warmup": args.warmup,
         "threads": args.threads,
+        "repeats": args.repeats,
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
