@@ -42,8 +42,8 @@ def unpermute_tokens(rows: Tensor, weight: Tensor, pos: Tensor) -> Tensor:
     pos_by_choice = pos.astype(ms.int64).T  # [k, T]: slicing the small index, not the gathered rows
     w = weight.astype(rows.dtype)
     # the k terms added in choice order, as a sum over that axis adds them. Each choice gathers its own rows:
-    # in the compiled step, a [T, k, d] gather's middle-axis sum took 3.7-5.6 ms per layer and its middle-axis
-    # slices [:, j] 14-15 ms each (CPU StridedSlice, profiled); the gather of [T] rows costs what one gather does
+    # k gathers of [T, d] cost what one of [T·k, d] did, where the [T, k, d] gather's middle-axis sum took
+    # 3.7-5.6 ms per layer and its middle-axis slices [:, j] 14-15 ms each (CPU StridedSlice, compiled, profiled)
     y = w[:, 0:1] * ops.gather(padded, pos_by_choice[0], 0)
     for j in range(1, k):
         y = y + w[:, j : j + 1] * ops.gather(padded, pos_by_choice[j], 0)

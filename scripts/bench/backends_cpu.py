@@ -106,7 +106,7 @@ def main() -> None:
     base = rows[0]["tokens_per_s"]
     for name, r in zip(names, rows):
         r["vs_torch"] = r["tokens_per_s"] / base
-        # the same ratio within each round (runs minutes apart), its median: the noise-robust reading
+        # the ratio within each round (torch and this variant run close in time), its median over the rounds
         r["vs_torch_by_round"] = float(
             np.median([a["tokens_per_s"] / t["tokens_per_s"] for a, t in zip(runs[name], runs["torch"])])
         )
