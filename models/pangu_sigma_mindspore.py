@@ -9,6 +9,7 @@ the MoE layer stays PyNative because its dispatcher reads split sizes on the hos
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import mindspore as ms
@@ -115,10 +116,11 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, swap: Tensor) -> Tensor:
     return (h * cos + swapped * sin).astype(x.dtype)
 
 
+@functools.lru_cache(maxsize=8)
 def causal_bias(S: int) -> Tensor:
-    """[S, S]: 0 where a query may look (itself and the past), -inf at the future."""
-    future = ops.triu(ops.ones((S, S), ms.float32), 1).astype(ms.bool_)
-    return ops.masked_fill(ops.zeros((S, S), ms.float32), future, float("-inf"))
+    """[S, S] constant: 0 where a query may look (itself and the past), -inf at the future. Made once per S
+    on the host: built from ops it was three kernels per layer and step."""
+    return Tensor(np.triu(np.full((S, S), -np.inf, np.float32), 1))
 
 
 def attention(x: Tensor, cos: Tensor, sin: Tensor, swap: Tensor, wqkv: Tensor, wo: Tensor, n_heads: int) -> Tensor:
@@ -131,10 +133,13 @@ def attention(x: Tensor, cos: Tensor, sin: Tensor, swap: Tensor, wqkv: Tensor, w
     rotary tables, the causal mask an added bias (where a masked fill ran forward and backward over the scores)."""
     B, S, d = x.shape
     hd = d // n_heads
-    cos, sin = cos[:S].reshape(S, 1, hd), sin[:S].reshape(S, 1, hd)  # over [B, S, H, hd]
+    if S < cos.shape[0]:  # a slice of the whole table is still a kernel (CPU StridedSlice, ~0.3 ms)
+        cos, sin = cos[:S], sin[:S]
+    cos, sin = cos.reshape(S, 1, hd), sin.reshape(S, 1, hd)  # over [B, S, H, hd]
+    w = ops.split(wqkv, d, axis=0)  # one Split (its gradient one Concat), not three slices and their sum
 
     def heads(i: int) -> Tensor:  # [B, S, H, hd]
-        return linear(x, wqkv[i * d : (i + 1) * d]).reshape(B, S, n_heads, hd)
+        return linear(x, w[i]).reshape(B, S, n_heads, hd)
 
     scale = hd**-0.5
     q = apply_rotary(heads(0), cos * scale, sin * scale, swap).transpose(0, 2, 1, 3)  # [B, H, S, hd]

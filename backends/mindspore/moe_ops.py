@@ -155,9 +155,10 @@ class MindSporeOps:
     def counts_of(self, index, n, where=None):
         # on the device (a count read on the host would be a constant in a traced graph), as a sum of one-hot
         # rows: CPU's scatter-add (TensorScatterElements, reduction add) loses updates to its threads
-        hit = index.astype(ms.int64)[:, None] == rops.arange(n)[None, :]
+        # (a new axis by reshape: by indexing, t[:, None], it is a CPU StridedSlice, ~0.3 ms on [4096])
+        hit = index.astype(ms.int64).reshape(-1, 1) == rops.arange(n).reshape(1, n)
         if where is not None:
-            hit = hit & where[:, None]
+            hit = hit & where.reshape(-1, 1)
         return hit.astype(ms.int64).sum(axis=0)
 
     # ---------------------------------------------------------------- state, checks, execution

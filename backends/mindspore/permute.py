@@ -12,7 +12,7 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import Tensor, ops
 
-from backends.mindspore.routing_ops import argsort_unique
+from backends.mindspore.routing_ops import inverse_permutation
 
 
 def take_rows(x: Tensor, index: Tensor) -> Tensor:
@@ -31,7 +31,7 @@ def copy_positions(order: Tensor, num_kept: int) -> Tensor:
     and the returned rows stay in the graph even when a rank keeps no copy (every rank must then still run
     the combine's backward all-to-all).
     """
-    inverse = argsort_unique(order)  # place of each copy in ``order``
+    inverse = inverse_permutation(order)  # place of each copy in ``order``
     return ops.where(inverse < num_kept, inverse, num_kept)
 
 

@@ -152,7 +152,8 @@ class CompiledStep:
             self._tracing(False)
         self.template = metrics
         leaves = [leaf for m in metrics for leaf in tensor_leaves(m, _is_tensor)]
-        counts = [cell.nonfinite for cell in self.moe_cells] if self.check_finite else []
+        # the layers' NaN/Inf counts as one output, read once (each output costs autodiff a zero gradient)
+        counts = [ops.cat([cell.nonfinite.reshape(1) for cell in self.moe_cells])] if self.check_finite else []
         return ((lm + aux) / self.grad_accum, lm, aux, *leaves, *counts)
 
     def _tracing(self, on: bool) -> None:
@@ -160,7 +161,7 @@ class CompiledStep:
             cell.defer_checks = cell.ops.traced = on
 
     def __call__(self, batches, step: int):
-        grads, counted = None, len(self.moe_cells) if self.check_finite else 0
+        grads, counted = None, 1 if self.check_finite else 0
         for micro in range(self.grad_accum):
             (_, lm, aux, *rest), g = self.grad(*batches.get(step, micro))
             leaves, counts = rest[: len(rest) - counted], rest[len(rest) - counted :]
@@ -195,6 +196,5 @@ class CompiledStep:
 
     def _raise_if_nonfinite(self, counts: list) -> None:
         if counts:
-            bad = ops.stack(counts).asnumpy()
-            for cell, count in zip(self.moe_cells, bad):
+            for cell, count in zip(self.moe_cells, counts[0].asnumpy()):
                 cell.raise_if_nonfinite(int(count))

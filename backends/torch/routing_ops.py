@@ -83,10 +83,13 @@ def combine_weights(chosen: torch.Tensor) -> torch.Tensor:
 
 
 def load_balance_loss(probs: torch.Tensor, expert_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """E · Σ_e f_e · P_e over one rank's tokens; f from the choices (no gradient), P from probs."""
-    T, k = expert_ids.shape
-    f = counts_of(expert_ids.reshape(-1), num_experts).to(probs.dtype) / (T * k)
-    return num_experts * torch.dot(f, probs.mean(dim=0))
+    """E · Σ_e f_e · P_e over each block of tokens: probs [..., T, E], expert_ids [..., T, k] -> [...] (a
+    scalar for one rank's [T, E]); f from the choices (no gradient), P from probs."""
+    *lead, T, k = expert_ids.shape
+    ids = expert_ids.reshape(-1, T * k)  # [blocks, T·k]: counted per row by one scatter-add (no host sync)
+    counts = torch.zeros(ids.shape[0], num_experts, dtype=ids.dtype, device=ids.device)
+    f = counts.scatter_add_(1, ids, torch.ones_like(ids)).reshape(*lead, num_experts).to(probs.dtype) / (T * k)
+    return num_experts * (f * probs.mean(dim=-2)).sum(dim=-1)
 
 
 def locality_loss(log_probs: torch.Tensor, local_mask: torch.Tensor) -> torch.Tensor:

@@ -132,11 +132,11 @@ def choose(
 
 
 def mean_over_blocks(ops: MoEOps, probs: Tensor, idx: Tensor, num_experts: int, blocks: int) -> Tensor:
-    """The load-balance loss of each block of tokens (a source rank's), averaged."""
+    """The load-balance loss of each block of tokens (a source rank's), averaged; the blocks as one batch."""
     T = probs.shape[0]
     p = probs.reshape(blocks, T // blocks, num_experts)
     i = idx.reshape(blocks, T // blocks, -1)
-    return ops.mean(ops.stack([ops.load_balance_loss(p[b], i[b], num_experts) for b in range(blocks)]))
+    return ops.mean(ops.load_balance_loss(p, i, num_experts))
 
 
 def expert_choice_copies(

@@ -54,3 +54,24 @@ def test_what_a_compiled_step_cannot_hold_is_refused(sets, says):
     with pytest.raises(ConfigError) as err:
         load_config("tiny_cpu", [*base, *sets])
     assert err.value.field == "parallel.jit_step" and says in str(err.value)
+
+
+def test_compiled_step_reports_non_finite_activations_by_layer(tmp_path):
+    """The layers' NaN/Inf counts come out of the compiled step as one tensor: NaN input activations (a NaN
+    embedding) stop the step with the first MoE layer named, as in PyNative."""
+    import numpy as np
+    from mindspore import Tensor
+
+    from backends.mindspore.optim import make_optimizer
+    from backends.mindspore.train import build_model, prepare
+    from backends.mindspore.train_step import CompiledStep
+    from locmoe.finite import NonFiniteError
+
+    cfg = load_config("tiny_cpu", [*STATIC, "parallel.jit_step=true", f"train.out_dir={tmp_path}"])
+    ctx, _, _, batches = prepare(cfg, False)
+    model = build_model(cfg, ctx)
+    step = CompiledStep(model, make_optimizer(model, cfg.train), ctx, cfg)
+    step(batches, 0)  # traced and compiled on finite numbers
+    model.embed.weight.set_data(Tensor(np.full(model.embed.weight.shape, np.nan, np.float32)))
+    with pytest.raises(NonFiniteError, match=f"MoE layer {model.moe_layers[0]} .* non-finite"):
+        step(batches, 1)

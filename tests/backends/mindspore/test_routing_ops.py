@@ -44,21 +44,50 @@ def test_grap_and_angles(rng):
     np.testing.assert_allclose(zero, np.pi / 2)  # a zero vector counts as orthogonal
 
 
+@pytest.mark.parametrize("k", [2, 3, 5])  # 5: past the rounds of max (a sort) and the OR-ed compares
 @pytest.mark.parametrize("ties", [False, True])
-def test_top_k_and_intra_node_first(rng, ties):
+def test_top_k_and_intra_node_first(rng, ties, k):
     p = probs_of(rng)
     if ties:
         p = np.round(p, 1).astype(np.float32)
     local = rng.random((40, 8)) < 0.4
-    np.testing.assert_array_equal(ops.top_k(Tensor(p), 3).asnumpy(), ref.top_k(p, 3)[0])
+    np.testing.assert_array_equal(ops.top_k(Tensor(p), k).asnumpy(), ref.top_k(p, k)[0])
     for rho in (0.1, 0.5, 1.0):
-        got = ops.intra_node_first(Tensor(p), 3, Tensor(local), rho).asnumpy()
-        np.testing.assert_array_equal(got, ref.intra_node_first(p, 3, local, rho))
+        got = ops.intra_node_first(Tensor(p), k, Tensor(local), rho).asnumpy()
+        np.testing.assert_array_equal(got, ref.intra_node_first(p, k, local, rho))
 
 
-def test_sort_choices(rng):
+@pytest.mark.parametrize("shape", [(0,), (1,), (4096,), (40, 8)])
+def test_inverse_permutation(rng, shape):
+    order = np.argsort(rng.random(shape), axis=-1)
+    got = ops.inverse_permutation(Tensor(order.astype(np.int64))).asnumpy()
+    np.testing.assert_array_equal(got, np.argsort(order, axis=-1))
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 5])
+def test_top_k_by_rounds_and_by_sort_with_ties_and_masked_experts(rng, k):
+    """k <= 4 takes rounds of max, k = 5 the stable sort: both the reference's order, with ties everywhere
+    (whole rows equal) and -inf entries (masked experts) that must not be taken twice."""
     p = np.round(probs_of(rng), 1).astype(np.float32)
-    idx = np.stack([rng.permutation(8)[:3] for _ in range(40)])
+    p[:5] = 0.125  # all tied
+    p[rng.random(p.shape) < 0.3] = -np.inf
+    p[5:8, :] = -np.inf  # no expert left: the lowest ids, each once
+    np.testing.assert_array_equal(ops.top_k(Tensor(p), k).asnumpy(), ref.top_k(p, k)[0])
+
+
+def test_top_k_by_rounds_keeps_ids_valid_on_nan():
+    p = np.full((3, 8), np.nan, np.float32)
+    p[1, 2] = 0.5
+    got = ops.top_k(Tensor(p), 2).asnumpy()
+    assert ((got >= 0) & (got < 8)).all() and (got[:, 0] != got[:, 1]).all()
+    assert got[1, 0] == 2
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_sort_choices(rng, k):
+    """k = 2 swaps pairs, k = 3 sorts: both the reference's canonical order (ties to the lower id)."""
+    p = np.round(probs_of(rng), 1).astype(np.float32)
+    idx = np.stack([rng.permutation(8)[:k] for _ in range(40)])
     np.testing.assert_array_equal(ops.sort_choices(Tensor(p), Tensor(idx)).asnumpy(), ref.sort_choices(p, idx))
 
 
@@ -107,6 +136,15 @@ def test_losses_and_weights(rng):
     )
     chosen = np.take_along_axis(p, idx, 1)
     np.testing.assert_allclose(ops.combine_weights(Tensor(chosen)).asnumpy(), ref.combine_weights(chosen))
+
+
+def test_load_balance_loss_per_block(rng):
+    """[blocks, T, E] at once: each block's loss as the reference computes it on that block alone."""
+    p = probs_of(rng, T=48).astype(np.float64)
+    idx = ref.top_k(p, 2)[0]
+    got = ops.load_balance_loss(Tensor(p.reshape(4, 12, 8)), Tensor(idx.reshape(4, 12, 2)), 8).asnumpy()
+    want = [ref.load_balance_loss(p[b * 12 : (b + 1) * 12], idx[b * 12 : (b + 1) * 12], 8) for b in range(4)]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- issue-14 options

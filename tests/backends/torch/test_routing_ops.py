@@ -74,6 +74,15 @@ def test_losses_and_weights(rng):
     np.testing.assert_allclose(ops.combine_weights(torch.from_numpy(chosen)).numpy(), ref.combine_weights(chosen))
 
 
+def test_load_balance_loss_per_block(rng):
+    """[blocks, T, E] at once: each block's loss as the reference computes it on that block alone."""
+    p = probs_of(rng, T=48).astype(np.float64)
+    idx = ref.top_k(p, 2)[0]
+    got = ops.load_balance_loss(torch.from_numpy(p.reshape(4, 12, 8)), torch.from_numpy(idx.reshape(4, 12, 2)), 8)
+    want = [ref.load_balance_loss(p[b * 12 : (b + 1) * 12], idx[b * 12 : (b + 1) * 12], 8) for b in range(4)]
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("q", [1.0, 0.75, 0.5, 0.1, 0.999])
 def test_expert_angles_bit_identical_to_numpy(rng, q):
     E = 16
