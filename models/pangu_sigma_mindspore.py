@@ -70,22 +70,21 @@ class RMSNorm(nn.Cell):
 
     MindSpore's CPU reductions run at ~0.25 G elements/s (ReduceMean forward; the ReduceSum that autodiff
     emits for every broadcast operand, twice per norm), ~1 ms per [2048, 128] each in the compiled step
-    (profiled); a matmul with a ones column (the mean) or an outer product with a ones row (the broadcasts)
-    does the same sums in BLAS, and its gradient is a matmul again."""
+    (profiled); a matmul with a ones column (the mean) or an outer product (the broadcasts) does the same sums
+    in BLAS, and its gradient is a matmul again. The row scale and the weight broadcast together, as one outer
+    product r · w of [N, 1] and [1, d]."""
 
     def __init__(self, d: int, eps: float):
         super().__init__()
         self.eps = eps
         self.weight = Parameter(Tensor(np.ones(d, np.float32)), name="weight")
         self.mean_column = Tensor(np.full((d, 1), 1.0 / d, np.float32))
-        self.ones_row = Tensor(np.ones((1, d), np.float32))
 
     def construct(self, x: Tensor) -> Tensor:
         # normalise in fp32: bf16's 8-bit mantissa loses the mean square of large activations
         h = x.astype(ms.float32).reshape(-1, x.shape[-1])
         r = ops.rsqrt(ops.matmul(h * h, self.mean_column) + self.eps)  # [N, 1]; h * h: Pow is slower on CPU
-        w = ops.matmul(ops.ones((h.shape[0], 1), ms.float32), self.weight.reshape(1, -1))  # [N, d]
-        y = h * ops.matmul(r, self.ones_row) * w
+        y = h * ops.matmul(r, self.weight.reshape(1, -1))  # [N, d]: h_i,j · r_i · w_j
         return y.reshape(x.shape).astype(x.dtype)
 
 

@@ -23,6 +23,7 @@ from mindspore import Tensor, ops
 
 from backends.mindspore.collectives import all_reduce
 from backends.mindspore.distributed import DistContext
+from backends.mindspore.lm_loss import cross_entropy
 from backends.mindspore.optim import AdamW, clip_grad_norm, fused_adamw, sync_gradients
 from backends.mindspore.trace_capture import trace
 from locmoe.config.schema import JobConfig
@@ -32,7 +33,7 @@ from locmoe.moe.records import tensor_leaves, with_leaves
 
 def loss_of(model, x, y, d):
     logits, aux, metrics = model(x, d)
-    lm = ops.cross_entropy(logits.astype(ms.float32).reshape(-1, logits.shape[-1]), y.reshape(-1))
+    lm = cross_entropy(logits.astype(ms.float32).reshape(-1, logits.shape[-1]), y.reshape(-1))
     return lm, aux, metrics
 
 

@@ -41,6 +41,27 @@ VARIANTS = {
 }
 
 
+def cpu_model() -> dict:
+    """The CPU's model, clock and vector extensions (Linux), recorded with every result: the two frameworks'
+    kernels use the extensions differently (torch dispatches on them at run time), so a ratio is read against
+    the CPU that gave it."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return {}
+
+    def field(key: str) -> str:
+        return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(key)), "")
+
+    simd = sorted(f for f in field("flags").split() if f.startswith(("avx", "amx")) or f in ("fma", "sse4_2"))
+    return {
+        "cpu_model": field("model name"),
+        "cpu_family_model": f"{field('cpu family')}/{field('model')}",
+        "cpu_mhz": field("cpu MHz"),
+        "simd": simd,
+    }
+
+
 def median_run(runs: list[dict]) -> dict:
     """The run of median tokens/s (the lower middle one for an even count), with every run's tokens/s."""
     ordered = sorted(runs, key=lambda r: r["tokens_per_s"])
@@ -112,6 +133,7 @@ def main() -> None:
         )
     columns = ["backend", "tokens_per_s", "step_ms", "first_step_ms", "vs_torch", "vs_torch_by_round", "loss_at_end"]
     print(format_table(rows, columns))
+    print(f"CPU: {cpu_model()}")
     import mindspore
     import torch
 
@@ -124,6 +146,7 @@ def main() -> None:
         "repeats": args.repeats,
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
+        **cpu_model(),
         "torch": torch.__version__,
         "mindspore": mindspore.__version__,
     }
