@@ -26,6 +26,7 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean over the N rows of -log softmax(logits)[target]; logits float32 [N, V], targets int [N]."""
     N, V = logits.shape
     shift = ops.matmul(ops.stop_gradient(ops.amax(logits, -1, keepdims=True)), _ones((1, V)))  # [N, V]
-    total = ops.matmul(ops.exp(logits - shift), _ones((V, 1)))  # [N, 1] Σ_v exp(l_v - max)
-    picked = ops.gather_elements(logits - shift, 1, targets.astype(ms.int64).reshape(N, 1))
+    shifted = logits - shift
+    total = ops.matmul(ops.exp(shifted), _ones((V, 1)))  # [N, 1] Σ_v exp(l_v - max)
+    picked = ops.gather_elements(shifted, 1, targets.astype(ms.int64).reshape(N, 1))
     return (ops.log(total) - picked).mean()

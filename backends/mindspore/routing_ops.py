@@ -109,19 +109,19 @@ def top_k_by_rounds(probs: Tensor, k: int) -> Tensor:
     what a stable descending sort puts first, without a sort. Off Ascend the stable sort is three CPU sorts
     (:func:`stable_argsort`, ~0.5-0.9 ms each on [2048, 8], compiled); a round is a few elementwise kernels
     over [T, E]. NaN counts as -inf (every id stays in range; a NaN input is ``moe.check_finite``'s to report)."""
-    T, E = probs.shape
+    E = probs.shape[1]
     ids = arange(E, ms.int64).reshape(1, E)
     v = ops.masked_fill(probs, ops.isnan(probs), float("-inf"))
-    free = ops.ones((T, E), ms.bool_)  # not yet taken: a taken -inf must not win a tie among -inf
+    free = None  # [T, E] not yet taken (after the first round): a taken -inf must not win a tie among -inf
     picks = []
     for r in range(k):
-        open_v = v if r == 0 else ops.masked_fill(v, ~free, float("-inf"))
+        open_v = v if free is None else ops.masked_fill(v, ~free, float("-inf"))
         best = ops.amax(open_v, -1, keepdims=True)
-        hit = open_v == best if r == 0 else (open_v == best) & free
+        hit = open_v == best if free is None else (open_v == best) & free
         pick = ops.amin(ops.where(hit, ids, E), -1, keepdims=True)  # [T, 1]
         picks.append(pick)
         if r + 1 < k:
-            free = free & (ids != pick)
+            free = ids != pick if free is None else free & (ids != pick)
     return picks[0] if k == 1 else ops.cat(picks, -1)
 
 

@@ -133,7 +133,8 @@ def main() -> None:
         )
     columns = ["backend", "tokens_per_s", "step_ms", "first_step_ms", "vs_torch", "vs_torch_by_round", "loss_at_end"]
     print(format_table(rows, columns))
-    print(f"CPU: {cpu_model()}")
+    cpu = cpu_model()
+    print(f"CPU: {cpu}")
     import mindspore
     import torch
 
@@ -146,7 +147,7 @@ def main() -> None:
         "repeats": args.repeats,
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
-        **cpu_model(),
+        **cpu,
         "torch": torch.__version__,
         "mindspore": mindspore.__version__,
     }
