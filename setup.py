@@ -34,11 +34,16 @@ setup(
         # MindSpore 2.10 fails with numpy 2 ("numpy.core.multiarray failed to import").
         "mindspore": ["mindspore>=2.10,<2.11", "numpy<2"],
         "npu": ["torch>=2.4", "torch-npu"],
-        "tokenizers": ["tokenizers>=0.15"],  # data.tokenizer = a tokenizers JSON file
+        "tokenizers": ["tokenizers>=0.15"],  # data.tokenizer = a tokenizers JSON file or a tokenizer folder
+        # data.sources of parquet / arrow files and save_to_disk folders (locmoe.data.arrow_source). pyarrow 26
+        # needs numpy 2 (without declaring it) and MindSpore needs numpy < 2: pyarrow 25 serves both.
+        "hf-data": ["pyarrow>=15,<26", "datasets>=2.14"],
         "tensorboard": ["tensorboard>=2.14"],  # to view the logs: tensorboard --logdir runs
         # transformers: the Hugging Face export's tests and scripts/bench/decode.py load the export with it
         # (pinned to what pip installs on CPU; the GPU image's 5.17 loads the same export, checked by hand)
         "hf": ["transformers==5.24.0"],
+        # logging.wandb: the same scalars as tensorboard in Weights & Biases (tested offline, no network)
+        "wandb": ["wandb>=0.17"],
         # ruff and import-linter: scripts/lint.sh (style and the layering contracts of .importlinter)
         "dev": [
             "pytest>=8",

@@ -191,16 +191,18 @@ def atomic_directory(
 
 
 def check_replaceable(final: Path, replaceable: Optional[Callable[[Path], bool]], what: str) -> None:
-    """Refuse to replace ``final`` unless it is an empty directory or a previous ``what``."""
+    """Refuse to replace (or write into) ``final`` unless it is an empty directory or a previous ``what``: the
+    one check of every command that writes a directory (export, convert, report), so that none of them
+    ever writes beside, or removes, files it did not write."""
     if final.is_symlink() or not final.is_dir():
-        raise WriteError(f"{final} exists and is not a directory; refusing to replace it with a {what}")
+        raise WriteError(f"{final} exists and is not a directory; refusing to write a {what} there")
     entries = sorted(p.name for p in final.iterdir())
     if not entries or (replaceable is not None and replaceable(final)):
         return
     shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
     raise WriteError(
         f"{final} is not empty and is not a previous {what} (it holds {shown}); refusing to "
-        f"replace it: choose a new or empty directory"
+        f"write there: choose a new or empty directory"
     )
 
 

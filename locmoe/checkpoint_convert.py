@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from locmoe.atomic_io import write_text, writing
+from locmoe.atomic_io import check_replaceable, write_text, writing
 from locmoe.backend_api import CheckpointIO
 from locmoe.checkpointing import TOKENIZER_FILE, format_version, list_checkpoints, load_state, resolve, seal, temp_dir
 from locmoe.config import config_from_dict, config_to_dict
@@ -30,12 +30,22 @@ class ConvertError(LocMoEError):
     """A checkpoint that cannot be converted as asked."""
 
 
+def check_out_dir(out_dir: str | Path) -> None:
+    """OUT_DIR must be new or empty (``locmoe convert`` calls this first, before it reads anything): a
+    conversion never writes beside files it did not write, nor over a run's checkpoints."""
+    if list_checkpoints(out_dir):
+        raise ConvertError(f"{out_dir} already holds checkpoints; choose an empty or new OUT_DIR")
+    if Path(out_dir).exists() or Path(out_dir).is_symlink():
+        check_replaceable(Path(out_dir), None, "converted checkpoint")
+
+
 def convert_checkpoint(
     checkpoint: str | Path, out_dir: str | Path, to: str | None = None, *, checkpoint_io: Callable[[str], CheckpointIO]
 ) -> Path:
     """Write ``checkpoint`` in the ``to`` backend's format under ``out_dir``; returns the new step directory.
     ``checkpoint_io(name)`` is backend ``name``'s file reader and writer. The same backend is allowed only to
     rewrite a format-1 checkpoint in format 2."""
+    check_out_dir(out_dir)
     src = resolve(checkpoint)
     state = load_state(src)
     source = state.get("backend", "torch")
@@ -44,8 +54,6 @@ def convert_checkpoint(
         raise ConvertError(f"--to {target!r}: unknown backend; allowed: {list(BACKENDS)}")
     if target == source and format_version(src) != 1:
         raise ConvertError(f"{src} is already a {source} checkpoint (--to {target}); nothing to convert")
-    if list_checkpoints(out_dir):
-        raise ConvertError(f"{out_dir} already holds checkpoints; choose an empty or new OUT_DIR")
     reader, writer = checkpoint_io(source), checkpoint_io(target)
     cfg = config_from_dict(state["config"])
     cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, backend=target))

@@ -264,17 +264,27 @@ def seal(out_dir: str | Path, step: int, meta: dict) -> Path:
     return final
 
 
+def pruned_dir(path: Path) -> Path:
+    """Where a checkpoint goes to be deleted: a hidden name that no reader lists as a checkpoint."""
+    return path.with_name(f".{path.name}.pruned")
+
+
 def prune(out_dir: str | Path, keep: int) -> None:
-    """Keep the newest ``keep`` checkpoints; drop older ones and stale temporary directories."""
+    """Keep the newest ``keep`` checkpoints; drop older ones. Each is renamed away before its files are deleted,
+    so a kill mid-prune never leaves a half-deleted ``step_N`` under a valid-looking name."""
     for _, path in list_checkpoints(out_dir)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+        doomed = pruned_dir(path)
+        shutil.rmtree(doomed, ignore_errors=True)  # a leftover of an earlier kill would block the rename
+        os.replace(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def clean_temporaries(out_dir: str | Path) -> None:
-    """Remove half-written checkpoints left by a crash (called before training starts, under the run lock)."""
+    """Remove half-written checkpoints and half-pruned ones left by a crash (called before training starts,
+    under the run lock)."""
     root = checkpoint_root(out_dir)
     if root.is_dir():
-        for p in root.glob(".step_*.tmp"):
+        for p in [*root.glob(".step_*.tmp"), *root.glob(".step_*.pruned")]:
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -354,10 +364,12 @@ def write_train_state(tmp: Path, step: int, cfg, layout, backend: str, extra: di
 
 def copy_tokenizer(spec: str, into: Path) -> None:
     """A tokenizers JSON file travels with the checkpoint (and the export) as ``tokenizer.json``, so serving
-    does not depend on the path it was trained with."""
-    if spec != "byte" and Path(spec).is_file():
+    does not depend on the path it was trained with (of a Hugging Face tokenizer folder, its tokenizer.json:
+    all that the run's tokenizer reads)."""
+    if spec != "byte" and (Path(spec).is_file() or (Path(spec) / TOKENIZER_FILE).is_file()):
+        source = Path(spec) if Path(spec).is_file() else Path(spec) / TOKENIZER_FILE
         with writing(into / TOKENIZER_FILE):
-            shutil.copyfile(spec, into / TOKENIZER_FILE)
+            shutil.copyfile(source, into / TOKENIZER_FILE)
 
 
 def tokenizer_spec(spec: str, *dirs: Path) -> str:

@@ -108,6 +108,38 @@ def release(out_dir: str | Path, remove_dir: bool = False) -> None:
         lock.release(remove_dir)
 
 
+def in_use(out_dir: str | Path) -> bool:
+    """Whether a live process holds ``out_dir``'s lock: the kernel drops a flock when its holder dies, even by
+    SIGKILL, so a lock file whose flock can be taken belongs to no one. No lock file: not in use."""
+    out = Path(out_dir).absolute()
+    if out in _held:
+        return True
+    try:
+        fd = os.open(out / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops the flock just taken
+    return False
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (signal 0 checks without sending anything)."""
+    if pid <= 0:
+        return True  # 0 and negatives name process groups, not one process: never claim they are gone
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
 def _same_file(fd: int, path: Path) -> bool:
     try:
         a, b = os.fstat(fd), os.stat(path)

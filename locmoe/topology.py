@@ -163,10 +163,14 @@ class ExpertPlacement:
     def __post_init__(self):
         E, W = len(self.expert_to_rank), self.topology.world_size
         if E % W:
-            raise ConfigError("moe.num_experts", f"{E} is not divisible by the expert-parallel size ({W})")
-        counts = np.bincount(np.asarray(self.expert_to_rank, dtype=np.int64), minlength=W)
-        if len(counts) > W or min(self.expert_to_rank) < 0:
+            raise ConfigError(
+                "moe.num_experts",
+                f"{E} is not divisible by the expert-parallel size ({W}), set by parallel.expert_parallel_size "
+                "or parallel.nodes x parallel.devices_per_node",
+            )
+        if not all(0 <= r < W for r in self.expert_to_rank):  # before bincount, which refuses negative ranks
             raise ConfigError("parallel.placement_table", f"{list(self.expert_to_rank)} names ranks outside [0, {W})")
+        counts = np.bincount(np.asarray(self.expert_to_rank, dtype=np.int64), minlength=W)
         if (counts != E // W).any():
             raise ConfigError(
                 "parallel.placement_table",

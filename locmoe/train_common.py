@@ -4,28 +4,42 @@ checkpoint time."""
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
-from locmoe import run_lock
+from locmoe import interrupts, run_lock
 from locmoe.checkpointing import CheckpointError, checkpoint_root, latest, list_checkpoints, load_state
 from locmoe.config import ConfigError
 from locmoe.config.schema import JobConfig
 from locmoe.data import Corpus, load_corpus, load_tokenizer
 from locmoe.finite import NonFiniteError
+from locmoe.log_lines import final_line
+from locmoe.mfu import mfu
+from locmoe.planning.memory_plan import check_fits
 from locmoe.resume_check import resume_changes
-from locmoe.topology import LaunchEnv
+from locmoe.topology import ExpertPlacement, LaunchEnv, ParallelLayout
 from locmoe.train_log import TrainLogger
+from locmoe.wandb_log import require_wandb
 
 MOE_MEAN_KEYS = ("dropped_fraction", "cross_node_fraction", "in_node_fraction", "locality_loss", "aux_loss")
 
 
-def check_inputs(cfg: JobConfig, resume: bool) -> tuple[Corpus, Optional[Path]]:
-    """Tokenizer, corpus, export directory and the checkpoint to resume from; a clear error on any bad input.
-    Rank 0 then holds the run directory's lock (``locmoe.run_lock``) for the run's life."""
+def check_inputs(
+    cfg: JobConfig, resume: bool, layout: ParallelLayout, memory: Optional[tuple[int, str]]
+) -> tuple[Corpus, Optional[Path]]:
+    """Expert placement, memory, tokenizer, corpus, export directory and the checkpoint to resume from; a clear
+    error on any bad input. Only then does rank 0 take the run directory's lock (``locmoe.run_lock``, which
+    creates ``train.out_dir``) and hold it for the run's life: a refused run leaves nothing behind.
+
+    ``memory``: (bytes available, where) of the device the model lives on, or None where it cannot be known
+    (the memory plan is then not checked)."""
+    if memory is not None:  # first: the placement below lists the experts, and moe.num_experts may be 2**63 - 1
+        check_fits(cfg, *memory, ep_size=layout.topology.world_size, emulated=layout.emulated)
+    ExpertPlacement.from_config(cfg.parallel, cfg.moe.num_experts, layout.topology)  # ConfigError if it cannot be
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
@@ -34,6 +48,7 @@ def check_inputs(cfg: JobConfig, resume: bool) -> tuple[Corpus, Optional[Path]]:
         )
     corpus = load_corpus(cfg.data, tokenizer, cfg.moe.domains.num_domains)
     check_export_dir(cfg)
+    require_wandb(cfg)
     main = LaunchEnv.from_environ().rank == 0
     if main:
         run_lock.acquire(cfg.train.out_dir, message=lambda text: print(f"warning: {text}"))
@@ -189,14 +204,35 @@ def export_at_end(cfg: JobConfig, is_main: bool, final_ckpt: Optional[Path], log
 class RunRecord:
     """What the loop keeps across steps: the logger, the tokens/s clock, the last logged scalars and the
     newest checkpoint. ``end_step`` does a step's logging, validation and checkpoint in the same order in
-    both backends; the backend passes in what only it can compute."""
+    both backends, then stops the run if a signal asked it to (``locmoe.interrupts``); the backend passes in
+    what only it can compute. The loop runs inside ``with run:``, which flushes the logs and frees the run
+    directory when a second signal abandons a step.
 
-    def __init__(self, cfg: JobConfig, is_main: bool, start: int):
+    ``peak_flops``: one device's peak, for the MFU of logged steps (None: no MFU); ``devices``: how many
+    share the work. ``mean_over_ranks(values) -> means``: the all-reduce by which the ranks of a multi-process
+    run agree to stop on a signal (None in one process)."""
+
+    def __init__(
+        self,
+        cfg: JobConfig,
+        is_main: bool,
+        start: int,
+        *,
+        peak_flops: Optional[float] = None,
+        devices: int = 1,
+        mean_over_ranks: Optional[Callable[[list[float]], list[float]]] = None,
+    ):
         self.cfg, self.is_main = cfg, is_main
-        self.logger = TrainLogger(cfg, is_main, start)
+        try:
+            self.logger = TrainLogger(cfg, is_main, start)
+        except BaseException:  # W&B refusing to start, say: free the run directory for the next try
+            run_lock.release(cfg.train.out_dir)
+            raise
         self.clock = StepClock(start)
         self.last: dict = {}
         self.final_ckpt: Optional[Path] = None
+        self.peak_flops, self.devices, self.mean_over_ranks = peak_flops, devices, mean_over_ranks
+        self.done = start
         if start >= cfg.train.steps:
             self.logger.message(
                 f"nothing to train: the checkpoint is at step {start} and train.steps = "
@@ -212,6 +248,8 @@ class RunRecord:
     ) -> None:
         t = self.cfg.train
         values = scalars() if due(done, self.cfg.logging.log_every, t.steps) else None
+        if values and self.peak_flops:
+            values["mfu"] = mfu(values["tokens_per_s"], self.cfg, self.peak_flops, self.devices)
         self.clock.pause()
         if due(done, t.eval_every, t.steps):
             values = dict(values or {}, val_loss=validate())
@@ -220,10 +258,56 @@ class RunRecord:
             self.last = dict(self.last, **values, step=done)
         if due(done, t.ckpt_every, t.steps):
             self.final_ckpt = save({"last": self.last})
+        self.done = done
         self.clock.resume()
+        self._stop_if_asked(done, save)
+
+    def _stop_if_asked(self, done: int, save: Callable[[dict], Optional[Path]]) -> None:
+        """After a complete step: raise Interrupted when a signal asked to stop (SIGTERM with
+        ``train.save_on_signal`` checkpoints this step first). The last step ignores it: the run is done."""
+        t = self.cfg.train
+        signum = interrupts.requested()
+        if done == t.steps:
+            return
+        if self.mean_over_ranks is not None:
+            # NOTE: every rank must stop after the same step and save the same checkpoint, or the others wait
+            # forever in a collective; the ranks agree on logging steps, where the loop syncs the host anyway
+            if not due(done, self.cfg.logging.log_every, t.steps):
+                return
+            asked, term = self.mean_over_ranks([float(signum is not None), float(signum == signal.SIGTERM)])
+            signum = None if asked == 0 else signal.SIGTERM if term > 0 else signal.SIGINT
+        if signum is None:
+            return
+        if signum == signal.SIGTERM and t.save_on_signal and not due(done, t.ckpt_every, t.steps):
+            self.final_ckpt = save({"last": self.last})
+        raise interrupts.Interrupted(signum, done)  # __exit__ closes the logs
+
+    def __enter__(self) -> "RunRecord":
+        signum = interrupts.requested()
+        # a signal while the run was set up: stop before its first step (several processes: at the first
+        # logging step, where they agree)
+        if signum is not None and self.mean_over_ranks is None:
+            self._release()
+            raise interrupts.Interrupted(signum, self.done)
+        return self
+
+    def __exit__(self, kind, err, tb) -> bool:
+        if isinstance(err, interrupts.Interrupted):  # asked after a step, or a second signal abandoned one
+            if err.step is None:
+                err.step = self.done
+            self._release()
+        return False
+
+    def _release(self) -> None:
+        """Flush and close the logs, free the run directory (for a stop; ``finish`` does this at the end)."""
+        self.logger.close()
+        if self.is_main:
+            run_lock.release(self.cfg.train.out_dir)
 
     def finish(self) -> dict:
         self.logger.close()
         export_at_end(self.cfg, self.is_main, self.final_ckpt, self.logger)
         run_lock.release(self.cfg.train.out_dir)
+        if self.last:
+            self.logger.message(final_line(self.cfg.name, self.last, self.final_ckpt))
         return {"last": self.last, "checkpoint": str(self.final_ckpt) if self.final_ckpt else None}

@@ -1,18 +1,23 @@
-"""Training logs, framework-free: tqdm on rank 0, tensorboardX scalars and expert-load heatmaps, a
-``metrics.jsonl`` file (one JSON object of scalars per logged step) that scripts and tests read back, and
-``expert_load.jsonl`` beside it (one object per logged step and MoE layer: the copies routed to each expert
-and each expert's capacity) that ``locmoe report`` draws."""
+"""Training logs, framework-free: on rank 0 a tqdm bar on a terminal or one line per logged step elsewhere
+(``locmoe.log_lines``), tensorboardX scalars and expert-load heatmaps, the same scalars in W&B when asked
+(``locmoe.wandb_log``), a ``metrics.jsonl`` file (one JSON object of scalars per logged step) that scripts and
+tests read back, and ``expert_load.jsonl`` beside it (one object per logged step and MoE layer: the copies
+routed to each expert and each expert's capacity) that ``locmoe report`` draws."""
 
 from __future__ import annotations
 
 import json
+import sys
+import time
 from collections import deque
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from locmoe import wandb_log
 from locmoe.config.schema import JobConfig
+from locmoe.log_lines import step_line
 
 LOADS_FILE = "expert_load.jsonl"
 HEATMAP_ROWS = 200  # the tensorboard heatmap shows this process's newest logged steps, at most this many
@@ -29,6 +34,7 @@ TAG_GROUPS = {
     "grad_norm": "train",
     "val_loss": "val",
     "tokens_per_s": "perf",
+    "mfu": "perf",
     "step_time_s": "perf",
     "dropped_fraction": "moe",
     "cross_node_fraction": "moe",
@@ -44,10 +50,11 @@ class TrainLogger:
     def __init__(self, cfg: JobConfig, is_main: bool, start_step: int):
         self.cfg, self.is_main = cfg, is_main
         self.out = Path(cfg.train.out_dir)
-        self.bar = self.writer = self.jsonl = self.loads_jsonl = None
+        self.bar = self.writer = self.wandb = self.jsonl = self.loads_jsonl = None
+        self.start, self.started = start_step, time.perf_counter()
         self.history: dict[int, deque] = {}  # layer -> (step, load [E], capacity [E]) rows of the heatmap
         self.to_draw: list[tuple[int, int]] = []  # (step, layer) heatmaps drawn by the next step()
-        if not is_main:
+        if not is_main or start_step >= cfg.train.steps:  # a resume with nothing left to train writes nothing
             return
         self.out.mkdir(parents=True, exist_ok=True)
         for name in ("metrics.jsonl", LOADS_FILE):  # a resumed run rewrites the steps after its checkpoint
@@ -57,14 +64,19 @@ class TrainLogger:
         if cfg.logging.tensorboard:
             from tensorboardX import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.out / "tb"), purge_step=start_step)
-        if cfg.logging.progress:
+            # purge the events after the checkpoint's step, not the step itself (metrics.jsonl keeps it too)
+            self.writer = SummaryWriter(str(self.out / "tb"), purge_step=start_step + 1)
+        # NOTE: a bar redrawn with \r into a file or pipe is hundreds of redraws on one line: there, print lines
+        if cfg.logging.progress and sys.stdout.isatty() and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=cfg.train.steps, initial=start_step, desc=cfg.name, dynamic_ncols=True)
+        if wandb_log.enabled(cfg):
+            self.wandb = wandb_log.WandbWriter(cfg, self.out)
 
     def step(self, step: int, scalars: Optional[dict] = None) -> None:
-        """Advance the bar; with ``scalars``, also write them (tensorboard + metrics.jsonl)."""
+        """Advance the bar; with ``scalars``, also write them (tensorboard, W&B, metrics.jsonl and, without a
+        bar, one console line)."""
         if not self.is_main:
             return
         if self.bar is not None:
@@ -74,12 +86,23 @@ class TrainLogger:
             return
         if self.bar is not None:
             self.bar.set_postfix({k: f"{scalars[k]:.4g}" for k in ("loss", "val_loss", "tokens_per_s") if k in scalars})
+        tagged = {_tag(k): v for k, v in scalars.items() if isinstance(v, (int, float)) and v is not None}
         if self.writer is not None:
-            for key, value in scalars.items():
-                if isinstance(value, (int, float)) and value is not None:
-                    self.writer.add_scalar(_tag(key), value, step)
+            for tag, value in tagged.items():
+                self.writer.add_scalar(tag, value, step)
+        if self.wandb is not None:
+            self.wandb.log(tagged, step)
         self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
         self.jsonl.flush()
+        if self.bar is None:
+            self.message(step_line(step, self.cfg.train.steps, scalars, self._eta(step)))
+
+    def _eta(self, step: int):
+        """Seconds left at this process's pace so far (evaluation and checkpoints included), None before a step."""
+        done = step - self.start
+        if done <= 0:
+            return None
+        return (time.perf_counter() - self.started) / done * (self.cfg.train.steps - step)
 
     def expert_load(self, step: int, layer: int, load: np.ndarray, capacity) -> None:
         """Record a layer's per-expert load (copies routed, [E]) and capacity ([E] or one number) of a logged
@@ -115,14 +138,18 @@ class TrainLogger:
 
     def message(self, text: str) -> None:
         if self.is_main:
-            (self.bar.write if self.bar is not None else print)(text)
+            if self.bar is not None:
+                self.bar.write(text)
+            else:
+                print(text, flush=True)  # a pipe is block-buffered: flush, or a batch log shows nothing for minutes
 
     def close(self) -> None:
         if self.writer is not None:
             self._draw_heatmaps()
-        for h in (self.bar, self.writer, self.jsonl, self.loads_jsonl):
+        for h in (self.bar, self.writer, self.wandb, self.jsonl, self.loads_jsonl):
             if h is not None:
                 h.close()
+        self.bar = self.writer = self.wandb = self.jsonl = self.loads_jsonl = None
 
 
 def drop_records_after(path: Path, step: int) -> None:

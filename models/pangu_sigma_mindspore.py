@@ -194,9 +194,13 @@ class Block(nn.Cell):
         else:
             self.moe = MoELayer(cfg.moe, m.d_model, m.vocab_size, ep, layer_id, compute_dtype)
 
-    def construct(self, x, cos, sin, token_ids, domain):
+    def mix(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        """The attention half: (residual stream after attention, its FFN-normed input)."""
         x = x + self.attn(self.attn_norm(x), cos, sin)
-        h = self.ffn_norm(x)
+        return x, self.ffn_norm(x)
+
+    def construct(self, x, cos, sin, token_ids, domain):
+        x, h = self.mix(x, cos, sin)
         if not self.is_moe:
             return x + self.ffn(h), None, None
         y, aux, metrics = self.moe(h, token_ids=token_ids, domain=domain)  # dropped copies: y = 0 here
@@ -240,6 +244,21 @@ class PanGuSigma(nn.Cell):
         x = self.norm(x)
         logits = linear(x, self.embed.weight if self.lm_head is None else self.lm_head.weight)
         return logits, aux, metrics
+
+    def node_preference(self, tokens: Tensor, domain: Optional[Tensor] = None, through_blocks: bool = True) -> Tensor:
+        """tokens: [B, S] -> [B, N]: the first MoE layer's gate probability on each node, averaged over each
+        sequence (``locmoe.data.placement``). ``through_blocks``: on that layer's real input (the blocks below it
+        and its attention half run), else on the normed token embeddings (nothing runs but the gate)."""
+        B, S = tokens.shape
+        dom = None if domain is None else ops.broadcast_to(domain[:, None], (B, S))
+        x = cast(self.embed(tokens), self.compute_dtype)
+        for block in self.layers:
+            if block.is_moe:
+                h = block.mix(x, self.rope_cos, self.rope_sin)[1] if through_blocks else block.ffn_norm(x)
+                return ops.stop_gradient(block.moe.node_preference(h, dom).mean(axis=1))
+            if through_blocks:
+                x, _, _ = block(x, self.rope_cos, self.rope_sin, tokens, dom)
+        raise ValueError("node_preference: the model has no MoE layer")
 
     def named_state(self) -> dict[str, Parameter]:
         """Every checkpointed tensor of this rank by its ``locmoe.model_spec`` name (experts: this rank's slots)."""

@@ -143,6 +143,24 @@ class PanGuSigma(nn.Module):
         logits = F.linear(x, self.embed.weight if self.lm_head is None else self.lm_head.weight)
         return logits, aux, metrics
 
+    @torch.no_grad()
+    def node_preference(
+        self, tokens: torch.Tensor, domain: Optional[torch.Tensor] = None, through_blocks: bool = True
+    ) -> torch.Tensor:
+        """tokens: [B, S] -> [B, N]: the first MoE layer's gate probability on each node, averaged over each
+        sequence (``locmoe.data.placement``). ``through_blocks``: on that layer's real input (the blocks below it
+        and its attention half run), else on the normed token embeddings (nothing runs but the gate)."""
+        B, S = tokens.shape
+        dom = None if domain is None else domain[:, None].expand(B, S)
+        x = self.embed(tokens)
+        for block in self.layers:
+            if hasattr(block, "moe"):
+                h = block.mix(x, self.rope_cos, self.rope_sin)[1] if through_blocks else block.ffn_norm(x)
+                return block.moe.node_preference(h, dom).float().mean(dim=1)
+            if through_blocks:
+                x, _, _ = block(x, self.rope_cos, self.rope_sin, tokens, dom)
+        raise ValueError("node_preference: the model has no MoE layer")
+
     def set_execution(self, compile_blocks: bool = False, activation_checkpointing: bool = False) -> None:
         """How the blocks run; neither changes what they compute.
 

@@ -4,7 +4,7 @@
 # scripts/test.sh). Exits non-zero on the first tool that finds something.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=$(LOCMOE_EXTRAS="torch,mindspore,dev" bash scripts/setup_env.sh | tail -n 1)
+PY=$(LOCMOE_EXTRAS="torch,mindspore,dev,wandb,hf-data" bash scripts/setup_env.sh | tail -n 1)
 BIN="$(dirname "$PY")"
 "$BIN/ruff" check .
 "$BIN/ruff" format --check --quiet .

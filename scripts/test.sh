@@ -3,6 +3,6 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/routing -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=$(LOCMOE_EXTRAS="torch,mindspore,dev" bash scripts/setup_env.sh | tail -n 1)
+PY=$(LOCMOE_EXTRAS="torch,mindspore,dev,wandb,hf-data" bash scripts/setup_env.sh | tail -n 1)
 export PATH="$(dirname "$PY"):$PATH"   # msrun starts its workers with the first python on PATH
 exec "$PY" -m pytest "${@:-tests}"

@@ -25,6 +25,7 @@ from locmoe.moe.capacity import CapacityPlanner
 from locmoe.moe.dispatcher import TokenDispatcher
 from locmoe.moe.layer import moe_forward
 from locmoe.moe.records import MoEMetrics
+from locmoe.moe.routing import node_preference
 from locmoe.parallel_context import ExpertParallel
 from locmoe.traffic import TrafficCounter
 
@@ -58,6 +59,12 @@ class MoELayer(nn.Cell):
             return moe_forward(self.ops, self, x, token_ids, domain, self.training)
         y, aux, metrics = moe_forward(self.ops, self, x.astype(ms.float32), token_ids, domain, self.training)
         return y.astype(x.dtype), aux, metrics
+
+    def node_preference(self, x: Tensor, domain: Optional[Tensor] = None) -> Tensor:
+        """x: [..., d] -> [..., N] each token's gate probability on each node (sequence placement's signal)."""
+        flat = None if domain is None else domain.reshape(-1)
+        pref = node_preference(self.ops, self.router, x.astype(ms.float32).reshape(-1, x.shape[-1]), flat)
+        return pref.reshape(*x.shape[:-1], -1)
 
     def count_nonfinite(self, x: Tensor) -> None:
         """``moe.check_finite``: NaN/Inf in the input activations, read at once; inside a compiled step

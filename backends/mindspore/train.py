@@ -10,12 +10,14 @@ export the routers at the end.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import mindspore as ms
 import numpy as np
 from mindspore import Tensor
 
 from backends.mindspore.checkpoint import load_checkpoint, save_checkpoint
+from backends.mindspore.collectives import all_gather_rows
 from backends.mindspore.distributed import DistContext, expert_parallel, init_distributed
 from backends.mindspore.optim import all_reduce_mean, make_optimizer, set_lr
 from backends.mindspore.train_step import CompiledStep, EagerStep, loss_of
@@ -24,6 +26,8 @@ from locmoe.checkpointing import clean_temporaries
 from locmoe.config import ConfigError
 from locmoe.config.schema import JobConfig
 from locmoe.data import BatchSampler
+from locmoe.data.placement import SequencePlacer, placer_for
+from locmoe.planning.memory_plan import host_memory
 from locmoe.schedule import lr_at
 from locmoe.train_log import TrainLogger
 from models.pangu_sigma_mindspore import PanGuSigma
@@ -38,12 +42,21 @@ def build_model(cfg: JobConfig, ctx: DistContext) -> PanGuSigma:
 
 @dataclass
 class Batches:
-    """This process's view of the data: one rank's rows, or every emulated rank's rows."""
+    """This process's view of the data: one rank's rows, or every emulated rank's rows; with a
+    ``data.placement`` other than ``drawn``, the rows the placer deals to it (``place_by``)."""
 
     sampler: BatchSampler
+    placer: Optional[SequencePlacer] = None
 
     def get(self, step: int, micro: int = 0, split: str = "train"):
-        return tuple(Tensor(a) for a in self.sampler.batch(step, micro, split))
+        return tuple(Tensor(a) for a in (self.placer or self.sampler).batch(step, micro, split))
+
+    def place_by(self, model, cfg: JobConfig, ctx: DistContext) -> None:
+        """Deal each step's sequences to the nodes by ``model``'s node preference (``locmoe.data.placement``)."""
+        through = cfg.data.placement == "affinity"
+        preference = lambda x, d: model.node_preference(Tensor(x), Tensor(d), through).asnumpy()  # noqa: E731
+        gather = lambda a: all_gather_rows(Tensor(a), ctx.ep).asnumpy()  # noqa: E731
+        self.placer = placer_for(cfg, ctx, self.sampler, preference, gather)
 
 
 def prepare(cfg: JobConfig, resume: bool):
@@ -55,7 +68,9 @@ def prepare(cfg: JobConfig, resume: bool):
             "'bfloat16' needs bfloat16 matmuls, which MindSpore's CPU kernels lack (MindSpore 2.10); "
             "allowed on CPU: float32 (bfloat16 is for Ascend)",
         )
-    corpus, ckpt = common.check_inputs(cfg, resume)
+    # NOTE: MindSpore has no query of an Ascend device's free memory: the plan is checked on CPU only
+    memory = host_memory() if ctx.device == "CPU" else None
+    corpus, ckpt = common.check_inputs(cfg, resume, ctx.layout, memory)
     ranks = ctx.layout.topology.world_size if ctx.emulated else 1
     sampler = BatchSampler(
         corpus, cfg.data.seq_len, cfg.train.batch_size * ranks, rank=ctx.rank, world=ctx.world_size, seed=cfg.data.seed
@@ -86,13 +101,17 @@ def train(cfg: JobConfig, resume: bool = False) -> dict:
     ctx, corpus, ckpt, batches = prepare(cfg, resume)
     ms.set_seed(cfg.train.seed + ctx.rank)
     model = build_model(cfg, ctx)
+    batches.place_by(model, cfg, ctx)
     optimizer = make_optimizer(model, cfg.train)
     start = 0
     if ckpt is not None:
         start, _ = load_checkpoint(ckpt, model, optimizer, ctx)
     if ctx.is_main:
         clean_temporaries(cfg.train.out_dir)
-    run = common.RunRecord(cfg, ctx.is_main, start)
+    # across processes, the ranks agree by a collective to stop on a signal (locmoe.interrupts); no MFU: the
+    # peak of an Ascend device is not in locmoe.mfu's table
+    mean = (lambda values: all_reduce_mean(values, ctx)) if ctx.world_size > 1 else None
+    run = common.RunRecord(cfg, ctx.is_main, start, devices=ctx.world_size, mean_over_ranks=mean)
     t = cfg.train
     tokens_per_step = batches.sampler.batch_per_rank * ctx.world_size * cfg.data.seq_len * t.grad_accum
     mode = "compiled step" if cfg.parallel.jit_step else "PyNative + jit" if cfg.parallel.jit else "PyNative"
@@ -102,23 +121,24 @@ def train(cfg: JobConfig, resume: bool = False) -> dict:
         )
     )
     one_step = (CompiledStep if cfg.parallel.jit_step else EagerStep)(model, optimizer, ctx, cfg)
-    for step in range(start, t.steps):
-        set_lr(optimizer, lr_at(step, t))
-        lm, aux, metrics, grad_norm = one_step(batches, step)
-        done = step + 1
+    with run:  # a stop on a signal leaves the logs flushed and the run directory free
+        for step in range(start, t.steps):
+            set_lr(optimizer, lr_at(step, t))
+            lm, aux, metrics, grad_norm = one_step(batches, step)
+            done = step + 1
 
-        def scalars() -> dict:
-            loss, aux_v = all_reduce_mean([float(lm.asnumpy()), float(aux.asnumpy())], ctx)
-            norm = float(grad_norm.asnumpy()) if isinstance(grad_norm, Tensor) else grad_norm
-            return dict(
-                common.step_scalars(loss, aux_v, lr_at(step, t), norm, tokens_per_step, run.clock, done),
-                **moe_scalars(metrics, run.logger, done, model.moe_layers),
+            def scalars() -> dict:
+                loss, aux_v = all_reduce_mean([float(lm.asnumpy()), float(aux.asnumpy())], ctx)
+                norm = float(grad_norm.asnumpy()) if isinstance(grad_norm, Tensor) else grad_norm
+                return dict(
+                    common.step_scalars(loss, aux_v, lr_at(step, t), norm, tokens_per_step, run.clock, done),
+                    **moe_scalars(metrics, run.logger, done, model.moe_layers),
+                )
+
+            run.end_step(
+                done,
+                scalars,
+                lambda: validate(model, batches, ctx, t.eval_batches),
+                lambda extra: save_checkpoint(model, optimizer, ctx, done, extra),
             )
-
-        run.end_step(
-            done,
-            scalars,
-            lambda: validate(model, batches, ctx, t.eval_batches),
-            lambda extra: save_checkpoint(model, optimizer, ctx, done, extra),
-        )
     return run.finish()

@@ -29,6 +29,7 @@ from locmoe import liveness
 from locmoe.config import ConfigError
 from locmoe.config.schema import ParallelConfig
 from locmoe.parallel_context import DistContext, ExpertParallel, expert_parallel  # noqa: F401 (re-exported)
+from locmoe.planning.memory_plan import host_memory
 from locmoe.topology import LaunchEnv, ParallelLayout, Topology, layout_from_config
 
 NCCL_MARGIN_S = 30.0  # NCCL's watchdog waits this much longer than the heartbeat verdict (module docstring)
@@ -54,6 +55,17 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         torch.npu.set_device(local_rank)
         return torch.device("npu", local_rank)
     return torch.device("cpu")
+
+
+def device_memory(device: torch.device) -> Optional[tuple[int, str]]:
+    """(bytes free, where) for the memory plan checked before anything is built: the host's on CPU, the
+    device's own on CUDA and NPU (where torch-npu can tell)."""
+    if device.type == "cpu":
+        return host_memory()
+    module = getattr(torch, device.type, None)
+    if module is None or not hasattr(module, "mem_get_info"):
+        return None
+    return int(module.mem_get_info(device)[0]), f"{device} (free device memory)"
 
 
 def _npu_available() -> bool:

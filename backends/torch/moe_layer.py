@@ -22,6 +22,7 @@ from locmoe.moe.capacity import CapacityPlanner
 from locmoe.moe.dispatcher import TokenDispatcher
 from locmoe.moe.layer import moe_forward
 from locmoe.moe.records import MoEMetrics
+from locmoe.moe.routing import node_preference
 from locmoe.parallel_context import ExpertParallel
 from locmoe.traffic import TrafficCounter
 
@@ -50,6 +51,12 @@ class MoELayer(nn.Module):
         ranks, the tokens are W equal blocks, rank 0's first.
         """
         return moe_forward(self.ops, self, x, token_ids, domain, self.training)
+
+    def node_preference(self, x: torch.Tensor, domain: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: [..., d] -> [..., N] each token's gate probability on each node (sequence placement's signal)."""
+        flat = None if domain is None else domain.reshape(-1)
+        pref = node_preference(self.ops, self.router, x.reshape(-1, x.shape[-1]), flat)
+        return pref.reshape(*x.shape[:-1], -1)
 
     def count_nonfinite(self, x: torch.Tensor) -> None:
         """``moe.check_finite``: NaN/Inf in the input activations."""

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from backends.torch.checkpoint import load_checkpoint, save_checkpoint
-from backends.torch.distributed import DistContext, expert_parallel, init_distributed
+from backends.torch.collectives import all_gather_rows
+from backends.torch.distributed import DistContext, device_memory, expert_parallel, init_distributed
 from backends.torch.optim import all_reduce_mean, clip_grad_norm, make_optimizer, set_lr, sync_gradients
 from locmoe import train_common as common
 from locmoe.checkpointing import clean_temporaries
 from locmoe.config.schema import JobConfig
 from locmoe.data import BatchSampler
+from locmoe.data.placement import SequencePlacer, placer_for
 from locmoe.schedule import lr_at
 from locmoe.train_log import TrainLogger
 from models.pangu_sigma_torch import PanGuSigma
@@ -45,14 +48,27 @@ def compile_enabled(setting, device: torch.device) -> bool:
 
 @dataclass
 class Batches:
-    """This process's view of the data: one rank's rows, or every emulated rank's rows."""
+    """This process's view of the data: one rank's rows, or every emulated rank's rows; with a
+    ``data.placement`` other than ``drawn``, the rows the placer deals to it (``place_by``)."""
 
     sampler: BatchSampler
     device: torch.device
+    placer: Optional[SequencePlacer] = None
 
     def get(self, step: int, micro: int = 0, split: str = "train"):
-        x, y, d = self.sampler.batch(step, micro, split)
+        x, y, d = (self.placer or self.sampler).batch(step, micro, split)
         return tuple(self._to_device(a) for a in (x, y, d))
+
+    def place_by(self, model, cfg: JobConfig, ctx: DistContext) -> None:
+        """Deal each step's sequences to the nodes by ``model``'s node preference (``locmoe.data.placement``)."""
+
+        def preference(x: np.ndarray, d: np.ndarray) -> np.ndarray:
+            with autocast(cfg, self.device):
+                pref = model.node_preference(self._to_device(x), self._to_device(d), cfg.data.placement == "affinity")
+                return pref.cpu().numpy()
+
+        gather = lambda a: all_gather_rows(torch.from_numpy(a).to(self.device), ctx.ep).cpu().numpy()  # noqa: E731
+        self.placer = placer_for(cfg, ctx, self.sampler, preference, gather)
 
     def _to_device(self, a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(a)
@@ -66,7 +82,7 @@ class Batches:
 def prepare(cfg: JobConfig, resume: bool):
     """Everything that can fail on bad input, before any output is written."""
     ctx = init_distributed(cfg.parallel)
-    corpus, ckpt = common.check_inputs(cfg, resume)
+    corpus, ckpt = common.check_inputs(cfg, resume, ctx.layout, device_memory(ctx.device))
     ranks = ctx.layout.topology.world_size if ctx.emulated else 1
     sampler = BatchSampler(
         corpus, cfg.data.seq_len, cfg.train.batch_size * ranks, rank=ctx.rank, world=ctx.world_size, seed=cfg.data.seed
@@ -126,7 +142,9 @@ def step_body(model, optimizer, cfg: JobConfig, ctx: DistContext, micro_batches:
     grad_norm = clip_grad_norm(model, ctx, cfg.train.grad_clip, optimizer)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return lm, aux, metrics, grad_norm
+    # detached: the loop keeps these until the next step returns, and a loss with its autograd graph would keep
+    # this step's AccumulateGrad nodes alive into the next one, which a CUDA graph capture refuses
+    return lm.detach(), aux.detach(), metrics, grad_norm
 
 
 def make_stepper(model, optimizer, cfg: JobConfig, ctx: DistContext, batches: Batches, log=print):
@@ -152,35 +170,49 @@ def train(cfg: JobConfig, resume: bool = False) -> dict:
     ctx, corpus, ckpt, batches = prepare(cfg, resume)
     torch.manual_seed(cfg.train.seed + ctx.rank)
     model = build_model(cfg, ctx)
+    batches.place_by(model, cfg, ctx)
     optimizer = make_optimizer(model, cfg.train)
     start = 0
     if ckpt is not None:
         start, _ = load_checkpoint(ckpt, model, optimizer, ctx)
     if ctx.is_main:
         clean_temporaries(cfg.train.out_dir)
-    run = common.RunRecord(cfg, ctx.is_main, start)
+    run = run_record(cfg, ctx, start)
     t = cfg.train
     tokens_per_step = batches.sampler.batch_per_rank * ctx.world_size * cfg.data.seq_len * t.grad_accum
     run.logger.message(
         common.start_message(cfg, sum(p.numel() for p in model.parameters()), corpus, ctx, f"device {ctx.device}")
     )
     stepper = make_stepper(model, optimizer, cfg, ctx, batches, run.logger.message)
-    for step in range(start, t.steps):
-        lm, aux, metrics, grad_norm = stepper(step)
-        done = step + 1
+    with run:  # a stop on a signal (locmoe.interrupts) leaves the logs flushed and the run directory free
+        for step in range(start, t.steps):
+            lm, aux, metrics, grad_norm = stepper(step)
+            done = step + 1
 
-        def scalars() -> dict:
-            model.check_finite_inputs()
-            loss, aux_v = all_reduce_mean([float(lm.detach()), float(aux.detach())], ctx, ctx.device)
-            return dict(
-                common.step_scalars(loss, aux_v, lr_at(step, t), float(grad_norm), tokens_per_step, run.clock, done),
-                **moe_scalars(metrics, run.logger, done, model.moe_layers),
+            def scalars() -> dict:
+                model.check_finite_inputs()
+                loss, aux_v = all_reduce_mean([float(lm.detach()), float(aux.detach())], ctx, ctx.device)
+                return dict(
+                    common.step_scalars(
+                        loss, aux_v, lr_at(step, t), float(grad_norm), tokens_per_step, run.clock, done
+                    ),
+                    **moe_scalars(metrics, run.logger, done, model.moe_layers),
+                )
+
+            run.end_step(
+                done,
+                scalars,
+                lambda: validate(model, cfg, batches, ctx),
+                lambda extra: save_checkpoint(model, optimizer, ctx, done, extra),
             )
-
-        run.end_step(
-            done,
-            scalars,
-            lambda: validate(model, cfg, batches, ctx),
-            lambda extra: save_checkpoint(model, optimizer, ctx, done, extra),
-        )
     return run.finish()
+
+
+def run_record(cfg: JobConfig, ctx: DistContext, start: int) -> common.RunRecord:
+    """The run's record, with what only torch knows: the GPU's peak (for MFU) and, across processes, the
+    collective by which the ranks agree to stop on a signal."""
+    from locmoe.mfu import peak_flops
+
+    peak = peak_flops(torch.cuda.get_device_name(ctx.device)) if ctx.device.type == "cuda" else None
+    mean = (lambda values: all_reduce_mean(values, ctx, ctx.device)) if ctx.world_size > 1 else None
+    return common.RunRecord(cfg, ctx.is_main, start, peak_flops=peak, devices=ctx.world_size, mean_over_ranks=mean)

@@ -139,6 +139,25 @@ def calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def verdicts(rows: list[dict]) -> list[str]:
+    """Which mode won at each length, by how much (the table holds the numbers; this line reads them)."""
+    out = []
+    for S in dict.fromkeys(r["length"] for r in rows):
+        mine = sorted((r for r in rows if r["length"] == S), key=lambda r: -r["tokens_per_s"])
+        if len(mine) < 2:
+            out.append(
+                f"length {S}: only {mine[0]['mode']} was measured, nothing to compare (a --profile, --chunks > 1 "
+                "or --mode chunked|pipelined adds a second mode)"
+            )
+            continue
+        best, other = mine[0], mine[1]
+        out.append(
+            f"length {S}: {best['mode']} wins, {best['tokens_per_s'] / other['tokens_per_s']:.2f}x "
+            f"{other['mode']}'s tokens/s"
+        )
+    return out
+
+
 def prefill(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -173,6 +192,8 @@ def prefill(args: argparse.Namespace) -> int:
             )
     if me == 0:
         print(format_table(rows, ["length", "mode", "chunks", "tokens", "ms", "tokens_per_s"], ".4g"))
+        for line in verdicts(rows):
+            print(line)
         if args.json:
             write_json(args.json, {"rows": rows, "world_size": model.group.size})
     shutdown()

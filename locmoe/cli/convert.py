@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from locmoe.backend_api import CheckpointIO
-from locmoe.checkpoint_convert import BACKENDS, ConvertError, convert_checkpoint
+from locmoe.checkpoint_convert import BACKENDS, ConvertError, check_out_dir, convert_checkpoint
 from locmoe.checkpointing import TRUST_FLAG, trust_legacy_checkpoints
 
 
@@ -45,6 +45,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     import backends
 
+    check_out_dir(args.out_dir)  # one line before the frameworks load or the checkpoint is read
     for framework in BACKENDS:  # before reading anything: a conversion always reads one and writes the other
         backends.require(framework, "locmoe convert (it reads one backend's files and writes the other's)")
     if args.trust_checkpoint:

@@ -13,12 +13,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     q = sub.add_parser(
         "prepare",
-        help="tokenise text/jsonl sources once into PREFIX.bin + PREFIX.idx",
-        description="Tokenise text/jsonl sources once into an indexed dataset (Megatron's "
+        help="tokenise text/jsonl/parquet/arrow/datasets sources once into PREFIX.bin + PREFIX.idx",
+        description="Tokenise text/jsonl/parquet/arrow/datasets sources once into an indexed dataset (Megatron's "
         "MMapIndexedDataset layout, plus a PREFIX.locmoe.json sidecar). Train on it with "
         "data.sources=[{path: PREFIX}].",
     )
-    q.add_argument("sources", nargs="+", metavar="SOURCE", help="text or jsonl files, or folders of them")
+    q.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="text, jsonl, parquet or arrow files, datasets save_to_disk folders, or folders of them",
+    )
     q.add_argument(
         "--out",
         required=True,
@@ -28,8 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument(
         "--tokenizer",
         default="byte",
-        metavar="byte|FILE.json",
-        help="byte, or a tokenizers JSON file; training must use the same (default: %(default)s)",
+        metavar="byte|FILE.json|FOLDER",
+        help="byte, a tokenizers JSON file, or a Hugging Face tokenizer folder; training must use the same "
+        "(default: %(default)s)",
     )
     q.add_argument(
         "--workers",
@@ -46,9 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     q.add_argument(
         "--format",
-        choices=("auto", "text", "jsonl"),
+        choices=("auto", "text", "jsonl", "parquet", "arrow", "datasets"),
         default="auto",
-        help="format of the sources; auto = by extension, .jsonl or text (default: %(default)s)",
+        help="format of the sources; auto = by extension (.jsonl, .parquet, .arrow; a save_to_disk "
+        "folder is datasets) or text (default: %(default)s)",
     )
     q.add_argument("--overwrite", action="store_true", help="replace an existing PREFIX.bin/.idx")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -1,6 +1,7 @@
-"""``locmoe generate CHECKPOINT ROUTER_DIR --prompts FILE``: decode every prompt (one per line) and print
-the text, then tokens/s and the time to the first token (stderr). Prompts are batched and decoded with the
-KV cache (``--no-kv-cache``: the reference path). Launch with torchrun to serve the experts over several
+"""``locmoe generate CHECKPOINT [ROUTER_DIR] --prompts FILE``: decode every prompt (one per line) and print
+each prompt with its continuation, a rule of dashes between them, then tokens/s and the time to the first
+token (stderr). ROUTER_DIR defaults to the run's own export, RUN/router. Prompts are batched and decoded with
+the KV cache (``--no-kv-cache``: the reference path). Launch with torchrun to serve the experts over several
 processes (the export's device count)."""
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from locmoe.inference.errors import InferenceError
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint directory, or a run's out_dir (its newest checkpoint)")
-    p.add_argument("router", help="exported router directory (`locmoe export`, or out_dir/router)")
+    p.add_argument(
+        "router",
+        nargs="?",
+        default=None,
+        help="exported router directory (`locmoe export`); default: RUN/router, where training exports it "
+        "(RUN: the run directory of CHECKPOINT)",
+    )
     p.add_argument("--prompts", required=True, help="text file: one prompt per non-empty line")
     from locmoe.cli.args import float_in, int_at_least
 
@@ -85,13 +92,45 @@ def serving_options(args: argparse.Namespace):
 
 
 def read_prompts(path: str) -> list[str]:
+    from locmoe.text_files import read_text
+
     p = Path(path)
-    if not p.is_file():
-        raise InferenceError(f"prompt file {p} not found")
-    prompts = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    prompts = [line for line in read_text(p, "--prompts", InferenceError).splitlines() if line.strip()]
     if not prompts:
         raise InferenceError(f"prompt file {p} holds no prompt (one per non-empty line)")
     return prompts
+
+
+def check_domain(domain: int | None, router: str) -> None:
+    """``--domain`` must be one of the model's domains (the export's, which match its checkpoint's): another id
+    would route to an expert group the model does not have. Checked before the model loads and names its
+    checkpoint, so that the refusal is one line."""
+    if domain is None:
+        return
+    from locmoe.export.manifest import RouterManifest
+
+    num_domains = RouterManifest.from_file(Path(router) / "manifest.json").domains["num_domains"]
+    if not 0 <= domain < num_domains:
+        raise InferenceError(
+            f"--domain {domain} is not one of the model's domains: allowed 0 to {num_domains - 1} "
+            f"(moe.domains.num_domains = {num_domains}), or leave --domain out"
+        )
+
+
+SEPARATOR = "-" * 40
+
+
+def default_router(checkpoint: str) -> str:
+    """RUN/router, where training exports the routers: RUN is CHECKPOINT itself (a run directory) or the run
+    holding it (RUN/checkpoints/step_N)."""
+    path = Path(checkpoint)
+    run = path.parent.parent if path.parent.name == "checkpoints" else path
+    if not (run / "router").is_dir():
+        raise InferenceError(
+            f"no router export at {run / 'router'} (the default ROUTER_DIR): pass one, or export it with "
+            f"`locmoe export {checkpoint} {run / 'router'}`"
+        )
+    return str(run / "router")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -105,10 +144,12 @@ def main(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise InferenceError(f"--max-new-tokens {args.max_new_tokens}; it must be >= 1")
     prompts = read_prompts(args.prompts)
+    args.router = args.router or default_router(args.checkpoint)
     sampling = Sampling(
         greedy=args.top_p is None, top_p=args.top_p or 1.0, temperature=args.temperature, seed=args.seed
     )
     opts = serving_options(args)
+    check_domain(args.domain, args.router)
     model = load_inference_model(args.checkpoint, args.router, args.device, args.dtype, args.capacity)
     model.options = opts
     tok = load_tokenizer(tokenizer_spec(model.cfg.data.tokenizer, model.checkpoint, Path(args.router)))
@@ -124,7 +165,9 @@ def main(args: argparse.Namespace) -> int:
         how = "no cache"
     seconds = time.perf_counter() - t0
     if model.group.my_index == 0:
-        for prompt, out in zip(prompts, new):
+        for i, (prompt, out) in enumerate(zip(prompts, new)):
+            if i:  # a continuation may hold newlines (or blank lines): a rule tells where the next prompt starts
+                print(SEPARATOR)
             print(prompt + tok.decode(out))
         count = sum(len(x) for x in new)
         print(

@@ -1,8 +1,8 @@
 """``locmoe plan``: expert placement and deployment planning.
 
 locmoe plan affinity  TRACE                      inter-layer affinity strength per layer pair
-locmoe plan place     TRACE --devices D          ExFlow placement -> placement.json (PlacementTable)
-locmoe plan replicate TRACE --devices D          GRACE grouping + replicas -> placement.json
+locmoe plan place     TRACE --devices D [--out F]   ExFlow placement (a PlacementTable, written to F if given)
+locmoe plan replicate TRACE --devices D [--out F]   GRACE grouping + replicas (likewise)
 locmoe plan deploy    --budget h200=8,...        heterogeneous deployment + scheduler simulation
 locmoe plan simulate  --nodes 16 --devices-per-node 8   projected step time, LocMoE vs baselines
 """
@@ -54,7 +54,14 @@ def _args_place(q):
         default=None,
         help="max device load as a factor of the mean (>= 1); default: no limit",
     )
-    q.add_argument("--out", default="placement.json", help="PlacementTable to write")
+    _out_arg(q, "")
+
+
+def _out_arg(q: argparse.ArgumentParser, also: str) -> None:
+    """--out: a plan is written only where the user asks (two commands never overwrite one default file)."""
+    q.add_argument(
+        "--out", default=None, metavar="FILE", help=f"write the PlacementTable{also} to FILE (default: write nothing)"
+    )
 
 
 def _args_replicate(q):
@@ -75,7 +82,7 @@ def _args_replicate(q):
         help="where a token is at dispatch: its data-parallel device or its previous expert's",
     )
     q.add_argument("--time-limit", type=_seconds, default=10.0, help="ILP time limit of the exflow grouping (s)")
-    q.add_argument("--out", default="placement.json", help="PlacementTable to write")
+    _out_arg(q, " (and its EPLB arrays beside it)")
 
 
 def _args_deploy(q):

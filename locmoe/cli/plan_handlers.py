@@ -6,10 +6,10 @@ Each handler returns the JSON payload of what it printed (``--json`` writes it).
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
+from locmoe.planning.errors import PlanningError
 from locmoe.report import format_table
+from locmoe.text_files import read_json
 
 
 def _trace(args: argparse.Namespace):
@@ -48,8 +48,10 @@ def place(args: argparse.Namespace) -> dict:
         "(coherent: share of next-layer copies computed where the token already is)"
     )
     print(format_table(rows, floatfmt=".4f"))
+    if trace.num_experts == args.devices:
+        print(_one_expert_per_device(trace.num_experts, rows))
     table = to_placement_table(plan.assignment, args.devices, trace.moe_layers, f"exflow-{plan.method}")
-    print(f"wrote {table.save(args.out)}")
+    _save(table, args.out)
     return {"rows": rows, "placement": table.to_dict()}
 
 
@@ -80,15 +82,37 @@ def replicate(args: argparse.Namespace) -> dict:
     )
     print(format_table(plan.stats, floatfmt=".3f"))
     table = to_placement_table(plan.assignment, args.devices, trace.moe_layers, f"grace-{plan.grouping}", plan.layers)
-    print(f"wrote {table.save(args.out)}")
-    from locmoe.placement.eplb import eplb_arrays, write_eplb  # the same placement in EPLB's layout
+    if _save(table, args.out):
+        from locmoe.placement.eplb import eplb_arrays, write_eplb  # the same placement in EPLB's layout
 
-    print(
-        "wrote {} and {} (EPLB arrays for vLLM / SGLang)".format(
-            *write_eplb(eplb_arrays(plan.layers, trace.moe_layers), args.out)
+        print(
+            "wrote {} and {} (EPLB arrays for vLLM / SGLang)".format(
+                *write_eplb(eplb_arrays(plan.layers, trace.moe_layers), args.out)
+            )
         )
-    )
     return {"rows": plan.stats, "placement": table.to_dict()}
+
+
+def _one_expert_per_device(experts: int, rows: list[dict]) -> str:
+    """Why the table ties when there are as many devices as experts (rows: round_robin, contiguous, greedy,
+    exflow)."""
+    text = (
+        f"note: {experts} experts on {experts} devices is one expert per device: round_robin and contiguous are "
+        "the same map (expert e on device e), hence their tie; a placement can then only choose which expert of "
+        "the next layer shares each expert's device"
+    )
+    if abs(rows[2]["hops"] - rows[-1]["hops"]) < 1e-12:
+        text += ", where greedy finds what the integer program finds"
+    return text + f"; with fewer devices than experts (e.g. --devices {max(experts // 2, 1)}) there is more to gain"
+
+
+def _save(table, out: str | None) -> bool:
+    """Write the plan only where ``--out`` says (it is also in --json's payload)."""
+    if not out:
+        print("placement not written (pass --out FILE to write it)")
+        return False
+    print(f"wrote {table.save(out)}")
+    return True
 
 
 def deploy(args: argparse.Namespace) -> dict:
@@ -108,7 +132,10 @@ def simulate(args: argparse.Namespace) -> dict:
     from locmoe.planning.cluster_sim import Calibration, MoEModel
     from locmoe.planning.router_stats import project_routers
 
-    cal = Calibration.from_json(args.calibration) if args.calibration else Calibration()
+    cal = Calibration()
+    if args.calibration:
+        read_json(args.calibration, "--calibration", PlanningError)  # UTF-8, JSON and an object, or one line
+        cal = Calibration.from_json(args.calibration)
     model = MoEModel(
         args.d_model, args.d_expert, args.experts, 2, args.layers, tokens_per_device=args.tokens_per_device
     )
@@ -126,12 +153,11 @@ def simulate(args: argparse.Namespace) -> dict:
 def _read_stats(path: str) -> dict:
     """{system: RoutingStats} from a JSON file of {system: {on_rank, in_node, cross_node, ...}}."""
     from locmoe.planning.cluster_sim import RoutingStats
-    from locmoe.planning.errors import PlanningError
 
+    raw = read_json(path, "--stats", PlanningError)
     try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
         return {name: RoutingStats(**fields) for name, fields in raw.items()}
-    except (OSError, json.JSONDecodeError, TypeError, AttributeError) as err:
+    except TypeError as err:  # a system's entry not an object, or with unknown fields
         raise PlanningError(
             f"--stats {path}: {err}; expected {{system: {{on_rank, in_node, cross_node, dropped, max_load}}}}}}}}"
         ) from None

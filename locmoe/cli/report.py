@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from locmoe.atomic_io import check_replaceable
 from locmoe.errors import LocMoEError
 from locmoe.train_log import LOADS_FILE
 
@@ -43,8 +45,8 @@ def main(args: argparse.Namespace) -> int:
         rows = read_jsonl(loads_path, LOADS_FILE, keys=("step", "layer"))
         loads = dedupe(rows, key=lambda r: (r["layer"], r["step"]))
     out = Path(args.out) if args.out else run / "plots"
-    if out.exists() and not out.is_dir():
-        raise ReportError(f"--out {out} exists and is not a directory")
+    if out.exists() or out.is_symlink():  # an earlier report's plots are redrawn; anything else is kept
+        check_replaceable(out, is_report, "report")
     figures = scalar_figures(steps) + load_figures(loads)  # everything is drawn before anything is written
     if not loads:
         print(f"note: no {LOADS_FILE} in {run}: no expert-load plots", file=sys.stderr)
@@ -54,6 +56,14 @@ def main(args: argparse.Namespace) -> int:
     for name, fig in figures:
         print(save_png(fig, out / name))
     return 0
+
+
+def is_report(path: Path) -> bool:
+    """A folder of this command's PNG files only (loss.png, ..., expert_load_layer_L.png)."""
+    names = ("loss.png", "tokens_per_s.png", "routing.png")
+    return all(
+        p.is_file() and (p.name in names or re.fullmatch(r"expert_load_layer_\d+\.png", p.name)) for p in path.iterdir()
+    )
 
 
 def read_jsonl(path: Path, what: str, keys: tuple[str, ...]) -> list[dict]:

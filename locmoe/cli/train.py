@@ -7,6 +7,7 @@ working directory, or a shipped config name from anywhere (``locmoe train tiny_c
 from __future__ import annotations
 
 import argparse
+import sys
 
 from locmoe.cli.args import add_set_argument
 
@@ -34,11 +35,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="--resume from a checkpoint of an older locmoe (format 1), whose optimiser and RNG files "
         "are pickles: only for checkpoints you trust (docs/reliability.md)",
     )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (JOB, --with and --set merged, defaults filled in) as YAML and exit; "
+        "the output is itself a JOB that loads to the same config",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     import backends
-    from locmoe.config import load_config
+    from locmoe import interrupts
+    from locmoe.config import dump_config, load_config
     from locmoe.config.checks import check_paths
 
     if args.trust_checkpoint:
@@ -46,6 +54,34 @@ def main(args: argparse.Namespace) -> int:
 
         trust_legacy_checkpoints(True)
     cfg = load_config(args.config, args.set, layers=args.layers)
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return 0
     check_paths(cfg)
-    backends.get(cfg.parallel.backend).pretrain(cfg, resume=args.resume)
+    # From here on Ctrl-C / SIGTERM end the step in progress, then the run (locmoe.interrupts)
+    with interrupts.stop_on_signals():
+        try:
+            backends.get(cfg.parallel.backend).pretrain(cfg, resume=args.resume)
+        except interrupts.Interrupted as err:
+            _report_stop(err, cfg.train.out_dir, args)
+            return err.exit_code
     return 0
+
+
+def _report_stop(err, out_dir: str, args: argparse.Namespace) -> None:
+    """Rank 0's one line (stderr): the newest complete checkpoint and the command that resumes from it."""
+    from locmoe.checkpointing import list_checkpoints
+    from locmoe.interrupts import stop_line
+    from locmoe.topology import LaunchEnv
+
+    if LaunchEnv.from_environ().rank != 0:
+        return
+    command = ["locmoe", "train", args.config]
+    for layer in args.layers:
+        command += ["--with", layer]
+    if args.set:
+        command += ["--set", *args.set]
+    if args.trust_checkpoint:
+        command.append("--trust-checkpoint")
+    sealed = list_checkpoints(out_dir)  # complete by construction (renamed once written): no hashing of GBs here
+    print(stop_line(err, sealed[-1][1] if sealed else None, command), file=sys.stderr, flush=True)

@@ -161,7 +161,8 @@ def _check_parallel(cfg: JobConfig) -> None:
         raise ConfigError(
             "parallel.nodes",
             f"nodes={p.nodes}, devices_per_node={p.devices_per_node}: set both "
-            "to emulate a topology, or both to 0 to take it from the launcher",
+            "to emulate a topology, or both to 0 to take it from the launcher (parallel.nodes and "
+            "parallel.devices_per_node)",
         )
     if p.expert_parallel_size and E % p.expert_parallel_size:
         raise ConfigError(
@@ -173,8 +174,13 @@ def _check_train(cfg: JobConfig) -> None:
     t = cfg.train
     if t.min_lr > t.lr:
         raise ConfigError("train.min_lr", f"{t.min_lr} must be <= train.lr ({t.lr})")
+    # Refused, not clamped: a warm-up longer than the run means the lr never reaches train.lr and the
+    # cosine decay never runs, which is a typo (steps=50 left over from a smoke test), not a schedule.
     if t.warmup_steps > t.steps:
-        raise ConfigError("train.warmup_steps", f"{t.warmup_steps} must be <= train.steps ({t.steps})")
+        raise ConfigError(
+            "train.warmup_steps",
+            f"{t.warmup_steps} must be <= train.steps ({t.steps}): lower train.warmup_steps or raise train.steps",
+        )
     for i, src in enumerate(cfg.data.sources):
         if not src.path:
             raise ConfigError(f"data.sources[{i}].path", "is empty: name a file or folder")

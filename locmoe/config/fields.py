@@ -32,7 +32,8 @@ def spec(
         factory: a zero-argument callable producing the default.
         choices: the allowed values.
         ge, gt, le, lt: numeric bounds (inclusive / exclusive). Every float field must also be finite (the
-            loader refuses ``.inf`` and ``nan``); give an upper bound where an absurd value breaks the run.
+            loader refuses ``.inf`` and ``nan``), every int field a 64-bit integer; give an upper bound where an
+            absurd value breaks the run (sizes need none: the memory plan refuses what cannot be allocated).
         nonempty: a string that must not be empty or blank (e.g. a path whose empty value would mean the
             working directory).
     """

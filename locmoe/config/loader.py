@@ -21,6 +21,8 @@ from locmoe.config.fields import describe_rules, violates
 from locmoe.config.schema import JobConfig
 from locmoe.config.shipped import resolve_config_ref
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 # ----------------------------------------------------------------------------- reading YAML
 
 
@@ -183,6 +185,9 @@ def coerce(value: Any, hint: Any, where: str, rules: dict | None = None) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(where, f"expected an integer, got {value!r}")
+        if not INT64_MIN <= value <= INT64_MAX:  # seeds, sizes and steps reach numpy and the frameworks as int64
+            bounds = " and ".join(filter(None, (describe_rules(rules or {}), f"<= {INT64_MAX} (a 64-bit integer)")))
+            raise ConfigError(where, f"{_short(value)} is not allowed: must be {bounds}")
         return value
     if hint is float:
         number = value

@@ -18,6 +18,21 @@ def check_router_options(cfg: JobConfig) -> None:
     _check_baseline_options(cfg)
     _check_paper_options(cfg)
     _check_gate_options(cfg)
+    _check_placement(cfg)
+
+
+def _check_placement(cfg: JobConfig) -> None:
+    """Sequence placement asks the first MoE layer's gate where each sequence's tokens would go."""
+    if cfg.data.placement == "drawn":
+        return
+    has_moe = cfg.model.n_layers > cfg.model.dense_layers  # the first block above the dense ones is an MoE block
+    if cfg.moe.router.kind == "hash" or not has_moe:
+        raise ConfigError(
+            "data.placement",
+            f"'{cfg.data.placement}' places sequences by the first MoE layer's gate probabilities; this job has "
+            + ("the hash router, which has no gate" if has_moe else "no MoE layer")
+            + ": allowed here: 'drawn'",
+        )
 
 
 def _check_baseline_options(cfg: JobConfig) -> None:

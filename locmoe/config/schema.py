@@ -32,8 +32,9 @@ PLACEMENTS = ("contiguous", "round_robin", "explicit")
 DISPATCH_SCHEMES = ("hierarchical", "flat")
 BACKENDS = ("torch", "mindspore")
 DEVICES = ("auto", "cpu", "cuda", "npu", "ascend", "gpu")
-DATA_FORMATS = ("auto", "text", "jsonl", "bin_uint16", "bin_uint32", "indexed")
+DATA_FORMATS = ("auto", "text", "jsonl", "bin_uint16", "bin_uint32", "indexed", "parquet", "arrow", "datasets")
 DTYPES = ("float32", "bfloat16")
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 @dataclass
@@ -247,7 +248,7 @@ class ParallelConfig:
     devices_per_node: int = spec(0, "ranks per node; 0 = from the launcher (LOCAL_WORLD_SIZE)", ge=0)
     expert_parallel_size: int = spec(0, "ranks that share one copy of the experts; 0 = all ranks", ge=0)
     placement: str = spec("contiguous", "expert -> rank map", choices=PLACEMENTS)
-    placement_table: list[int] = spec(factory=list, doc="expert -> rank table of placement explicit")
+    placement_table: list[int] = spec(factory=list, doc="expert -> rank table of placement explicit", ge=0)
     dispatch: str = spec(
         "hierarchical",
         "all-to-all scheme: hierarchical (intra-node, then inter-node) or flat",
@@ -277,8 +278,9 @@ class DataSource:
     format: str = spec(
         "auto",
         "text, jsonl, bin_uint16, bin_uint32, indexed (PREFIX.bin + PREFIX.idx from "
-        "`locmoe data prepare` or Megatron), or auto (by extension; a prefix or .bin with an "
-        ".idx beside it is indexed)",
+        "`locmoe data prepare` or Megatron), parquet, arrow, datasets (a save_to_disk folder; these three "
+        "need locmoe[hf-data] and a text column, optionally domain), or auto (by extension; a prefix or .bin "
+        "with an .idx beside it is indexed, a save_to_disk folder is datasets)",
         choices=DATA_FORMATS,
     )
 
@@ -291,11 +293,23 @@ class DataConfig:
         factory=list,
         doc="corpora; empty = the Python standard library's own source files (real text, nothing to download)",
     )
-    tokenizer: str = spec("byte", "byte, or the path of a tokenizers JSON file", nonempty=True)
+    tokenizer: str = spec(
+        "byte",
+        "byte, the path of a tokenizers JSON file, or a Hugging Face tokenizer folder (tokenizer.json inside)",
+        nonempty=True,
+    )
     seq_len: int = spec(128, "tokens per training sequence", ge=2)
     val_fraction: float = spec(0.05, "share of each source held out for validation", gt=0, lt=1)
     max_bytes: int = spec(0, "read at most this many bytes per source; 0 = all", ge=0)
     seed: int = spec(0, "seed of the sampling order", ge=0)
+    placement: str = spec(
+        "drawn",
+        "which node each sequence of a step trains on: drawn = rank r takes rows r*B..(r+1)*B of the drawn batch; "
+        "affinity = the sequences are dealt to the nodes whose experts their tokens prefer (the first MoE "
+        "layer's gate on its input, before the step; every node keeps its share of rows); embedding = the same "
+        "deal from that gate on the token embeddings alone (no block runs twice): locmoe.data.placement",
+        choices=("drawn", "affinity", "embedding"),
+    )
 
 
 @dataclass
@@ -345,16 +359,38 @@ class TrainConfig:
     )
     ckpt_every: int = spec(100, "checkpoint every this many steps (and at the end); 0 = only at the end", ge=0)
     keep_checkpoints: int = spec(2, "keep the newest this many checkpoints", ge=1)
+    save_on_signal: bool = spec(
+        False,
+        "on SIGTERM (a scheduler's notice before it kills the job), checkpoint the step just finished "
+        "before exiting; Ctrl-C never saves",
+    )
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases (the optional extra ``locmoe[wandb]``): the same scalars as tensorboard."""
+
+    project: str = spec("", "W&B project; empty = W&B off")
+    entity: str = spec("", "W&B team or user; empty = your default entity")
+    mode: str = spec(
+        "online", "online, offline (files under out_dir/wandb, `wandb sync` later) or disabled", choices=WANDB_MODES
+    )
 
 
 @dataclass
 class LoggingConfig:
     """Progress bar, tensorboard scalars and console logs."""
 
-    log_every: int = spec(10, "write scalars every this many steps", ge=1)
+    log_every: int = spec(
+        10,
+        "write scalars every this many steps; without the progress bar (off, or output not a terminal) also "
+        "print one line each time",
+        ge=1,
+    )
     tensorboard: bool = spec(True, "write tensorboardX events under out_dir/tb")
-    progress: bool = spec(True, "tqdm progress bar on rank 0")
+    progress: bool = spec(True, "tqdm progress bar on rank 0 when the output is a terminal")
     heatmap_every: int = spec(100, "expert-load heatmap image every this many steps; 0 = off", ge=0)
+    wandb: WandbConfig = spec(factory=WandbConfig, doc="Weights & Biases")
 
 
 @dataclass

@@ -69,7 +69,8 @@ def load_corpus(cfg: DataConfig, tokenizer, num_domains: int) -> Corpus:
         if len(tokens) - n_val < cfg.seq_len + 1:
             raise DataError(
                 f"domain {dom} of {description} holds {len(tokens)} tokens, too few for a training "
-                f"and a validation sequence of {cfg.seq_len + 1} tokens"
+                f"and a validation sequence of {cfg.seq_len + 1} tokens once data.val_fraction = "
+                f"{cfg.val_fraction} of them ({n_val}) is held out"
             )
         corpus.train[dom], corpus.val[dom] = tokens.split(len(tokens) - n_val)
     if not corpus.train:

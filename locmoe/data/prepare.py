@@ -1,7 +1,9 @@
-"""``locmoe data prepare``: tokenise text/JSONL sources once into an indexed dataset (PREFIX.bin + PREFIX.idx +
-PREFIX.locmoe.json, see :mod:`locmoe.data.indexed`) that training reads lazily without re-tokenising.
+"""``locmoe data prepare``: tokenise text/JSONL/parquet/arrow/datasets sources once into an indexed dataset
+(PREFIX.bin + PREFIX.idx + PREFIX.locmoe.json, see :mod:`locmoe.data.indexed`) that training reads lazily
+without re-tokenising.
 
-Work is cut into units (a text file; about CHUNK_BYTES of a JSONL file, at a line boundary) tokenised by
+Work is cut into units (a text file; about CHUNK_BYTES of a JSONL file, at a line boundary; a block of rows
+of a parquet / arrow / datasets source, :mod:`locmoe.data.arrow_source`) tokenised by
 worker processes and collected in order, so the output does not depend on the number of workers. Documents
 are grouped by domain (stable): each domain's stream is then one contiguous run, exactly the stream that
 training on the same text sources would build. Everything is written in a temporary folder beside PREFIX and
@@ -23,10 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from locmoe.data import indexed
+from locmoe import run_lock
+from locmoe.config import ConfigError
+from locmoe.data import arrow_source, indexed
 from locmoe.data.errors import DataError
 from locmoe.data.sources import decode, encode, parse_jsonl, resolve
-from locmoe.data.tokenizer import load_tokenizer
+from locmoe.data.tokenizer import load_tokenizer, tokenizer_file
 
 CHUNK_BYTES = 8 << 20
 MAX_DOMAINS = 128  # domains are stored as Megatron's int8 sequence modes
@@ -40,13 +44,24 @@ class Unit:
     domain: int
     start: int
     end: int
+    block: arrow_source.Block | None = None  # rows of a parquet / arrow / datasets source (start, end unused)
+
+    @property
+    def size(self) -> int:
+        """Bytes of text, for the progress bar."""
+        return self.block.nbytes if self.block is not None else self.end - self.start
 
 
 def plan_units(sources: list[str], fmt: str, domain: int) -> list[Unit]:
-    """Work units of every text/JSONL file of the sources, in order."""
+    """Work units of every source, in order: about CHUNK_BYTES of a text/JSONL file, or one block (a parquet
+    row group, about BLOCK_BYTES of an Arrow table's rows)."""
     units = []
     for src in sources:
         for path, kind in resolve(Path(src), fmt):
+            if kind in arrow_source.FORMATS:
+                blocks = arrow_source.blocks(path, kind)
+                units += [Unit(path=path, fmt=kind, domain=domain, start=0, end=0, block=b) for b in blocks]
+                continue
             if kind not in ("text", "jsonl"):
                 raise DataError(
                     f"{path}: locmoe data prepare reads text and jsonl sources, not {kind} "
@@ -79,6 +94,10 @@ def _init_worker(spec: str) -> None:
 
 def _work(unit: Unit):
     """(documents [(domain, tokens)], lines, error) of one unit; a bad row comes back as its relative line."""
+    if unit.block is not None:  # its errors name the row already
+        pieces = arrow_source.documents(unit.path, unit.fmt, unit.block, unit.domain)
+        docs = encode(unit.path, pieces, _TOKENIZER, MAX_DOMAINS, "indexed datasets keep domains as int8")
+        return docs, unit.block.stop - unit.block.start, None
     with open(unit.path, "rb") as f:
         f.seek(unit.start)
         raw = f.read(unit.end - unit.start)
@@ -112,8 +131,10 @@ def prepare(
 ) -> dict:
     """Tokenise ``sources`` into ``out``.bin/.idx/.locmoe.json; returns the summary that is also recorded."""
     t0 = time.perf_counter()
-    if tokenizer != "byte" and not Path(tokenizer).is_file():
-        raise DataError(f"--tokenizer {tokenizer!r} is neither 'byte' nor an existing tokenizers JSON file")
+    try:
+        tokenizer_file(tokenizer)
+    except ConfigError as err:  # its message names data.tokenizer; here the flag is --tokenizer
+        raise DataError(f"--tokenizer: {str(err).removeprefix('data.tokenizer: ')}") from None
     if not 0 <= domain < MAX_DOMAINS:
         raise DataError(f"--domain {domain} must be in [0, {MAX_DOMAINS}) (domains are stored as int8)")
     tok = load_tokenizer(tokenizer)
@@ -125,10 +146,11 @@ def prepare(
     units = plan_units(sources, fmt, domain)
     if not prefix.parent.is_dir():
         raise DataError(f"--out {out}: folder {prefix.parent} does not exist")
-    tmp = prefix.parent / f".{prefix.name}.prepare-{os.getpid()}"  # hidden: training folders skip it
+    remove_dead_leftovers(prefix)
+    tmp = prefix.parent / f"{_temp_name(prefix)}{os.getpid()}"  # hidden: training folders skip it
     renamed: list[Path] = []
     try:
-        tmp.mkdir()
+        run_lock.acquire(tmp)  # makes tmp; its flock tells a later prepare that this one is alive
         lengths, bins, max_token = _tokenise(units, tokenizer, workers, progress, tmp, tok)
         meta = _finish(tmp, prefix, tok, lengths, bins, max_token, sources)
         for p in finals:  # the .idx last: until it exists, readers see no dataset
@@ -142,9 +164,30 @@ def prepare(
             raise DataError(f"{err.filename or out}: {err.strerror or err}{full}; nothing was written") from None
         raise
     finally:
+        run_lock.release(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     return meta
+
+
+def _temp_name(prefix: Path) -> str:
+    return f".{prefix.name}.prepare-"
+
+
+def remove_dead_leftovers(prefix: Path) -> list[Path]:
+    """Remove the temporary folders that earlier prepares of ``prefix`` left when killed (-9, OOM): those whose
+    lock no live process holds (``run_lock.in_use``, the test the run directories' stale locks pass), or,
+    without a lock file (a locmoe before it), whose pid in the name is not running. Returns what it removed."""
+    removed = []
+    for tmp in prefix.parent.glob(_temp_name(prefix) + "*"):
+        pid = tmp.name[len(_temp_name(prefix)) :]
+        if not tmp.is_dir() or not pid.isdigit() or run_lock.in_use(tmp):
+            continue
+        if not (tmp / run_lock.LOCK_FILE).exists() and run_lock.pid_alive(int(pid)):
+            continue  # no lock yet: a prepare between making its folder and locking it, or an older locmoe's
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    return removed
 
 
 def _tokenise(units, spec, workers, progress, tmp, tok):
@@ -157,7 +200,7 @@ def _tokenise(units, spec, workers, progress, tmp, tok):
     lines: dict[Path, int] = {}
     max_token = -1
     bar = tqdm(
-        total=sum(u.end - u.start for u in units),
+        total=sum(u.size for u in units),
         unit="B",
         unit_scale=True,
         desc="tokenising",
@@ -177,7 +220,7 @@ def _tokenise(units, spec, workers, progress, tmp, tok):
                 lengths[dom].append(len(tokens))
                 if len(tokens):
                     max_token = max(max_token, int(tokens.max()))
-            bar.update(unit.end - unit.start)
+            bar.update(unit.size)
     finally:
         results.close()  # ends the worker pool now, also on an error
         bar.close()

@@ -2,9 +2,9 @@
 and running on any number of data-parallel ranks see the same sequences.
 
 Each sequence is a window of seq_len + 1 tokens from one domain's stream; the domain is drawn in proportion
-to its number of windows. Rank r of W takes rows r·B .. (r+1)·B of the global batch of W·B rows. A stream is
-anything with ``len`` and contiguous slices (a TokenStream, or a plain array); only the B windows of this rank
-are read.
+to its number of windows. Rank r of W takes rows r·B .. (r+1)·B of the global batch of W·B rows, or the rows
+it is given (sequence placement, ``locmoe.data.placement``, moves rows between ranks). A stream is anything with
+``len`` and contiguous slices (a TokenStream, or a plain array); only the windows of this rank are read.
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ class BatchSampler:
         self.corpus, self.seq_len, self.batch_per_rank = corpus, seq_len, batch_per_rank
         self.rank, self.world, self.seed = rank, world, seed
 
-    def batch(self, step: int, micro: int = 0, split: str = "train") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(inputs [B, S], targets [B, S], domain [B]) of this rank, int64."""
+    def batch(
+        self, step: int, micro: int = 0, split: str = "train", rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(inputs [B, S], targets [B, S], domain [B]) of this rank, int64; ``rows`` [B]: which rows of the
+        global batch (default this rank's block)."""
         streams = getattr(self.corpus, split)
         domains = sorted(streams)
         windows = np.array([len(streams[d]) - self.seq_len - 1 for d in domains], dtype=np.float64)
@@ -30,7 +33,10 @@ class BatchSampler:
         n = B * self.world
         pick = rng.choice(len(domains), size=n, p=windows / windows.sum())
         starts = (rng.random(n) * (windows[pick] + 1)).astype(np.int64)
-        rows = slice(self.rank * B, (self.rank + 1) * B)
+        if rows is None:
+            rows = slice(self.rank * B, (self.rank + 1) * B)
+        elif len(rows) != B or np.min(rows) < 0 or np.max(rows) >= n:
+            raise ValueError(f"rows: {B} indices in [0, {n}) expected, got {len(rows)} ({rows!r})")
         # only the drawn windows are read (and converted to int64): the streams stay on disk in their own dtype
         seqs = np.stack([streams[domains[p]][s : s + self.seq_len + 1] for p, s in zip(pick[rows], starts[rows])])
         seqs = seqs.astype(np.int64, copy=False)

@@ -4,11 +4,13 @@ Formats: ``text`` (a file is one document), ``jsonl`` (a row is one document: st
 ``domain``), ``bin_uint16`` / ``bin_uint32`` (raw tokens), ``indexed`` (PREFIX.bin + PREFIX.idx, see
 :mod:`locmoe.data.indexed`). ``auto`` picks by name: ``.jsonl``; ``.idx``, a prefix whose ``.bin``/``.idx``
 exist, or a ``.bin`` with an ``.idx`` beside it is indexed; another ``.bin`` or ``.u16`` is bin_uint16, ``.u32``
-bin_uint32; anything else is text.
+bin_uint32; ``.parquet`` is parquet, ``.arrow`` arrow, and a folder written by ``Dataset.save_to_disk``
+datasets (rows as JSONL's, read a block at a time: :mod:`locmoe.data.arrow_source`); anything else is text.
 
 Text must be UTF-8: a file that is not is refused (DataError naming the file and the byte), because silently
 replacing bytes would train on corrupted text. The one exception is the character that ``data.max_bytes``
-cuts in two at the end of the read, which is replaced as before. Binary and indexed sources stay on disk in
+cuts in two at the end of a text file's read, which is replaced as before; a JSONL file's read ends after its
+last whole row (the cut, not the file, made the row partial). Binary and indexed sources stay on disk in
 their own dtype, read a window at a time (:class:`~locmoe.data.stream.FileTokens`); their token ids are
 checked against the vocabulary in 16 MiB reads (or, for a prepared indexed dataset, from the sidecar's
 recorded largest id).
@@ -22,12 +24,18 @@ from pathlib import Path
 
 import numpy as np
 
-from locmoe.data import indexed
+from locmoe.data import arrow_source, indexed
 from locmoe.data.errors import DataError
 from locmoe.data.stream import FileTokens, TokenStream, scan_minmax
 
 BIN_DTYPES = {"bin_uint16": np.uint16, "bin_uint32": np.uint32}
-SUFFIX_FORMATS = {".jsonl": "jsonl", ".bin": "bin_uint16", ".u16": "bin_uint16", ".u32": "bin_uint32"}
+SUFFIX_FORMATS = {
+    ".jsonl": "jsonl",
+    ".bin": "bin_uint16",
+    ".u16": "bin_uint16",
+    ".u32": "bin_uint32",
+    **arrow_source.SUFFIXES,
+}
 
 
 @dataclass
@@ -46,12 +54,16 @@ class ReadContext:
 
 def resolve(path: Path, declared: str) -> list[tuple[Path, str]]:
     """(file or indexed prefix, format) of every input of one source, in a stable order."""
+    if path.is_dir() and declared in ("auto", "datasets") and _datasets_folder(path):
+        return [(path, "datasets")]
     if path.is_dir():
         found = _folder(path, declared)
         if not found:
             raise DataError(
                 f"data source {path} holds no .bin/.idx pair (format: indexed)"
                 if declared == "indexed"
+                else f"data source {path} holds no folder written by save_to_disk (format: datasets)"
+                if declared == "datasets"
                 else f"data source {path} is an empty folder"
             )
         return found
@@ -75,17 +87,30 @@ def _indexed_prefix(path: Path, declared: bool):
     return None
 
 
+def _datasets_folder(path: Path) -> bool:
+    """A save_to_disk folder, or a DatasetDict's (which arrow_source refuses, naming its splits)."""
+    return arrow_source.is_dataset_folder(path) or (path / "dataset_dict.json").is_file()
+
+
 def _folder(path: Path, declared: str) -> list[tuple[Path, str]]:
-    """Inputs of a folder: each indexed pair once (at its .idx), every other file by its format."""
+    """Inputs of a folder: each indexed pair once (at its .idx), each save_to_disk folder once, every other
+    file by its format."""
     files = sorted(
         p
         for p in path.rglob("*")
         if p.is_file()  # hidden files and folders (.git, a running
         and not any(part.startswith(".") for part in p.relative_to(path).parts)
     )  # prepare) skipped
+    datasets = {d for d in {p.parent for p in files} if declared in ("auto", "datasets") and _datasets_folder(d)}
+    if declared == "datasets":
+        return [(d, "datasets") for d in sorted(datasets)]
+    files = sorted([p for p in files if not datasets.intersection(p.parents)] + list(datasets))
     names = {str(p) for p in files}
     out = []
     for p in files:
+        if p in datasets:
+            out.append((p, "datasets"))
+            continue
         sidecar_of = str(p)[: -len(".locmoe.json")] if p.name.endswith(".locmoe.json") else None
         if sidecar_of is not None and f"{sidecar_of}.idx" in names:
             continue
@@ -107,6 +132,8 @@ def read(path: Path, fmt: str, domain: int, ctx: ReadContext) -> list[tuple[int,
         return [(domain, _binary(path, np.dtype(BIN_DTYPES[fmt]), fmt, ctx))]
     if fmt == "indexed":
         return _indexed(path, domain, ctx)
+    if fmt in arrow_source.FORMATS:
+        return _rows(path, fmt, domain, ctx)
     return [(dom, TokenStream.of([tokens])) for dom, tokens in _texts(path, fmt, domain, ctx)]
 
 
@@ -160,6 +187,39 @@ def _indexed(prefix: Path, domain: int, ctx: ReadContext) -> list[tuple[int, Tok
     ]
 
 
+def _rows(path: Path, fmt: str, domain: int, ctx: ReadContext) -> list[tuple[int, TokenStream]]:
+    """(domain, tokens) of a parquet / arrow / datasets source, a block at a time: each block's documents
+    are tokenised as JSONL rows are (so the same text gives the same stream) and joined per domain, in
+    order. ``data.max_bytes`` counts the rows' UTF-8 text and, as for JSONL, keeps whole rows only."""
+    pieces, left = [], ctx.max_bytes or -1
+    for block in arrow_source.blocks(path, fmt):
+        docs = arrow_source.documents(path, fmt, block, domain)
+        if left >= 0:
+            docs, left = _within(path, docs, left, ctx.max_bytes, first=not pieces)
+        by_domain: dict[int, list[np.ndarray]] = {}
+        for dom, tokens in encode(path, docs, ctx.tokenizer, ctx.num_domains, "moe.domains.num_domains"):
+            by_domain.setdefault(dom, []).append(tokens)
+        pieces += [(dom, TokenStream.of([np.concatenate(parts)])) for dom, parts in by_domain.items()]
+        if left == 0:
+            break
+    return pieces
+
+
+def _within(path: Path, docs: list, left: int, max_bytes: int, first: bool) -> tuple[list, int]:
+    """The leading documents whose text fits in ``left`` more bytes, and the bytes left after them (0: stop)."""
+    for n, (_, text) in enumerate(docs):
+        size = len(text.encode("utf-8"))
+        if size > left:
+            if first and n == 0:
+                raise DataError(
+                    f"{path}: its first row is longer than data.max_bytes ({max_bytes} bytes); raise "
+                    "data.max_bytes (0 = read every row) so that at least one whole row fits"
+                )
+            return docs[:n], 0
+        left -= size
+    return docs, left
+
+
 def decode(path: Path, raw: bytes, truncated: bool, strict: bool = True, offset: int = 0) -> str:
     """UTF-8 text of (a part at byte ``offset`` of) a file; DataError naming the file and the byte for
     anything that is not UTF-8."""
@@ -202,12 +262,28 @@ def parse_jsonl(path: Path, text: str, domain: int) -> list[tuple[int, str]]:
 
 
 def _texts(path: Path, fmt: str, domain: int, ctx: ReadContext) -> list[tuple[int, np.ndarray]]:
-    """(domain, tokens) of a text or JSONL file."""
+    """(domain, tokens) of a text or JSONL file; ``data.max_bytes`` keeps whole JSONL rows only."""
     raw = path.read_bytes()
     truncated = bool(ctx.max_bytes) and len(raw) > ctx.max_bytes
-    text = decode(path, raw[: ctx.max_bytes or None], truncated, ctx.strict_utf8)
+    if truncated:
+        raw = raw[: ctx.max_bytes]
+        if fmt == "jsonl":
+            raw = whole_lines(path, raw, ctx.max_bytes)
+    text = decode(path, raw, truncated and fmt != "jsonl", ctx.strict_utf8)
     pieces = [(domain, text)] if fmt == "text" else parse_jsonl(path, text, domain)
     return encode(path, pieces, ctx.tokenizer, ctx.num_domains, "moe.domains.num_domains")
+
+
+def whole_lines(path: Path, head: bytes, max_bytes: int) -> bytes:
+    """The rows of a JSONL file's first ``max_bytes`` bytes that end there: the cut, not the file, made the
+    last row partial, so it is left out rather than refused as invalid JSON."""
+    end = head.rfind(b"\n")
+    if end < 0:
+        raise DataError(
+            f"{path}: its first row is longer than data.max_bytes ({max_bytes} bytes); raise data.max_bytes "
+            "(0 = read the whole file) so that at least one whole row fits"
+        )
+    return head[: end + 1]
 
 
 def encode(

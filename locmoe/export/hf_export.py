@@ -26,7 +26,12 @@ from locmoe.atomic_io import atomic_directory, writing
 from locmoe.checkpointing import TOKENIZER_FILE, load_state, reading, resolve, safe_tensors
 from locmoe.config import config_from_dict
 from locmoe.export.hf_config import HFFormatError, check_exportable, hf_config
-from locmoe.export.hf_tokenizer import byte_tokenizer_json, eos_of, generation_config_json, tokenizer_config_json
+from locmoe.export.hf_tokenizer import (
+    byte_tokenizer_json,
+    generation_config_json,
+    special_tokens,
+    tokenizer_config_json,
+)
 from locmoe.export.hf_weights import to_hf
 from locmoe.model_spec import moe_layer_indices
 
@@ -49,7 +54,7 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     if out.resolve() == path.resolve() or out.resolve() in path.resolve().parents:
         raise HFFormatError(f"export directory {out} holds the checkpoint {path}; choose another one")
     tokenizer = _tokenizer_text(cfg, path)
-    eos_id, eos_token = eos_of(tokenizer) if cfg.data.tokenizer != "byte" else (None, None)
+    specials = special_tokens(tokenizer)
     file = path / "model.safetensors"
     with safe_tensors(file, "np") as f, reading(file):
         weights = {k: f.get_tensor(k) for k in f.keys()}
@@ -67,10 +72,13 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
         },
     }
     with atomic_directory(out, replaceable=is_hf_export, what="Hugging Face export") as tmp:
-        _write(tmp / "config.json", json.dumps(hf_config(cfg, eos_id), indent=2) + "\n")
-        _write(tmp / "generation_config.json", generation_config_json(eos_id))
+        _write(tmp / "config.json", json.dumps(hf_config(cfg, specials["eos_token_id"]), indent=2) + "\n")
+        _write(tmp / "generation_config.json", generation_config_json(specials))
         _write(tmp / "tokenizer.json", tokenizer)
-        _write(tmp / "tokenizer_config.json", tokenizer_config_json(cfg.model.max_seq_len, eos_token))
+        _write(
+            tmp / "tokenizer_config.json",
+            tokenizer_config_json(cfg.model.max_seq_len, specials, cfg.data.tokenizer == "byte"),
+        )
         _write(tmp / META, json.dumps(meta, indent=1, allow_nan=False) + "\n")
         with writing(tmp / "model.safetensors"):
             save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -83,7 +91,7 @@ def _tokenizer_text(cfg, checkpoint: Path) -> str:
     spec = cfg.data.tokenizer
     if spec == "byte":
         return byte_tokenizer_json()
-    for candidate in (checkpoint / TOKENIZER_FILE, Path(spec)):
+    for candidate in (checkpoint / TOKENIZER_FILE, Path(spec), Path(spec) / TOKENIZER_FILE):  # a folder's file
         if candidate.is_file():
             return candidate.read_text(encoding="utf-8")
     raise HFFormatError(

@@ -21,14 +21,14 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from locmoe import __version__
-from locmoe.atomic_io import write_text, writing
+from locmoe.atomic_io import check_replaceable, write_text, writing
 from locmoe.checkpointing import TOKENIZER_FILE, list_checkpoints, seal, temp_dir
 from locmoe.config import ConfigError, config_from_dict, config_to_dict
 from locmoe.config.schema import JobConfig
 from locmoe.export.hf_config import HFFormatError, model_fields_from_hf
 from locmoe.export.hf_export import META
 from locmoe.export.hf_files import read_json, read_weights
-from locmoe.export.hf_tokenizer import byte_tokenizer_json
+from locmoe.export.hf_tokenizer import is_byte_tokenizer
 from locmoe.export.hf_weights import from_hf, router_weight
 from locmoe.model_spec import moe_layer_indices
 
@@ -42,6 +42,8 @@ def import_hf(directory: str | Path, out_dir: str | Path) -> Path:
         raise HFFormatError(f"{src} is not a directory (a Hugging Face model directory was expected)")
     if list_checkpoints(out) or (out / "router").exists():
         raise HFFormatError(f"{out} already holds checkpoints or a router export; choose an empty or new OUT_DIR")
+    if out.exists() or out.is_symlink():
+        check_replaceable(out, None, "converted checkpoint")
     hf = read_json(src / "config.json")
     if not isinstance(hf, dict):
         raise HFFormatError(f"{src / 'config.json'}: expected a JSON object")
@@ -129,7 +131,7 @@ def _tokenizer(src: Path, cfg: JobConfig) -> str | None:
             )
         return None
     text = file.read_text(encoding="utf-8")
-    return None if json.loads(byte_tokenizer_json()) == _json(text, file) else text
+    return None if is_byte_tokenizer(_json(text, file)) else text
 
 
 def _json(text: str, file: Path):

@@ -132,16 +132,14 @@ class DeviceProfile:
 
     @staticmethod
     def load(path: str | Path) -> "DeviceProfile":
+        from locmoe.text_files import read_json
+
         path = Path(path)
         if not path.is_file():
             raise ProfileError(
                 f"calibration profile {path} not found; write one with `locmoe bench calibrate --out {path}`"
             )
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ProfileError(f"{path} is not valid JSON ({err})") from None
-        return DeviceProfile.from_dict(data, str(path))
+        return DeviceProfile.from_dict(read_json(path, "calibration profile", ProfileError), str(path))
 
 
 def _check_coefficients(name: str, values: dict) -> None:

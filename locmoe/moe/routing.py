@@ -74,6 +74,19 @@ def route(
     )
 
 
+def node_preference(ops: MoEOps, router, x: Tensor, domain: Optional[Tensor] = None) -> Tensor:
+    """[T, N] the share of each token's gate probability on each node's experts: what sequence placement
+    (``locmoe.data.placement``) reads, before any intra-node rule, capacity or state update."""
+    moe = router.moe
+    r = moe.router
+    logits = paper_gate(ops, router_scores(ops, router, x), r.gate_activation, router.gate_bias) / r.temperature
+    if moe.domains.num_domains > 1:
+        domain = ops.zeros((x.shape[0],), "int64", like=x) if domain is None else ops.cast(domain, "int64")
+        logits = ops.masked_fill(logits, ~ops.take_rows(router.domain_member, domain), float("-inf"))
+    _, probs, _ = ops.affinities(r.scoring, logits)
+    return ops.matmul(probs, ops.transpose(ops.cast(router.node_mask, "float32")))
+
+
 def router_scores(ops: MoEOps, router, x: Tensor) -> Tensor:
     """[T, E] gate scores ω·x: GrAP's fixed orthogonal gate, or the learned one."""
     if router.moe.router.gate == "grap":

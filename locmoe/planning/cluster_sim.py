@@ -59,6 +59,13 @@ class Calibration:
         if unknown:
             raise PlanningError(f"calibration {path}: unknown fields {unknown}; allowed: {sorted(names)}")
         cal = Calibration(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        for f in dataclasses.fields(Calibration):
+            value, listed = getattr(cal, f.name), isinstance(f.default, tuple)
+            values = value if listed and isinstance(value, tuple) else (value,)
+            positive = all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values)
+            if f.name != "source" and (listed != isinstance(value, tuple) or not values or not positive):
+                what = "a list of positive numbers" if listed else "a positive number"
+                raise PlanningError(f"calibration {path}: {f.name} must be {what}, got {value!r}")
         if len(cal.a2a_sizes_mb) != len(cal.a2a_gbps) or not cal.a2a_sizes_mb:
             raise PlanningError(f"calibration {path}: a2a_sizes_mb and a2a_gbps must be equally long, non-empty")
         return cal

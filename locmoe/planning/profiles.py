@@ -22,11 +22,11 @@ optional and replaces the default.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from locmoe.planning.errors import PlanningError
 from locmoe.planning.hetero import DeviceKind, ModelSpec, Workload
+from locmoe.text_files import read_json
 
 H200_GEMM_EFF, H200_HBM_EFF, H200_LINK_EFF = 760 / 989, 4.2 / 4.8, 446 / 450
 
@@ -81,18 +81,14 @@ def load_profiles(path: str | Path | None) -> tuple[dict, ModelSpec, Workload]:
     kinds, model, workload = dict(DEFAULT_KINDS), DEFAULT_MODEL, DEFAULT_WORKLOAD
     if path is None:
         return kinds, model, workload
-    path = Path(path)
-    if not path.is_file():
-        raise PlanningError(f"profile {path} not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise PlanningError(f"profile {path} is not valid JSON ({err})") from None
+    data = read_json(path, "--profile", PlanningError)
     if "device_kinds" in data:
-        kinds = {
-            name: _build(DeviceKind, {"name": name, **fields}, f"{path}: device_kinds.{name}")
-            for name, fields in data["device_kinds"].items()
-        }
+        if not isinstance(data["device_kinds"], dict):
+            raise PlanningError(f"--profile {path}: device_kinds must be an object of kind name -> fields")
+        kinds = {}
+        for name, fields in data["device_kinds"].items():
+            where = f"{path}: device_kinds.{name}"
+            kinds[name] = _build(DeviceKind, {"name": name, **_fields(fields, where)}, where)
     if "model" in data:
         model = _build(ModelSpec, data["model"], f"{path}: model")
     if "workload" in data:
@@ -100,7 +96,14 @@ def load_profiles(path: str | Path | None) -> tuple[dict, ModelSpec, Workload]:
     return kinds, model, workload
 
 
+def _fields(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise PlanningError(f"{where} must be a JSON object of fields, not {type(value).__name__}")
+    return value
+
+
 def _build(cls, fields: dict, where: str):
+    fields = _fields(fields, where)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - names)
     if unknown:

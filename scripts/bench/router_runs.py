@@ -69,9 +69,20 @@ class Run:
         ]
 
 
-def run_sets(run: Run, model: list, steps: int, dtype: str, nproc: int, nodes: int, device: str) -> list:
+def run_sets(
+    run: Run,
+    model: list,
+    steps: int,
+    dtype: str,
+    nproc: int,
+    nodes: int,
+    device: str,
+    devices_per_node: int = 0,
+    eval_every: int = 0,
+) -> list:
     """The --set overrides of one run: model sizes, schedule, logging, data, seed, topology (``nodes`` nodes of
-    nproc/nodes devices, or of 1 when one process emulates them all), the variant's own."""
+    ``devices_per_node`` devices; 0 = nproc/nodes, or 1 when one process emulates them all), validation every
+    ``eval_every`` steps (0 = at the end only), the variant's own."""
     data = [] if run.corpus == STDLIB else [f"data.sources=[{{path: {Path(run.corpus).resolve()}}}]"]
     return [
         *model,
@@ -79,7 +90,7 @@ def run_sets(run: Run, model: list, steps: int, dtype: str, nproc: int, nodes: i
         f"train.steps={steps}",
         f"train.dtype={dtype}",
         f"train.warmup_steps={max(steps // 10, 1)}",
-        "train.eval_every=0",
+        f"train.eval_every={eval_every}",
         "train.eval_batches=16",
         "train.ckpt_every=0",
         "train.keep_checkpoints=1",
@@ -94,7 +105,7 @@ def run_sets(run: Run, model: list, steps: int, dtype: str, nproc: int, nodes: i
         f"train.seed={run.seed}",
         f"data.seed={run.seed}",
         f"parallel.nodes={nodes}",
-        f"parallel.devices_per_node={max(nproc // nodes, 1)}",
+        f"parallel.devices_per_node={devices_per_node or max(nproc // nodes, 1)}",
         *run.overrides,
     ]
 

@@ -41,6 +41,7 @@ from backends.torch.optim import make_optimizer  # noqa: E402
 from backends.torch.train import Batches, build_model, loss_of, make_stepper, train_step  # noqa: E402
 from locmoe.config import load_config  # noqa: E402
 from locmoe.data import BatchSampler, load_corpus, load_tokenizer  # noqa: E402
+from locmoe.mfu import flops_per_token  # noqa: E402
 from locmoe.model_spec import moe_layer_indices  # noqa: E402
 from locmoe.report import format_table, write_json  # noqa: E402
 
@@ -52,22 +53,6 @@ VARIANTS = {
     "nograph": ["train.cuda_graph=false"],  # compiled blocks, eager step
     "ckpt": ["train.activation_checkpointing=true"],
 }
-
-
-def flops_per_token(cfg) -> float:
-    """6·N_active + 12·L·S·d (see the module docstring)."""
-    m, moe = cfg.model, cfg.moe
-    d, L, S = m.d_model, m.n_layers, cfg.data.seq_len
-    moe_layers = set(moe_layer_indices(m))
-    mats = 3 if moe.activation == "swiglu" else 2
-    n = m.vocab_size * d  # output projection (tied or not)
-    for i in range(L):
-        n += 4 * d * d
-        if i in moe_layers:
-            n += moe.router.top_k * mats * d * moe.d_expert + d * moe.num_experts
-        else:
-            n += 3 * d * m.d_ff
-    return 6.0 * n + 12.0 * L * S * d
 
 
 def job(args, row: str):

@@ -141,6 +141,39 @@ def case(name, d: Path):
     if name == "indexed: no tokens":
         write_indexed(p, tokens(0))
         return p, "indexed", f"indexed dataset {p} holds no tokens"
+    return hf_case(name, d)
+
+
+def hf_case(name, d: Path):
+    """The Hugging Face formats (the hf-data extra): parquet, arrow, a save_to_disk folder."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    datasets = pytest.importorskip("datasets")
+    rows = {"text": ["fine row " * 20] * 30}
+    if name == "parquet: no text column":
+        pq.write_table(pa.table({"body": rows["text"]}), d / "x.parquet")
+        return d / "x.parquet", "auto", f"{d / 'x.parquet'}: needs a string 'text' column"
+    if name == "parquet: domain 5":
+        pq.write_table(pa.table({**rows, "domain": [0] * 29 + [5]}), d / "x.parquet")
+        return d / "x.parquet", "auto", f"{d / 'x.parquet'}: domain 5 must be in [0, 1)"
+    if name == "parquet: not parquet":
+        (d / "x.parquet").write_text("fine row " * 20)
+        return d / "x.parquet", "auto", f"{d / 'x.parquet'}: not a readable parquet source"
+    if name == "arrow: null text":
+        with pa.ipc.new_file(d / "x.arrow", pa.schema([("text", pa.string())])) as w:
+            w.write_table(pa.table({"text": rows["text"] + [None]}))
+        return d / "x.arrow", "auto", f"{d / 'x.arrow'}: row 30 has no text (null)"
+    if name == "arrow: not arrow":
+        (d / "x.arrow").write_bytes(b"ARROW1" + bytes(40))
+        return d / "x.arrow", "arrow", f"{d / 'x.arrow'}: not a readable arrow source"
+    if name == "datasets: a DatasetDict":
+        datasets.disable_progress_bars()  # its bar on stderr is not the command's output
+        datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(d / "dd"))
+        return d / "dd", "auto", f"{d / 'dd'} holds a DatasetDict (splits ['train']): give one split's folder"
+    if name == "datasets: no save_to_disk folder":
+        (d / "plain").mkdir()
+        (d / "plain" / "a.txt").write_text("fine row " * 20)
+        return d / "plain", "datasets", f"data source {d / 'plain'} holds no folder written by save_to_disk"
     raise AssertionError(name)
 
 
@@ -175,6 +208,13 @@ CASES = [
     "indexed: sidecar of the wrong shape",
     "indexed: document domain beyond num_domains",
     "indexed: no tokens",
+    "parquet: no text column",
+    "parquet: domain 5",
+    "parquet: not parquet",
+    "arrow: null text",
+    "arrow: not arrow",
+    "datasets: a DatasetDict",
+    "datasets: no save_to_disk folder",
 ]
 
 

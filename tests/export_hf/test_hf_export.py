@@ -73,8 +73,21 @@ def test_byte_tokenizer_encodes_and_decodes_as_ours(hf_dir):
     text = "héllo wörld\n\tdef f(x):  return x  # 😀 ∑"
     assert tok(text)["input_ids"] == ours.encode(text).tolist()
     assert tok.decode(ours.encode(text).tolist()) == text
-    for bad in ([0xC3], [0xE2, 0x82, 0x41], [0xFF, 0x41, 0xC3, 0xA9]):  # invalid UTF-8 decodes the same
+    for bad in ([0xC3], [0xE2, 0x82, 0x41], [0xFE, 0x41, 0xC3, 0xA9]):  # invalid UTF-8 decodes the same
         assert tok.decode(bad) == ours.decode(bad)
+    # 0xFF (in no UTF-8 text) is the end-of-text token; typed in a prompt, the token's name stays its bytes
+    assert tok.decode([0x41, 0xFF]) == "A<|endoftext|>" and tok.decode([0x41, 0xFF], skip_special_tokens=True) == "A"
+    assert tok("a <|endoftext|>")["input_ids"] == list(b"a <|endoftext|>")
+
+
+def test_auto_tokenizer_pads_a_batch_of_prompts_with_the_vocabulary_unchanged(hf_dir):
+    tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    assert (tok.eos_token, tok.eos_token_id, tok.pad_token_id, len(tok)) == ("<|endoftext|>", 255, 255, 256)
+    batch = tok(["def main(", "import numpy as np"], padding=True, return_tensors="pt")
+    assert batch["input_ids"][0].tolist() == [255] * 9 + list(b"def main(")  # left padding, masked out
+    assert batch["attention_mask"][0].tolist() == [0] * 9 + [1] * 9
+    generation = json.loads((hf_dir / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == generation["pad_token_id"] == 255
 
 
 def test_tokenizers_json_of_the_run_travels_along(tmp_path):
@@ -115,3 +128,11 @@ def test_unrepresentable_configs_are_clear_errors(overrides, field, tmp_path, ca
     err = capsys.readouterr().err
     assert field in err and "Traceback" not in err
     assert not (tmp_path / "hf").exists()
+
+
+def test_exports_before_the_end_token_still_read_as_the_byte_tokenizer():
+    from locmoe.export.hf_tokenizer import byte_tokenizer_json, is_byte_tokenizer
+
+    assert is_byte_tokenizer(json.loads(byte_tokenizer_json())) and is_byte_tokenizer(
+        json.loads(byte_tokenizer_json(end_of_text=False))
+    )

@@ -101,3 +101,18 @@ def test_simulate_with_given_stats(tmp_path):
     assert out.returncode == 0, out.stderr
     rows = {r["system"]: r for r in json.loads((tmp_path / "s.json").read_text())["rows"]}
     assert rows["locmoe"]["step_ms"] < rows["gshard"]["step_ms"]
+
+
+def test_plans_are_written_only_where_out_says(tmp_path, trace_path):
+    for what in ("place", "replicate"):
+        out = run(what, trace_path, "--devices", "4", "--time-limit", "2", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert "placement not written (pass --out FILE to write it)" in out.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_one_expert_per_device_says_why_the_table_ties(tmp_path):
+    trace = planted_trace(600, 8, 2, 2, groups=4, strength=0.8, skew=0.6, seed=0).save(tmp_path / "t8.npz")
+    out = run("place", str(trace), "--devices", "8", "--time-limit", "2")
+    assert out.returncode == 0, out.stderr
+    assert "note: 8 experts on 8 devices is one expert per device: round_robin and contiguous are" in out.stdout

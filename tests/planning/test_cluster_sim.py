@@ -61,3 +61,13 @@ def test_locmoe_projects_faster_than_gshard_at_16x8():
     rows = {r["system"]: r for r in project_routers(MoEModel(), Calibration(), 16, 8, seed=0)}
     assert rows["locmoe"]["step_ms"] < rows["gshard"]["step_ms"]
     assert rows["gshard"]["vs_gshard"] == 1.0 and rows["switch"]["k"] == 1
+
+
+@pytest.mark.parametrize(
+    "body", ['{"a2a_gbps": 5}', '{"nic_gbps": "fast"}', '{"dense_tflops": -1}', '{"a2a_sizes_mb": []}']
+)
+def test_a_calibration_of_the_wrong_types_is_one_clear_error(tmp_path, body):
+    path = tmp_path / "cal.json"
+    path.write_text(body)
+    with pytest.raises(PlanningError, match="must be"):
+        Calibration.from_json(path)

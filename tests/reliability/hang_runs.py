@@ -16,18 +16,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.training.runs import QUIET, ROOT, TINY, free_port
+from tests.training.runs import QUIET, ROOT, SMALL_MODEL, TINY, free_port
 
 TIMEOUT_S = 20
 SMALL = [
-    "model.d_model=64",
-    "model.n_layers=2",
-    "model.n_heads=2",
-    "model.d_ff=128",
-    "moe.d_expert=64",
-    "data.seq_len=32",
-    "model.max_seq_len=32",
-    "train.batch_size=2",
+    *SMALL_MODEL,
     "train.steps=100000",
     "logging.log_every=1",
     "train.ckpt_every=0",

@@ -37,20 +37,25 @@ def decode_png(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-def tb_images(tb_dir: Path) -> dict[tuple[str, int], np.ndarray]:
-    """(tag, step) -> [H, W, 3] pixels of every image summary in the event files under ``tb_dir``."""
+def tb_events(tb_dir: Path):
+    """Every event of the event files under ``tb_dir``, file by file in name order (their start order)."""
     from tensorboardX.proto import event_pb2
 
-    out = {}
     for path in sorted(Path(tb_dir).glob("events.out.tfevents.*")):
         data, pos = path.read_bytes(), 0
         while pos < len(data):  # records: u64 length, u32 crc, payload, u32 crc
             (n,) = struct.unpack("<Q", data[pos : pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
+            yield event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
             pos += 12 + n + 4
-            for v in event.summary.value:
-                if v.HasField("image"):
-                    img = decode_png(v.image.encoded_image_string)
-                    assert img.shape[:2] == (v.image.height, v.image.width)
-                    out[(v.tag, event.step)] = img
+
+
+def tb_images(tb_dir: Path) -> dict[tuple[str, int], np.ndarray]:
+    """(tag, step) -> [H, W, 3] pixels of every image summary in the event files under ``tb_dir``."""
+    out = {}
+    for event in tb_events(tb_dir):
+        for v in event.summary.value:
+            if v.HasField("image"):
+                img = decode_png(v.image.encoded_image_string)
+                assert img.shape[:2] == (v.image.height, v.image.width)
+                out[(v.tag, event.step)] = img
     return out

@@ -54,6 +54,7 @@ def run_dir(tmp_path_factory):
 
 
 def report(capsys, *args: str) -> tuple[int, list[str], list[str]]:
+    capsys.readouterr()  # drop the log lines of write_run (no progress bar: one line per logged step)
     rc = cli.main(["report", *map(str, args)])
     cap = capsys.readouterr()
     return rc, cap.out.splitlines(), cap.err.splitlines()

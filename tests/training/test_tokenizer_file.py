@@ -56,3 +56,28 @@ def test_training_with_a_tokenizer_file(tmp_path, bpe_file):
     assert small.returncode == 2 and "is smaller than the tokenizer's vocabulary (300)" in small.stderr
     train(tmp_path / "run", *common, "model.vocab_size=320")
     assert (tmp_path / "run" / "checkpoints").is_dir()
+
+
+def test_a_hugging_face_tokenizer_folder_is_its_tokenizer_json(bpe_file, tmp_path):
+    """AutoTokenizer.save_pretrained's folder: the same ids and fingerprint as its tokenizer.json (so a
+    dataset prepared with one trains with the other), and the checkpoint keeps that file."""
+    from transformers import PreTrainedTokenizerFast
+
+    from locmoe.checkpointing import copy_tokenizer
+
+    PreTrainedTokenizerFast(tokenizer_file=str(bpe_file)).save_pretrained(tmp_path / "hf_tok")
+    folder, file = load_tokenizer(str(tmp_path / "hf_tok")), load_tokenizer(str(bpe_file))
+    line = "Or to take arms against a sea of troubles"
+    assert folder.encode(line).tolist() == file.encode(line).tolist() and folder.vocab_size == 300
+    assert folder.fingerprint == load_tokenizer(str(tmp_path / "hf_tok" / "tokenizer.json")).fingerprint
+    (tmp_path / "ckpt").mkdir()
+    copy_tokenizer(str(tmp_path / "hf_tok"), tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "tokenizer.json").read_bytes() == (tmp_path / "hf_tok" / "tokenizer.json").read_bytes()
+
+
+def test_a_folder_without_tokenizer_json_names_the_field(tmp_path):
+    from locmoe.config import ConfigError
+
+    (tmp_path / "vocab.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"data.tokenizer: folder .* holds no tokenizer.json; save a fast tokenizer"):
+        load_tokenizer(str(tmp_path))

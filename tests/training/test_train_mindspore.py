@@ -18,23 +18,8 @@ from safetensors.numpy import load_file
 
 from locmoe.checkpointing import latest, list_checkpoints, step_dir, temp_dir
 from locmoe.export import load_router
-from tests.training.runs import ROOT, losses, train
+from tests.training.runs import ROOT, SMALL, losses, train
 
-SMALL = [
-    "model.d_model=64",
-    "model.n_layers=2",
-    "model.n_heads=2",
-    "model.d_ff=128",
-    "moe.d_expert=64",
-    "data.seq_len=32",
-    "model.max_seq_len=32",
-    "train.batch_size=2",
-    "train.steps=20",
-    "train.warmup_steps=5",
-    "logging.log_every=1",
-    "train.lr=1e-3",
-    "train.min_lr=1e-4",
-]
 MS = [*SMALL, "parallel.backend=mindspore"]
 
 

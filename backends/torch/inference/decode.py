@@ -75,7 +75,11 @@ def generate(
         i = start + me
         seq = list(prompts[i]) if i < len(prompts) else None
         new: list[int] = []
-        for _ in range(max_new_tokens):
+        # NOTE: every rank runs the round's forwards (they are collective): as many as its longest budget, a
+        # budget being what fits the context; more would decode placeholders until max_new_tokens (10^9)
+        last = min(start + W, len(prompts))
+        steps = max(min(max_new_tokens, model.context - len(prompts[j])) for j in range(start, last))
+        for _ in range(steps):
             window = seq + new if seq is not None else [0]
             if len(window) >= model.context:
                 window = [0]  # full: keep taking part in the collectives, discard the result

@@ -44,10 +44,10 @@ def load_inference_model(
     """
     if capacity not in CAPACITY:
         raise InferenceError(f"capacity {capacity!r} is not one of {CAPACITY}")
+    export = load_router(router_dir)  # first: a bad export is one line, before "using checkpoint ..." is printed
     path = resolve(checkpoint)
     state = load_state(path)
     cfg = config_from_dict(state["config"])
-    export = load_router(router_dir)
     weights = path / "model.safetensors"
     with safe_tensors(weights, "np") as f, reading(weights):
         ckpt_router = {k: f.get_tensor(k) for k in export.tensors if k in f.keys()}
