@@ -48,6 +48,7 @@ def check_inputs(
         )
     corpus = load_corpus(cfg.data, tokenizer, cfg.moe.domains.num_domains)
     check_export_dir(cfg)
+    check_out_dir(cfg)
     require_wandb(cfg)
     main = LaunchEnv.from_environ().rank == 0
     if main:
@@ -57,6 +58,23 @@ def check_inputs(
     except BaseException:
         run_lock.release(cfg.train.out_dir, remove_dir=True)
         raise
+
+
+RUN_ENTRIES = (run_lock.LOCK_FILE, "checkpoints", "metrics.jsonl")  # what every run writes first
+
+
+def check_out_dir(cfg: JobConfig) -> None:
+    """``train.out_dir`` is new, empty or a run's own directory: a run never writes beside files it did not
+    write (the same rule as export's, ``atomic_io.check_replaceable``)."""
+    from locmoe.atomic_io import WriteError, check_replaceable
+
+    out = Path(cfg.train.out_dir)
+    if not out.exists():
+        return
+    try:
+        check_replaceable(out, lambda d: any((d / name).exists() for name in RUN_ENTRIES), "training run")
+    except WriteError as err:
+        raise ConfigError("train.out_dir", str(err)) from None
 
 
 def _no_checkpoints(cfg: JobConfig) -> None:

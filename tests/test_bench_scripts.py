@@ -113,3 +113,24 @@ def test_train_throughput(tmp_path):
     assert [r["row"] for r in result["rows"]] == ["locmoe", "gshard", "dense", "locmoe-eager"]
     assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 for r in result["rows"])
     assert result["curves"][0]["steps"] == 2 and len(result["curves"][0]["fast_curve"]) == 2
+
+
+def test_time_to_quality(tmp_path):
+    """Two routers, one seed: each run's curve, its modeled clock on both targets (increasing, one value per
+    evaluation), the rows against GShard, the NIC sweep and the three plots."""
+    out = tmp_path / "ttq.json"
+    run("scripts/bench/time_to_quality.py", "--smoke", "--work", tmp_path / "runs", "--out", out)
+    result = json.loads(out.read_text())
+    assert [r["router"] for r in result["rows"]] == ["gshard", "locmoe@data.placement=affinity"]
+    for rec in result["runs"]:
+        steps = [s for s, _ in rec["curve"]]
+        assert steps == [3, 6]
+        for clock in rec["clock_at_eval"].values():
+            assert len(clock) == 2 and 0 < clock[0] < clock[1]
+    gshard = result["rows"][0]
+    assert gshard["val_loss_vs_gshard"] == 0 and gshard["step_vs_gshard_h100_by_nic_gbit"]["400"] == 1
+    for row in result["rows"]:  # 6 steps of an untrained model: only that every number is there and sane
+        assert 0 <= row["cross_node_fraction"] <= 1 and row["modeled_step_ms_h100"] > 0
+        assert set(row["step_vs_gshard_h100_by_nic_gbit"]) == {"400", "200", "100", "50"}
+    for name in ("h100", "910b", "pareto"):
+        assert (tmp_path / f"ttq_{name}.png").stat().st_size > 1000

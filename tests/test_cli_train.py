@@ -47,3 +47,19 @@ def test_mfu_counts_the_active_parameters_only():
     moe_layers = len(moe_layer_indices(small.model))
     assert flops_per_token(more) - flops_per_token(small) == 6.0 * small.model.d_model * 24 * moe_layers
     assert mfu(1e6, small, 1e15, 2) == 1e6 * flops_per_token(small) / 2e15
+
+
+def test_train_refuses_an_out_dir_of_other_files_and_writes_nothing_there(tmp_path, capsys):
+    """A run never writes beside files it did not write: one line naming train.out_dir, exit 2, the folder as
+    it was. An empty folder is fine, and so is a run's own (its lock, checkpoints or metrics)."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    rc = cli.main(["train", "tiny_cpu", "--set", f"train.out_dir={out}", "train.steps=2", "train.warmup_steps=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "train.out_dir" in err[0] and "notes.txt" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    from locmoe.train_common import check_out_dir
+
+    (out / "metrics.jsonl").write_text("")
+    check_out_dir(load_config("tiny_cpu", [f"train.out_dir={out}"]))  # a previous run's directory: allowed

@@ -33,14 +33,14 @@ from locmoe.report import format_table, write_json  # noqa: E402
 
 # (variant [@overrides], label): the rows of the default comparison
 ROUTERS = [
-    ("locmoe", "LocMoE shipped (GrAP top-2, rho 0.5, quantile bound)"),
+    ("locmoe", "LocMoE shipped (GrAP top-2, rho 0.9, embedding placement, quantile bound)"),
     ("locmoe_paper", "LocMoE paper (ReLU+eps top-1, batch KL, Theorem-1 bound)"),
     ("gshard", "GShard top-2 (factor 1.25)"),
     ("switch", "Switch top-1 (factor 1.25)"),
     ("node_limited", "node-limited M=1 (DeepSeek-V3 top2-sum)"),
     ("node_limited@moe.router.node_limit=2", "node-limited M=2 (only with --nodes > 2)"),
     ("aux_free", "aux-loss-free (DeepSeek-V3 sigmoid + bias)"),
-    ("locmoe@moe.router.rho=0.9", "LocMoE shipped, rho 0.9"),
+    ("locmoe@data.placement=drawn@moe.router.rho=0.5", "LocMoE before 2026-12-07 (rho 0.5, no placement)"),
     ("locmoe_paper@moe.router.locality_loss_coef=0.1", "LocMoE paper, mu 0.1"),
 ]
 LABELS = dict(ROUTERS)
@@ -270,7 +270,7 @@ def main() -> None:
                 run.sets = rr.run_sets(run, model, args.steps, args.dtype, args.nproc, args.nodes, device)
                 runs.append(run)
     rr.run_all(
-        [(f"{r.corpus_name}/{r.entry}/seed{r.seed}", r.command(args.job, args.nproc), r.out / "log.txt") for r in runs],
+        [(f"{r.corpus_name}/{r.entry}/seed{r.seed}", r.command(args.job, args.nproc), r.log) for r in runs],
         args.jobs,
     )
     summaries, paper = [], []

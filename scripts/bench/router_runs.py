@@ -44,6 +44,11 @@ class Run:
     def corpus_name(self) -> str:
         return STDLIB if self.corpus == STDLIB else Path(self.corpus).stem
 
+    @property
+    def log(self) -> Path:
+        """The run's console log, beside its folder: ``locmoe train`` writes only into a folder of its own."""
+        return self.out.with_name(self.out.name + ".log")
+
     def command(self, job: str, nproc: int) -> list:
         launcher = (
             [

@@ -34,10 +34,11 @@ from locmoe.report import write_json  # noqa: E402
 RANKS = 16  # emulated ranks of every run: one expert each
 ROUTERS = [
     ("gshard", "GShard top-2 (factor 1.25)"),
-    ("locmoe", "LocMoE shipped"),
-    ("locmoe@data.placement=affinity", "LocMoE + sequence placement"),
+    ("locmoe", "LocMoE shipped (rho 0.9, embedding placement)"),
+    ("locmoe@data.placement=affinity", "LocMoE, affinity placement"),
+    ("locmoe@data.placement=drawn@moe.router.rho=0.5", "LocMoE before 2026-12-07 (rho 0.5, no placement)"),
     ("node_limited", "node-limited M=1"),
-    ("aux_free@moe.capacity.mode=dropless", "aux-loss-free, dropless"),
+    ("aux_free@moe.capacity.mode=dropless", "aux-loss-free, dropless (as DeepSeek-V3 trains)"),
 ]
 TTQ_MODEL = [s for s in GPU_MODEL if not s.startswith(("train.batch_size", "data.max_bytes"))] + [
     f"train.batch_size={32 // RANKS}",
@@ -108,10 +109,7 @@ def main() -> None:
         for r in runs:
             rr.fresh(r.out)
         rr.run_all(
-            [
-                (f"{r.corpus_name}/{r.nodes}n/{r.entry}/s{r.seed}", r.command("tiny_cpu", 1), r.out / "log.txt")
-                for r in runs
-            ],
+            [(f"{r.corpus_name}/{r.nodes}n/{r.entry}/s{r.seed}", r.command("tiny_cpu", 1), r.log) for r in runs],
             args.jobs,
         )
     from ttq_analysis import analyse, plot, tables
