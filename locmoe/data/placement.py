@@ -60,8 +60,8 @@ class SequencePlacer:
     ``sampler``: a :class:`~locmoe.data.BatchSampler` (this process's block of the global batch).
     ``preference(x [B, S], domain [B]) -> [B, N]``: the model's node preference of this process's drawn rows.
     ``gather([B, N]) -> [R, N]``: every member's preferences in group order (identity in one process).
-    ``group_rank``, ``group_size``: this process's place in the expert-parallel group (0, 1 when one process
-    emulates the whole group); ``first_rank``: the group's first global rank (its rows' offset).
+    ``group_rank``: this process's place in the expert-parallel group (0 when one process emulates the whole
+    group); ``first_rank``: the group's first global rank (its rows' offset).
     """
 
     def __init__(
@@ -72,11 +72,10 @@ class SequencePlacer:
         gather: Callable,
         *,
         group_rank: int = 0,
-        group_size: int = 1,
         first_rank: int = 0,
     ):
         self.sampler, self.nodes, self.preference, self.gather = sampler, nodes, preference, gather
-        self.group_rank, self.group_size, self.first_rank = group_rank, group_size, first_rank
+        self.group_rank, self.first_rank = group_rank, first_rank
 
     def batch(self, step: int, micro: int = 0, split: str = "train"):
         """(inputs, targets, domain) of this process, as ``BatchSampler.batch``, with its placed rows."""
@@ -105,6 +104,5 @@ def placer_for(cfg, ctx, sampler, preference: Callable, gather: Callable):
         preference,
         gather,
         group_rank=ctx.ep.my_index,
-        group_size=ctx.ep.size,
         first_rank=ctx.layout.ep_group_ranks[0],
     )

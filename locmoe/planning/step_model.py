@@ -61,11 +61,10 @@ class TargetModel:
 
     @staticmethod
     def from_config(cfg) -> "TargetModel":
-        from locmoe.model_spec import moe_layer_indices, parameter_shapes
+        from locmoe.planning.memory_plan import layer_counts, parameter_count
 
         m, moe = cfg.model, cfg.moe
-        shapes = parameter_shapes(cfg)
-        count = lambda keep: sum(_numel(s) for n, s in shapes.items() if keep(n))  # noqa: E731
+        dense_params = parameter_count(cfg, local_experts=0)  # every replicated tensor
         return TargetModel(
             m.d_model,
             m.d_ff,
@@ -73,22 +72,15 @@ class TargetModel:
             moe.num_experts,
             moe.router.top_k,
             m.n_layers,
-            len(moe_layer_indices(m)),
+            layer_counts(cfg)[1],
             m.vocab_size,
             cfg.data.seq_len,
             cfg.train.batch_size * cfg.data.seq_len,
             cfg.train.grad_accum,
-            count(lambda n: ".experts." not in n),
-            count(lambda n: ".experts." in n),
-            min(moe_layer_indices(m), default=0),
+            dense_params,
+            parameter_count(cfg, local_experts=moe.num_experts) - dense_params,
+            min(m.dense_layers, m.n_layers),  # the first MoE block sits right above the dense ones
         )
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
 
 
 def step_time(model: TargetModel, stats: RoutingStats, dispatch: str, target: Target, placement: str = "drawn") -> dict:

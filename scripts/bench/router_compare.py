@@ -315,9 +315,7 @@ def main() -> None:
                     f"{corpus}: LocMoE {v['locmoe_val_loss']:.4f} at cross-node {v['locmoe_cross']:.3f} vs {rival} "
                     f"{v['rival_val_loss']:.4f} at {v['rival_cross']:.3f} (goal: LocMoE not worse)"
                 )
-    import torch
-
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.smoke else "cpu"
+    name = rr.device_name(args.smoke)
     first = next(iter(g.values()), {})
     payload = {
         "device": name,

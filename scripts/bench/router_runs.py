@@ -144,6 +144,13 @@ def run_all(commands: list[tuple[str, list, Path]], jobs: int) -> None:
             print(f"{name}: done", flush=True)
 
 
+def device_name(smoke: bool) -> str:
+    """The GPU the runs use (the smoke runs are on the CPU)."""
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() and not smoke else "cpu"
+
+
 def fresh(out: Path) -> Path:
     """Our own scratch folder of a run, emptied: every comparison starts from scratch."""
     if out.exists():

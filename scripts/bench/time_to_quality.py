@@ -77,12 +77,17 @@ def parse() -> argparse.Namespace:
     return args
 
 
+def model_sets(smoke: bool) -> list:
+    """The model's --set overrides: the comparison model, or the tiny smoke one with one expert per rank."""
+    if not smoke:
+        return TTQ_MODEL
+    kept = [s for s in SMOKE_MODEL if not s.startswith(("train.batch_size", "moe.num_experts"))]
+    return kept + ["train.batch_size=2", f"moe.num_experts={RANKS}"]
+
+
 def grid(args) -> list:
     """Every (corpus, nodes, router, seed) run, its folder under --work and its --set overrides."""
-    model = SMOKE_MODEL if args.smoke else TTQ_MODEL
-    if args.smoke:
-        model = [s for s in model if not s.startswith(("train.batch_size", "moe.num_experts"))]
-        model += ["train.batch_size=2", f"moe.num_experts={RANKS}"]
+    model = model_sets(args.smoke)
     runs = []
     for corpus in args.data:
         for nodes in args.nodes:
@@ -117,16 +122,14 @@ def main() -> None:
     result = analyse(runs, args.steps)
     print(tables(result))
     pngs = plot(result, Path(args.out).with_suffix(".png"))
-    import torch
-
-    device = args.device or (torch.cuda.get_device_name() if torch.cuda.is_available() and not args.smoke else "cpu")
+    device = args.device or rr.device_name(args.smoke)
     payload = {
         "device": device,
         "wall_s": time.perf_counter() - start,
         "steps": args.steps,
         "seeds": args.seeds,
         "eval_every": args.eval_every,
-        "model": SMOKE_MODEL if args.smoke else TTQ_MODEL,
+        "model": model_sets(args.smoke),
         **result,
     }
     print(f"wrote {write_json(args.out, payload)} and {', '.join(map(str, pngs))}")

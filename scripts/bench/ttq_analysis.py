@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from locmoe.config import load_config
+from locmoe.checkpointing import list_checkpoints, load_state
+from locmoe.config import config_from_dict, load_config
 from locmoe.planning.cluster_sim import RoutingStats
 from locmoe.planning.step_model import TARGETS, TargetModel, step_time, with_topology
 from locmoe.report import format_table
@@ -73,11 +74,20 @@ def crossing(curve: list[tuple], target: float):
     return None
 
 
-def run_record(run, steps: int) -> dict:
-    """One run: config, curve, mean traffic after warm-up, and its modeled clock on each target."""
-    cfg = load_config(
+def run_config(run):
+    """The config the run trained with: its final checkpoint's (``train_state.json``). A run kept without its
+    checkpoints is resolved again from its entry, with the router fragments as they are now."""
+    sealed = list_checkpoints(run.out)
+    if sealed:
+        return config_from_dict(load_state(sealed[-1][1])["config"])
+    return load_config(
         ROOT / "configs" / "tiny_cpu.yaml", run.sets, layers=[ROOT / "configs" / "routers" / f"{run.router}.yaml"]
     )
+
+
+def run_record(run, steps: int) -> dict:
+    """One run: config, curve, mean traffic after warm-up, and its modeled clock on each target."""
+    cfg = run_config(run)
     rows = read_metrics(run.out)
     curve = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
     logged = [r for r in rows if "cross_node_fraction" in r and r["step"] > steps // 5] or [

@@ -82,9 +82,7 @@ def test_ranks_gathering_their_preferences_get_the_one_process_rows():
     one = SequencePlacer(Sampler(8), 2, preference, lambda a: a).batch(5)[0]
     samplers = [Sampler(2, r, 4) for r in range(4)]
     gather = lambda a: np.concatenate([preference(s.batch(5)[0], None) for s in samplers])  # noqa: E731
-    ranks = [
-        SequencePlacer(s, 2, preference, gather, group_rank=r, group_size=4).batch(5)[0] for r, s in enumerate(samplers)
-    ]
+    ranks = [SequencePlacer(s, 2, preference, gather, group_rank=r).batch(5)[0] for r, s in enumerate(samplers)]
     assert all(len(r) == 2 for r in ranks)
     assert np.array_equal(np.concatenate(ranks), one)
     assert sorted(one[:, 0] - 500) == list(range(8))  # the same sequences as drawn, moved
