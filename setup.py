@@ -30,10 +30,10 @@ setup(
         "matplotlib>=3.7",  # the expert-load heatmap (training's default path) and `locmoe report`
     ],
     extras_require={
-        "torch": ["torch>=2.4"],
+        "torch": ["torch>=2.9"],
         # MindSpore 2.10 fails with numpy 2 ("numpy.core.multiarray failed to import").
         "mindspore": ["mindspore>=2.10,<2.11", "numpy<2"],
-        "npu": ["torch>=2.4", "torch-npu"],
+        "npu": ["torch>=2.9", "torch-npu"],
         "tokenizers": ["tokenizers>=0.15"],  # data.tokenizer = a tokenizers JSON file or a tokenizer folder
         # data.sources of parquet / arrow files and save_to_disk folders (locmoe.data.arrow_source). pyarrow 26
         # needs numpy 2 (without declaring it) and MindSpore needs numpy < 2: pyarrow 25 serves both.

@@ -7,6 +7,10 @@ format-2 checkpoint under ``OUT_DIR/checkpoints/`` at the same step, so ``locmoe
 parallel.backend=... --set train.out_dir=OUT_DIR --resume`` continues the run on the other backend with the
 same layout. Each backend reads and writes its own files (a :class:`locmoe.backend_api.CheckpointIO`,
 passed in); this module only moves framework-neutral numpy data between them.
+
+A sharded checkpoint (format 3, ``locmoe.sharded_weights``) is consolidated on the way: the model into one
+``model.safetensors``, each rank's AdamW moments into its files, tensor by tensor. Converting one to its own
+backend is how to consolidate it.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from locmoe.atomic_io import check_replaceable, write_text, writing
 from locmoe.backend_api import CheckpointIO
 from locmoe.checkpointing import TOKENIZER_FILE, format_version, list_checkpoints, load_state, resolve, seal, temp_dir
 from locmoe.config import config_from_dict, config_to_dict
 from locmoe.errors import LocMoEError
+from locmoe.sharded_weights import is_sharded_checkpoint, model_tensors, sharded_adamw
 
 BACKENDS = ("torch", "mindspore")
 
@@ -39,6 +46,16 @@ def check_out_dir(out_dir: str | Path) -> None:
         check_replaceable(Path(out_dir), None, "converted checkpoint")
 
 
+def consolidate(src: Path, file: Path) -> None:
+    """``model.safetensors`` of a sharded checkpoint (the target backend reads the one file), tensor by tensor."""
+    from safetensors.numpy import save_file
+
+    with model_tensors(src) as f:
+        tensors = {name: np.ascontiguousarray(f.get_tensor(name)) for name in f.keys()}
+    with writing(file):
+        save_file(tensors, str(file))
+
+
 def convert_checkpoint(
     checkpoint: str | Path, out_dir: str | Path, to: str | None = None, *, checkpoint_io: Callable[[str], CheckpointIO]
 ) -> Path:
@@ -52,7 +69,7 @@ def convert_checkpoint(
     target = to or next(b for b in BACKENDS if b != source)
     if target not in BACKENDS:
         raise ConvertError(f"--to {target!r}: unknown backend; allowed: {list(BACKENDS)}")
-    if target == source and format_version(src) != 1:
+    if target == source and format_version(src) != 1 and not is_sharded_checkpoint(src):
         raise ConvertError(f"{src} is already a {source} checkpoint (--to {target}); nothing to convert")
     reader, writer = checkpoint_io(source), checkpoint_io(target)
     cfg = config_from_dict(state["config"])
@@ -68,8 +85,15 @@ def convert_checkpoint(
             if (src / name).is_file():
                 with writing(tmp / name):
                     shutil.copyfile(src / name, tmp / name)
+        sharded = is_sharded_checkpoint(src)
+        if sharded:
+            consolidate(src, tmp / "model.safetensors")
         for rank in range(state["layout"]["world_size"]):
-            writer.write_optimizer(reader.read_optimizer(src, rank, cfg), tmp, rank, cfg)
+            if sharded:
+                moments = sharded_adamw(src, rank, cfg, state["layout"])
+            else:
+                moments = reader.read_optimizer(src, rank, cfg)
+            writer.write_optimizer(moments, tmp, rank, cfg)
             writer.write_rng(reader.read_rng(src, rank), tmp, rank, cfg.train.seed)
         converted = dict(
             state, backend=target, config=config_to_dict(cfg), converted_from={"path": str(src), "backend": source}

@@ -24,9 +24,11 @@ from locmoe.atomic_io import fault_due, fsync_dir, fsync_tree, write_error, writ
 from locmoe.errors import LocMoEError
 
 CHECKPOINT_FORMAT_VERSION = 2
+SHARDED_FORMAT_VERSION = 3  # format 2 whose weights and optimizer states are every rank's shards (SHARDED_DIR)
 LEGACY_FORMAT_VERSIONS = (1,)  # still read; their pickled files only with --trust-checkpoint
 TOKENIZER_FILE = "tokenizer.json"
 TRUST_FLAG = "--trust-checkpoint"
+SHARDED_DIR = "sharded"  # every rank's shards (locmoe.sharded_weights): the one folder a checkpoint may hold
 _NAME = re.compile(r"^step_(\d{8})$")
 _trust_legacy = False
 
@@ -97,10 +99,10 @@ def _check_manifest(manifest: Any, path: Path) -> None:
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{where}: expected a JSON object, got {type(manifest).__name__}")
     version = manifest.get("format_version")
-    if version != CHECKPOINT_FORMAT_VERSION and version not in LEGACY_FORMAT_VERSIONS:
+    if version not in (CHECKPOINT_FORMAT_VERSION, SHARDED_FORMAT_VERSION) and version not in LEGACY_FORMAT_VERSIONS:
         raise CheckpointError(
             f"{path}: checkpoint format {version!r} is not supported (this locmoe reads "
-            f"{CHECKPOINT_FORMAT_VERSION}, and {list(LEGACY_FORMAT_VERSIONS)})"
+            f"{CHECKPOINT_FORMAT_VERSION} and {SHARDED_FORMAT_VERSION}, and {list(LEGACY_FORMAT_VERSIONS)})"
         )
     if not isinstance(manifest.get("step"), int) or isinstance(manifest["step"], bool) or manifest["step"] < 0:
         raise CheckpointError(f"{where}: 'step' must be a non-negative integer, got {manifest.get('step')!r}")
@@ -108,8 +110,12 @@ def _check_manifest(manifest: Any, path: Path) -> None:
     if not isinstance(files, dict) or not files:
         raise CheckpointError(f"{where}: 'files' must be an object of file name -> {{bytes, sha256}}")
     for name, info in files.items():
-        if "/" in name or "\\" in name or name in ("", ".", "..", "manifest.json"):
-            raise CheckpointError(f"{where}: file name {name!r} is not allowed (plain names inside the checkpoint)")
+        folder, _, plain = name.rpartition("/")
+        if folder not in ("", SHARDED_DIR) or "\\" in plain or plain in ("", ".", "..", "manifest.json"):
+            raise CheckpointError(
+                f"{where}: file name {name!r} is not allowed (plain names inside the checkpoint, or in its "
+                f"{SHARDED_DIR}/ folder)"
+            )
         if (
             not isinstance(info, dict)
             or not isinstance(info.get("bytes"), int)
@@ -142,7 +148,8 @@ def verify(path: str | Path) -> dict:
 
 
 def format_version(path: Path) -> int:
-    """The format of a verified checkpoint (1: torch's per-rank files are pickles; 2: nothing is)."""
+    """The format of a verified checkpoint (1: torch's per-rank files are pickles; 2: nothing is; 3: format 2
+    with every rank's shards in SHARDED_DIR in place of the model and optimizer files)."""
     return read_json(path / "manifest.json")["format_version"]
 
 
@@ -251,9 +258,11 @@ def seal(out_dir: str | Path, step: int, meta: dict) -> Path:
     """Rank 0, after every rank wrote into ``temp_dir``: checksum the files, write the manifest, fsync,
     rename to the final name."""
     tmp, final = temp_dir(out_dir, step), step_dir(out_dir, step)
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+    listed = sorted(p for p in tmp.rglob("*") if p.is_file())
+    files = {p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in listed}
     maybe_inject_fault("kill_during_checkpoint", step)
-    manifest = {"format_version": CHECKPOINT_FORMAT_VERSION, "step": step, "files": files, **meta}
+    version = SHARDED_FORMAT_VERSION if (tmp / SHARDED_DIR).is_dir() else CHECKPOINT_FORMAT_VERSION
+    manifest = {"format_version": version, "step": step, "files": files, **meta}
     write_text(tmp / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     with writing(final, remove_partial=False):
         fsync_tree(tmp)
@@ -392,11 +401,7 @@ def read_train_state(path: Path, layout, backend: str) -> dict:
             f"{path} was written by the {written_by} backend and this run uses {backend}: "
             f"convert it first with `locmoe convert {path} OUT_DIR --to {backend}`"
         )
-    if state.get("layout") != layout_record(layout):
-        raise CheckpointError(
-            f"{path} was written with layout {state.get('layout')}, this run has "
-            f"{layout_record(layout)}; exact resume needs the same ranks and topology"
-        )
+    check_layout(path, state, layout)
     return state
 
 
@@ -412,3 +417,14 @@ def reading(file: Path):
             f"{file} cannot be read ({type(err).__name__}: {str(err)[:120]}); the checkpoint "
             "is corrupt or was tampered with"
         ) from None
+
+
+def check_layout(path: Path, state: dict, layout) -> None:
+    """Exact resume needs the layout that wrote the checkpoint, unless it holds every rank's shards (format 3),
+    which any layout reads."""
+    if state.get("layout") != layout_record(layout) and format_version(path) != SHARDED_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written with layout {state.get('layout')}, this run has "
+            f"{layout_record(layout)}; exact resume needs the same ranks and topology (a checkpoint of a sharded "
+            "run, parallel.shard optimizer or full, resumes on any)"
+        )

@@ -77,9 +77,13 @@ def _matches(key: str, names: tuple) -> bool:
     return any(key == n or (n.endswith(".") and key.startswith(n)) for n in names)
 
 
-def resume_changes(saved: dict, cfg: JobConfig, step: int, where: str) -> list[str]:
+def resume_changes(
+    saved: dict, cfg: JobConfig, step: int, where: str, rows: tuple[int, int] | None = None
+) -> list[str]:
     """The report lines of resuming ``cfg`` from a checkpoint (at ``step``, in ``where``) trained with the
-    config dict ``saved``; CheckpointError for a structural change."""
+    config dict ``saved``; CheckpointError for a structural change. ``rows``: the sequences per micro-batch of
+    the whole job then and now (a checkpoint of a sharded run resumes on other ranks, ``train.batch_size``
+    changed with them)."""
     from locmoe.config import config_to_dict
 
     old, new = flatten(saved), flatten(config_to_dict(cfg))
@@ -104,6 +108,8 @@ def resume_changes(saved: dict, cfg: JobConfig, step: int, where: str) -> list[s
             effect = schedule_effect
         elif k in OPTIMISER:
             effect = f"applied from step {step + 1}"
+        elif k == "train.batch_size" and rows is not None and rows[0] == rows[1]:
+            effect = f"applied; on these ranks the global batch is the checkpoint's, {rows[1]} sequences"
         elif _matches(k, BATCHES):
             effect = f"applied; the batches from step {step + 1} differ from an uninterrupted run's"
         elif k == "train.seed":

@@ -12,7 +12,15 @@ from typing import Callable, Optional
 import numpy as np
 
 from locmoe import interrupts, run_lock
-from locmoe.checkpointing import CheckpointError, checkpoint_root, latest, list_checkpoints, load_state
+from locmoe.checkpointing import (
+    CheckpointError,
+    check_layout,
+    checkpoint_root,
+    latest,
+    layout_record,
+    list_checkpoints,
+    load_state,
+)
 from locmoe.config import ConfigError
 from locmoe.config.schema import JobConfig
 from locmoe.data import Corpus, load_corpus, load_tokenizer
@@ -54,7 +62,7 @@ def check_inputs(
     if main:
         run_lock.acquire(cfg.train.out_dir, message=lambda text: print(f"warning: {text}"))
     try:
-        return corpus, checkpoint_to_resume(cfg, main) if resume else _no_checkpoints(cfg)
+        return corpus, checkpoint_to_resume(cfg, main, layout) if resume else _no_checkpoints(cfg)
     except BaseException:
         run_lock.release(cfg.train.out_dir, remove_dir=True)
         raise
@@ -84,7 +92,7 @@ def _no_checkpoints(cfg: JobConfig) -> None:
         )
 
 
-def checkpoint_to_resume(cfg: JobConfig, main: bool) -> Path:
+def checkpoint_to_resume(cfg: JobConfig, main: bool, layout: Optional[ParallelLayout] = None) -> Path:
     """The newest checkpoint that verifies (newer ones that do not are named in a warning), checked against
     this run's config: a shape change is an error, every other change is reported (rank 0)."""
     rejected: list = []
@@ -93,13 +101,31 @@ def checkpoint_to_resume(cfg: JobConfig, main: bool) -> Path:
         why = f" ({'; '.join(rejected)})" if rejected else ""
         raise CheckpointError(f"--resume: no valid checkpoint in {cfg.train.out_dir}/checkpoints{why}")
     state = load_state(ckpt)
-    lines = resume_changes(state["config"], cfg, state["step"], str(ckpt))
+    rows, lines = None, []
+    if layout is not None:
+        now = layout_record(layout)
+        rows = (
+            _global_rows(state["config"]["train"]["batch_size"], state["layout"]),
+            _global_rows(cfg.train.batch_size, now),
+        )
+        check_layout(ckpt, state, layout)  # before the run directory is written to
+        if state["layout"] != now:
+            lines.append(
+                f"resume: {ckpt} was written by {state['layout']['world_size']} rank(s), this run has "
+                f"{now['world_size']}: each rank reads its new shards; the RNG states start from train.seed"
+            )
+    lines += resume_changes(state["config"], cfg, state["step"], str(ckpt), rows)
     if main:
         for reason in rejected:
             print(f"warning: skipping a newer checkpoint that does not verify: {reason}; resuming from {ckpt}")
         for line in lines:
             print(line)
     return ckpt
+
+
+def _global_rows(batch_size: int, layout: dict) -> int:
+    """Sequences per micro-batch of the whole job (``checkpointing.layout_record``'s form of a layout)."""
+    return batch_size * (layout["ep_size"] if layout["emulated"] else layout["world_size"])
 
 
 def check_export_dir(cfg: JobConfig) -> None:

@@ -4,7 +4,8 @@
                                    EP group, fp32 (rank 0 writes it; byte-for-byte the torch backend's format,
                                    so either backend reads it)
     optimizer_rank{r}.safetensors  AdamW moments of rank r, ``exp_avg.<name>``, ``exp_avg_sq.<name>`` (this
-                                   rank's experts), the torch backend's layout
+                                   rank's experts), the torch backend's layout; whole, also when the run shards
+                                   them (``parallel.shard``: ``sharded_adamw`` gathers them to save, slices on load)
     optimizer_rank{r}.json         the step count and the hyper-parameters
     rng_rank{r}.json               numpy / python RNG states of rank r (the model draws nothing from MindSpore's RNG)
     train_state.json               step, job config, layout, backend (and tokenizer.json when the run has a file)
@@ -32,12 +33,12 @@ from locmoe.checkpointing import (
     format_version,
     read_train_state,
     reading,
-    safe_tensors,
     write_checkpoint,
     write_train_state,
 )
 from locmoe.finite import nonfinite_error
 from locmoe.model_spec import is_expert_param
+from locmoe.sharded_weights import model_tensors, read_experts
 
 LEGACY_OPTIMIZER_FILE = "optimizer_rank{rank}.ckpt"
 RNG_FILE = files.RNG_FILE
@@ -129,10 +130,9 @@ def save_checkpoint(model, optimizer, ctx: DistContext, step: int, extra: dict) 
 
 def load_model_weights(model, path: Path) -> None:
     """Copy ``model.safetensors`` (either backend's) into the model; this rank takes its own experts."""
-    file = path / "model.safetensors"
     own = model.named_state()
     experts = list(model.expert_ids())
-    with safe_tensors(file, "np") as f:
+    with model_tensors(path) as f:
         found = set(f.keys())
         if found != set(own):
             raise CheckpointError(
@@ -140,10 +140,7 @@ def load_model_weights(model, path: Path) -> None:
                 f"unexpected {sorted(found - set(own))[:5]}"
             )
         for name, p in own.items():
-            with reading(file):
-                t = f.get_tensor(name)
-            if is_expert_param(name):
-                t = t[experts]
+            t = read_experts(f, name, experts) if is_expert_param(name) else f.get_tensor(name)
             if tuple(t.shape) != tuple(p.shape):
                 raise CheckpointError(f"{path}: {name} has shape {tuple(t.shape)}, the model expects {tuple(p.shape)}")
             p.set_data(Tensor(t.astype(ms.dtype_to_nptype(p.dtype))))

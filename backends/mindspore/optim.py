@@ -28,23 +28,41 @@ from locmoe.model_spec import is_expert_param
 
 class AdamW:
     """AdamW over named parameters; weight decay on matrices and embeddings, none on norms. The moments are
-    Parameters, which the fused kernel updates in place (in PyNative and inside the compiled step's graph)."""
+    Parameters, which the fused kernel updates in place (in PyNative and inside the compiled step's graph).
+    ``step`` = ``owned`` → ``apply`` → ``publish``, the stages ``sharded_adamw.ShardedAdamW`` (``parallel.shard``)
+    replaces to update slices and gather them; the compiled step runs ``apply``'s kernel in its own graph."""
 
     def __init__(self, params: dict[str, Parameter], t: TrainConfig):
         self.params = params
         self.lr, self.betas, self.eps = t.lr, (t.beta1, t.beta2), 1e-8
         self.decay = {n: (t.weight_decay if p.ndim >= 2 else 0.0) for n, p in params.items()}
         self.step_count = 0
-        self.exp_avg = {n: _moment("exp_avg", n, ops.zeros(p.shape, ms.float32)) for n, p in params.items()}
-        self.exp_avg_sq = {n: _moment("exp_avg_sq", n, ops.zeros(p.shape, ms.float32)) for n, p in params.items()}
+        self.exp_avg = {n: moment("exp_avg", n, self.zeros(n, p)) for n, p in params.items()}
+        self.exp_avg_sq = {n: moment("exp_avg_sq", n, self.zeros(n, p)) for n, p in params.items()}
+
+    def zeros(self, name: str, p: Parameter) -> Tensor:
+        """A moment's start (``sharded_adamw.ShardedAdamW`` keeps a slice)."""
+        return ops.zeros(p.shape, ms.float32)
 
     def step(self, grads: dict[str, Tensor]) -> None:
         self.step_count += 1
+        self.apply(*self.owned(grads))
+        self.publish()
+
+    def owned(self, grads: dict[str, Tensor]) -> tuple[dict, dict]:
+        """(what the fused kernel updates in place, its gradients) by name: here the whole parameters."""
+        return self.params, grads
+
+    def apply(self, weights: dict[str, Tensor], grads: dict[str, Tensor]) -> None:
+        """One fused AdamW update of ``weights`` (``owned``'s) and the moments, at ``step_count``."""
         lr, eps, decay = (Tensor(c, ms.float32) for c in self.coefficients())
         b1, b2 = self.betas
-        for name, p in self.params.items():
+        for name, w in weights.items():
             d = decay if self.decay[name] else _NO_DECAY
-            fused_adamw(p, self.exp_avg[name], self.exp_avg_sq[name], lr, b1, b2, eps, d, grads[name])
+            fused_adamw(w, self.exp_avg[name], self.exp_avg_sq[name], lr, b1, b2, eps, d, grads[name])
+
+    def publish(self) -> None:
+        """Make the parameters whole on every rank after ``apply``: nothing to do, ``apply`` updated them."""
 
     def coefficients(self) -> tuple:
         """The fused kernel's (lr, epsilon, decay) at this step (``step_count``, already counted)."""
@@ -69,7 +87,7 @@ fused_adamw = ops.AdamWeightDecay()
 _NO_DECAY = Tensor(0.0, ms.float32)
 
 
-def _moment(key: str, name: str, value: Tensor) -> Parameter:
+def moment(key: str, name: str, value: Tensor) -> Parameter:
     return Parameter(value, name=f"{key}.{name}", requires_grad=False)
 
 

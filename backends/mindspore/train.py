@@ -2,9 +2,9 @@
 (one process, or msrun: ``scripts/train_msrun.sh``). The twin of ``backends.torch.train``.
 
 Order of work: check every input (config, data, checkpoint to resume) before writing anything, build the
-model, then step: micro-batches (``mindspore.value_and_grad``) → gradient sync → clip → AdamW, op by op
-(``EagerStep``) or compiled (``parallel.jit_step``: ``train_step.CompiledStep``); log, validate, checkpoint;
-export the routers at the end.
+model, then step: micro-batches (``mindspore.value_and_grad``) → gradient sync → clip → AdamW (its moments
+sharded over the ranks with ``parallel.shard``: ``sharded_adamw``), op by op (``EagerStep``) or compiled
+(``parallel.jit_step``: ``train_step.CompiledStep``); log, validate, checkpoint; export the routers at the end.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from mindspore import Tensor
 from backends.mindspore.checkpoint import load_checkpoint, save_checkpoint
 from backends.mindspore.collectives import all_gather_rows
 from backends.mindspore.distributed import DistContext, expert_parallel, init_distributed
-from backends.mindspore.optim import all_reduce_mean, make_optimizer, set_lr
+from backends.mindspore.optim import all_reduce_mean, set_lr
+from backends.mindspore.sharded_adamw import optimizer_for, sharding_note
 from backends.mindspore.train_step import CompiledStep, EagerStep, loss_of
 from locmoe import train_common as common
 from locmoe.checkpointing import clean_temporaries
@@ -102,7 +103,7 @@ def train(cfg: JobConfig, resume: bool = False) -> dict:
     ms.set_seed(cfg.train.seed + ctx.rank)
     model = build_model(cfg, ctx)
     batches.place_by(model, cfg, ctx)
-    optimizer = make_optimizer(model, cfg.train)
+    optimizer = optimizer_for(model, cfg.train, cfg.parallel, ctx)
     start = 0
     if ckpt is not None:
         start, _ = load_checkpoint(ckpt, model, optimizer, ctx)
@@ -115,6 +116,7 @@ def train(cfg: JobConfig, resume: bool = False) -> dict:
     t = cfg.train
     tokens_per_step = batches.sampler.batch_per_rank * ctx.world_size * cfg.data.seq_len * t.grad_accum
     mode = "compiled step" if cfg.parallel.jit_step else "PyNative + jit" if cfg.parallel.jit else "PyNative"
+    mode = ", ".join(filter(None, (mode, sharding_note(optimizer, cfg.parallel))))
     run.logger.message(
         common.start_message(
             cfg, sum(p.size for p in model.trainable_params()), corpus, ctx, f"MindSpore {ctx.device} {mode}"

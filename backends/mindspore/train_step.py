@@ -11,7 +11,9 @@ factor capacity gives both (``locmoe.config.checks._check_jit_step`` refuses the
 checks become counts the step returns and checks (``MoELayer.defer_checks``). The update: ``mindspore.jit``'s
 ast capture of functions over the flat parameters, gradients and moments, updating the parameters and moments
 in place with the PyNative optimiser's fused kernel and coefficients (``optim.AdamW``; the clipping as
-``clip_grad_norm`` clips), so the same numbers come out.
+``clip_grad_norm`` clips), so the same numbers come out. With AdamW's moments sharded
+(``sharded_adamw.ShardedAdamW``) the update graph takes this rank's slices, and the AllGather that rebuilds the
+parameters runs after it, op by op.
 """
 
 from __future__ import annotations
@@ -180,15 +182,19 @@ class CompiledStep:
         if self.ctx.world_size > 1:
             expert_sq = all_reduce(expert_sq.reshape(1), self.ctx.ep).reshape(())
         o.step_count += 1
-        return self.update(
+        # the clip scales elementwise, so a sharded optimiser's slices of the gradients clip as the whole ones
+        weights, owned = o.owned(dict(zip(self.names, grads)))
+        norm = self.update(
             dense_sq,
             expert_sq,
             *(Tensor(c, ms.float32) for c in o.coefficients()),
-            *[o.params[n] for n in self.names],
-            *grads,
+            *[weights[n] for n in self.names],
+            *[owned[n] for n in self.names],
             *[o.exp_avg[n] for n in self.names],
             *[o.exp_avg_sq[n] for n in self.names],
         )
+        o.publish()
+        return norm
 
     def _metrics(self, leaves: list) -> list:
         """The traced call's metrics with this step's tensors."""

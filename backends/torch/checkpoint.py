@@ -8,6 +8,9 @@
     rng_rank{r}.json               torch (as bytes) / numpy / python RNG states of rank r
     train_state.json               step, job config, layout (and tokenizer.json when the run has a file)
 
+A sharded run (``parallel.shard``, several ranks) writes ``sharded/`` instead of the model and optimizer files:
+every rank its own shards, in parallel (``backends.torch.sharded_checkpoint``); it resumes on another layout.
+
 Nothing is unpickled. Format 1 kept ``optimizer_rank{r}.pt`` and ``rng_rank{r}.pt`` (pickles): they are read
 only under ``--trust-checkpoint``, and then with torch's restricted unpickler (``weights_only=True``).
 """
@@ -27,10 +30,19 @@ from safetensors.torch import save_file
 
 from backends.torch.collectives import all_gather_rows
 from backends.torch.distributed import DistContext
+from backends.torch.sharded_checkpoint import (
+    copy_full_,
+    init_optimizer_state,
+    is_sharded_run,
+    load_sharded,
+    save_sharded,
+)
+from backends.torch.sharding import local
 from locmoe import checkpoint_files as files
 from locmoe.checkpointing import (
     CheckpointError,
     format_version,
+    layout_record,
     read_train_state,
     reading,
     require_trust,
@@ -40,6 +52,7 @@ from locmoe.checkpointing import (
 )
 from locmoe.finite import nonfinite_error
 from locmoe.model_spec import is_expert_param, parameter_shapes
+from locmoe.sharded_weights import is_sharded_checkpoint
 
 
 def consolidated_state(model, ctx: DistContext) -> dict[str, torch.Tensor]:
@@ -64,11 +77,11 @@ def first_nonfinite(model, optimizer) -> str | None:
     """The name of the first parameter (or AdamW moment) of this rank holding NaN/Inf, else None."""
     names = {id(p): n for n, p in model.named_parameters()}
     for name, p in model.named_parameters():
-        if not bool(torch.isfinite(p.detach()).all()):
+        if not bool(torch.isfinite(local(p.detach())).all()):
             return name
     for p, s in optimizer.state.items():
         for key, v in s.items():
-            if torch.is_tensor(v) and v.dim() > 0 and not bool(torch.isfinite(v).all()):
+            if torch.is_tensor(v) and v.dim() > 0 and not bool(torch.isfinite(local(v)).all()):
                 return f"{key} of {names.get(id(p), '?')}"
     return None
 
@@ -119,12 +132,16 @@ def _plain(v):
 def save_checkpoint(model, optimizer, ctx: DistContext, step: int, extra: dict) -> Path | None:
     """Seal step ``step``'s checkpoint (all ranks); refuses (NonFiniteError) when the weights diverged."""
     cfg = model.cfg
+    sharded = is_sharded_run(ctx, model)
     check_finite(model, optimizer, ctx, step)
 
     def write(tmp: Path) -> None:
-        state = consolidated_state(model, ctx)
         r = ctx.rank
-        files.write_optimizer_files(tmp, r, *optimizer_files_state(model, optimizer), save=save_file)
+        if sharded:
+            save_sharded(model, optimizer, tmp, step)
+        else:
+            state = consolidated_state(model, ctx)
+            files.write_optimizer_files(tmp, r, *optimizer_files_state(model, optimizer), save=save_file)
         cuda = [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else None
         files.write_rng_file(
             files.rng_to_json(
@@ -134,7 +151,8 @@ def save_checkpoint(model, optimizer, ctx: DistContext, step: int, extra: dict) 
             r,
         )
         if ctx.is_main:
-            files.save_tensor_file(save_file, state, tmp / "model.safetensors")
+            if not sharded:
+                files.save_tensor_file(save_file, state, tmp / "model.safetensors")
             write_train_state(tmp, step, cfg, ctx.layout, "torch", extra)
 
     return write_checkpoint(
@@ -165,36 +183,66 @@ def load_model_weights(model, path: Path) -> None:
                     raise CheckpointError(
                         f"{path}: {name} has shape {tuple(t.shape)}, the model expects {tuple(own[name].shape)}"
                     )
-                own[name].copy_(t.to(own[name].dtype))
+                copy_full_(own[name], t)
 
 
 def load_checkpoint(path: Path, model, optimizer, ctx: DistContext) -> tuple[int, dict]:
     """Restore weights, optimiser and RNG; returns (step to continue from, train_state). The optimiser's
     hyper-parameters stay this run's (the config's); ``locmoe.resume_check`` reported any change."""
     state = read_train_state(path, ctx.layout, "torch")
+    if is_sharded_checkpoint(path):
+        load_sharded(path, model, optimizer)
+        if state["layout"] != layout_record(ctx.layout):
+            return state["step"], state  # resharded: the RNGs start from the run's seed, as the ranks are others
+        np_state, py_state, torch_state, cuda = _rng_states(path, ctx.rank)
+        _set_rng(path, ctx.rank, np_state, py_state, torch_state, cuda)
+        return state["step"], state
     load_model_weights(model, path)
     if format_version(path) == 1:
         optimizer.load_state_dict(_current_groups(_legacy_load(path / f"optimizer_rank{ctx.rank}.pt"), optimizer))
         rng = _legacy_load(path / f"rng_rank{ctx.rank}.pt")
         np_state, py_state, torch_state, cuda = rng["numpy"], rng["python"], rng["torch"], rng["cuda"]
     else:
-        optimizer.load_state_dict(_optimizer_state_dict(path, ctx.rank, model, optimizer))
-        np_state, py_state, rest = files.read_rng_file(path, ctx.rank)
-        file = path / files.RNG_FILE.format(rank=ctx.rank)
-        torch_state = torch.tensor(files.byte_list(rest.get("torch"), file, "'torch'"), dtype=torch.uint8)
-        cuda = rest.get("cuda")
-        cuda = (
-            None
-            if cuda is None
-            else [torch.tensor(files.byte_list(c, file, "'cuda'"), dtype=torch.uint8) for c in cuda]
-        )
-    with reading(path / files.RNG_FILE.format(rank=ctx.rank)):
+        _load_optimizer(_optimizer_state_dict(path, ctx.rank, model, optimizer), model, optimizer, ctx)
+        np_state, py_state, torch_state, cuda = _rng_states(path, ctx.rank)
+    _set_rng(path, ctx.rank, np_state, py_state, torch_state, cuda)
+    return state["step"], state
+
+
+def _load_optimizer(saved: dict, model, optimizer, ctx: DistContext) -> None:
+    """A format-2 state dict of whole tensors into AdamW; into a sharded run's AdamW, each rank its pieces."""
+    if not is_sharded_run(ctx, model):
+        optimizer.load_state_dict(saved)
+        return
+    init_optimizer_state(optimizer)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    with torch.no_grad():
+        for index, entry in saved["state"].items():
+            live = optimizer.state[params[index]]
+            for key, v in entry.items():
+                if torch.is_tensor(live[key]):
+                    copy_full_(live[key], torch.as_tensor(v))
+                else:
+                    live[key] = v
+
+
+def _rng_states(path: Path, rank: int) -> tuple:
+    """(numpy, python, torch, cuda) RNG states of a format-2 ``rng_rank{r}.json``."""
+    np_state, py_state, rest = files.read_rng_file(path, rank)
+    file = path / files.RNG_FILE.format(rank=rank)
+    torch_state = torch.tensor(files.byte_list(rest.get("torch"), file, "'torch'"), dtype=torch.uint8)
+    cuda = rest.get("cuda")
+    cuda = None if cuda is None else [torch.tensor(files.byte_list(c, file, "'cuda'"), dtype=torch.uint8) for c in cuda]
+    return np_state, py_state, torch_state, cuda
+
+
+def _set_rng(path: Path, rank: int, np_state, py_state, torch_state, cuda) -> None:
+    with reading(path / files.RNG_FILE.format(rank=rank)):
         torch.set_rng_state(torch_state)
         np.random.set_state(np_state)
         random.setstate(py_state)
         if cuda is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda)
-    return state["step"], state
 
 
 def _optimizer_state_dict(path: Path, rank: int, model, optimizer) -> dict:

@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 from backends.torch.collectives import all_reduce_
 from backends.torch.distributed import DistContext
+from backends.torch.sharding import is_sharded, local
 from locmoe.config.schema import TrainConfig
 from locmoe.model_spec import is_expert_param
 
@@ -49,17 +50,29 @@ def _reduce_flat(grads: list, group, scale: float) -> None:
         offset += g.numel()
 
 
-def sync_gradients(model: torch.nn.Module, ctx: DistContext) -> None:
+def sync_gradients(model: torch.nn.Module, ctx: DistContext, sharded: bool = False) -> None:
+    """Average every gradient over the W ranks. ``sharded`` (``backends.torch.sharding``): FSDP reduced the
+    wrapped gradients during the backward; what is left are the experts no FSDP group holds (one copy of the
+    experts per EP group), whose all-to-all backward already summed them on their owner: divide by W."""
     if ctx.world_size == 1:
         return
     dense, expert = _split(model)
     W = ctx.world_size
+    if sharded:
+        unwrapped = [g for g in expert if not is_sharded(g)]
+        if unwrapped:
+            torch._foreach_mul_(unwrapped, 1.0 / W)
+        return
     _reduce_flat(dense, ctx.world, 1.0 / W)
     _reduce_flat(expert, ctx.expert_dp, 1.0 / W)
 
 
 def clip_grad_norm(
-    model: torch.nn.Module, ctx: DistContext, max_norm: float, optimizer: torch.optim.Optimizer | None = None
+    model: torch.nn.Module,
+    ctx: DistContext,
+    max_norm: float,
+    optimizer: torch.optim.Optimizer | None = None,
+    sharded: bool = False,
 ) -> torch.Tensor:
     """Global L2 norm over every parameter of the model (experts counted once per EP group); clip to
     ``max_norm`` when > 0. Returns the norm before clipping as a device scalar.
@@ -69,10 +82,17 @@ def clip_grad_norm(
     way AMP's GradScaler unscales) instead of a separate pass over all gradients."""
     dense, expert = _split(model)
     device = next(model.parameters()).device
-    dense_sq, expert_sq = _squared_norm(dense, device), _squared_norm(expert, device)
-    if ctx.world_size > 1:
-        all_reduce_(expert_sq, ctx.ep)
-    norm = (dense_sq + expert_sq).sqrt()
+    if sharded:
+        # every element is held by one rank of the world: its shard of a dense tensor, its shard of its experts
+        dense, expert = [local(g) for g in dense], [local(g) for g in expert]
+        squares = _squared_norm(dense + expert, device)
+        all_reduce_(squares, ctx.world)
+    else:
+        expert_sq = _squared_norm(expert, device)
+        if ctx.world_size > 1:
+            all_reduce_(expert_sq, ctx.ep)  # each EP rank holds its own experts; dense gradients are replicated
+        squares = _squared_norm(dense, device) + expert_sq
+    norm = squares.sqrt()
     fused = optimizer is not None and all(g.get("fused") for g in optimizer.param_groups)
     if fused:
         optimizer.grad_scale = None

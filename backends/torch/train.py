@@ -19,6 +19,7 @@ from backends.torch.checkpoint import load_checkpoint, save_checkpoint
 from backends.torch.collectives import all_gather_rows
 from backends.torch.distributed import DistContext, device_memory, expert_parallel, init_distributed
 from backends.torch.optim import all_reduce_mean, clip_grad_norm, make_optimizer, set_lr, sync_gradients
+from backends.torch.sharding import gathered, shard_model, sharded
 from locmoe import train_common as common
 from locmoe.checkpointing import clean_temporaries
 from locmoe.config.schema import JobConfig
@@ -33,11 +34,17 @@ def build_model(cfg: JobConfig, ctx: DistContext) -> PanGuSigma:
     model = PanGuSigma(cfg, expert_parallel(ctx, cfg.parallel, cfg.moe.num_experts))
     model.reset_parameters(cfg.train.seed)
     model = model.to(ctx.device)
+    shard_model(model, cfg, ctx)
     model.set_execution(
         compile_blocks=compile_enabled(cfg.train.compile, ctx.device),
         activation_checkpointing=cfg.train.activation_checkpointing,
     )
     return model
+
+
+def placement_view(model, cfg: JobConfig, ctx: DistContext):
+    """The parameters the placement's node preference reads, gathered where they are sharded."""
+    return gathered(model) if sharded(cfg, ctx) else contextlib.nullcontext()
 
 
 def compile_enabled(setting, device: torch.device) -> bool:
@@ -63,7 +70,7 @@ class Batches:
         """Deal each step's sequences to the nodes by ``model``'s node preference (``locmoe.data.placement``)."""
 
         def preference(x: np.ndarray, d: np.ndarray) -> np.ndarray:
-            with autocast(cfg, self.device):
+            with autocast(cfg, self.device), placement_view(model, cfg, ctx):
                 pref = model.node_preference(self._to_device(x), self._to_device(d), cfg.data.placement == "affinity")
                 return pref.cpu().numpy()
 
@@ -138,8 +145,8 @@ def step_body(model, optimizer, cfg: JobConfig, ctx: DistContext, micro_batches:
     for x, y, d in micro_batches:
         lm, aux, metrics = loss_of(model, cfg, x, y, d)
         ((lm + aux) / len(micro_batches)).backward()
-    sync_gradients(model, ctx)
-    grad_norm = clip_grad_norm(model, ctx, cfg.train.grad_clip, optimizer)
+    sync_gradients(model, ctx, sharded(cfg, ctx))
+    grad_norm = clip_grad_norm(model, ctx, cfg.train.grad_clip, optimizer, sharded(cfg, ctx))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     # detached: the loop keeps these until the next step returns, and a loss with its autograd graph would keep

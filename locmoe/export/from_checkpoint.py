@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from locmoe import __version__
-from locmoe.checkpointing import TOKENIZER_FILE, CheckpointError, load_state, reading, resolve, safe_tensors
+from locmoe.checkpointing import TOKENIZER_FILE, CheckpointError, load_state, resolve
 from locmoe.config import config_from_dict
 from locmoe.export.manifest import PlacementTable, RouterManifest
 from locmoe.export.router_export import write_router_export
 from locmoe.model_spec import moe_layer_indices
 from locmoe.routing.domains import domain_expert_groups
+from locmoe.sharded_weights import model_tensors
 from locmoe.topology import ExpertPlacement, Topology
 
 
@@ -23,11 +24,10 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     state = load_state(path)
     cfg = config_from_dict(state["config"])
 
-    file = path / "model.safetensors"
     check_not_inside(path, Path(out_dir))
     layers = moe_layer_indices(cfg.model)
     tensors = {}
-    with safe_tensors(file, "np") as weights, reading(file):
+    with model_tensors(path) as weights:
         keys = set(weights.keys())
         for i in layers:
             for name in ("gate_weight", "gate_bias", "angle_ema", "selection_bias", "hash_table"):

@@ -23,7 +23,7 @@ from safetensors.numpy import save_file
 
 from locmoe import __version__
 from locmoe.atomic_io import atomic_directory, writing
-from locmoe.checkpointing import TOKENIZER_FILE, load_state, reading, resolve, safe_tensors
+from locmoe.checkpointing import TOKENIZER_FILE, load_state, resolve
 from locmoe.config import config_from_dict
 from locmoe.export.hf_config import HFFormatError, check_exportable, hf_config
 from locmoe.export.hf_tokenizer import (
@@ -34,6 +34,7 @@ from locmoe.export.hf_tokenizer import (
 )
 from locmoe.export.hf_weights import to_hf
 from locmoe.model_spec import moe_layer_indices
+from locmoe.sharded_weights import model_tensors
 
 META = "locmoe.json"
 META_VERSION = 1
@@ -55,8 +56,7 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
         raise HFFormatError(f"export directory {out} holds the checkpoint {path}; choose another one")
     tokenizer = _tokenizer_text(cfg, path)
     specials = special_tokens(tokenizer)
-    file = path / "model.safetensors"
-    with safe_tensors(file, "np") as f, reading(file):
+    with model_tensors(path) as f:
         weights = {k: f.get_tensor(k) for k in f.keys()}
     tensors = to_hf(cfg, weights)
     meta = {

@@ -9,18 +9,20 @@ import dataclasses
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 from backends.torch.distributed import ExpertParallel, init_distributed
 from backends.torch.inference.model import InferenceModel
-from locmoe.checkpointing import CheckpointError, load_state, reading, resolve, safe_tensors
+from locmoe.checkpointing import CheckpointError, load_state, resolve
 from locmoe.config import config_from_dict
 from locmoe.config.schema import JobConfig
 from locmoe.export import load_router
 from locmoe.inference.deployment import check_export_matches, serving_placements
 from locmoe.inference.errors import InferenceError
 from locmoe.model_spec import init_rule, is_expert_param, parameter_shapes
+from locmoe.sharded_weights import model_tensors, read_experts
 from locmoe.topology import ExpertPlacement, LaunchEnv, Topology
 
 CAPACITY = ("dropless", "as_trained")
@@ -48,8 +50,7 @@ def load_inference_model(
     path = resolve(checkpoint)
     state = load_state(path)
     cfg = config_from_dict(state["config"])
-    weights = path / "model.safetensors"
-    with safe_tensors(weights, "np") as f, reading(weights):
+    with model_tensors(path) as f:
         ckpt_router = {k: f.get_tensor(k) for k in export.tensors if k in f.keys()}
     check_export_matches(export.manifest, cfg, state["step"], export.tensors, ckpt_router)
     env = LaunchEnv.from_environ()
@@ -64,7 +65,7 @@ def load_inference_model(
     # cast and move the (uninitialised) model first, then copy each tensor straight into its device copy:
     # no full-size fp32 model on the host, which is most of the start-up time at GPU sizes
     model = finish(build_inference_model(cfg, topo, placements, device, env), dtype)
-    load_weights(model, cfg, weights, export.tensors)
+    load_weights(model, cfg, path, export.tensors)
     model.checkpoint = path  # where serving finds the run's tokenizer copy (locmoe.checkpointing)
     return model
 
@@ -142,25 +143,27 @@ def random_weights(model: InferenceModel, seed: int) -> InferenceModel:
     return model
 
 
-def load_weights(model: InferenceModel, cfg: JobConfig, weights: Path, router_tensors: dict) -> None:
-    """Copy every spec tensor into the model; each MoE layer takes its own experts, the routers' tensors
-    come from the export."""
+def load_weights(model: InferenceModel, cfg: JobConfig, path: Path, router_tensors: dict) -> None:
+    """Copy every spec tensor of checkpoint ``path`` into the model; each MoE layer reads only its own experts,
+    the routers' tensors come from the export."""
     own = model.state_dict()
-    with safe_tensors(weights, "pt") as f, reading(weights):
+    with model_tensors(path) as f:
         names = set(f.keys())
         expected = set(parameter_shapes(cfg))
         if names != expected:
             raise CheckpointError(
-                f"{weights} was written for another model: missing {sorted(expected - names)[:5]},"
+                f"{path} was written for another model: missing {sorted(expected - names)[:5]},"
                 f" unexpected {sorted(names - expected)[:5]}"
             )
         with torch.no_grad():
             for name in sorted(expected):
-                t = torch.from_numpy(router_tensors[name]) if name in router_tensors else f.get_tensor(name)
-                if is_expert_param(name):
-                    layer = int(name.split(".")[1])
-                    t = t[list(model.layers[layer].moe.ep.local_experts)]
-                own[name].copy_(t.to(own[name].dtype))
+                if name in router_tensors:
+                    t = router_tensors[name]
+                elif is_expert_param(name):
+                    t = read_experts(f, name, list(model.layers[int(name.split(".")[1])].moe.ep.local_experts))
+                else:
+                    t = f.get_tensor(name)
+                own[name].copy_(torch.from_numpy(np.ascontiguousarray(t)).to(own[name].dtype))
 
 
 def cast_parameters(model: InferenceModel, dtype: torch.dtype) -> InferenceModel:
