@@ -134,3 +134,80 @@ def test_time_to_quality(tmp_path):
         assert set(row["step_vs_gshard_h100_by_nic_gbit"]) == {"400", "200", "100", "50"}
     for name in ("h100", "910b", "pareto"):
         assert (tmp_path / f"ttq_{name}.png").stat().st_size > 1000
+
+
+def test_train_throughput_user_path_and_forced_balance(tmp_path):
+    """Issue 28: every MoE row forced round-robin; our rows also timed on locmoe train's own loop (logging,
+    validation and checkpoints on), each path saying how its step ran; torchtitan's row says why it did not run
+    (not importable, or no CUDA: it builds its device mesh there)."""
+    out = tmp_path / "tt.json"
+    run(
+        "scripts/bench/train_throughput.py",
+        "--smoke",
+        "--force-balance",
+        "--rows",
+        "gshard,dense,torchtitan",
+        "--out",
+        out,
+    )
+    result = json.loads(out.read_text())
+    assert result["force_balance"] is True and "partial" not in result
+    gshard, dense, titan = result["rows"]
+    assert gshard["force_balance"] is True and dense["force_balance"] is False
+    for row in (gshard, dense):
+        assert row["tokens_per_s"] > 0 and row["user_tokens_per_s"] > 0 and row["user_wall_tokens_per_s"] > 0
+        assert row["graph"] == row["user_graph"] == "eager (cpu)" and row["user_window"] == "steps 3-4"
+    assert titan["row"] == "torchtitan" and titan["note"].startswith("skipped: ")
+
+
+def test_moe_layer_megatron_shape(tmp_path):
+    """``--shape megatron`` on CPU (tiny sizes): forced balance in every router row, Megatron's figure beside."""
+    out = tmp_path / "ml.json"
+    run("scripts/bench/moe_layer.py", "--smoke", "--shape", "megatron", "--tokens", "64", "--reps", "1", "--out", out)
+    result = json.loads(out.read_text())
+    assert result["shape"]["force_balance"] is True and result["args"]["shape"] == "megatron"
+    layers = [r for r in result["rows"] if r["what"].startswith("MoE layer fwd+bwd")]
+    assert len(layers) == 5 and all(r["what"].endswith("forced balance") and r["tflops"] > 0 for r in layers)
+    assert result["rows"][-1]["part"] == "reference" and result["rows"][-1]["tflops"] == 481.0
+
+
+def test_prefill_forced_balance(tmp_path):
+    out = tmp_path / "prefill.json"
+    run("scripts/bench/prefill.py", "--smoke", "--force-balance", "--routers", "gshard", "--out", out, nproc=2)
+    result = json.loads(out.read_text())
+    assert result["args"]["force_balance"] is True and {r["router"] for r in result["rows"]} == {"gshard"}
+
+
+def test_memory_plan_check(tmp_path):
+    """2 gloo ranks (replicated and fully sharded) and one CUDA-part row on CPU: each rank's parameters and AdamW
+    state are exactly the plan's (bytes are counted, not timed: sharding is exact, FSDP2's pieces included)."""
+    out = tmp_path / "memory.json"
+    run("scripts/bench/memory_plan_check.py", "--smoke", "--out", out)
+    result = json.loads(out.read_text())
+    assert [(r["ranks"], r["shard"]) for r in result["ranks"]] == [(2, "none"), (2, "full")]
+    for row in result["ranks"]:
+        assert row["params_vs_plan"] == 1 and row["adamw_vs_plan"] == 1
+        assert row["saved_MiB_max"] > 0 and row["step_peak_MiB_max"] > 0
+    assert result["ranks"][1]["params_vs_replicated_over_dp"] == pytest.approx(1, rel=0.05)
+    assert result["gpu"][0]["saved_GiB"] > 0 and result["gpu"][0]["plan_saved_GiB"] > 0
+
+
+def test_shard_one_gpu(tmp_path):
+    """locmoe train with parallel.shard none and full in one process (nothing to shard: the same run)."""
+    out = tmp_path / "shard.json"
+    run("scripts/bench/shard_one_gpu.py", "--smoke", "--modes", "none,full", "--out", out)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["none", "full"]
+    assert rows[0]["final_lm_loss"] == rows[1]["final_lm_loss"]  # one rank is never wrapped
+
+
+def test_largest_one_gpu_plans_a_member_that_fits():
+    """The job largest_one_gpu.py trains is the family member the plan says fits one 80 GiB device."""
+    sys.path.insert(0, str(ROOT / "scripts" / "bench"))
+    from largest_one_gpu import planned
+
+    from locmoe.planning.rank_memory import RankLayout, plan_rank_memory
+
+    cfg, fit = planned(80, 2048)
+    assert cfg.data.seq_len == 2048 and cfg.model.d_model == fit.d_model and cfg.moe.num_experts == fit.num_experts
+    assert plan_rank_memory(cfg, RankLayout.of(cfg, 1), "none", fit.checkpointing).needs <= 80 * 2**30

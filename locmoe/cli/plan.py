@@ -5,14 +5,20 @@ locmoe plan place     TRACE --devices D [--out F]   ExFlow placement (a Placemen
 locmoe plan replicate TRACE --devices D [--out F]   GRACE grouping + replicas (likewise)
 locmoe plan deploy    --budget h200=8,...        heterogeneous deployment + scheduler simulation
 locmoe plan simulate  --nodes 16 --devices-per-node 8   projected step time, LocMoE vs baselines
+locmoe plan memory    JOB --devices N --gpu-gib G     per-device bytes of training JOB, and the largest model that fits
+
+``--json PATH`` writes the printed tables to a new file, or over a previous ``locmoe plan`` JSON; never over a
+file it did not write.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
-from locmoe.cli.args import float_in, int_at_least
+from locmoe.cli.args import add_set_argument, float_in, int_at_least
 
 _count = int_at_least(1)  # devices, nodes, experts, sizes: at least one
 _natural = int_at_least(0)  # 0 means "all" / "off" where the help says so
@@ -116,6 +122,23 @@ def _args_simulate(q):
     q.add_argument("--seed", type=_natural, default=0, help="seed of the simulated routing")
 
 
+def _args_memory(q):
+    from locmoe.config.schema import SHARD_MODES
+
+    q.add_argument("config", metavar="JOB", help="the training job: a YAML file or a shipped config's name")
+    q.add_argument("--devices", type=_count, required=True, help="devices (ranks) N the job trains on")
+    q.add_argument("--gpu-gib", type=float_in(gt=0), required=True, help="memory G of each device in GiB")
+    q.add_argument(
+        "--shard",
+        default=None,
+        choices=SHARD_MODES,
+        help="plan only this parallel.shard mode (default: every mode)",
+    )
+    q.add_argument("--seq-len", type=int_at_least(2), default=None, help="tokens per sequence (default: data.seq_len)")
+    q.add_argument("--devices-per-node", type=_count, default=8, help="devices per node (the EP groups' nodes)")
+    add_set_argument(q, example="train.batch_size=8 parallel.expert_parallel_size=16")
+
+
 SUBCOMMANDS = {
     "affinity": (
         "inter-layer expert affinity of a routing trace: P(expert j at l+1 | expert i at l) and its strength",
@@ -140,6 +163,12 @@ SUBCOMMANDS = {
         "cluster simulator: projected training step time of LocMoE vs GShard/Switch on N x G devices",
         _args_simulate,
     ),
+    "memory": (
+        "memory plan of a training job: per-device bytes (parameters, gradients, AdamW, activations with and "
+        "without checkpointing, all-to-all buffers) for each parallel.shard mode, and the largest "
+        "pangu_sigma-shaped model that fits N devices of G GiB",
+        _args_memory,
+    ),
 }
 
 
@@ -153,6 +182,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from locmoe.atomic_io import WriteError
     from locmoe.cli import plan_handlers
     from locmoe.export.manifest import ExportError
     from locmoe.placement.errors import PlacementError
@@ -160,13 +190,38 @@ def main(args: argparse.Namespace) -> int:
     from locmoe.planning.errors import PlanningError
 
     try:
+        if args.json:
+            check_json_target(args.json)  # before any work: a refusal leaves nothing half done
         out = getattr(plan_handlers, args.what)(args)
-    except (TraceError, PlacementError, PlanningError, ExportError) as err:
+    except (TraceError, PlacementError, PlanningError, ExportError, WriteError) as err:
         print(f"locmoe plan {args.what}: error: {err}", file=sys.stderr)
         return 2
     if args.json:
         from locmoe.report import write_json
 
         settings = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str)) or v is None}
-        print(f"wrote {write_json(args.json, {'args': settings, **out})}")
+        payload = {WRITTEN_BY: f"locmoe plan {args.what}", "args": settings, **out}
+        print(f"wrote {write_json(args.json, payload)}")
     return 0
+
+
+WRITTEN_BY = "written_by"  # the key that marks a JSON file as a previous ``locmoe plan --json``
+
+
+def check_json_target(path: str) -> None:
+    """``--json PATH`` is a new file or a previous ``locmoe plan`` JSON (its ``written_by`` says so); anything
+    else is refused, so that the command never overwrites a file it did not write."""
+    from locmoe.atomic_io import WriteError
+
+    p = Path(path)
+    if not p.exists() and not p.is_symlink():
+        return
+    try:
+        previous = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        previous = None
+    if not (isinstance(previous, dict) and str(previous.get(WRITTEN_BY, "")).startswith("locmoe plan")):
+        raise WriteError(
+            f"--json {path}: exists and is not a previous `locmoe plan` JSON; refusing to overwrite it: "
+            "choose a new path"
+        )

@@ -161,3 +161,94 @@ def _read_stats(path: str) -> dict:
         raise PlanningError(
             f"--stats {path}: {err}; expected {{system: {{on_rank, in_node, cross_node, dropped, max_load}}}}}}}}"
         ) from None
+
+
+def memory(args: argparse.Namespace) -> dict:
+    """Per-device bytes of training the job on ``--devices`` ranks, by part, for each shard mode with and without
+    activation checkpointing; then the largest pangu_sigma-shaped model that fits (``locmoe.planning``)."""
+    from locmoe.config import load_config
+    from locmoe.config.schema import SHARD_MODES
+    from locmoe.planning import model_family
+    from locmoe.planning.memory_plan import parameter_count
+    from locmoe.planning.rank_memory import ALLOCATOR_SLACK, FRAMEWORK_BYTES, RankLayout, plan_rank_memory
+    from locmoe.planning.saved_activations import Execution
+
+    sets = list(args.set)
+    if args.seq_len:
+        sets += [f"data.seq_len={args.seq_len}", f"model.max_seq_len={args.seq_len}"]
+    cfg = load_config(args.config, sets)
+    layout = RankLayout.of(cfg, args.devices, args.devices_per_node)
+    budget = int(args.gpu_gib * GIB)
+    ex = Execution.of(cfg)
+    params = parameter_count(cfg, cfg.moe.num_experts)
+    E, per = cfg.moe.num_experts, cfg.moe.num_experts // layout.ep
+    print(
+        f"{cfg.name} on {args.devices} device(s) of {args.gpu_gib:g} GiB: {params / 1e9:.3g} B parameters, EP "
+        f"{layout.ep} ({per} of {E} experts per device, {layout.expert_dp} cop{'y' if layout.expert_dp == 1 else 'ies'}"
+        f" of each), {cfg.train.batch_size} x {cfg.data.seq_len} tokens per device per micro-batch (grad_accum "
+        f"{cfg.train.grad_accum}), {'bf16 autocast' if ex.compute_bytes == 2 else 'fp32'}, "
+        f"{'compiled' if ex.compiled else 'eager'} blocks"
+    )
+    modes = [args.shard] if args.shard else list(SHARD_MODES)
+    if layout.world == 1 and modes != ["none"]:
+        print("one device: parallel.shard has nothing to shard, every mode is the row of 'none'")
+        modes = ["none"]
+    rows = []
+    for shard in modes:
+        for ac in (False, True):
+            plan = plan_rank_memory(cfg, layout, shard, ac)
+            rows.append({"shard": shard, "checkpointing": "on" if ac else "off", **plan.parts()})
+    print(
+        "GiB per device, each part at its own largest; peak: the step's largest moment (what "
+        f"torch.cuda.max_memory_allocated reports); needs: peak + {FRAMEWORK_BYTES / GIB:g} GiB (CUDA context, "
+        f"cuBLAS/NCCL buffers) + {ALLOCATOR_SLACK:.0%} of the peak (allocator slack)"
+    )
+    print(format_table([_gib_row(r, budget) for r in rows], floatfmt=".2f"))
+    fits = model_family.largest_per_rung(cfg, args.devices, budget, args.devices_per_node)
+    best = model_family.largest_member(fits)
+    where = f"{args.devices} x {args.gpu_gib:g} GiB"
+    if best is None:
+        print(f"no pangu_sigma-shaped model of the family fits {where} (planned)")
+    else:
+        print(
+            f"largest pangu_sigma-shaped model that fits {where} (planned): d_model {best.d_model}, {best.n_layers} "
+            f"layers, {best.num_experts} experts: {best.parameters / 1e9:.3g} B parameters ({best.active / 1e9:.3g} B "
+            f"active), shard {best.shard}, activation checkpointing {'on' if best.checkpointing else 'off'}, "
+            f"{best.memory.needs / GIB:.1f} GiB per device"
+        )
+        print("the most experts that fit at each width x depth (locmoe/planning/model_family.py):")
+        print(format_table([f.row() for f in fits], floatfmt=".3g"))
+    return {
+        "job": cfg.name,
+        "devices": args.devices,
+        "gpu_gib": args.gpu_gib,
+        "layout": {"world": layout.world, "ep": layout.ep, "expert_dp": layout.expert_dp},
+        "framework_bytes": FRAMEWORK_BYTES,
+        "allocator_slack": ALLOCATOR_SLACK,
+        "rows": rows,
+        "largest": None if best is None else best.row(),
+        "family": [f.row() for f in fits],
+    }
+
+
+GIB = 1 << 30
+_MEMORY_COLUMNS = (
+    "parameters",
+    "gradients",
+    "optimizer",
+    "gathered",
+    "compute_weights",
+    "activations",
+    "logits",
+    "all_to_all",
+    "transient",
+    "peak",
+    "needs",
+)
+
+
+def _gib_row(row: dict, budget: int) -> dict:
+    out = {"shard": row["shard"], "checkpointing": row["checkpointing"]}
+    out.update({name.replace("_", " "): row[name] / GIB for name in _MEMORY_COLUMNS})
+    out["fits"] = "yes" if row["needs"] <= budget else "no"
+    return out

@@ -80,6 +80,18 @@ def _check_paper_options(cfg: JobConfig) -> None:
 
 def _check_gate_options(cfg: JobConfig) -> None:
     r = cfg.moe.router
+    if cfg.moe.force_balance and r.kind == "expert_choice":
+        raise ConfigError(
+            "moe.force_balance",
+            "true is not allowed for router expert_choice, whose experts each take the same number of tokens "
+            "already: force_balance replaces the choice of the token-choice routers (locmoe, gshard, switch, hash)",
+        )
+    if cfg.moe.force_balance and cfg.moe.domains.num_domains > 1:
+        raise ConfigError(
+            "moe.force_balance",
+            f"true is not allowed with moe.domains.num_domains = {cfg.moe.domains.num_domains}: the round-robin "
+            "over all experts would send tokens outside their domain's group (a benchmark setting: use 1 domain)",
+        )
     if r.z_loss_coef > 0 and r.kind == "expert_choice":
         raise ConfigError(
             "moe.router.z_loss_coef",

@@ -17,6 +17,7 @@ ROUTER_KINDS = ("locmoe", "gshard", "switch", "hash", "expert_choice")
 GATE_KINDS = ("auto", "grap", "dense")
 CAPACITY_MODES = ("factor", "bound", "dropless")
 DISPATCH_SHAPES = ("dynamic", "static")
+SHARD_MODES = ("none", "optimizer", "full")
 BOUND_RULES = ("cone", "quantile", "paper")
 # Router options of issue 14 (the papers' LocMoE, and the baselines the field uses now)
 GATE_ACTIVATIONS = ("none", "relu")
@@ -233,6 +234,14 @@ class MoEConfig:
         "capacity.bucket), as Ascend's graph mode and MindFormers run it",
         choices=DISPATCH_SHAPES,
     )
+    force_balance: bool = spec(
+        False,
+        "for benchmarks only (Megatron-Core's moe_router_force_load_balancing, torchtitan's "
+        "moe_force_load_balance): the router computes its scores and losses as usual, but token i of a "
+        "rank's batch goes to experts (i*k + j) mod E, j < k (round-robin, torchtitan's rule), weighted by "
+        "the router's own probabilities of those experts (renormalised over k as usual); every expert gets "
+        "the same load when E divides k*T. Token-choice routers, one domain",
+    )
     router: RouterConfig = spec(factory=RouterConfig, doc="router")
     capacity: CapacityConfig = spec(factory=CapacityConfig, doc="expert capacity")
     domains: DomainsConfig = spec(factory=DomainsConfig, doc="random routed experts")
@@ -253,6 +262,16 @@ class ParallelConfig:
         "hierarchical",
         "all-to-all scheme: hierarchical (intra-node, then inter-node) or flat",
         choices=DISPATCH_SCHEMES,
+    )
+    shard: str = spec(
+        "none",
+        "what data-parallel ranks shard (torch: FSDP2 over the data-parallel group for the dense parameters and "
+        "over the ranks holding the same experts for the experts; MindSpore: AdamW's moments): none = every rank "
+        "holds everything and all-reduces its gradients; optimizer = gradients and AdamW state sharded, the "
+        "parameters gathered once per step (ZeRO-2); full = the parameters too, gathered per block in the "
+        "forward and again in the backward (ZeRO-3). One rank, or one process emulating a topology, has "
+        "nothing to shard: docs/parallelism.md",
+        choices=SHARD_MODES,
     )
     timeout_s: float = spec(
         600.0,

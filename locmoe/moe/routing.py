@@ -39,7 +39,10 @@ def route(
     local = local if allowed is None else local & allowed
     zero = ops.zeros((), "float32", like=x)
     if r.kind == "hash":
-        expert = hash_experts(ops, router, token_ids, domain)
+        if moe.force_balance:
+            expert = forced_experts(ops, router, T, blocks, x)[:, 0]
+        else:
+            expert = hash_experts(ops, router, token_ids, domain)
         ones = ops.ones((T,), "float32", like=x)
         return RouterOutput(ops.arange(T, like=x), expert, ones, ones, zero, zero, None, expert[:, None])
     scores = router_scores(ops, router, x)
@@ -51,6 +54,10 @@ def route(
     if r.kind == "expert_choice":
         return RouterOutput(None, None, None, None, zero, zero, angles, None, probs=probs)
     idx, counted = choose(ops, router, ops.detach(affinity), ops.detach(probs), local, allowed)
+    if moe.force_balance:  # the router's scores and losses as usual, its choice replaced (a benchmark's)
+        gate_counts = r.kind == "locmoe" and r.balance_counts == "gate"
+        idx = forced_experts(ops, router, T, blocks, x)
+        counted = counted if gate_counts else idx
     chosen = ops.take_along_rows(affinity, idx)  # [T, k]
     token = ops.repeat_interleave(ops.arange(T, like=x), r.top_k)
     aux, loc, z = zero, zero, None
@@ -142,6 +149,14 @@ def choose(
     else:
         idx = ops.top_k(sel, k)
     return idx, idx
+
+
+def forced_experts(ops: MoEOps, router, T: int, blocks: int, like: Tensor) -> Tensor:
+    """[T, k] ``moe.force_balance``'s round-robin choice (``locmoe.routing.forced``): token i of its block
+    (its rank's tokens) takes experts (i·k + j) mod E."""
+    k, E = router.moe.router.top_k, router.moe.num_experts
+    # i·k + j, counted from the first token of each block
+    return (ops.arange(T * k, like=like) % ((T // blocks) * k)).reshape(T, k) % E
 
 
 def mean_over_blocks(ops: MoEOps, probs: Tensor, idx: Tensor, num_experts: int, blocks: int) -> Tensor:

@@ -18,6 +18,7 @@ from locmoe.routing.capacity import (
 )
 from locmoe.routing.dispatch_plan import DispatchPlan, build_dispatch_plan, chunk_permutation
 from locmoe.routing.domains import allowed_experts, domain_expert_groups
+from locmoe.routing.forced import forced_experts, rank_positions
 from locmoe.routing.gating import (
     dense_gate_scores,
     grap_gate_matrix,
@@ -72,6 +73,7 @@ __all__ = [
     "expert_angles",
     "expert_choice",
     "factor_capacity",
+    "forced_experts",
     "gate_angles",
     "grap_gate_matrix",
     "grap_scores",
@@ -92,6 +94,7 @@ __all__ = [
     "paper_capacity",
     "paper_gate",
     "per_expert_bound",
+    "rank_positions",
     "route",
     "router_z_loss",
     "selection_scores",

@@ -18,6 +18,7 @@ from locmoe.routing.balancing import selection_scores, update_selection_bias
 from locmoe.routing.baselines import expert_choice, hash_route, hash_table
 from locmoe.routing.dispatch_plan import DispatchPlan, build_dispatch_plan
 from locmoe.routing.domains import allowed_experts, domain_expert_groups
+from locmoe.routing.forced import forced_experts, rank_positions
 from locmoe.routing.gating import (
     dense_gate_scores,
     grap_gate_matrix,
@@ -145,6 +146,8 @@ def route(
     if r.kind == "hash":
         table = hash_table(vocab_size, E // moe.domains.num_domains, r.hash_seed)
         idx = hash_route(token_ids, table, groups, domain)
+        if moe.force_balance:
+            idx = forced_experts(rank_positions(token_rank), k, E)
         token, expert = np.arange(T), idx[:, 0]
         weight = prob = np.ones(T, dtype=x.dtype)
     else:
@@ -157,6 +160,10 @@ def route(
             prob = weight = probs[token, expert]
         else:
             idx, counted = choose(moe, placement, affinity, probs, local, allowed, bias, groups)
+            if moe.force_balance:  # the scores and losses as usual, the choice replaced (a benchmark's)
+                gate_counts = r.kind == "locmoe" and r.balance_counts == "gate"
+                idx = forced_experts(rank_positions(token_rank), k, E)
+                counted = counted if gate_counts else idx
             chosen = np.take_along_axis(affinity, idx, axis=-1)
             token, expert = np.repeat(np.arange(T), k), idx.reshape(-1)
             prob, weight = chosen.reshape(-1), combine_weights(chosen).reshape(-1)

@@ -2,9 +2,18 @@
 FLOPs (1 GPU), and all-to-all bandwidth of the dispatch schemes against raw ``all_to_all_single`` plus
 overlap on/off (2 GPUs, NCCL). One table, one JSON.
 
-    python scripts/bench/moe_layer.py [--tokens 32768] [--out bench_results/moe_layer.json]
+    python scripts/bench/moe_layer.py [--shape ours|megatron] [--force-balance] [--tokens 32768]
+        [--out bench_results/moe_layer.json]
 
-With two or more GPUs visible it relaunches itself under torchrun for the multi-GPU part.
+Shapes: ``ours`` (E 64, d 2048, f 1408, top-2, 32 768 tokens per GPU) and ``megatron``, Megatron-Core's
+Mixtral proxy of its MoE-layer test (E 8, d 4096, f 14 336, top-2, 4 096 tokens per GPU, one GPU, no
+communication, forced balance), whose figure is ~481 TFLOP/s per H100: the rows say how far from it ours are
+(``vs_megatron``). ``--force-balance`` (implied by ``--shape megatron``) routes every token round-robin
+(``moe.force_balance``), as Megatron's and torchtitan's quoted numbers do; without it the router decides.
+TFLOP/s counts the experts' GEMMs only, forward + backward = 3 x forward (Megatron's convention).
+
+With two or more GPUs visible it relaunches itself under torchrun for the multi-GPU part. ``--smoke`` runs
+either part on CPU in fp32 at tiny sizes (the CI check that the script works).
 """
 
 from __future__ import annotations
@@ -32,7 +41,11 @@ from locmoe.report import format_table, write_json  # noqa: E402
 from locmoe.topology import ExpertPlacement, Topology  # noqa: E402
 
 E, D, F, K = 64, 2048, 1408, 2
-DEV, DT = "cuda", torch.bfloat16  # --smoke: the multi-process part on CPU (gloo, fp32, small) to check it
+DEV, DT = "cuda", torch.bfloat16  # --smoke: CPU (gloo for the multi-process part), fp32, small, to check it
+FORCE = False  # moe.force_balance of every layer built here
+# (E, d, f, tokens per GPU) of each --shape; Megatron-Core's MoE-layer test (Mixtral proxy, H100)
+SHAPES = {"ours": (64, 2048, 1408, 32768), "megatron": (8, 4096, 14336, 4096)}
+MEGATRON_TFLOPS = 481.0
 
 
 def timed(fn, warmup=3, reps=10, rounds=3) -> float:
@@ -90,6 +103,7 @@ def job(kind="gshard", mode="dropless", impl="auto", chunks=1, nodes=1, per_node
             f"moe.expert_impl={impl}",
             f"moe.overlap_chunks={chunks}",
             "moe.check_finite=false",
+            f"moe.force_balance={str(FORCE).lower()}",
             f"parallel.dispatch={dispatch}",
             *([f"parallel.nodes={nodes}", f"parallel.devices_per_node={per_node}"] if nodes * per_node > 1 else []),
         ]
@@ -125,11 +139,11 @@ def fwd_bwd(layer, x, g):
 
 def dense_ffn_step(M):
     """A dense SwiGLU FFN over M rows: the same FLOPs as the experts over M routed copies."""
-    w1 = torch.randn(D, F, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    w3 = torch.randn(D, F, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    w2 = torch.randn(F, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    x = torch.randn(M, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    g = torch.randn(M, D, device="cuda", dtype=torch.bfloat16)
+    w1 = torch.randn(D, F, device=DEV, dtype=DT, requires_grad=True)
+    w3 = torch.randn(D, F, device=DEV, dtype=DT, requires_grad=True)
+    w2 = torch.randn(F, D, device=DEV, dtype=DT, requires_grad=True)
+    x = torch.randn(M, D, device=DEV, dtype=DT, requires_grad=True)
+    g = torch.randn(M, D, device=DEV, dtype=DT)
 
     def step():
         fresh_grads(x, w1, w3, w2)
@@ -141,7 +155,8 @@ def dense_ffn_step(M):
 
 def swiglu_check() -> dict:
     """The fused (compiled) SwiGLU against the eager expression: output and both input gradients, bf16."""
-    h1, h3, go = (torch.randn(65536, F, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    rows = 65536 if DEV == "cuda" else 256
+    h1, h3, go = (torch.randn(rows, F, device=DEV, dtype=DT) for _ in range(3))
     outs = []
     for fuse in (True, False):
         a, b = h1.clone().requires_grad_(), h3.clone().requires_grad_()
@@ -190,10 +205,10 @@ def single_gpu(args) -> list[dict]:
     )
     M = T * K
     flops = 3 * expert_flops(M, D, F, "swiglu")  # forward + backward (2x forward)
-    n = 8192
-    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    n = 8192 if DEV == "cuda" else 256
+    a, b = (torch.randn(n, n, device=DEV, dtype=DT) for _ in range(2))
     gemm = 2 * n**3 / timed(lambda: a @ b) / 1e9
-    rows.append(dict(part="1 GPU", what="dense bf16 GEMM 8192^3", ms=None, tflops=gemm, pct_of_dense=None))
+    rows.append(dict(part="1 GPU", what=f"dense GEMM {n}^3", ms=None, tflops=gemm, pct_of_dense=None))
     dense_ms = timed(dense_ffn_step(M))
     dense = flops / dense_ms / 1e9
     rows.append(
@@ -201,8 +216,8 @@ def single_gpu(args) -> list[dict]:
             part="1 GPU", what=f"dense SwiGLU FFN, {M} rows (reference)", ms=dense_ms, tflops=dense, pct_of_dense=100.0
         )
     )
-    x = torch.randn(T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    g = torch.randn(T, D, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(T, D, device=DEV, dtype=DT, requires_grad=True)
+    g = torch.randn(T, D, device=DEV, dtype=DT)
     rows.append(swiglu_check())
     rows.append(layer_check(ep, x, g))
     cases = (
@@ -217,7 +232,7 @@ def single_gpu(args) -> list[dict]:
         ms = timed(fwd_bwd(layer, x, g), reps=args.reps)
         if args.profile == kind and mode == "dropless" and impl == "grouped" and fused:
             profile(fwd_bwd(layer, x, g), f"MoE layer fwd+bwd, {kind} dropless grouped")
-        act = "" if fused else ", unfused"
+        act = ("" if fused else ", unfused") + (", forced balance" if FORCE else "")
         rows.append(
             dict(
                 part="1 GPU",
@@ -228,14 +243,14 @@ def single_gpu(args) -> list[dict]:
             )
         )
         del layer
-    counts = torch.full((E,), M // E, device="cuda")
-    xe = torch.randn(M, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    ge = torch.randn(M, D, device="cuda", dtype=torch.bfloat16)
+    counts = torch.full((E,), M // E, device=DEV)
+    xe = torch.randn(M, D, device=DEV, dtype=DT, requires_grad=True)
+    ge = torch.randn(M, D, device=DEV, dtype=DT)
     for impl, fused in (("grouped", True), ("grouped", False), ("loop", True)):
         reps = args.reps if impl == "grouped" else max(2, args.reps // 4)  # the loop is ~10x slower
-        ex = GroupedExperts(E, D, F, "swiglu", impl, fuse=fused).cuda()
+        ex = GroupedExperts(E, D, F, "swiglu", impl, fuse=fused).to(DEV)
         ex.reset_parameters(0.02)
-        ex = ex.to(torch.bfloat16)
+        ex = ex.to(DT)
         ms = timed(lambda: (fresh_grads(xe, *ex.parameters()), ex(xe, counts).backward(ge)), reps=reps)
         act = "" if fused else ", unfused"
         rows.append(
@@ -250,6 +265,18 @@ def single_gpu(args) -> list[dict]:
     for r in rows:
         if r.get("tflops"):
             r["pct_of_gemm"] = 100 * r["tflops"] / gemm
+            if args.shape == "megatron" and not args.smoke:
+                r["vs_megatron"] = r["tflops"] / MEGATRON_TFLOPS
+    if args.shape == "megatron":
+        rows.append(
+            dict(
+                part="reference",
+                what="Megatron-Core MoE layer, Mixtral proxy, forced balance, H100 (its figure)",
+                ms=None,
+                tflops=MEGATRON_TFLOPS,
+                vs_megatron=1.0,
+            )
+        )
     return rows
 
 
@@ -319,12 +346,18 @@ def multi_gpu(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tokens", type=int, default=32768, help="tokens per GPU (default 32768)")
+    p.add_argument("--tokens", type=int, default=None, help="tokens per GPU (default: the shape's, 32768 or 4096)")
+    p.add_argument("--shape", default="ours", choices=sorted(SHAPES), help="layer sizes: ours or Megatron's proxy")
+    p.add_argument(
+        "--force-balance",
+        action="store_true",
+        help="route every token round-robin (moe.force_balance), as Megatron's and torchtitan's figures do",
+    )
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--out", default="bench_results/moe_layer.json")
     p.add_argument("--part", default="all", choices=["all", "multi"])
     p.add_argument("--part-out", default="")
-    p.add_argument("--smoke", action="store_true", help="multi part only: CPU, gloo, fp32, small sizes")
+    p.add_argument("--smoke", action="store_true", help="CPU (gloo for the multi part), fp32, small sizes")
     p.add_argument("--nodes", type=int, default=0, help="multi-GPU part: nodes the GPUs form (0 = one GPU per node)")
     p.add_argument(
         "--profile",
@@ -333,8 +366,12 @@ def main() -> None:
         help="print the top CUDA kernels of this router's dropless grouped layer",
     )
     args = p.parse_args()
+    global DEV, DT, E, D, F, FORCE
+    E, D, F, tokens = SHAPES[args.shape]
+    args.tokens = args.tokens or tokens
+    FORCE = args.force_balance or args.shape == "megatron"  # Megatron's figure is force-balanced
+    args.force_balance = FORCE
     if args.smoke:
-        global DEV, DT, E, D, F
         DEV, DT, E, D, F = "cpu", torch.float32, 8, 64, 32
     if not torch.cuda.is_available() and not args.smoke:
         sys.exit("moe_layer.py needs CUDA GPUs (run it through the device tool)")
@@ -362,21 +399,28 @@ def main() -> None:
             str(args.reps),
             "--nodes",
             str(args.nodes),
+            "--shape",
+            args.shape,
+            *(["--force-balance"] if FORCE else []),
         ]
         subprocess.run(cmd, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         rows += json.loads(part.read_text())
-    device = torch.cuda.get_device_name()
+    device = torch.cuda.get_device_name() if DEV == "cuda" else "cpu"
+    routing = "forced balance (round-robin)" if FORCE else "the router's own choice"
     print(
-        f"MoE layer: E={E}, d={D}, f={F}, top-{K}, {args.tokens} tokens/GPU, bf16, {device}, torch {torch.__version__}"
+        f"MoE layer ({args.shape}): E={E}, d={D}, f={F}, top-{K}, {args.tokens} tokens/GPU, {str(DT)[6:]}, "
+        f"{routing}, {device}, torch {torch.__version__}"
     )
     print(
         "pct_of_dense: expert-FLOP rate vs a dense SwiGLU FFN of the same FLOPs (same activation kernel); "
-        "pct_of_gemm: vs the dense bf16 GEMM rate"
+        "pct_of_gemm: vs the dense GEMM rate; vs_megatron: vs Megatron-Core's 481 TFLOP/s on this shape"
     )
-    print(
-        format_table(rows, ["part", "what", "ms", "tflops", "pct_of_dense", "pct_of_gemm", "GBps", "pct_of_raw"], ".3g")
+    cols = ["part", "what", "ms", "tflops", "pct_of_dense", "pct_of_gemm", "vs_megatron", "GBps", "pct_of_raw"]
+    print(format_table(rows, [c for c in cols if any(c in r for r in rows)], ".3g"))
+    shape = dict(experts=E, d_model=D, d_expert=F, top_k=K, tokens=args.tokens, force_balance=FORCE)
+    write_json(
+        args.out, {"device": device, "torch": torch.__version__, "args": vars(args), "shape": shape, "rows": rows}
     )
-    write_json(args.out, {"device": device, "torch": torch.__version__, "args": vars(args), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ logit difference between pipelined and plain execution. One table, one JSON.
 
     torchrun --standalone --nproc_per_node 2 scripts/bench/prefill.py [--out bench_results/prefill.json]
     torchrun --standalone --nproc_per_node 2 scripts/bench/prefill.py --smoke      # tiny, CPU, gloo
+
+``--force-balance`` routes every token round-robin (``moe.force_balance``): the pipeline's figures without
+the router's imbalance, as Megatron's and torchtitan's are quoted.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def job(a, router: str):
             "moe.capacity.mode=dropless",
             "moe.check_finite=false",
             "parallel.dispatch=flat",
+            f"moe.force_balance={str(a.force_balance).lower()}",
         ]
     )
 
@@ -92,6 +96,7 @@ def main() -> None:
     p.add_argument("--routers", default="gshard,locmoe")
     p.add_argument("--fixed-chunks", default="2,4", help="also measure the pipeline at these fixed chunk counts")
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--force-balance", action="store_true", help="route every token round-robin (moe.force_balance)")
     p.add_argument("--out", default="bench_results/prefill.json")
     a = p.parse_args()
     base = SMOKE if a.smoke else FULL

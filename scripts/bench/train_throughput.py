@@ -1,12 +1,26 @@
-"""Training throughput of one job on one device, router by router, with a dense twin and a Hugging Face peer.
+"""Training throughput of one job on one device, router by router, with a dense twin and two peers
+(transformers' and torchtitan's Qwen3-MoE).
 
     python scripts/bench/train_throughput.py [--config configs/pangu_sigma_small.yaml] [--steps 20]
-        [--rows locmoe,gshard,switch,dense,qwen3] [--profile] [--out bench_results/train_throughput.json]
+        [--rows locmoe,gshard,switch,dense,qwen3,torchtitan] [--force-balance] [--user-steps 100]
+        [--profile] [--out bench_results/train_throughput.json]
 
 Every row trains the same batch (train.batch_size × data.seq_len tokens per step, bf16 autocast, AdamW) in
 this one process, one row after the other, so the ratios are honest. Per row: tokens/s, MFU, peak memory,
 host syncs in a non-logging step, first-step (compile) time, and with ``--profile`` where the device time
 of a step goes (``train_phases.py``).
+
+Two timings of our rows, side by side (the table says which is which):
+- ``tokens_per_s``: the bench's own back-to-back steps of ``locmoe train``'s stepper (``make_stepper``: the
+  CUDA-graphed step where the job allows it), no logging, validation or checkpoint: the step alone.
+- ``user_tokens_per_s`` / ``user_wall_tokens_per_s``: ``locmoe train``'s own loop (``backends.torch.train.train``,
+  in this process) for ``--user-steps`` steps with logging every ``logging.log_every`` (tensorboard on),
+  validation every ``--user-eval-every`` and a checkpoint every ``--user-ckpt-every`` steps (the schema's
+  defaults, 50 and 100): the first is the median of the tokens/s its log lines print after the first
+  ``--user-warmup`` steps (training time only, as the user reads it), the second the tokens trained over the
+  wall-clock time from that step to the last, validations and checkpoints included.
+``graph`` / ``user_graph``: whether that path's step ran as a CUDA graph (``captured``), stayed eager (and why),
+or failed to capture (the stepper's one ``train.cuda_graph:`` line); a failed capture is also in ``note``.
 
     MFU = tokens/s × (6·N_active + 12·L·S·d) / peak, N_active = the parameters one token multiplies
     (attention, dense FFNs, k of E experts and the router of each MoE layer, the output projection),
@@ -15,14 +29,20 @@ of a step goes (``train_phases.py``).
 Rows: ``locmoe`` (the job as configured), ``gshard`` / ``switch`` (``configs/routers/*.yaml`` over it),
 ``dense`` (every block dense: ``model.dense_layers = n_layers``, d_ff as configured — the same active
 parameters when d_ff = k·d_expert), ``qwen3`` (transformers' ``Qwen3MoeForCausalLM`` at the same sizes,
-when transformers is importable). ``eager`` variants (``locmoe-eager`` ...) turn off torch.compile and
-kernel fusion: the reference path the fast path must match.
+when transformers is importable), ``torchtitan`` (torchtitan 0.3.0's Qwen3-MoE at the same sizes, built and
+trained as its trainer does, when torchtitan is importable: ``torchtitan_row.py`` says what differs).
+``eager`` variants (``locmoe-eager`` ...) turn off torch.compile and kernel fusion: the reference path the
+fast path must match; ``forced`` variants (``gshard-forced``, ``torchtitan-forced``) route round-robin.
+``--force-balance`` does so for every MoE row (``moe.force_balance``; torchtitan's
+``_debug_force_load_balance``): every token to a round-robin set of experts, as Megatron's and torchtitan's
+quoted figures are measured; transformers' model has no such switch (its row says so).
 ``--smoke`` runs a tiny config on CPU in seconds (the CI check that this script works).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 import warnings
@@ -35,10 +55,18 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_phases import PHASES, phase_times  # noqa: E402
+from train_user_path import Lines, graph_state, user_row  # noqa: E402
 
 from backends.torch.distributed import init_distributed  # noqa: E402
 from backends.torch.optim import make_optimizer  # noqa: E402
-from backends.torch.train import Batches, build_model, loss_of, make_stepper, train_step  # noqa: E402
+from backends.torch.train import (  # noqa: E402
+    Batches,
+    build_model,
+    compile_enabled,
+    loss_of,
+    make_stepper,
+    train_step,
+)
 from locmoe.config import load_config  # noqa: E402
 from locmoe.data import BatchSampler, load_corpus, load_tokenizer  # noqa: E402
 from locmoe.mfu import flops_per_token  # noqa: E402
@@ -52,10 +80,11 @@ VARIANTS = {
     "eager": ["train.compile=false", "moe.fuse_kernels=false", "train.cuda_graph=false"],
     "nograph": ["train.cuda_graph=false"],  # compiled blocks, eager step
     "ckpt": ["train.activation_checkpointing=true"],
+    "forced": ["moe.force_balance=true"],  # every token round-robin (Megatron's and torchtitan's figures)
 }
 
 
-def job(args, row: str):
+def job(args, row: str, extra=()):
     base, _, variant = row.partition("-")
     sets = [
         f"train.batch_size={args.batch}",
@@ -66,11 +95,18 @@ def job(args, row: str):
         *args.set,
     ]
     sets += VARIANTS[variant]
+    if args.force_balance and base != "dense":
+        sets.append("moe.force_balance=true")
+    sets += list(extra)
     layers = ROUTERS.get(base, [])
     cfg = load_config(args.config, overrides=sets, layers=[str(ROOT / p) for p in layers])
     if base == "dense":
         cfg = load_config(args.config, overrides=sets + [f"model.dense_layers={cfg.model.n_layers}"])
     return cfg
+
+
+def forced(args, row: str) -> bool:
+    return args.force_balance or row.partition("-")[2] == "forced"
 
 
 class Sync:
@@ -183,15 +219,19 @@ def our_row(args, row: str) -> dict:
     model = build_model(cfg, ctx)
     opt = make_optimizer(model, cfg.train)
     counter = iter(range(10**9))
+    made, lines = [], Lines()
 
     def make_step():
-        stepper = make_stepper(model, opt, cfg, ctx, batches)
-        return lambda: stepper(next(counter))
+        made.append(make_stepper(model, opt, cfg, ctx, batches, log=print))
+        return lambda: made[0](next(counter))
 
     # host syncs are counted on the eager step: a CUDA graph's replay has none by construction, and the
     # capture itself needs a step without any
     probe = lambda: train_step(model, opt, cfg, ctx, batches, next(counter))  # noqa: E731
-    result = measure(args, row, make_step, cfg, ctx.device, sum(p.numel() for p in model.parameters()), probe)
+    with lines:
+        result = measure(args, row, make_step, cfg, ctx.device, sum(p.numel() for p in model.parameters()), probe)
+    result["graph"] = graph_state(made[0], lines.lines, ctx.device)
+    result["force_balance"] = cfg.moe.force_balance
     with torch.no_grad():
         result["loss_after"] = float(loss_of(model, cfg, *batches.get(10**6, split="val"))[0])
     return result
@@ -265,7 +305,45 @@ def qwen3_row(args, row: str) -> dict:
     import transformers
 
     result = measure(args, row, lambda: step, cfg, device, sum(p.numel() for p in model.parameters()))
-    result["note"] = f"transformers {transformers.__version__}"
+    result["note"] = f"transformers {transformers.__version__}" + (
+        "; routing not forced (transformers has no such option)" if forced(args, row) else ""
+    )
+    return result
+
+
+def torchtitan_row(args, row: str) -> dict:
+    """torchtitan 0.3.0's Qwen3-MoE at our sizes, built and stepped as its trainer does (``torchtitan_row``)."""
+    import torchtitan_shims
+
+    torchtitan_shims.apply()
+    import torchtitan  # noqa: F401  (not importable: the row is skipped)
+    from torchtitan_row import torchtitan_step
+
+    if not torch.cuda.is_available():
+        return dict(row=row, note="skipped: torchtitan 0.3.0 builds its device mesh on CUDA, and there is none")
+    cfg = job(args, "locmoe")
+    device = torch.device("cuda")
+    batches = Batches(
+        BatchSampler(corpus_for(cfg), cfg.data.seq_len, cfg.train.batch_size, rank=0, world=1, seed=cfg.data.seed),
+        device,
+    )
+    torch.manual_seed(0)
+    step, n_params, note, close = torchtitan_step(
+        cfg,
+        batches,
+        device,
+        compile_blocks=compile_enabled(cfg.train.compile, device),
+        attn_backend=args.torchtitan_attn,
+        force_balance=forced(args, row),
+    )
+    try:
+        result = measure(args, row, lambda: step, cfg, device, n_params)
+    finally:
+        close()
+    graph = step.state["graph"]
+    result.update(graph=graph, force_balance=forced(args, row), note=note)
+    if graph.startswith("capture failed"):
+        result["note"] = f"CUDA graph capture failed (eager steps timed); {note}"
     return result
 
 
@@ -301,7 +379,7 @@ def curve(args, row: str) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(ROOT / "configs" / "pangu_sigma_small.yaml"))
-    p.add_argument("--rows", default="locmoe,gshard,switch,dense,qwen3")
+    p.add_argument("--rows", default="locmoe,gshard,switch,dense,qwen3,torchtitan")
     p.add_argument("--steps", type=int, default=20, help="timed steps per row")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
     p.add_argument("--batch", type=int, default=16)
@@ -316,6 +394,28 @@ def main() -> None:
         help="also train this many steps of the first row fast and "
         "eager from the same start and compare the loss curves",
     )
+    p.add_argument(
+        "--force-balance",
+        action="store_true",
+        help="every MoE row routes round-robin (moe.force_balance; torchtitan's _debug_force_load_balance)",
+    )
+    p.add_argument(
+        "--user-steps",
+        type=int,
+        default=100,
+        help="also time locmoe train's own loop for this many steps per row (logging, validation and "
+        "checkpoints on); 0 = off",
+    )
+    p.add_argument("--user-warmup", type=int, default=20, help="user path: steps left out of its timing")
+    p.add_argument("--user-eval-every", type=int, default=50, help="user path: train.eval_every")
+    p.add_argument("--user-ckpt-every", type=int, default=100, help="user path: train.ckpt_every")
+    p.add_argument("--user-set", action="append", default=[], help="user path: extra config override")
+    p.add_argument(
+        "--torchtitan-attn",
+        default="flex",
+        choices=["flex", "varlen", "flex_flash"],
+        help="torchtitan row: its attention backend (flex: its default; sdpa is refused by torchtitan 0.3.0)",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny config on CPU, 2 steps: checks the script runs")
     p.add_argument("--out", default="bench_results/train_throughput.json")
     args = p.parse_args()
@@ -323,10 +423,22 @@ def main() -> None:
         args.config = str(ROOT / "configs" / "tiny_cpu.yaml")
         args.set += ["parallel.device=cpu", "parallel.nodes=1", "parallel.devices_per_node=1"]
         args.batch, args.seq, args.steps, args.warmup, args.max_bytes = 2, 64, 2, 1, 60_000
+        args.user_steps = min(args.user_steps, 4)
+        args.user_warmup, args.user_eval_every, args.user_ckpt_every = 2, 2, 4
+        args.user_set = ["logging.log_every=2", "train.eval_batches=1", *args.user_set]
     rows = []
     for row in args.rows.split(","):
+        base, _, variant = row.partition("-")
         try:
-            rows.append(qwen3_row(args, row) if row == "qwen3" else our_row(args, row))
+            if base == "qwen3":
+                rows.append(qwen3_row(args, row))
+            elif base == "torchtitan":
+                rows.append(torchtitan_row(args, row))
+            else:
+                rows.append(our_row(args, row))
+                if args.user_steps and variant in ("", "forced"):  # what users run: the fast path
+                    rows[-1].update(user_row(args, row, job))
+            mark_failed_capture(rows[-1])
         except ImportError as err:
             rows.append(dict(row=row, note=f"skipped: {err}"))
         except Exception as err:  # one failing row must not cost the others' numbers (one GPU visit)
@@ -335,6 +447,10 @@ def main() -> None:
             traceback.print_exc()
             rows.append(dict(row=row, note=f"failed: {type(err).__name__}: {str(err)[:200]}"))
         print(format_table([{k: v for k, v in rows[-1].items() if k not in ("phases_ms", "sync_sites")}]), flush=True)
+        write_json(args.out, payload(args, rows, [], partial=True))  # a run cut short keeps its rows
+        gc.collect()  # the row's model, optimizer and CUDA graph, before the next row builds its own
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         if rows[-1].get("sync_sites"):
             print("  host syncs at:", ", ".join(rows[-1]["sync_sites"]), flush=True)
     curves = []
@@ -348,8 +464,42 @@ def main() -> None:
     report(args, rows, curves)
 
 
+def mark_failed_capture(row: dict) -> None:
+    """A row whose CUDA graph capture failed says so in its note (its timing is of eager steps)."""
+    failed = [k for k in ("graph", "user_graph") if str(row.get(k, "")).startswith("capture failed")]
+    if failed and "CUDA graph capture failed" not in str(row.get("note", "")):
+        row["note"] = "; ".join(x for x in (f"CUDA graph capture failed ({', '.join(failed)})", row.get("note")) if x)
+
+
+def device_name(args) -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() and not args.smoke else "cpu"
+
+
+def payload(args, rows: list[dict], curves: list[dict], partial: bool = False) -> dict:
+    """The JSON: the run's settings and its rows (``partial`` while rows are still to come)."""
+    return {
+        "device": device_name(args),
+        "torch": torch.__version__,
+        "config": Path(args.config).name,
+        "batch": args.batch,
+        "seq": args.seq,
+        "steps": args.steps,
+        "force_balance": args.force_balance,
+        "user_path": dict(
+            steps=args.user_steps,
+            warmup=args.user_warmup,
+            eval_every=args.user_eval_every,
+            ckpt_every=args.user_ckpt_every,
+            sets=args.user_set,
+        ),
+        "rows": rows,
+        "curves": curves,
+        **({"partial": True} if partial else {}),
+    }
+
+
 def report(args, rows: list[dict], curves: list[dict]) -> None:
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.smoke else "cpu"
+    device = device_name(args)
     by = {r["row"]: r for r in rows if "tokens_per_s" in r}
     for r in rows:
         for ref in ("dense", "qwen3", "gshard"):
@@ -358,6 +508,10 @@ def report(args, rows: list[dict], curves: list[dict]) -> None:
     cols = [
         "row",
         "tokens_per_s",
+        "user_tokens_per_s",
+        "user_wall_tokens_per_s",
+        "graph",
+        "user_graph",
         "mfu",
         "step_ms",
         "peak_mem_GiB",
@@ -369,8 +523,17 @@ def report(args, rows: list[dict], curves: list[dict]) -> None:
         "loss_after",
         "note",
     ]
-    print(f"\n{device}, torch {torch.__version__}, {Path(args.config).name}, batch {args.batch} x {args.seq}")
+    routing = "forced balance (round-robin) in every MoE row" if args.force_balance else "the routers' own choice"
+    print(
+        f"\n{device}, torch {torch.__version__}, {Path(args.config).name}, batch {args.batch} x {args.seq}, {routing}"
+    )
     print(format_table(rows, [c for c in cols if any(c in r for r in rows)]))
+    print(
+        "tokens_per_s: the bench's back-to-back steps (locmoe train's stepper, no logging/eval/checkpoint); "
+        f"user_tokens_per_s: locmoe train's own loop, the median its log lines print after step "
+        f"{args.user_warmup}; user_wall_tokens_per_s: the same loop's tokens over wall time, validation every "
+        f"{args.user_eval_every} and a checkpoint every {args.user_ckpt_every} steps included"
+    )
     prof = [r for r in rows if "phases_ms" in r]
     if prof:
         names = [*PHASES, "optimizer", "other (embedding, loss, grad clip)", "unattributed device", "host/idle"]
@@ -381,19 +544,7 @@ def report(args, rows: list[dict], curves: list[dict]) -> None:
             f"\nloss curve, {c['row']}: step {c['steps']}: fast {c['fast_loss']:.4f}, eager {c['eager_loss']:.4f}, "
             f"relative difference {c['rel_diff_at_end']:.2%} (largest over the curve {c['max_rel_diff']:.2%})"
         )
-    write_json(
-        args.out,
-        {
-            "device": device,
-            "torch": torch.__version__,
-            "config": Path(args.config).name,
-            "batch": args.batch,
-            "seq": args.seq,
-            "steps": args.steps,
-            "rows": rows,
-            "curves": curves,
-        },
-    )
+    write_json(args.out, payload(args, rows, curves))
     print(f"wrote {args.out}")
 
 

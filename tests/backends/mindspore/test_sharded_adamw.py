@@ -143,12 +143,12 @@ def start_note(out) -> str:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
-    """name → out dir: EP = world without and with sharding (shard: full, the default), EP = 2 without and with
+    """name → out dir: EP = world without and with sharding (shard: full), EP = 2 without and with
     (shard: optimizer)."""
     root = tmp_path_factory.mktemp("sharded")
     sets = {
         "ep4 none": ["parallel.shard=none"],
-        "ep4 full": [],
+        "ep4 full": ["parallel.shard=full"],
         "ep2 none": [EP2, "parallel.shard=none"],
         "ep2 optimizer": [EP2, "parallel.shard=optimizer"],
     }
