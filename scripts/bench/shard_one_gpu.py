@@ -27,6 +27,7 @@ SMOKE = ["model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.d_ff=
 def run(config: str, mode: str, steps: int, extra: list[str], where: Path) -> dict:
     out = where / f"run_{mode}"
     sets = [*QUIET, *extra, f"parallel.shard={mode}", f"train.steps={steps}", f"train.ckpt_every={steps}",
+            f"train.warmup_steps={max(1, steps // 4)}",
             "logging.log_every=5", f"train.out_dir={out}"]  # fmt: skip
     cmd = [sys.executable, "-m", "locmoe", "train", config, *[a for s in sets for a in ("--set", s)]]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
