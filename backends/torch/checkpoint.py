@@ -33,11 +33,10 @@ from backends.torch.distributed import DistContext
 from backends.torch.sharded_checkpoint import (
     copy_full_,
     init_optimizer_state,
-    is_sharded_run,
     load_sharded,
     save_sharded,
 )
-from backends.torch.sharding import local
+from backends.torch.sharding import local, reshard_all, sharded
 from locmoe import checkpoint_files as files
 from locmoe.checkpointing import (
     CheckpointError,
@@ -132,12 +131,14 @@ def _plain(v):
 def save_checkpoint(model, optimizer, ctx: DistContext, step: int, extra: dict) -> Path | None:
     """Seal step ``step``'s checkpoint (all ranks); refuses (NonFiniteError) when the weights diverged."""
     cfg = model.cfg
-    sharded = is_sharded_run(ctx, model)
+    sharded_run = sharded(cfg, ctx)
+    if sharded_run:
+        reshard_all(model)  # parallel.shard optimizer keeps a block gathered after a forward without backward
     check_finite(model, optimizer, ctx, step)
 
     def write(tmp: Path) -> None:
         r = ctx.rank
-        if sharded:
+        if sharded_run:
             save_sharded(model, optimizer, tmp, step)
         else:
             state = consolidated_state(model, ctx)
@@ -151,7 +152,7 @@ def save_checkpoint(model, optimizer, ctx: DistContext, step: int, extra: dict) 
             r,
         )
         if ctx.is_main:
-            if not sharded:
+            if not sharded_run:
                 files.save_tensor_file(save_file, state, tmp / "model.safetensors")
             write_train_state(tmp, step, cfg, ctx.layout, "torch", extra)
 
@@ -211,7 +212,7 @@ def load_checkpoint(path: Path, model, optimizer, ctx: DistContext) -> tuple[int
 
 def _load_optimizer(saved: dict, model, optimizer, ctx: DistContext) -> None:
     """A format-2 state dict of whole tensors into AdamW; into a sharded run's AdamW, each rank its pieces."""
-    if not is_sharded_run(ctx, model):
+    if not sharded(model.cfg, ctx):
         optimizer.load_state_dict(saved)
         return
     init_optimizer_state(optimizer)

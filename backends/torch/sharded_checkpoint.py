@@ -15,8 +15,7 @@ from pathlib import Path
 
 import torch
 
-from backends.torch.distributed import DistContext
-from backends.torch.sharding import chunk_range, is_sharded, local, reshard_all, sharded
+from backends.torch.sharding import chunk_range, is_sharded, local, shard_rows
 from locmoe.checkpointing import CheckpointError, maybe_inject_fault
 from locmoe.model_spec import is_expert_param, parameter_shapes
 from locmoe.sharded_weights import MODEL, MOMENTS, SHARDED_DIR, STEP, expert_key
@@ -114,15 +113,5 @@ def copy_full_(target: torch.Tensor, full: torch.Tensor) -> None:
     """Copy a whole tensor into ``target``, or its dim-0 piece into a sharded ``target``'s shard."""
     if is_sharded(target):
         mesh = target.device_mesh
-        start, stop = chunk_range(full.shape[0], mesh.size(), mesh.get_local_rank())
-        full, target = full[start:stop], target.to_local()
+        full, target = shard_rows(full, mesh.size(), mesh.get_local_rank()), target.to_local()
     target.copy_(full.to(target.dtype))
-
-
-def is_sharded_run(ctx: DistContext, model) -> bool:
-    """Whether this run's weights are FSDP shards (its checkpoints are then sharded too); if so, they are
-    resharded now (``parallel.shard: optimizer`` keeps them gathered after a forward without backward)."""
-    if not sharded(model.cfg, ctx):
-        return False
-    reshard_all(model)
-    return True
