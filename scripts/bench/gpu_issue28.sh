@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Issue 28's benchmark figures in one GPU visit (one GPU, about 8 minutes; each stage has its own time limit,
 # so one that hangs costs only its own share; train_throughput writes its JSON after every row):
-#   bash scripts/bench/gpu_issue28.sh OUT_DIR          (device tool: carry .gpu_wheels, OUT_DIR=$OUT)
+#   bash scripts/bench/gpu_issue28.sh OUT_DIR [speed|profile]   (device tool: carry .gpu_wheels, OUT_DIR=$OUT)
+# speed (the default, about 8 minutes): stages 1-4 below. profile (about 4 minutes, a second visit): the
+# fast path's bf16 loss curve against the eager path's over 100 steps (issue 28's acceptance), and where a
+# LocMoE step's and the dense twin's device time goes (torch.profiler, train_phases.py).
 # 1. the wheels torchtitan needs (scripts/bench/gpu_install_wheels.sh; without them the torchtitan rows say
 #    they were skipped);
 # 2. train_throughput.py: LocMoE, GShard, the dense twin and torchtitan's Qwen3-MoE, each timed back to back
@@ -10,7 +13,8 @@
 # 4. moe_layer.py at Megatron-Core's Mixtral-proxy shape (forced balance, beside its 481 TFLOP/s) and at ours.
 # Everything lands in OUT_DIR: one JSON per stage and log.txt.
 set -uo pipefail
-out="${1:?usage: gpu_issue28.sh OUT_DIR}"
+out="${1:?usage: gpu_issue28.sh OUT_DIR [speed|profile]}"
+part="${2:-speed}"
 cd "$(dirname "$0")/../.."
 mkdir -p "$out"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
@@ -27,14 +31,22 @@ stage() {  # stage LIMIT_S NAME COMMAND...: run with a time limit, log it, never
     source scripts/bench/gpu_install_wheels.sh .gpu_wheels /tmp/site
     python3 -c 'import torch, sys; print(torch.__version__, torch.cuda.get_device_name(), sys.version.split()[0])'
     python3 -c 'import torchtitan; print("torchtitan importable")' || true
-    common=(--steps 15 --warmup 5 --user-steps 100)
-    stage 210 "train_throughput" python3 scripts/bench/train_throughput.py "${common[@]}" \
-        --rows locmoe,gshard,dense,torchtitan --out "$out/train_throughput.json"
-    stage 150 "train_throughput --force-balance" python3 scripts/bench/train_throughput.py "${common[@]}" \
-        --force-balance --rows locmoe,gshard,torchtitan --out "$out/train_throughput_forced.json"
-    stage 50 "moe_layer --shape megatron" python3 scripts/bench/moe_layer.py --shape megatron \
-        --out "$out/moe_layer_megatron.json"
-    stage 50 "moe_layer (ours, forced balance)" python3 scripts/bench/moe_layer.py --force-balance \
-        --out "$out/moe_layer_ours_forced.json"
+    if [ "$part" = profile ]; then
+        stage 300 "train_throughput --curve 100 --profile" python3 scripts/bench/train_throughput.py \
+            --rows locmoe,dense --steps 10 --warmup 5 --user-steps 0 --profile --curve 100 \
+            --out "$out/train_profile.json"
+        stage 60 "moe_layer (ours, the router's own balance)" python3 scripts/bench/moe_layer.py \
+            --out "$out/moe_layer_ours.json"
+    else
+        common=(--steps 15 --warmup 5 --user-steps 100)
+        stage 210 "train_throughput" python3 scripts/bench/train_throughput.py "${common[@]}" \
+            --rows locmoe,gshard,dense,torchtitan --out "$out/train_throughput.json"
+        stage 150 "train_throughput --force-balance" python3 scripts/bench/train_throughput.py "${common[@]}" \
+            --force-balance --rows locmoe,gshard,torchtitan --out "$out/train_throughput_forced.json"
+        stage 50 "moe_layer --shape megatron" python3 scripts/bench/moe_layer.py --shape megatron \
+            --out "$out/moe_layer_megatron.json"
+        stage 50 "moe_layer (ours, forced balance)" python3 scripts/bench/moe_layer.py --force-balance \
+            --out "$out/moe_layer_ours_forced.json"
+    fi
     echo "=== done after $((SECONDS - start))s"
 } 2>&1 | tee "$out/log.txt"
