@@ -2,8 +2,9 @@
 # Issue 28's benchmark figures in one GPU visit (one GPU, about 8 minutes; each stage has its own time limit,
 # so one that hangs costs only its own share; train_throughput writes its JSON after every row):
 #   bash scripts/bench/gpu_issue28.sh OUT_DIR [speed|profile]   (device tool: carry .gpu_wheels, OUT_DIR=$OUT)
-# speed (the default, about 8 minutes): stages 1-4 below. profile (about 4 minutes, a second visit): the
-# fast path's bf16 loss curve against the eager path's over 100 steps (issue 28's acceptance), and where a
+# speed (the default, about 8 minutes): stages 1-4 below. table (about 3 minutes): stage 2 alone. profile
+# (about 6 minutes, another visit): the fast path's bf16 loss curve against the eager path's over 100 steps
+# (issue 28's acceptance) and against a second eager run (the spread of bf16 training itself), and where a
 # LocMoE step's and the dense twin's device time goes (torch.profiler, train_phases.py).
 # 1. the wheels torchtitan needs (scripts/bench/gpu_install_wheels.sh; without them the torchtitan rows say
 #    they were skipped);
@@ -32,15 +33,22 @@ stage() {  # stage LIMIT_S NAME COMMAND...: run with a time limit, log it, never
     python3 -c 'import torch, sys; print(torch.__version__, torch.cuda.get_device_name(), sys.version.split()[0])'
     python3 -c 'import torchtitan; print("torchtitan importable")' || true
     if [ "$part" = profile ]; then
-        stage 300 "train_throughput --curve 100 --profile" python3 scripts/bench/train_throughput.py \
-            --rows locmoe,dense --steps 10 --warmup 5 --user-steps 0 --profile --curve 100 \
+        # the fast path against eager, eager again (the run-to-run spread of bf16 training itself) and the
+        # compiled step without its CUDA graph; the dense twin against eager
+        stage 200 "train_throughput --curve 100 (locmoe)" python3 scripts/bench/train_throughput.py \
+            --rows locmoe --steps 5 --warmup 3 --user-steps 0 --curve 100 \
+            --curve-against eager,eager,nograph --out "$out/train_curves.json"
+        stage 100 "train_throughput --curve 100 (dense)" python3 scripts/bench/train_throughput.py \
+            --rows dense --steps 5 --warmup 3 --user-steps 0 --curve 100 --out "$out/train_curves_dense.json"
+        # phases need the eager step: a CUDA graph's replay hides the profiler's ranges
+        stage 150 "train_throughput --profile" python3 scripts/bench/train_throughput.py \
+            --rows locmoe-nograph,dense-nograph --steps 10 --warmup 5 --user-steps 0 --profile \
             --out "$out/train_profile.json"
-        stage 60 "moe_layer (ours, the router's own balance)" python3 scripts/bench/moe_layer.py \
-            --out "$out/moe_layer_ours.json"
     else
         common=(--steps 15 --warmup 5 --user-steps 100)
         stage 210 "train_throughput" python3 scripts/bench/train_throughput.py "${common[@]}" \
             --rows locmoe,gshard,dense,torchtitan --out "$out/train_throughput.json"
+        [ "$part" = table ] && { echo "=== done after $((SECONDS - start))s"; exit 0; }
         stage 150 "train_throughput --force-balance" python3 scripts/bench/train_throughput.py "${common[@]}" \
             --force-balance --rows locmoe,gshard,torchtitan --out "$out/train_throughput_forced.json"
         stage 50 "moe_layer --shape megatron" python3 scripts/bench/moe_layer.py --shape megatron \

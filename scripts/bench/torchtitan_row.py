@@ -172,7 +172,9 @@ def torchtitan_step(
         valid = torch.tensor(y.numel(), device=device)
         try:
             state["fwd_bwd"](x, y, valid, extra)
-        except RuntimeError as err:  # the capture failed: the trainer would stop; the bench runs eager, says so
+        # the capture failed, or a replay was refused (torchtitan 0.3.0's wrapper refuses a BlockMask rebuilt each
+        # step: ValueError): the trainer would stop; the bench runs eager and says so
+        except (RuntimeError, ValueError) as err:
             if state["fwd_bwd"] is fwd_bwd:
                 raise
             state["fwd_bwd"], state["graph"] = fwd_bwd, f"capture failed: {str(err).splitlines()[0][:160]}"

@@ -101,7 +101,9 @@ def job(args, row: str, extra=()):
     layers = ROUTERS.get(base, [])
     cfg = load_config(args.config, overrides=sets, layers=[str(ROOT / p) for p in layers])
     if base == "dense":
-        cfg = load_config(args.config, overrides=sets + [f"model.dense_layers={cfg.model.n_layers}"])
+        # the twin has no gate to place sequences by (LocMoE's default data.placement is embedding): drawn
+        twin = [f"model.dense_layers={cfg.model.n_layers}", "data.placement=drawn"]
+        cfg = load_config(args.config, overrides=sets + twin)
     return cfg
 
 
@@ -347,33 +349,47 @@ def torchtitan_row(args, row: str) -> dict:
     return result
 
 
-def curve(args, row: str) -> dict:
-    """The fast path's bf16 loss curve against the eager path's, from the same weights and batches."""
-    losses = {}
-    for variant in ("", "eager"):
-        cfg = job(args, f"{row}-{variant}" if variant else row)
-        ctx = init_distributed(cfg.parallel)
-        batches = Batches(
-            BatchSampler(corpus_for(cfg), cfg.data.seq_len, cfg.train.batch_size, rank=0, world=1, seed=cfg.data.seed),
-            ctx.device,
-        )
-        torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg, ctx)
-        stepper = make_stepper(model, make_optimizer(model, cfg.train), cfg, ctx, batches)
-        losses[variant or "fast"] = [float(stepper(i)[0]) for i in range(args.curve)]
-        del model, stepper
-    fast, eager = losses["fast"], losses["eager"]
-    rel = [abs(f - e) / abs(e) for f, e in zip(fast, eager)]
-    return dict(
-        row=f"{row} curve",
-        steps=args.curve,
-        fast_loss=fast[-1],
-        eager_loss=eager[-1],
-        rel_diff_at_end=rel[-1],
-        max_rel_diff=max(rel),
-        fast_curve=fast,
-        eager_curve=eager,
+def curve_losses(args, row: str, variant: str) -> list[float]:
+    """``args.curve`` steps of ``row`` with ``variant``'s settings ("" = the fast path), from the job's seed."""
+    cfg = job(args, f"{row}-{variant}" if variant else row)
+    ctx = init_distributed(cfg.parallel)
+    batches = Batches(
+        BatchSampler(corpus_for(cfg), cfg.data.seq_len, cfg.train.batch_size, rank=0, world=1, seed=cfg.data.seed),
+        ctx.device,
     )
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, ctx)
+    stepper = make_stepper(model, make_optimizer(model, cfg.train), cfg, ctx, batches)
+    losses = [float(stepper(i)[0]) for i in range(args.curve)]
+    del model, stepper
+    return losses
+
+
+def curves_of(args, row: str) -> list[dict]:
+    """The fast path's bf16 loss curve against each of ``--curve-against``'s variants, from the same weights
+    and batches. Naming a variant twice (``eager,eager``) measures the run-to-run spread of that path itself:
+    bf16 atomics in the backward are not deterministic, and a router's discrete choices amplify a last-bit
+    difference, so the spread between two runs of one path is the floor any comparison stands on."""
+    fast = curve_losses(args, row, "")
+    out = []
+    for variant in args.curve_against.split(","):
+        other = curve_losses(args, row, variant)
+        rel = [abs(f - e) / abs(e) for f, e in zip(fast, other)]
+        out.append(
+            dict(
+                row=f"{row} curve",
+                against=variant,
+                steps=args.curve,
+                fast_loss=fast[-1],
+                other_loss=other[-1],
+                rel_diff_at_end=rel[-1],
+                max_rel_diff=max(rel),
+                mean_rel_diff_last_10=sum(rel[-10:]) / len(rel[-10:]),
+                fast_curve=fast,
+                other_curve=other,
+            )
+        )
+    return out
 
 
 def main() -> None:
@@ -391,8 +407,15 @@ def main() -> None:
         "--curve",
         type=int,
         default=0,
-        help="also train this many steps of the first row fast and "
-        "eager from the same start and compare the loss curves",
+        help="also train this many steps of each --curve-rows row fast and with each --curve-against "
+        "variant from the same start and compare the loss curves",
+    )
+    p.add_argument("--curve-rows", default="", help="rows whose curves are compared (default: the first row)")
+    p.add_argument(
+        "--curve-against",
+        default="eager",
+        help="variants the fast path's curve is compared with (eager, nograph, ...; one named twice measures "
+        "its own run-to-run spread)",
     )
     p.add_argument(
         "--force-balance",
@@ -456,7 +479,8 @@ def main() -> None:
     curves = []
     if args.curve:
         try:
-            curves.append(curve(args, args.rows.split(",")[0]))
+            for row in (args.curve_rows or args.rows.split(",")[0]).split(","):
+                curves += curves_of(args, row)
         except Exception:
             import traceback
 
@@ -541,8 +565,9 @@ def report(args, rows: list[dict], curves: list[dict]) -> None:
         print(format_table([{"row": r["row"], **{n: r["phases_ms"].get(n, 0.0) for n in names}} for r in prof]))
     for c in curves:
         print(
-            f"\nloss curve, {c['row']}: step {c['steps']}: fast {c['fast_loss']:.4f}, eager {c['eager_loss']:.4f}, "
-            f"relative difference {c['rel_diff_at_end']:.2%} (largest over the curve {c['max_rel_diff']:.2%})"
+            f"\nloss curve, {c['row']}: step {c['steps']}: fast {c['fast_loss']:.4f}, {c['against']} "
+            f"{c['other_loss']:.4f}, relative difference {c['rel_diff_at_end']:.2%} (mean of the last 10 steps "
+            f"{c['mean_rel_diff_last_10']:.2%}, largest over the curve {c['max_rel_diff']:.2%})"
         )
     write_json(args.out, payload(args, rows, curves))
     print(f"wrote {args.out}")
