@@ -48,11 +48,14 @@ setup(
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "pytest-xdist>=3.8",
             "hypothesis>=6.100",
             "tokenizers>=0.15",
             "transformers==5.24.0",
             "ruff==0.17.6",
             "import-linter==2.17",
+            "pyright[nodejs]==1.1.414",  # the type check (pyrightconfig.json); [nodejs]: node as a wheel
+            "pre-commit>=3.5",  # .pre-commit-config.yaml runs lint.sh's tools before each commit
         ],
     },
     entry_points={"console_scripts": ["locmoe=locmoe.cli:main"]},

@@ -1,6 +1,7 @@
 """Framework backends behind one interface: ``backends.get("torch")`` or ``backends.get("mindspore")``.
 
-Each backend package is a :class:`locmoe.backend_api.Backend` (the Protocol says what locmoe's commands call).
+Each backend package is a :class:`locmoe.backend_api.Backend` (the Protocol says what locmoe's commands call);
+``backends.get(name).server()`` is its :class:`~locmoe.backend_api.Server` (serving: the torch backend's).
 A framework that is not installed is a :class:`BackendUnavailable` (a project error: exit code 2, one line)
 naming the install command that works.
 """
@@ -46,9 +47,10 @@ def require(framework: str, what: str = "") -> None:
         raise BackendUnavailable(need + install_hint(missing)) from None
 
 
-def get(name: str) -> Backend:
-    """Import and return the backend package ``backends.<name>``."""
+def get(name: str, what: str = "") -> Backend:
+    """Import and return the backend package ``backends.<name>``; ``what`` names who needs it (a missing
+    framework's line says so), by default the job's ``parallel.backend``."""
     if name not in EXTRAS:
         raise BackendUnavailable(f"parallel.backend: unknown backend {name!r}; allowed: {sorted(EXTRAS)}")
-    require(name, f"parallel.backend = {name!r}")
+    require(name, what or f"parallel.backend = {name!r}")
     return cast(Backend, importlib.import_module(f"backends.{name}"))

@@ -18,10 +18,14 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from locmoe.atomic_io import fault_due, fsync_dir, fsync_tree, write_error, write_text, writing
 from locmoe.errors import LocMoEError
+
+if TYPE_CHECKING:
+    from locmoe.backend_api import Trainer
+    from locmoe.config.schema import JobConfig
 
 CHECKPOINT_FORMAT_VERSION = 2
 SHARDED_FORMAT_VERSION = 3  # format 2 whose weights and optimizer states are every rank's shards (SHARDED_DIR)
@@ -320,37 +324,34 @@ def layout_record(layout) -> dict:
     }
 
 
-def write_checkpoint(
-    out_dir: str | Path,
-    step: int,
-    keep: int,
-    is_main: bool,
-    barrier: Callable[[], None],
-    write: Callable[[Path], None],
-    backend: str,
-) -> Path | None:
-    """The protocol every rank follows: rank 0 makes the temporary directory, every rank ``write``s its files
-    into it (rank 0 also the shared ones), rank 0 seals it and prunes old checkpoints. Returns the sealed
-    directory on rank 0, None elsewhere. A failed write (disk full, read-only) removes the temporary
-    directory and raises a WriteError naming the file."""
+def write_checkpoint(trainer: Trainer, cfg: JobConfig, step: int, extra: dict) -> Path | None:
+    """Save step ``step`` (every rank calls it): the trainer checks that its weights are finite, rank 0 makes
+    the temporary directory, every rank's trainer writes its files into it, rank 0 adds ``train_state.json``
+    (with ``extra``), seals the checkpoint and prunes old ones. Returns the sealed directory on rank 0, None
+    elsewhere. A failed write (disk full, read-only) removes the temporary directory and raises a WriteError
+    naming the file."""
+    trainer.check_weights_finite(step)
+    ctx, out_dir = trainer.facts.ctx, cfg.train.out_dir
     tmp = temp_dir(out_dir, step)
     try:
-        if is_main:
+        if ctx.is_main:
             with writing(tmp, remove_partial=False):
                 tmp.mkdir(parents=True, exist_ok=True)
-        barrier()
-        write(tmp)
-        barrier()
+        trainer.barrier()
+        trainer.write_rank_files(tmp, step)
+        if ctx.is_main:
+            write_train_state(tmp, step, cfg, ctx.layout, trainer.facts.backend, extra)
+        trainer.barrier()
         final = None
-        if is_main:
-            final = seal(out_dir, step, {"backend": backend})
-            prune(out_dir, keep)
+        if ctx.is_main:
+            final = seal(out_dir, step, {"backend": trainer.facts.backend})
+            prune(out_dir, cfg.train.keep_checkpoints)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, OSError):
             raise write_error(err, tmp) from None
         raise
-    barrier()
+    trainer.barrier()
     return final
 
 

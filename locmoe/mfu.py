@@ -30,11 +30,13 @@ def flops_per_token(cfg: JobConfig) -> float:
     d, L, S = m.d_model, m.n_layers, cfg.data.seq_len
     moe_layers = set(moe_layer_indices(m))
     mats = 3 if moe.activation == "swiglu" else 2
+    k = moe.router.top_k
+    assert k is not None, "top_k is filled in when the config loads (locmoe.config.checks)"
     n = m.vocab_size * d  # output projection (tied or not)
     for i in range(L):
         n += 4 * d * d
         if i in moe_layers:
-            n += moe.router.top_k * mats * d * moe.d_expert + d * moe.num_experts
+            n += k * mats * d * moe.d_expert + d * moe.num_experts
         else:
             n += 3 * d * m.d_ff
     return 6.0 * n + 12.0 * L * S * d

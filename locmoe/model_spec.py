@@ -42,7 +42,7 @@ def parameter_shapes(cfg: JobConfig) -> dict[str, tuple]:
     """Every tensor of a consolidated checkpoint, by name (see the module docstring)."""
     m, moe = cfg.model, cfg.moe
     d, V, E, f = m.d_model, m.vocab_size, moe.num_experts, moe.d_expert
-    shapes = {"embed.weight": (V, d)}
+    shapes: dict[str, tuple] = {"embed.weight": (V, d)}
     moe_layers = set(moe_layer_indices(m))
     for i in range(m.n_layers):
         p = f"layers.{i}."

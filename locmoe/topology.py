@@ -226,5 +226,5 @@ class ExpertPlacement:
 
     def node_mask(self) -> np.ndarray:
         """[N, E] True where expert e lives on node n."""
-        nodes = self.topology.node_of(self.rank_array)
+        nodes = np.asarray(self.topology.node_of(self.rank_array))  # [E]
         return nodes[None, :] == np.arange(self.topology.num_nodes)[:, None]

@@ -4,18 +4,18 @@ checkpoint time."""
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
-from locmoe import interrupts, run_lock
+from locmoe import run_lock
 from locmoe.checkpointing import (
     CheckpointError,
     check_layout,
     checkpoint_root,
+    clean_temporaries,
     latest,
     layout_record,
     list_checkpoints,
@@ -23,10 +23,8 @@ from locmoe.checkpointing import (
 )
 from locmoe.config import ConfigError
 from locmoe.config.schema import JobConfig
-from locmoe.data import Corpus, load_corpus, load_tokenizer
+from locmoe.data import BatchSampler, Corpus, load_corpus, load_tokenizer
 from locmoe.finite import NonFiniteError
-from locmoe.log_lines import final_line
-from locmoe.mfu import mfu
 from locmoe.planning.memory_plan import check_fits
 from locmoe.resume_check import resume_changes
 from locmoe.topology import ExpertPlacement, LaunchEnv, ParallelLayout
@@ -41,7 +39,8 @@ def check_inputs(
 ) -> tuple[Corpus, Optional[Path]]:
     """Expert placement, memory, tokenizer, corpus, export directory and the checkpoint to resume from; a clear
     error on any bad input. Only then does rank 0 take the run directory's lock (``locmoe.run_lock``, which
-    creates ``train.out_dir``) and hold it for the run's life: a refused run leaves nothing behind.
+    creates ``train.out_dir``) and hold it for the run's life: a refused run leaves nothing behind; an accepted
+    one then removes the temporary checkpoint directories a crash left.
 
     ``memory``: (bytes available, where) of the device the model lives on, or None where it cannot be known
     (the memory plan is then not checked)."""
@@ -62,10 +61,13 @@ def check_inputs(
     if main:
         run_lock.acquire(cfg.train.out_dir, message=lambda text: print(f"warning: {text}"))
     try:
-        return corpus, checkpoint_to_resume(cfg, main, layout) if resume else _no_checkpoints(cfg)
+        ckpt = checkpoint_to_resume(cfg, main, layout) if resume else _no_checkpoints(cfg)
     except BaseException:
         run_lock.release(cfg.train.out_dir, remove_dir=True)
         raise
+    if main:  # the run is accepted: what a crash left half-written or half-pruned goes
+        clean_temporaries(cfg.train.out_dir)
+    return corpus, ckpt
 
 
 RUN_ENTRIES = (run_lock.LOCK_FILE, "checkpoints", "metrics.jsonl")  # what every run writes first
@@ -222,136 +224,19 @@ def step_scalars(
     )
 
 
-def start_message(cfg: JobConfig, n_params: int, corpus: Corpus, ctx, device: str) -> str:
-    """The first line of a run: model size, data, ranks (and the emulated topology), device."""
-    emulating = f" emulating {ctx.layout.topology}" if ctx.emulated else ""
-    return (
-        f"{cfg.name}: {n_params / 1e6:.2f}M parameters on this rank, {corpus.tokens() / 1e6:.1f}M training tokens "
-        f"({corpus.description}), {ctx.world_size} rank(s){emulating}, {device}"
-    )
-
-
 def due(step: int, every: int, last: int) -> bool:
     """Whether a periodic action (log, eval, checkpoint) runs after ``step``: every N steps and at the end."""
     return bool(every and step % every == 0) or step == last
 
 
-def export_at_end(cfg: JobConfig, is_main: bool, final_ckpt: Optional[Path], logger: TrainLogger) -> None:
-    """Export the routers of the final checkpoint (rank 0) when ``export.at_end``."""
-    if is_main and cfg.export.at_end and final_ckpt is not None:
-        from locmoe.export import export_checkpoint
+def batch_sampler(cfg: JobConfig, corpus: Corpus, ctx) -> BatchSampler:
+    """This process's rows of each step: one rank's, or every emulated rank's (``ctx``: a ``DistContext``)."""
+    ranks = ctx.layout.topology.world_size if ctx.emulated else 1
+    return BatchSampler(
+        corpus, cfg.data.seq_len, cfg.train.batch_size * ranks, rank=ctx.rank, world=ctx.world_size, seed=cfg.data.seed
+    )
 
-        out = export_checkpoint(final_ckpt, cfg.export.dir or f"{cfg.train.out_dir}/router")
-        logger.message(f"exported the routers to {out}")
 
-
-class RunRecord:
-    """What the loop keeps across steps: the logger, the tokens/s clock, the last logged scalars and the
-    newest checkpoint. ``end_step`` does a step's logging, validation and checkpoint in the same order in
-    both backends, then stops the run if a signal asked it to (``locmoe.interrupts``); the backend passes in
-    what only it can compute. The loop runs inside ``with run:``, which flushes the logs and frees the run
-    directory when a second signal abandons a step.
-
-    ``peak_flops``: one device's peak, for the MFU of logged steps (None: no MFU); ``devices``: how many
-    share the work. ``mean_over_ranks(values) -> means``: the all-reduce by which the ranks of a multi-process
-    run agree to stop on a signal (None in one process)."""
-
-    def __init__(
-        self,
-        cfg: JobConfig,
-        is_main: bool,
-        start: int,
-        *,
-        peak_flops: Optional[float] = None,
-        devices: int = 1,
-        mean_over_ranks: Optional[Callable[[list[float]], list[float]]] = None,
-    ):
-        self.cfg, self.is_main = cfg, is_main
-        try:
-            self.logger = TrainLogger(cfg, is_main, start)
-        except BaseException:  # W&B refusing to start, say: free the run directory for the next try
-            run_lock.release(cfg.train.out_dir)
-            raise
-        self.clock = StepClock(start)
-        self.last: dict = {}
-        self.final_ckpt: Optional[Path] = None
-        self.peak_flops, self.devices, self.mean_over_ranks = peak_flops, devices, mean_over_ranks
-        self.done = start
-        if start >= cfg.train.steps:
-            self.logger.message(
-                f"nothing to train: the checkpoint is at step {start} and train.steps = "
-                f"{cfg.train.steps} (raise train.steps to continue)"
-            )
-
-    def end_step(
-        self,
-        done: int,
-        scalars: Callable[[], dict],
-        validate: Callable[[], float],
-        save: Callable[[dict], Optional[Path]],
-    ) -> None:
-        t = self.cfg.train
-        values = scalars() if due(done, self.cfg.logging.log_every, t.steps) else None
-        if values and self.peak_flops:
-            values["mfu"] = mfu(values["tokens_per_s"], self.cfg, self.peak_flops, self.devices)
-        self.clock.pause()
-        if due(done, t.eval_every, t.steps):
-            values = dict(values or {}, val_loss=validate())
-        self.logger.step(done, values)
-        if values:
-            self.last = dict(self.last, **values, step=done)
-        if due(done, t.ckpt_every, t.steps):
-            self.final_ckpt = save({"last": self.last})
-        self.done = done
-        self.clock.resume()
-        self._stop_if_asked(done, save)
-
-    def _stop_if_asked(self, done: int, save: Callable[[dict], Optional[Path]]) -> None:
-        """After a complete step: raise Interrupted when a signal asked to stop (SIGTERM with
-        ``train.save_on_signal`` checkpoints this step first). The last step ignores it: the run is done."""
-        t = self.cfg.train
-        signum = interrupts.requested()
-        if done == t.steps:
-            return
-        if self.mean_over_ranks is not None:
-            # NOTE: every rank must stop after the same step and save the same checkpoint, or the others wait
-            # forever in a collective; the ranks agree on logging steps, where the loop syncs the host anyway
-            if not due(done, self.cfg.logging.log_every, t.steps):
-                return
-            asked, term = self.mean_over_ranks([float(signum is not None), float(signum == signal.SIGTERM)])
-            signum = None if asked == 0 else signal.SIGTERM if term > 0 else signal.SIGINT
-        if signum is None:
-            return
-        if signum == signal.SIGTERM and t.save_on_signal and not due(done, t.ckpt_every, t.steps):
-            self.final_ckpt = save({"last": self.last})
-        raise interrupts.Interrupted(signum, done)  # __exit__ closes the logs
-
-    def __enter__(self) -> "RunRecord":
-        signum = interrupts.requested()
-        # a signal while the run was set up: stop before its first step (several processes: at the first
-        # logging step, where they agree)
-        if signum is not None and self.mean_over_ranks is None:
-            self._release()
-            raise interrupts.Interrupted(signum, self.done)
-        return self
-
-    def __exit__(self, kind, err, tb) -> bool:
-        if isinstance(err, interrupts.Interrupted):  # asked after a step, or a second signal abandoned one
-            if err.step is None:
-                err.step = self.done
-            self._release()
-        return False
-
-    def _release(self) -> None:
-        """Flush and close the logs, free the run directory (for a stop; ``finish`` does this at the end)."""
-        self.logger.close()
-        if self.is_main:
-            run_lock.release(self.cfg.train.out_dir)
-
-    def finish(self) -> dict:
-        self.logger.close()
-        export_at_end(self.cfg, self.is_main, self.final_ckpt, self.logger)
-        run_lock.release(self.cfg.train.out_dir)
-        if self.last:
-            self.logger.message(final_line(self.cfg.name, self.last, self.final_ckpt))
-        return {"last": self.last, "checkpoint": str(self.final_ckpt) if self.final_ckpt else None}
+def tokens_per_step(cfg: JobConfig, sampler: BatchSampler, ctx) -> int:
+    """Tokens of one optimiser step over every rank (emulated ranks included)."""
+    return sampler.batch_per_rank * ctx.world_size * cfg.data.seq_len * cfg.train.grad_accum

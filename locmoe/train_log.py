@@ -86,12 +86,13 @@ class TrainLogger:
             return
         if self.bar is not None:
             self.bar.set_postfix({k: f"{scalars[k]:.4g}" for k in ("loss", "val_loss", "tokens_per_s") if k in scalars})
-        tagged = {_tag(k): v for k, v in scalars.items() if isinstance(v, (int, float)) and v is not None}
+        tagged: dict[str, float] = {_tag(k): v for k, v in scalars.items() if isinstance(v, (int, float))}
         if self.writer is not None:
             for tag, value in tagged.items():
                 self.writer.add_scalar(tag, value, step)
         if self.wandb is not None:
             self.wandb.log(tagged, step)
+        assert self.jsonl is not None  # opened by __init__ on the main rank of a run with steps left
         self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
         self.jsonl.flush()
         if self.bar is None:
@@ -110,6 +111,7 @@ class TrainLogger:
         the heatmap (the run's loop calls it outside the tokens/s clock)."""
         if not self.is_main:
             return
+        assert self.loads_jsonl is not None  # opened by __init__ on the main rank of a run with steps left
         load = np.asarray(load).astype(np.int64)
         cap = np.broadcast_to(np.asarray(capacity).astype(np.int64), load.shape)
         cap_out = int(cap[0]) if np.all(cap == cap[0]) else cap.tolist()
@@ -128,6 +130,7 @@ class TrainLogger:
     def _draw_heatmaps(self) -> None:
         if not self.to_draw:
             return
+        assert self.writer is not None  # expert_load queues heatmaps only for tensorboard
         from locmoe.plots import heatmap
 
         for step, layer in self.to_draw:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Literal, cast
 
 from locmoe.config.schema import JobConfig
 from locmoe.errors import LocMoEError
@@ -51,6 +52,7 @@ class WandbWriter:
 
     def __init__(self, cfg: JobConfig, out: Path):
         import wandb
+        from wandb.errors import Error as WandbError
 
         from locmoe.config import config_to_dict
 
@@ -59,12 +61,12 @@ class WandbWriter:
             self.run = wandb.init(
                 project=w.project,
                 entity=w.entity or None,
-                mode=w.mode,
+                mode=cast(Literal["online", "offline", "disabled"], w.mode),  # the schema's choices
                 dir=str(out),
                 name=cfg.name,
                 config=config_to_dict(cfg),
             )
-        except wandb.errors.Error as err:  # not logged in, an unknown entity, ...: one line, exit 2
+        except WandbError as err:  # not logged in, an unknown entity, ...: one line, exit 2
             raise WandbFailed(
                 f"logging.wandb: W&B refused to start a run ({' '.join(str(err).split())}); check "
                 "logging.wandb.project and .entity, log in with `wandb login`, or set logging.wandb.mode=offline"

@@ -16,10 +16,10 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from backends.mindspore.distributed import ExpertParallel
-from backends.mindspore.moe_layer import MoELayer, MoEMetrics
 from locmoe.config.schema import JobConfig, ModelConfig
 from locmoe.model_spec import initial_state, moe_layer_indices, parameter_shapes
+from locmoe.moe.records import MoEMetrics
+from locmoe.parallel_context import ExpertParallel
 
 
 def _weight(*shape: int) -> Parameter:
@@ -183,7 +183,11 @@ class FeedForward(nn.Cell):
 
 
 class Block(nn.Cell):
-    def __init__(self, cfg: JobConfig, layer_id: int, ep: Optional[ExpertParallel], compute_dtype=ms.float32):
+    def __init__(
+        self, cfg: JobConfig, layer_id: int, ep: Optional[ExpertParallel], moe_cls: type, compute_dtype=ms.float32
+    ):
+        """``moe_cls``: the MoE layer of MoE blocks, given by the backend that builds the model
+        (``backends.mindspore.moe_layer.MoELayer``)."""
         super().__init__()
         m, jit = cfg.model, cfg.parallel.jit
         self.attn_norm, self.ffn_norm = RMSNorm(m.d_model, m.norm_eps), RMSNorm(m.d_model, m.norm_eps)
@@ -192,7 +196,7 @@ class Block(nn.Cell):
         if ep is None:
             self.ffn = FeedForward(m.d_model, m.d_ff, jit)
         else:
-            self.moe = MoELayer(cfg.moe, m.d_model, m.vocab_size, ep, layer_id, compute_dtype)
+            self.moe = moe_cls(cfg.moe, m.d_model, m.vocab_size, ep, layer_id, compute_dtype)
 
     def mix(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
         """The attention half: (residual stream after attention, its FFN-normed input)."""
@@ -213,9 +217,10 @@ def compute_dtype_of(cfg: JobConfig):
 
 
 class PanGuSigma(nn.Cell):
-    def __init__(self, cfg: JobConfig, ep: ExpertParallel, compute_dtype=None):
-        """``compute_dtype``: the activations' dtype, ``train.dtype``'s unless given (the tests give float16,
-        which CPU kernels have, for the mixed-precision path that bfloat16 takes on Ascend)."""
+    def __init__(self, cfg: JobConfig, ep: ExpertParallel, moe_cls: type, compute_dtype=None):
+        """``moe_cls``: the MoE layers' class (see :class:`Block`); ``compute_dtype``: the activations' dtype,
+        ``train.dtype``'s unless given (the tests give float16, which CPU kernels have, for the mixed-precision
+        path that bfloat16 takes on Ascend)."""
         super().__init__()
         m = cfg.model
         self.cfg = cfg
@@ -223,7 +228,10 @@ class PanGuSigma(nn.Cell):
         self.moe_layers = moe_layer_indices(m)
         self.embed = Embedding(m.vocab_size, m.d_model)
         self.layers = nn.CellList(
-            [Block(cfg, i, ep if i in self.moe_layers else None, self.compute_dtype) for i in range(m.n_layers)]
+            [
+                Block(cfg, i, ep if i in self.moe_layers else None, moe_cls, self.compute_dtype)
+                for i in range(m.n_layers)
+            ]
         )
         self.norm = RMSNorm(m.d_model, m.norm_eps)
         self.lm_head = None if m.tie_embeddings else Linear(m.d_model, m.vocab_size)

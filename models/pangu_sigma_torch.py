@@ -13,10 +13,10 @@ from torch import nn
 from torch.profiler import record_function
 from torch.utils.checkpoint import checkpoint
 
-from backends.torch.distributed import ExpertParallel
-from backends.torch.moe_layer import MoELayer, MoEMetrics
 from locmoe.config.schema import JobConfig, ModelConfig
 from locmoe.model_spec import initial_state, moe_layer_indices, parameter_shapes
+from locmoe.moe.records import MoEMetrics
+from locmoe.parallel_context import ExpertParallel
 
 
 class RMSNorm(nn.Module):
@@ -73,8 +73,9 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: JobConfig, layer_id: int, ep: Optional[ExpertParallel], moe_cls: type = MoELayer):
-        """``moe_cls``: the MoE layer of MoE blocks (serving passes its own; same constructor, same names)."""
+    def __init__(self, cfg: JobConfig, layer_id: int, ep: Optional[ExpertParallel], moe_cls: type):
+        """``moe_cls``: the MoE layer of MoE blocks, given by the backend that builds the model (training's
+        ``backends.torch.moe_layer.MoELayer``, serving's own; same constructor, same parameter names)."""
         super().__init__()
         m = cfg.model
         self.attn_norm, self.ffn_norm = RMSNorm(m.d_model, m.norm_eps), RMSNorm(m.d_model, m.norm_eps)
@@ -112,13 +113,16 @@ def _maybe_recompute(fn, recompute: bool, *args):
 
 
 class PanGuSigma(nn.Module):
-    def __init__(self, cfg: JobConfig, ep: ExpertParallel):
+    def __init__(self, cfg: JobConfig, ep: ExpertParallel, moe_cls: type):
+        """``ep``: what the MoE layers know of expert parallelism; ``moe_cls``: their class (see :class:`Block`)."""
         super().__init__()
         m = cfg.model
         self.cfg = cfg
         self.moe_layers = moe_layer_indices(m)
         self.embed = nn.Embedding(m.vocab_size, m.d_model)
-        self.layers = nn.ModuleList(Block(cfg, i, ep if i in self.moe_layers else None) for i in range(m.n_layers))
+        self.layers = nn.ModuleList(
+            Block(cfg, i, ep if i in self.moe_layers else None, moe_cls) for i in range(m.n_layers)
+        )
         self.norm = RMSNorm(m.d_model, m.norm_eps)
         self.lm_head = None if m.tie_embeddings else nn.Linear(m.d_model, m.vocab_size, bias=False)
         cos, sin = rotary_tables(m.d_model // m.n_heads, m.max_seq_len, m.rope_theta)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import backends
 from locmoe.backend_api import Backend, CheckpointIO, TraceRecorder
 
@@ -35,3 +37,13 @@ def test_pretrain_stays_the_entry_after_the_training_module_is_imported():
     import backends.torch.train  # noqa: F401  binds the submodule `train` as an attribute of the package
 
     assert backends.get("torch").pretrain.__module__ == "backends.torch"
+
+
+def test_serving_goes_through_the_server_and_mindspore_refuses_it():
+    from locmoe.backend_api import Server, Serving
+    from locmoe.inference.errors import InferenceError
+
+    torch_backend, mindspore_backend = backends.get("torch"), backends.get("mindspore")
+    assert isinstance(torch_backend, Serving) and isinstance(torch_backend.server(), Server)
+    with pytest.raises(InferenceError, match="the MindSpore backend has no serving"):
+        mindspore_backend.server()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from locmoe.backend_api import CheckpointIO
+    from locmoe.backend_api import CheckpointIO, Server
     from locmoe.config.schema import JobConfig
 
 
@@ -28,3 +28,12 @@ def checkpoint_io() -> CheckpointIO:
     from backends.mindspore import checkpoint
 
     return checkpoint
+
+
+def server() -> Server:
+    """MindSpore has no serving (``locmoe generate`` and ``locmoe bench`` run on the torch backend)."""
+    from locmoe.inference.errors import InferenceError
+
+    raise InferenceError(
+        "the MindSpore backend has no serving: `locmoe generate` and `locmoe bench` serve with the torch backend"
+    )

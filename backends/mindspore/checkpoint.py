@@ -33,8 +33,6 @@ from locmoe.checkpointing import (
     format_version,
     read_train_state,
     reading,
-    write_checkpoint,
-    write_train_state,
 )
 from locmoe.finite import nonfinite_error
 from locmoe.model_spec import is_expert_param
@@ -103,29 +101,21 @@ def check_finite(model, optimizer, ctx: DistContext, step: int) -> None:
         raise nonfinite_error(model.cfg.train.out_dir, step, bad, ctx.rank)
 
 
-def save_checkpoint(model, optimizer, ctx: DistContext, step: int, extra: dict) -> Path | None:
-    """Seal step ``step``'s checkpoint (all ranks); refuses (NonFiniteError) when the weights diverged."""
-    cfg = model.cfg
-    check_finite(model, optimizer, ctx, step)
-
-    def write(tmp: Path) -> None:
-        state = consolidated_state(model, ctx)
-        opt = optimizer.state_dict()
-        write_optimizer(
-            {"step": opt["step"], **{k: {n: t.asnumpy() for n, t in opt[k].items()} for k in files.MOMENTS}},
-            tmp,
-            ctx.rank,
-            cfg,
-            optimizer,
-        )
-        write_rng({"numpy": np.random.get_state(), "python": random.getstate()}, tmp, ctx.rank)
-        if ctx.is_main:
-            files.save_tensor_file(save_file, state, tmp / "model.safetensors")
-            write_train_state(tmp, step, cfg, ctx.layout, "mindspore", extra)
-
-    return write_checkpoint(
-        cfg.train.out_dir, step, cfg.train.keep_checkpoints, ctx.is_main, lambda: _barrier(ctx), write, "mindspore"
+def write_rank_files(model, optimizer, ctx: DistContext, tmp: Path, step: int) -> None:
+    """This rank's files of step ``step``'s checkpoint into ``tmp``: its optimiser and RNG states (rank 0 also
+    ``model.safetensors``)."""
+    state = consolidated_state(model, ctx)
+    opt = optimizer.state_dict()
+    write_optimizer(
+        {"step": opt["step"], **{k: {n: t.asnumpy() for n, t in opt[k].items()} for k in files.MOMENTS}},
+        tmp,
+        ctx.rank,
+        model.cfg,
+        optimizer,
     )
+    write_rng({"numpy": np.random.get_state(), "python": random.getstate()}, tmp, ctx.rank)
+    if ctx.is_main:
+        files.save_tensor_file(save_file, state, tmp / "model.safetensors")
 
 
 def load_model_weights(model, path: Path) -> None:
@@ -163,7 +153,7 @@ def load_checkpoint(path: Path, model, optimizer, ctx: DistContext) -> tuple[int
     return state["step"], state
 
 
-def _barrier(ctx: DistContext) -> None:
+def barrier(ctx: DistContext) -> None:
     """All ranks meet (a tiny world all-reduce: MindSpore's CPU build has no Barrier)."""
     if ctx.world_size > 1:
         from backends.mindspore.collectives import all_reduce

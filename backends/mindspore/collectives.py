@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, cast
 
 import mindspore as ms
 import numpy as np
@@ -47,6 +47,12 @@ class Group:
     @property
     def my_world_rank(self) -> int:
         return self.world_ranks[self.my_index]
+
+
+def _hccl_name(group: Group) -> str:
+    """The name of a group of more than one rank (only a group of one has none)."""
+    assert group.name is not None, "a group of one has no communicator"
+    return group.name
 
 
 def native_collectives() -> bool:
@@ -139,7 +145,7 @@ def _world_routes(send: list, group: Group) -> np.ndarray:
     """[world, world] rows every rank sends to every rank in this call (one small world all-gather)."""
     row = np.zeros(group.world_size, dtype=np.int64)
     row[list(group.world_ranks)] = send
-    return ops.AllGather()(Tensor(row[None])).asnumpy()
+    return cast(Tensor, ops.AllGather()(Tensor(row[None]))).asnumpy()  # a primitive's call is typed Optional
 
 
 def _cpu_all_to_all(x: Tensor, recv: list, group: Group, routes: np.ndarray, stage: str, autodiff: bool) -> Tensor:
@@ -178,7 +184,7 @@ def _summed_blocks(x: Tensor, group: Group, width: int) -> Tensor:
     float32 only)."""
     me, x = group.my_world_rank, x if x.dtype == ms.float32 else x.astype(ms.float32)
     mine = ops.cat([ops.zeros((me * width, *x.shape[1:]), ms.float32), x]) if me else x
-    return ops.AllReduce()(_pad_rows(mine, group.world_size * width))
+    return cast(Tensor, ops.AllReduce()(_pad_rows(mine, group.world_size * width)))
 
 
 def all_to_all(
@@ -244,9 +250,9 @@ def all_gather_rows(x: Tensor, group: Group) -> Tensor:
         return x
     if x.dtype == ms.bool_:
         return all_gather_rows(x.astype(ms.int32), group).astype(ms.bool_)
-    x = ops.stop_gradient(x)
+    x = cast(Tensor, ops.stop_gradient(x))  # typed Optional
     if native_collectives():
-        return ops.AllGather(group.name)(x)
+        return cast(Tensor, ops.AllGather(_hccl_name(group))(x))
     if group.size == group.world_size:
         return _gather_world(x, x.shape[0])
     # other groups may hold other shapes: pad every rank to the world's largest block first
@@ -258,7 +264,7 @@ def all_gather_rows(x: Tensor, group: Group) -> Tensor:
 
 def _gather_world(x: Tensor, width: int) -> Tensor:
     """World AllGather of x padded to ``width`` rows (at least one: AllGather rejects zero rows)."""
-    out = ops.AllGather()(_pad_rows(x, max(1, width)))
+    out = cast(Tensor, ops.AllGather()(_pad_rows(x, max(1, width))))
     if width == 0:
         return out[:0]
     return out
@@ -273,5 +279,5 @@ def all_reduce(x: Tensor, group: Group) -> Tensor:
     if group.size == 1:
         return x
     if native_collectives():
-        return ops.AllReduce(ops.ReduceOp.SUM, group.name)(ops.stop_gradient(x))
+        return cast(Tensor, ops.AllReduce(ops.ReduceOp.SUM, _hccl_name(group))(ops.stop_gradient(x)))
     return all_gather_rows(x.expand_dims(0), group).sum(axis=0)

@@ -36,7 +36,7 @@ class GroupedExperts(nn.Cell):
                 w.set_data(initializer(Normal(std), w.shape, w.dtype))
         self.w2.set_data(initializer(Normal(std if out_std is None else out_std), self.w2.shape, self.w2.dtype))
 
-    def construct(self, x: Tensor, counts: Tensor, dropped_tail: bool = False) -> Tensor:
+    def construct(self, x: Tensor, counts: Tensor | list, dropped_tail: bool = False) -> Tensor:
         """x: [M, d] rows sorted by local expert; counts: [num_local] rows per expert.
 
         ``counts`` sums to M, or with ``dropped_tail`` to at most M: the rows after the last expert's are

@@ -89,7 +89,9 @@ def _job_id() -> str:
 
     # int32: MindSpore 2.10's CPU AllGather keeps only the low 32 bits of an int64 (measured)
     mine = Tensor(np.array([[secrets.randbits(31)]], dtype=np.int32))
-    return f"{int(ops.AllGather()(mine).asnumpy()[0, 0]):08x}"  # rank 0's
+    gathered = ops.AllGather()(mine)
+    assert gathered is not None  # a primitive's call is typed Optional
+    return f"{int(gathered.asnumpy()[0, 0]):08x}"  # rank 0's
 
 
 def is_comm_error(err: BaseException) -> bool:
@@ -116,6 +118,7 @@ CLEANUP_WAIT_S = 10.0
 
 def _remove_when_left(monitor: liveness.Liveness) -> None:
     store, deadline = monitor.store, time.monotonic() + CLEANUP_WAIT_S
+    assert isinstance(store, liveness.FileStore)  # the store this backend starts (above)
     while not all(store.get(f"state/{r}") for r in range(monitor.world)):
         if time.monotonic() > deadline:
             return  # a worker still beats: its files stay (a few bytes in the temp dir)

@@ -21,13 +21,11 @@ from backends.mindspore.moe_ops import MindSporeOps
 from backends.mindspore.router import Router
 from locmoe.config.schema import MoEConfig
 from locmoe.finite import NonFiniteError
-from locmoe.moe.capacity import CapacityPlanner
-from locmoe.moe.dispatcher import TokenDispatcher
 from locmoe.moe.layer import moe_forward
+from locmoe.moe.parts import build_moe_parts
 from locmoe.moe.records import MoEMetrics
 from locmoe.moe.routing import node_preference
 from locmoe.parallel_context import ExpertParallel
-from locmoe.traffic import TrafficCounter
 
 
 class MoELayer(nn.Cell):
@@ -39,12 +37,9 @@ class MoELayer(nn.Cell):
         super().__init__()
         self.layer_id, self.d_model, self.ep, self.moe = layer_id, d_model, ep, moe
         self.ops = MindSporeOps(compute_dtype or ms.float32)
-        self.router = Router(moe, d_model, vocab_size, ep.placement, self.ops)
-        self.experts = GroupedExperts(len(ep.local_experts), d_model, moe.d_expert, moe.activation, moe.expert_impl)
-        self.traffic = TrafficCounter()
-        gate_rows = moe.num_experts if moe.router.gate == "grap" else d_model
-        capacity = CapacityPlanner(self.ops, moe, self.router, gate_rows, d_model)
-        self.dispatcher = TokenDispatcher(self.ops, ep, moe, capacity, self.traffic)
+        parts = build_moe_parts(moe, self.ops, ep, d_model, vocab_size, Router, GroupedExperts)
+        self.router, self.experts = parts.router, parts.experts
+        self.traffic, self.dispatcher = parts.traffic, parts.dispatcher
         self.defer_checks, self.nonfinite = False, None  # set by backends.mindspore.train_step
 
     def construct(

@@ -10,10 +10,9 @@ from mindspore import Parameter, Tensor, nn
 
 from locmoe.config.schema import MoEConfig
 from locmoe.moe.records import RouterOutput
+from locmoe.moe.router_tables import router_tables
 from locmoe.moe.routing import route
 from locmoe.moe.surface import MoEOps
-from locmoe.routing.baselines import hash_table
-from locmoe.routing.domains import domain_expert_groups
 from locmoe.routing.gating import grap_gate_matrix
 from locmoe.routing.node_limited import check_node_limit, node_expert_table
 from locmoe.topology import ExpertPlacement
@@ -22,30 +21,19 @@ from locmoe.topology import ExpertPlacement
 class Router(nn.Cell):
     def __init__(self, moe: MoEConfig, d_model: int, vocab_size: int, placement: ExpertPlacement, ops: MoEOps):
         super().__init__()
-        r, E = moe.router, moe.num_experts
+        E, t = moe.num_experts, router_tables(moe, vocab_size, placement)
         self.moe, self.ops = moe, ops
-        # the hash router has no gate at all; GrAP's gate is fixed, so only a learned gate is a parameter
-        learned = r.gate == "dense" and r.kind != "hash"
-        self.gate_weight = (
-            Parameter(Tensor(np.zeros((d_model, E), np.float32)), name="gate_weight") if learned else None
-        )
-        groups = domain_expert_groups(moe.domains.num_domains, E, moe.domains.seed)
-        self.domain_groups = Tensor(groups)  # [D, E/D]
-        member = np.zeros((len(groups), E), dtype=bool)
-        member[np.arange(len(groups))[:, None], groups] = True
-        self.domain_member = Tensor(member)  # [D, E]
-        self.node_mask = Tensor(placement.node_mask())  # [N, E]
-        # on a single node every expert is local and the intra-node-first rule cannot change a choice
-        self.single_node = placement.topology.num_nodes == 1
-        table = hash_table(vocab_size, E // moe.domains.num_domains, r.hash_seed)
+        gate = Tensor(np.zeros((d_model, E), np.float32))
+        self.gate_weight = Parameter(gate, name="gate_weight") if t.learned_gate else None
+        self.domain_groups, self.domain_member = Tensor(t.domain_groups), Tensor(t.domain_member)
+        self.node_mask, self.single_node = Tensor(t.node_mask), t.single_node
         # the hash table is state of the hash router only (checkpointed there, as in the torch backend)
-        self.hash_table = (
-            Parameter(Tensor(table), name="hash_table", requires_grad=False) if r.kind == "hash" else Tensor(table)
-        )
+        table, is_state = Tensor(t.hash_table), moe.router.kind == "hash"
+        self.hash_table = Parameter(table, name="hash_table", requires_grad=False) if is_state else table
         # The capacity bound's angle average (NaN until an expert is first routed to): stored here under its
         # checkpoint name, read and written by the layer's CapacityPlanner only.
         self.angle_ema = Parameter(Tensor(np.full(E, np.nan)), name="angle_ema", requires_grad=False)
-        self._init_options(moe, d_model, placement, groups)
+        self._init_options(moe, d_model, placement, t.domain_groups)
 
     def _init_options(self, moe: MoEConfig, d_model: int, placement: ExpertPlacement, groups: np.ndarray) -> None:
         """The paper's gate (ReLU, learned ε), the loss-free selection bias (state, updated after each training

@@ -8,6 +8,8 @@ float64 off Ascend, for the reason ``routing_ops.log_softmax`` gives (MindSpore'
 
 from __future__ import annotations
 
+from typing import cast
+
 import mindspore as ms
 import numpy as np
 from mindspore import Tensor, ops
@@ -78,7 +80,7 @@ def update_selection_bias(bias: np.ndarray, load: np.ndarray, rate: float) -> np
 def router_z_loss(logits: Tensor) -> Tensor:
     """(1/T) Σ_t logsumexp(z_t)² over the finite logits (ST-MoE), differentiable."""
     z = _wide(logits)
-    m = ops.stop_gradient(ops.amax(z, -1, keepdims=True))
+    m = cast(Tensor, ops.stop_gradient(ops.amax(z, -1, keepdims=True)))  # typed Optional
     lse = m[:, 0] + ops.log(ops.exp(z - m).sum(axis=-1))
     return (lse * lse).mean()
 
@@ -104,9 +106,9 @@ def batch_locality_loss(probs: Tensor, local: Tensor, allowed, ranks: int, smoot
 
 def cosine_deviation(x: Tensor, columns: Tensor) -> Tensor:
     """[T, E] float64 1 − cos(x_t, w_e) in the token space; a zero vector counts as orthogonal (1)."""
-    x = ops.stop_gradient(x).astype(ms.float64)
-    w = ops.stop_gradient(columns).astype(ms.float64)
+    x = cast(Tensor, ops.stop_gradient(x)).astype(ms.float64)  # stop_gradient and norm: typed Optional
+    w = cast(Tensor, ops.stop_gradient(columns)).astype(ms.float64)
     dot = ops.matmul(x, w)
-    norms = ops.norm(x, dim=-1)[:, None] * ops.norm(w, dim=0)[None, :]
+    norms = cast(Tensor, ops.norm(x, dim=-1))[:, None] * cast(Tensor, ops.norm(w, dim=0))[None, :]
     cos = ops.where(norms > 0, dot / ops.where(norms > 0, norms, ops.ones_like(norms)), ops.zeros_like(dot))
     return 1.0 - ops.clamp(cos, -1.0, 1.0)

@@ -11,6 +11,7 @@ tie rule is made explicit: :func:`stable_argsort` sorts unique integer keys (den
 from __future__ import annotations
 
 import functools
+from typing import cast
 
 import mindspore as ms
 import numpy as np
@@ -181,7 +182,7 @@ def _chosen(idx: Tensor, ids_row: Tensor, ids_cube: Tensor) -> Tensor:
     if k > _MAX_ROUNDS:
         return (idx.reshape(T, k, 1) == ids_cube).any(axis=1)
     columns = ops.split(idx, 1, axis=1) if k > 1 else (idx,)
-    chosen = columns[0] == ids_row
+    chosen = cast(Tensor, columns[0] == ids_row)  # a Tensor's == is typed bool
     for c in columns[1:]:
         chosen = chosen | (c == ids_row)
     return chosen
@@ -251,7 +252,8 @@ def expert_choice(probs: Tensor, capacity: int) -> tuple[Tensor, Tensor]:
 def gate_angles(vectors: Tensor, directions: Tensor) -> Tensor:
     """[T, E] angles between token vectors [T, n] and gate directions [n, E]; zero vectors give π/2."""
     dot = ops.matmul(vectors, directions)
-    norms = ops.norm(vectors, dim=-1)[:, None] * ops.norm(directions, dim=0)[None, :]
+    # norm: typed Optional
+    norms = cast(Tensor, ops.norm(vectors, dim=-1))[:, None] * cast(Tensor, ops.norm(directions, dim=0))[None, :]
     safe = ops.where(norms > 0, norms, ops.ones_like(norms))
     cos = ops.where(norms > 0, dot / safe, ops.zeros_like(dot))
-    return ops.acos(ops.clamp(cos, -1.0, 1.0))
+    return cast(Tensor, ops.acos(ops.clamp(cos, -1.0, 1.0)))  # typed Optional

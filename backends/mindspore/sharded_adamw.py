@@ -29,6 +29,7 @@ run resumes on any world size an unsharded one does, either way, and ``locmoe co
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import mindspore as ms
 from mindspore import Parameter, Tensor, ops
@@ -96,7 +97,7 @@ class ShardedAdamW(AdamW):
     def publish(self) -> None:
         self.rebuild(self.gathered(self.shards))
 
-    def gathered(self, slices: dict[str, Tensor]) -> dict[str, Tensor]:
+    def gathered(self, slices: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """name → [count, chunk]: every member's slice, by one AllGather (float32) per group, dense first, in
         the same order on every rank."""
         rows = {}

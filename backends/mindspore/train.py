@@ -1,41 +1,45 @@
-"""Pretraining loop of the MindSpore backend: ``locmoe train CONFIG`` with ``parallel.backend: mindspore``
-(one process, or msrun: ``scripts/train_msrun.sh``). The twin of ``backends.torch.train``.
+"""The MindSpore backend's side of ``locmoe train CONFIG`` with ``parallel.backend: mindspore`` (one process,
+or msrun: ``scripts/train_msrun.sh``): ``MindSporeTrainer``, the :class:`locmoe.backend_api.Trainer` that the one
+loop (``locmoe.training.loop.run``) drives.
 
-Order of work: check every input (config, data, checkpoint to resume) before writing anything, build the
-model, then step: micro-batches (``mindspore.value_and_grad``) → gradient sync → clip → AdamW (its moments
-sharded over the ranks with ``parallel.shard``: ``sharded_adamw``), op by op (``EagerStep``) or compiled
-(``parallel.jit_step``: ``train_step.CompiledStep``); log, validate, checkpoint; export the routers at the end.
+What only MindSpore does: build the model, the step (micro-batches with ``mindspore.value_and_grad`` → gradient
+sync → clip → AdamW, its moments sharded over the ranks with ``parallel.shard``: ``sharded_adamw``), op by op
+(``EagerStep``) or compiled (``parallel.jit_step``: ``train_step.CompiledStep``), read its outputs back,
+validate, and write this rank's checkpoint files.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 from typing import Optional
 
 import mindspore as ms
 import numpy as np
 from mindspore import Tensor
 
-from backends.mindspore.checkpoint import load_checkpoint, save_checkpoint
+from backends.mindspore import checkpoint
 from backends.mindspore.collectives import all_gather_rows
 from backends.mindspore.distributed import DistContext, expert_parallel, init_distributed
+from backends.mindspore.moe_layer import MoELayer
 from backends.mindspore.optim import all_reduce_mean, set_lr
 from backends.mindspore.sharded_adamw import optimizer_for, sharding_note
 from backends.mindspore.train_step import CompiledStep, EagerStep, loss_of
 from locmoe import train_common as common
-from locmoe.checkpointing import clean_temporaries
+from locmoe.backend_api import TrainerFacts
 from locmoe.config import ConfigError
 from locmoe.config.schema import JobConfig
 from locmoe.data import BatchSampler
 from locmoe.data.placement import SequencePlacer, placer_for
 from locmoe.planning.memory_plan import host_memory
 from locmoe.schedule import lr_at
-from locmoe.train_log import TrainLogger
+from locmoe.training.loop import run
 from models.pangu_sigma_mindspore import PanGuSigma
 
 
 def build_model(cfg: JobConfig, ctx: DistContext) -> PanGuSigma:
-    model = PanGuSigma(cfg, expert_parallel(ctx, cfg.parallel, cfg.moe.num_experts))
+    model = PanGuSigma(cfg, expert_parallel(ctx, cfg.parallel, cfg.moe.num_experts), MoELayer)
     model.reset_parameters(cfg.train.seed)
     model.set_train(True)  # MindSpore cells start in eval mode; the router's angle EMA learns in training
     return model
@@ -72,75 +76,87 @@ def prepare(cfg: JobConfig, resume: bool):
     # NOTE: MindSpore has no query of an Ascend device's free memory: the plan is checked on CPU only
     memory = host_memory() if ctx.device == "CPU" else None
     corpus, ckpt = common.check_inputs(cfg, resume, ctx.layout, memory)
-    ranks = ctx.layout.topology.world_size if ctx.emulated else 1
-    sampler = BatchSampler(
-        corpus, cfg.data.seq_len, cfg.train.batch_size * ranks, rank=ctx.rank, world=ctx.world_size, seed=cfg.data.seed
-    )
+    sampler = common.batch_sampler(cfg, corpus, ctx)
     return ctx, corpus, ckpt, Batches(sampler)
 
 
-def validate(model, batches: Batches, ctx, eval_batches: int) -> float:
+def validate(model, cfg: JobConfig, batches: Batches, ctx) -> float:
     model.set_train(False)
-    losses = [float(loss_of(model, *batches.get(i, split="val"))[0].asnumpy()) for i in range(eval_batches)]
+    losses = [float(loss_of(model, *batches.get(i, split="val"))[0].asnumpy()) for i in range(cfg.train.eval_batches)]
     model.set_train(True)
     return all_reduce_mean([float(np.mean(losses))], ctx)[0]
 
 
-def moe_scalars(metrics: list, logger: TrainLogger, step: int, layers: list) -> dict:
-    return common.moe_scalars(
-        [m.summary() for m in metrics],
-        [m.stats.expert_load for m in metrics],
-        logger,
-        step,
-        layers,
-        [m.stats.capacity for m in metrics],
-    )
-
-
 def train(cfg: JobConfig, resume: bool = False) -> dict:
     """Run the job; returns the last logged scalars (rank 0) and the final checkpoint path."""
-    ctx, corpus, ckpt, batches = prepare(cfg, resume)
-    ms.set_seed(cfg.train.seed + ctx.rank)
-    model = build_model(cfg, ctx)
-    batches.place_by(model, cfg, ctx)
-    optimizer = optimizer_for(model, cfg.train, cfg.parallel, ctx)
-    start = 0
-    if ckpt is not None:
-        start, _ = load_checkpoint(ckpt, model, optimizer, ctx)
-    if ctx.is_main:
-        clean_temporaries(cfg.train.out_dir)
-    # across processes, the ranks agree by a collective to stop on a signal (locmoe.interrupts); no MFU: the
-    # peak of an Ascend device is not in locmoe.mfu's table
-    mean = (lambda values: all_reduce_mean(values, ctx)) if ctx.world_size > 1 else None
-    run = common.RunRecord(cfg, ctx.is_main, start, devices=ctx.world_size, mean_over_ranks=mean)
-    t = cfg.train
-    tokens_per_step = batches.sampler.batch_per_rank * ctx.world_size * cfg.data.seq_len * t.grad_accum
-    mode = "compiled step" if cfg.parallel.jit_step else "PyNative + jit" if cfg.parallel.jit else "PyNative"
-    mode = ", ".join(filter(None, (mode, sharding_note(optimizer, cfg.parallel))))
-    run.logger.message(
-        common.start_message(
-            cfg, sum(p.size for p in model.trainable_params()), corpus, ctx, f"MindSpore {ctx.device} {mode}"
+    trainer = MindSporeTrainer(cfg)
+    return run(trainer, cfg, resume)
+
+
+class MindSporeTrainer:
+    """The MindSpore backend's :class:`locmoe.backend_api.Trainer`: one rank's model, optimiser, data and step.
+    No MFU: the peak of an Ascend device is not in ``locmoe.mfu``'s table."""
+
+    def __init__(self, cfg: JobConfig):
+        self.cfg = cfg
+
+    def prepare(self, resume: bool) -> Optional[Path]:
+        self.ctx, self.corpus, ckpt, self.batches = prepare(self.cfg, resume)
+        return ckpt
+
+    def build_model(self) -> None:
+        ms.set_seed(self.cfg.train.seed + self.ctx.rank)
+        self.model = build_model(self.cfg, self.ctx)
+        self.batches.place_by(self.model, self.cfg, self.ctx)
+        self.optimizer = optimizer_for(self.model, self.cfg.train, self.cfg.parallel, self.ctx)
+
+    def load_checkpoint(self, path: Path) -> int:
+        return checkpoint.load_checkpoint(path, self.model, self.optimizer, self.ctx)[0]
+
+    @cached_property
+    def facts(self) -> TrainerFacts:
+        cfg, ctx = self.cfg, self.ctx
+        parameters = sum(p.size for p in self.model.trainable_params())
+        mode = "compiled step" if cfg.parallel.jit_step else "PyNative + jit" if cfg.parallel.jit else "PyNative"
+        mode = ", ".join(filter(None, (mode, sharding_note(self.optimizer, cfg.parallel))))
+        tokens = common.tokens_per_step(cfg, self.batches.sampler, ctx)
+        return TrainerFacts(
+            ctx, "mindspore", self.corpus, parameters, f"MindSpore {ctx.device} {mode}", tokens, self.model.moe_layers
         )
-    )
-    one_step = (CompiledStep if cfg.parallel.jit_step else EagerStep)(model, optimizer, ctx, cfg)
-    with run:  # a stop on a signal leaves the logs flushed and the run directory free
-        for step in range(start, t.steps):
-            set_lr(optimizer, lr_at(step, t))
-            lm, aux, metrics, grad_norm = one_step(batches, step)
-            done = step + 1
 
-            def scalars() -> dict:
-                loss, aux_v = all_reduce_mean([float(lm.asnumpy()), float(aux.asnumpy())], ctx)
-                norm = float(grad_norm.asnumpy()) if isinstance(grad_norm, Tensor) else grad_norm
-                return dict(
-                    common.step_scalars(loss, aux_v, lr_at(step, t), norm, tokens_per_step, run.clock, done),
-                    **moe_scalars(metrics, run.logger, done, model.moe_layers),
-                )
+    def make_step(self, log) -> None:
+        self.one_step = (CompiledStep if self.cfg.parallel.jit_step else EagerStep)(
+            self.model, self.optimizer, self.ctx, self.cfg
+        )
 
-            run.end_step(
-                done,
-                scalars,
-                lambda: validate(model, batches, ctx, t.eval_batches),
-                lambda extra: save_checkpoint(model, optimizer, ctx, done, extra),
-            )
-    return run.finish()
+    def step(self, step: int):
+        set_lr(self.optimizer, lr_at(step, self.cfg.train))
+        return self.one_step(self.batches, step)
+
+    def to_host(self, outputs) -> tuple[float, float, float]:
+        lm, aux, _, grad_norm = outputs
+        loss, aux_v = self.mean_over_ranks([float(lm.asnumpy()), float(aux.asnumpy())])
+        return loss, aux_v, float(grad_norm.asnumpy()) if isinstance(grad_norm, Tensor) else grad_norm
+
+    def moe_statistics(self, outputs) -> tuple[list[dict], list, list]:
+        metrics = outputs[2]
+        return (
+            [m.summary() for m in metrics],
+            [m.stats.expert_load for m in metrics],
+            [m.stats.capacity for m in metrics],
+        )
+
+    def validate(self) -> float:
+        return validate(self.model, self.cfg, self.batches, self.ctx)
+
+    def mean_over_ranks(self, values: list[float]) -> list[float]:
+        return all_reduce_mean(values, self.ctx)
+
+    def barrier(self) -> None:
+        checkpoint.barrier(self.ctx)
+
+    def check_weights_finite(self, step: int) -> None:
+        checkpoint.check_finite(self.model, self.optimizer, self.ctx, step)
+
+    def write_rank_files(self, tmp: Path, step: int) -> None:
+        checkpoint.write_rank_files(self.model, self.optimizer, self.ctx, tmp, step)

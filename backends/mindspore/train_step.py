@@ -18,7 +18,7 @@ parameters runs after it, op by op.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Optional, cast
 
 import mindspore as ms
 from mindspore import Tensor, ops
@@ -51,7 +51,10 @@ class Step:
             self.seen.update(lm=lm, aux=aux, metrics=metrics)
             return (lm + aux) / grad_accum
 
-        self.grad = ms.value_and_grad(objective, None, list(optimizer.params.values()))
+        weights = list(optimizer.params.values())
+        # grad_position None: the weights' gradients only (documented, though typed int); the return is typed as
+        # a union of outputs, not as the function it is
+        self.grad: Callable[..., Any] = ms.value_and_grad(objective, None, weights)  # pyright: ignore[reportArgumentType]
 
     def __call__(self, x, y, d):
         _, grads = self.grad(x, y, d)
@@ -72,6 +75,7 @@ class EagerStep:
         for micro in range(self.t.grad_accum):
             lm, aux, metrics, g = self.micro_step(*batches.get(step, micro))
             grads = accumulate(grads, g)
+        assert grads is not None  # grad_accum >= 1 (the schema's bound)
         sync_gradients(grads, self.ctx)
         grad_norm = clip_grad_norm(grads, self.ctx, self.t.grad_clip)
         self.optimizer.step(grads)
@@ -102,7 +106,7 @@ def squared_norms(expert: tuple):
                 dense = dense + sq
         return dense, experts
 
-    return ms.jit(norms)
+    return cast(Callable[..., Any], ms.jit(norms))  # jit's return is typed as a union of outputs
 
 
 def adamw_update(decayed: tuple, betas: tuple, max_norm: float):
@@ -122,7 +126,7 @@ def adamw_update(decayed: tuple, betas: tuple, max_norm: float):
             fused_adamw(p, m, v, lr, betas[0], betas[1], eps, decay if decayed[i] else no_decay, g)
         return norm
 
-    return ms.jit(update)
+    return cast(Callable[..., Any], ms.jit(update))  # jit's return is typed as a union of outputs
 
 
 class CompiledStep:
@@ -139,7 +143,9 @@ class CompiledStep:
         self.template: Optional[list] = None  # the metrics of the traced call, their tensors refilled per step
         # a function, not the bound method: trace capture takes a method's first argument for a Cell
         forward = trace(lambda x, y, d: self._forward(x, y, d))
-        self.grad = ms.value_and_grad(forward, None, list(optimizer.params.values()), has_aux=True)
+        weights = list(optimizer.params.values())
+        # grad_position None: the weights' gradients only (as in Step)
+        self.grad: Callable[..., Any] = ms.value_and_grad(forward, None, weights, has_aux=True)  # pyright: ignore[reportArgumentType]
         self.norms = squared_norms(tuple(is_expert_param(n) for n in self.names))
         decayed = tuple(optimizer.decay[n] > 0 for n in self.names)
         self.update = adamw_update(decayed, optimizer.betas, t.grad_clip)
@@ -170,6 +176,7 @@ class CompiledStep:
             leaves, counts = rest[: len(rest) - counted], rest[len(rest) - counted :]
             self._raise_if_nonfinite(counts)
             grads = list(g) if grads is None else [a + b for a, b in zip(grads, g)]
+        assert grads is not None  # grad_accum >= 1 (the schema's bound)
         return lm, aux, self._metrics(leaves), self._apply(grads)
 
     def _apply(self, grads: list) -> Tensor:
@@ -199,6 +206,7 @@ class CompiledStep:
     def _metrics(self, leaves: list) -> list:
         """The traced call's metrics with this step's tensors."""
         leaves = list(leaves)
+        assert self.template is not None  # set by the traced first call, before any step returns
         return [with_leaves(m, leaves, _is_tensor) for m in self.template]
 
     def _raise_if_nonfinite(self, counts: list) -> None:

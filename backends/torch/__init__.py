@@ -1,5 +1,6 @@
-"""PyTorch backend (CUDA, Ascend through torch-npu, CPU): a :class:`locmoe.backend_api.Backend` and
-:class:`~locmoe.backend_api.TraceRecorder`, as ``backends.get("torch")`` returns it.
+"""PyTorch backend (CUDA, Ascend through torch-npu, CPU): a :class:`locmoe.backend_api.Backend`,
+:class:`~locmoe.backend_api.TraceRecorder` and :class:`~locmoe.backend_api.Serving`, as ``backends.get("torch")``
+returns it.
 
 Nothing is imported here: the functions below import their module when called, so that importing one
 submodule (``backends.torch.moe_layer``, say) does not load the training loop and the model with it.
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Sequence
 
-    from locmoe.backend_api import CheckpointIO
+    from locmoe.backend_api import CheckpointIO, Server
     from locmoe.config.schema import JobConfig
 
 
@@ -40,3 +41,9 @@ def record_trace(
     from backends.torch.trace import record_trace as record
 
     return record(checkpoint, out, tokens, batch_size, data_overrides)
+
+
+def server() -> Server:
+    from backends.torch.inference import server
+
+    return server

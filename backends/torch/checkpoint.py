@@ -46,8 +46,6 @@ from locmoe.checkpointing import (
     reading,
     require_trust,
     safe_tensors,
-    write_checkpoint,
-    write_train_state,
 )
 from locmoe.finite import nonfinite_error
 from locmoe.model_spec import is_expert_param, parameter_shapes
@@ -89,6 +87,8 @@ def check_finite(model, optimizer, ctx: DistContext, step: int) -> None:
     """Before sealing: every rank's weights and moments are finite, or every rank stops (NonFiniteError)."""
     from locmoe.atomic_io import fault_due
 
+    if sharded(model.cfg, ctx):
+        reshard_all(model)  # parallel.shard optimizer keeps a block gathered after a forward without backward
     if fault_due("nan_weights", step):  # test hook: the update of this step diverged
         with torch.no_grad():
             next(model.parameters()).view(-1)[0] = float("nan")
@@ -128,37 +128,23 @@ def _plain(v):
     return [_plain(x) for x in v] if isinstance(v, (tuple, list)) else v
 
 
-def save_checkpoint(model, optimizer, ctx: DistContext, step: int, extra: dict) -> Path | None:
-    """Seal step ``step``'s checkpoint (all ranks); refuses (NonFiniteError) when the weights diverged."""
-    cfg = model.cfg
-    sharded_run = sharded(cfg, ctx)
+def write_rank_files(model, optimizer, ctx: DistContext, tmp: Path, step: int) -> None:
+    """This rank's files of step ``step``'s checkpoint into ``tmp``: its optimiser and RNG states (rank 0 also
+    ``model.safetensors``), or on a sharded run its shards of everything (``sharded/``)."""
+    sharded_run = sharded(model.cfg, ctx)
     if sharded_run:
-        reshard_all(model)  # parallel.shard optimizer keeps a block gathered after a forward without backward
-    check_finite(model, optimizer, ctx, step)
-
-    def write(tmp: Path) -> None:
-        r = ctx.rank
-        if sharded_run:
-            save_sharded(model, optimizer, tmp, step)
-        else:
-            state = consolidated_state(model, ctx)
-            files.write_optimizer_files(tmp, r, *optimizer_files_state(model, optimizer), save=save_file)
-        cuda = [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else None
-        files.write_rng_file(
-            files.rng_to_json(
-                np.random.get_state(), random.getstate(), torch=torch.get_rng_state().tolist(), cuda=cuda
-            ),
-            tmp,
-            r,
-        )
-        if ctx.is_main:
-            if not sharded_run:
-                files.save_tensor_file(save_file, state, tmp / "model.safetensors")
-            write_train_state(tmp, step, cfg, ctx.layout, "torch", extra)
-
-    return write_checkpoint(
-        cfg.train.out_dir, step, cfg.train.keep_checkpoints, ctx.is_main, lambda: _barrier(ctx), write, "torch"
+        save_sharded(model, optimizer, tmp, step)
+    else:
+        state = consolidated_state(model, ctx)
+        files.write_optimizer_files(tmp, ctx.rank, *optimizer_files_state(model, optimizer), save=save_file)
+    cuda = [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else None
+    files.write_rng_file(
+        files.rng_to_json(np.random.get_state(), random.getstate(), torch=torch.get_rng_state().tolist(), cuda=cuda),
+        tmp,
+        ctx.rank,
     )
+    if ctx.is_main and not sharded_run:
+        files.save_tensor_file(save_file, state, tmp / "model.safetensors")
 
 
 def load_model_weights(model, path: Path) -> None:
@@ -315,7 +301,7 @@ def _why(err: Exception) -> str:
     return core[:160] or "an object that is not a tensor"
 
 
-def _barrier(ctx: DistContext) -> None:
+def barrier(ctx: DistContext) -> None:
     if ctx.world_size > 1:
         dist.barrier()
 
@@ -328,6 +314,7 @@ def optimizer_names(cfg) -> list[str]:
     read from a model built on the meta device (no memory; the order does not depend on the layout)."""
     from backends.torch.collectives import Group
     from backends.torch.distributed import ExpertParallel
+    from backends.torch.moe_layer import MoELayer
     from backends.torch.optim import make_optimizer
     from locmoe.topology import ExpertPlacement, Topology
     from models.pangu_sigma_torch import PanGuSigma
@@ -340,7 +327,7 @@ def optimizer_names(cfg) -> list[str]:
         ep = ExpertParallel(
             topology=topo, placement=placement, rank=0, group=one, intra=one, inter=one, scheme=cfg.parallel.dispatch
         )
-        model = PanGuSigma(cfg, ep)
+        model = PanGuSigma(cfg, ep, MoELayer)
     index = {id(p): n for n, p in model.named_parameters()}
     return [index[id(p)] for g in make_optimizer(model, cfg.train).param_groups for p in g["params"]]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -78,7 +78,7 @@ def _exchange(
 class Handle:
     """An all-to-all in flight."""
 
-    work = None
+    work: Any = None  # the c10d Work of the call once started
 
     def wait(self) -> None:
         if self.work is not None:

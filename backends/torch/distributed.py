@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 import torch.distributed as dist
@@ -52,7 +52,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
                 "'npu' needs torch-npu and an Ascend device: install it with "
                 "`pip install 'locmoe[npu]'` on a machine with the CANN toolkit",
             )
-        torch.npu.set_device(local_rank)
+        torch.npu.set_device(local_rank)  # pyright: ignore[reportAttributeAccessIssue]  # torch.npu: registered by torch_npu
         return torch.device("npu", local_rank)
     return torch.device("cpu")
 
@@ -70,10 +70,10 @@ def device_memory(device: torch.device) -> Optional[tuple[int, str]]:
 
 def _npu_available() -> bool:
     try:
-        import torch_npu  # noqa: F401  (registers the npu device with torch)
+        import torch_npu  # pyright: ignore[reportMissingImports]  # noqa: F401  (registers the npu device with torch)
     except ImportError:
         return False
-    return bool(torch.npu.is_available())
+    return bool(torch.npu.is_available())  # pyright: ignore[reportAttributeAccessIssue]  # torch.npu: registered by torch_npu
 
 
 def _backend_for(device: torch.device) -> str:
@@ -135,7 +135,8 @@ def _add(
     if layout.rank in ranks:
         local = [r - start for r in ranks] if topo is not None else ranks
         nodes = tuple(int(topo.node_of(r)) for r in local) if topo is not None else tuple(0 for _ in ranks)
-        mine[name] = Group(handle, tuple(local), nodes, ranks.index(layout.rank))
+        member = cast(Optional[dist.ProcessGroup], handle)  # typed | int: what non-members get
+        mine[name] = Group(member, tuple(local), nodes, ranks.index(layout.rank))
 
 
 def shutdown() -> None:

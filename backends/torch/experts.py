@@ -94,9 +94,11 @@ class GroupedExperts(nn.Module):
         if dropped_tail:
             counts = torch.cat([counts, (x.shape[0] - counts.sum()).view(1)])
         offs = torch.cumsum(counts, 0).to(torch.int32)
+        grouped_mm = _grouped_mm
+        assert grouped_mm is not None  # this path runs only where grouped_mm_supported()
 
         def mm(a, w):
-            return _ContiguousGrad.apply(_grouped_mm(a, w, offs=offs))
+            return _ContiguousGrad.apply(grouped_mm(a, w, offs=offs))
 
         if self.activation != "swiglu":
             return mm(

@@ -60,6 +60,7 @@ def weighted_row_sum(rows: torch.Tensor, pos: torch.Tensor, weight) -> torch.Ten
         if weight is not None:
             part = part * weight[:, j, None]
         out = part if out is None else out + part
+    assert out is not None  # pos [T, k], k >= 1
     return out
 
 

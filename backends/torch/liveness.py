@@ -63,6 +63,9 @@ class TCPStoreKV:
             text=True,
             bufsize=1,
         )
+        stdin, stdout, stderr = self._proxy.stdin, self._proxy.stdout, self._proxy.stderr
+        assert stdin is not None and stdout is not None and stderr is not None  # all three are PIPEs
+        self._to_proxy, self._from_proxy, self._proxy_stderr = stdin, stdout, stderr
         self._stderr: collections.deque = collections.deque(maxlen=20)  # its last lines, for a failed start
         self._drain = threading.Thread(target=self._drain_stderr, name="locmoe-store-client-stderr", daemon=True)
         self._drain.start()
@@ -82,6 +85,7 @@ class TCPStoreKV:
         return self
 
     def alive(self) -> bool:
+        assert self._canary is not None, "connect() first"
         readable, _, _ = select.select([self._canary], [], [], 0)
         if not readable:
             return True
@@ -105,7 +109,7 @@ class TCPStoreKV:
     def close(self) -> None:
         """End the client process (it also ends by itself when this process does)."""
         with contextlib.suppress(OSError):
-            self._proxy.stdin.close()
+            self._to_proxy.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proxy.wait(5)
         if self._canary is not None:
@@ -116,14 +120,14 @@ class TCPStoreKV:
             raise liveness.StoreGone("the connection to it closed")
         with self._lock:
             try:
-                self._proxy.stdin.write(json.dumps([op, *args]) + "\n")
-                self._proxy.stdin.flush()
+                self._to_proxy.write(json.dumps([op, *args]) + "\n")
+                self._to_proxy.flush()
             except (OSError, ValueError):
                 raise liveness.StoreGone("its client process ended") from None
             return self._reply()
 
     def _reply(self):
-        line = self._proxy.stdout.readline()
+        line = self._from_proxy.readline()
         if not line:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proxy.wait(5)
@@ -134,7 +138,7 @@ class TCPStoreKV:
         return reply["ok"]
 
     def _drain_stderr(self) -> None:
-        for line in self._proxy.stderr:
+        for line in self._proxy_stderr:
             self._stderr.append(line.rstrip())
 
 

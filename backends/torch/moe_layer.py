@@ -8,6 +8,7 @@ compute overlaps the next chunk's exchange.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional
 
 import torch
@@ -18,13 +19,11 @@ from backends.torch.moe_ops import TorchOps
 from backends.torch.router import Router
 from locmoe.config.schema import MoEConfig
 from locmoe.finite import NonFiniteError
-from locmoe.moe.capacity import CapacityPlanner
-from locmoe.moe.dispatcher import TokenDispatcher
 from locmoe.moe.layer import moe_forward
+from locmoe.moe.parts import build_moe_parts
 from locmoe.moe.records import MoEMetrics
 from locmoe.moe.routing import node_preference
 from locmoe.parallel_context import ExpertParallel
-from locmoe.traffic import TrafficCounter
 
 
 class MoELayer(nn.Module):
@@ -32,14 +31,10 @@ class MoELayer(nn.Module):
         super().__init__()
         self.layer_id, self.d_model, self.ep, self.moe = layer_id, d_model, ep, moe
         self.ops = TorchOps(fuse=moe.fuse_kernels)
-        self.router = Router(moe, d_model, vocab_size, ep.placement, self.ops)
-        self.experts = GroupedExperts(
-            len(ep.local_experts), d_model, moe.d_expert, moe.activation, moe.expert_impl, fuse=moe.fuse_kernels
-        )
-        self.traffic = TrafficCounter()
-        gate_rows = moe.num_experts if moe.router.gate == "grap" else d_model
-        capacity = CapacityPlanner(self.ops, moe, self.router, gate_rows, d_model)
-        self.dispatcher = TokenDispatcher(self.ops, ep, moe, capacity, self.traffic)
+        experts = partial(GroupedExperts, fuse=moe.fuse_kernels)
+        parts = build_moe_parts(moe, self.ops, ep, d_model, vocab_size, Router, experts)
+        self.router, self.experts = parts.router, parts.experts
+        self.traffic, self.dispatcher = parts.traffic, parts.dispatcher
         self.register_buffer("nonfinite_inputs", torch.zeros((), dtype=torch.long), persistent=False)
 
     def forward(

@@ -61,7 +61,7 @@ def sync_gradients(model: torch.nn.Module, ctx: DistContext, sharded: bool = Fal
     if sharded:
         unwrapped = [g for g in expert if not is_sharded(g)]
         if unwrapped:
-            torch._foreach_mul_(unwrapped, 1.0 / W)
+            torch._foreach_mul_(unwrapped, 1.0 / W)  # pyright: ignore[reportPrivateImportUsage]  # public kernel, not in torch's __all__
         return
     _reduce_flat(dense, ctx.world, 1.0 / W)
     _reduce_flat(expert, ctx.expert_dp, 1.0 / W)
@@ -93,15 +93,18 @@ def clip_grad_norm(
             all_reduce_(expert_sq, ctx.ep)  # each EP rank holds its own experts; dense gradients are replicated
         squares = _squared_norm(dense, device) + expert_sq
     norm = squares.sqrt()
-    fused = optimizer is not None and all(g.get("fused") for g in optimizer.param_groups)
-    if fused:
-        optimizer.grad_scale = None
+    fused = optimizer if optimizer is not None and all(g.get("fused") for g in optimizer.param_groups) else None
+    # grad_scale: read by the fused AdamW kernel (AMP's GradScaler sets it too), not declared on Optimizer
+    if fused is not None:
+        fused.grad_scale = None  # pyright: ignore[reportAttributeAccessIssue]
     if max_norm > 0:
         clipping = norm > max_norm
-        if fused:
-            optimizer.grad_scale = torch.where(clipping, (norm + 1e-6) / max_norm, torch.ones_like(norm))
+        if fused is not None:
+            scale = torch.where(clipping, (norm + 1e-6) / max_norm, torch.ones_like(norm))
+            fused.grad_scale = scale  # pyright: ignore[reportAttributeAccessIssue]
         else:
-            torch._foreach_mul_(dense + expert, torch.where(clipping, max_norm / (norm + 1e-6), torch.ones_like(norm)))
+            factor = torch.where(clipping, max_norm / (norm + 1e-6), torch.ones_like(norm))
+            torch._foreach_mul_(dense + expert, factor)  # pyright: ignore[reportPrivateImportUsage]  # public kernel, not in torch's __all__
     return norm
 
 
@@ -109,7 +112,8 @@ def _squared_norm(grads: list, device: torch.device) -> torch.Tensor:
     """Σ ‖g‖² in fp32 (one foreach kernel per dtype rather than two kernels per tensor)."""
     if not grads:
         return torch.zeros((), device=device)
-    return torch.stack([n.float() for n in torch._foreach_norm(grads)]).pow(2).sum()
+    norms = torch._foreach_norm(grads)  # pyright: ignore[reportPrivateImportUsage]  # public kernel, not in torch's __all__
+    return torch.stack([n.float() for n in norms]).pow(2).sum()
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

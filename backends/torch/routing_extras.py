@@ -30,7 +30,9 @@ def init_options(router: torch.nn.Module, moe, d_model: int, placement, groups: 
     columns of the paper bound (constants)."""
     r, E = moe.router, moe.num_experts
     router.router_cfg = r
-    router.gate_bias = torch.nn.Parameter(torch.zeros(E)) if r.gate_bias and r.kind != "hash" else None
+    # None: no ε (Module.__setattr__ takes None, though it types Tensor | Module)
+    gate_bias = torch.nn.Parameter(torch.zeros(E)) if r.gate_bias and r.kind != "hash" else None
+    router.gate_bias = gate_bias  # pyright: ignore[reportArgumentType]
     router.register_buffer("selection_bias", torch.zeros(E) if r.bias_update_rate > 0 else None)
     table = node_expert_table(placement)
     if r.node_limit:

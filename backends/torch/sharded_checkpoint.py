@@ -53,7 +53,7 @@ def _entries(prefix: str, name: str, t: torch.Tensor, ids: list) -> dict[str, to
 
 def save_sharded(model, optimizer, tmp: Path, step: int) -> None:
     """Every rank writes its shards into ``tmp/sharded/`` (collective)."""
-    from torch.distributed.checkpoint import HuggingFaceStorageWriter, save
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter, save  # pyright: ignore[reportPrivateImportUsage]  # public, not in torch's __all__
 
     if torch.distributed.get_rank() > 0:
         maybe_inject_fault("kill_in_sharded_save", step)  # test hook: a rank dies before it wrote its shards
@@ -64,7 +64,7 @@ def save_sharded(model, optimizer, tmp: Path, step: int) -> None:
 
 def load_sharded(path: Path, model, optimizer) -> None:
     """Fill the model and AdamW from ``path/sharded/`` (collective), whatever layout wrote it."""
-    from torch.distributed.checkpoint import HuggingFaceStorageReader, load
+    from torch.distributed.checkpoint import HuggingFaceStorageReader, load  # pyright: ignore[reportPrivateImportUsage]  # public, not in torch's __all__
 
     init_optimizer_state(optimizer)
     state = dcp_state(model, optimizer)

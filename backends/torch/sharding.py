@@ -19,13 +19,16 @@ reduction over ``expert_dp`` is told to divide by W too, and unwrapped experts a
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, TypeGuard, cast
 
 import torch
 from torch import nn
 
 from backends.torch.distributed import DistContext
 from locmoe.config.schema import JobConfig
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 _MESH_DEVICE = {"cuda": "cuda", "npu": "npu"}
 
@@ -52,7 +55,7 @@ def shard_model(model: nn.Module, cfg: JobConfig, ctx: DistContext) -> None:
     world = _mesh(ctx.world, ctx)
     experts = _mesh(ctx.expert_dp, ctx) if ctx.expert_dp.size > 1 else None
     W = float(ctx.world_size)
-    for block in model.layers:
+    for block in cast(Iterable[Any], model.layers):  # the model's blocks (nn.ModuleList)
         ignored = set()
         if hasattr(block, "moe"):
             if experts is not None:
@@ -81,7 +84,7 @@ def _mesh(group, ctx: DistContext):
     return DeviceMesh.from_group(group.handle, _MESH_DEVICE.get(ctx.device.type, "cpu"))
 
 
-def is_sharded(t) -> bool:
+def is_sharded(t) -> TypeGuard[DTensor]:
     from torch.distributed.tensor import DTensor
 
     return isinstance(t, DTensor)

@@ -71,6 +71,7 @@ class GraphedStep:
                 return self.eager_step(step)
         else:
             self._load_inputs(step)
+        assert self.graph is not None and self.outputs is not None  # captured above
         self.graph.replay()
         return self.outputs
 

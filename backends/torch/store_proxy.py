@@ -37,7 +37,7 @@ def serve(host: str, port: int, timeout_s: float) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch.distributed as dist
 
-    store = dist.TCPStore(
+    store = dist.TCPStore(  # pyright: ignore[reportPrivateImportUsage]  # public, not in torch's __all__
         host_name=host,
         port=port,
         is_master=False,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -59,7 +60,7 @@ def copies_as_choices(token: torch.Tensor, expert: torch.Tensor, num_tokens: int
 
 @torch.no_grad()
 def record_trace(
-    checkpoint: str | Path, out: str | Path, tokens: int, batch_size: int, data_overrides: list[str] = ()
+    checkpoint: str | Path, out: str | Path, tokens: int, batch_size: int, data_overrides: Sequence[str] = ()
 ) -> Path:
     path = resolve(checkpoint)
     cfg = trace_config(path, list(data_overrides))
@@ -78,6 +79,7 @@ def record_trace(
         fingerprint_from_config(cfg), source={"checkpoint": str(path), "corpus": corpus.description, "split": "val"}
     )
     k, step = cfg.moe.router.top_k, 0
+    assert k is not None, "top_k is filled in when the config loads (locmoe.config.checks)"
     while min(writer.tokens_per_layer()) < tokens:
         x, _, d = (torch.from_numpy(a) for a in sampler.batch(step, split="val"))
         _, _, metrics = model(x, d)

@@ -1,37 +1,41 @@
-"""Pretraining loop of the torch backend: ``locmoe train CONFIG`` (any launcher: none, torchrun).
+"""The torch backend's side of ``locmoe train CONFIG`` (any launcher: none, torchrun): ``TorchTrainer``, the
+:class:`locmoe.backend_api.Trainer` that the one loop (``locmoe.training.loop.run``) drives.
 
-Order of work: check every input (config, data, checkpoint to resume) before writing anything, build the
-model, then step: micro-batches → gradient sync → clip → AdamW; log, validate, checkpoint; export the
-routers at the end.
+What only torch does: build the model (sharded, compiled), the step (micro-batches → gradient sync → clip →
+AdamW, replayed as a CUDA graph where the job allows it), read its outputs back, validate, and write this rank's
+checkpoint files.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backends.torch.checkpoint import load_checkpoint, save_checkpoint
+from backends.torch import checkpoint
 from backends.torch.collectives import all_gather_rows
 from backends.torch.distributed import DistContext, device_memory, expert_parallel, init_distributed
+from backends.torch.moe_layer import MoELayer
 from backends.torch.optim import all_reduce_mean, clip_grad_norm, make_optimizer, set_lr, sync_gradients
 from backends.torch.sharding import gathered, shard_model, sharded
 from locmoe import train_common as common
-from locmoe.checkpointing import clean_temporaries
+from locmoe.backend_api import TrainerFacts
 from locmoe.config.schema import JobConfig
 from locmoe.data import BatchSampler
 from locmoe.data.placement import SequencePlacer, placer_for
 from locmoe.schedule import lr_at
-from locmoe.train_log import TrainLogger
+from locmoe.training.loop import run
 from models.pangu_sigma_torch import PanGuSigma
 
 
 def build_model(cfg: JobConfig, ctx: DistContext) -> PanGuSigma:
-    model = PanGuSigma(cfg, expert_parallel(ctx, cfg.parallel, cfg.moe.num_experts))
+    model = PanGuSigma(cfg, expert_parallel(ctx, cfg.parallel, cfg.moe.num_experts), MoELayer)
     model.reset_parameters(cfg.train.seed)
     model = model.to(ctx.device)
     shard_model(model, cfg, ctx)
@@ -90,10 +94,7 @@ def prepare(cfg: JobConfig, resume: bool):
     """Everything that can fail on bad input, before any output is written."""
     ctx = init_distributed(cfg.parallel)
     corpus, ckpt = common.check_inputs(cfg, resume, ctx.layout, device_memory(ctx.device))
-    ranks = ctx.layout.topology.world_size if ctx.emulated else 1
-    sampler = BatchSampler(
-        corpus, cfg.data.seq_len, cfg.train.batch_size * ranks, rank=ctx.rank, world=ctx.world_size, seed=cfg.data.seed
-    )
+    sampler = common.batch_sampler(cfg, corpus, ctx)
     return ctx, corpus, ckpt, Batches(sampler, ctx.device)
 
 
@@ -116,18 +117,6 @@ def validate(model, cfg, batches: Batches, ctx) -> float:
     losses = [float(loss_of(model, cfg, *batches.get(i, split="val"))[0]) for i in range(cfg.train.eval_batches)]
     model.train()
     return all_reduce_mean([float(np.mean(losses))], ctx, ctx.device)[0]
-
-
-def moe_scalars(metrics: list, logger: TrainLogger, step: int, layers: list) -> dict:
-    """Per-step MoE numbers averaged over layers (one host sync, on logging steps only)."""
-    return common.moe_scalars(
-        [m.summary() for m in metrics],
-        [m.stats.expert_load.cpu().numpy() for m in metrics],
-        logger,
-        step,
-        layers,
-        [m.stats.capacity.cpu().numpy() for m in metrics],
-    )
 
 
 def train_step(model, optimizer, cfg: JobConfig, ctx: DistContext, batches: Batches, step: int):
@@ -174,52 +163,76 @@ def make_stepper(model, optimizer, cfg: JobConfig, ctx: DistContext, batches: Ba
 
 def train(cfg: JobConfig, resume: bool = False) -> dict:
     """Run the job; returns the last logged scalars (rank 0) and the final checkpoint path."""
-    ctx, corpus, ckpt, batches = prepare(cfg, resume)
-    torch.manual_seed(cfg.train.seed + ctx.rank)
-    model = build_model(cfg, ctx)
-    batches.place_by(model, cfg, ctx)
-    optimizer = make_optimizer(model, cfg.train)
-    start = 0
-    if ckpt is not None:
-        start, _ = load_checkpoint(ckpt, model, optimizer, ctx)
-    if ctx.is_main:
-        clean_temporaries(cfg.train.out_dir)
-    run = run_record(cfg, ctx, start)
-    t = cfg.train
-    tokens_per_step = batches.sampler.batch_per_rank * ctx.world_size * cfg.data.seq_len * t.grad_accum
-    run.logger.message(
-        common.start_message(cfg, sum(p.numel() for p in model.parameters()), corpus, ctx, f"device {ctx.device}")
-    )
-    stepper = make_stepper(model, optimizer, cfg, ctx, batches, run.logger.message)
-    with run:  # a stop on a signal (locmoe.interrupts) leaves the logs flushed and the run directory free
-        for step in range(start, t.steps):
-            lm, aux, metrics, grad_norm = stepper(step)
-            done = step + 1
-
-            def scalars() -> dict:
-                model.check_finite_inputs()
-                loss, aux_v = all_reduce_mean([float(lm.detach()), float(aux.detach())], ctx, ctx.device)
-                return dict(
-                    common.step_scalars(
-                        loss, aux_v, lr_at(step, t), float(grad_norm), tokens_per_step, run.clock, done
-                    ),
-                    **moe_scalars(metrics, run.logger, done, model.moe_layers),
-                )
-
-            run.end_step(
-                done,
-                scalars,
-                lambda: validate(model, cfg, batches, ctx),
-                lambda extra: save_checkpoint(model, optimizer, ctx, done, extra),
-            )
-    return run.finish()
+    trainer = TorchTrainer(cfg)
+    return run(trainer, cfg, resume)
 
 
-def run_record(cfg: JobConfig, ctx: DistContext, start: int) -> common.RunRecord:
-    """The run's record, with what only torch knows: the GPU's peak (for MFU) and, across processes, the
-    collective by which the ranks agree to stop on a signal."""
+class TorchTrainer:
+    """The torch backend's :class:`locmoe.backend_api.Trainer`: one rank's model, optimiser, data and step."""
+
+    def __init__(self, cfg: JobConfig):
+        self.cfg = cfg
+
+    def prepare(self, resume: bool) -> Optional[Path]:
+        self.ctx, self.corpus, ckpt, self.batches = prepare(self.cfg, resume)
+        return ckpt
+
+    def build_model(self) -> None:
+        torch.manual_seed(self.cfg.train.seed + self.ctx.rank)
+        self.model = build_model(self.cfg, self.ctx)
+        self.batches.place_by(self.model, self.cfg, self.ctx)
+        self.optimizer = make_optimizer(self.model, self.cfg.train)
+
+    def load_checkpoint(self, path: Path) -> int:
+        return checkpoint.load_checkpoint(path, self.model, self.optimizer, self.ctx)[0]
+
+    @cached_property
+    def facts(self) -> TrainerFacts:
+        ctx, model = self.ctx, self.model
+        parameters = sum(p.numel() for p in model.parameters())
+        tokens = common.tokens_per_step(self.cfg, self.batches.sampler, ctx)
+        return TrainerFacts(
+            ctx, "torch", self.corpus, parameters, f"device {ctx.device}", tokens, model.moe_layers, peak(ctx)
+        )
+
+    def make_step(self, log) -> None:
+        self.stepper = make_stepper(self.model, self.optimizer, self.cfg, self.ctx, self.batches, log)
+
+    def step(self, step: int):
+        return self.stepper(step)
+
+    def to_host(self, outputs) -> tuple[float, float, float]:
+        lm, aux, _, grad_norm = outputs
+        self.model.check_finite_inputs()
+        loss, aux_v = self.mean_over_ranks([float(lm.detach()), float(aux.detach())])
+        return loss, aux_v, float(grad_norm)
+
+    def moe_statistics(self, outputs) -> tuple[list[dict], list, list]:
+        metrics = outputs[2]
+        return (
+            [m.summary() for m in metrics],
+            [m.stats.expert_load.cpu().numpy() for m in metrics],
+            [m.stats.capacity.cpu().numpy() for m in metrics],
+        )
+
+    def validate(self) -> float:
+        return validate(self.model, self.cfg, self.batches, self.ctx)
+
+    def mean_over_ranks(self, values: list[float]) -> list[float]:
+        return all_reduce_mean(values, self.ctx, self.ctx.device)
+
+    def barrier(self) -> None:
+        checkpoint.barrier(self.ctx)
+
+    def check_weights_finite(self, step: int) -> None:
+        checkpoint.check_finite(self.model, self.optimizer, self.ctx, step)
+
+    def write_rank_files(self, tmp: Path, step: int) -> None:
+        checkpoint.write_rank_files(self.model, self.optimizer, self.ctx, tmp, step)
+
+
+def peak(ctx: DistContext) -> Optional[float]:
+    """One GPU's peak flops (for MFU); None off CUDA."""
     from locmoe.mfu import peak_flops
 
-    peak = peak_flops(torch.cuda.get_device_name(ctx.device)) if ctx.device.type == "cuda" else None
-    mean = (lambda values: all_reduce_mean(values, ctx, ctx.device)) if ctx.world_size > 1 else None
-    return common.RunRecord(cfg, ctx.is_main, start, peak_flops=peak, devices=ctx.world_size, mean_over_ranks=mean)
+    return peak_flops(torch.cuda.get_device_name(ctx.device)) if ctx.device.type == "cuda" else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -58,7 +58,7 @@ def _number(kind: Callable, text: str) -> float:
 
 def _bounded(
     kind: Callable, ge: Optional[float], gt: Optional[float], le: Optional[float], lt: Optional[float]
-) -> Callable[[str], float]:
+) -> Callable[[str], Any]:  # the parser returns a ``kind`` (int or float)
     rules = [
         (ge, ">=", lambda a, b: a >= b),
         (gt, ">", lambda a, b: a > b),

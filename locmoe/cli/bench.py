@@ -89,17 +89,12 @@ def main(args: argparse.Namespace) -> int:
 def calibrate(args: argparse.Namespace) -> int:
     import os
 
-    import torch
-    import torch.distributed as dist
+    from locmoe.cli.generate import torch_server
+    from locmoe.inference.profile import DeviceProfile
 
-    from backends.torch.collectives import Group
-    from backends.torch.distributed import _backend_for, resolve_device, shutdown
-    from backends.torch.inference.calibrate import CalibrationShape
-    from backends.torch.inference.calibrate import calibrate as run
-    from backends.torch.inference.loader import DTYPES
-
-    device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
-    defaults = SHAPES["cpu" if device.type == "cpu" else "accelerator"]
+    server = torch_server()
+    device = server.device_type(args.device)
+    defaults = SHAPES["cpu" if device == "cpu" else "accelerator"]
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -107,25 +102,18 @@ def calibrate(args: argparse.Namespace) -> int:
     W = int(os.environ.get("WORLD_SIZE", 1))
     if args.experts % W:
         raise InferenceError(f"--experts {args.experts} is not divisible by the {W} launched processes")
-    if W > 1 and not dist.is_initialized():
-        dist.init_process_group(_backend_for(device))
-    rank = dist.get_rank() if W > 1 else 0
-    group = Group(dist.group.WORLD if W > 1 else None, tuple(range(W)), (0,) * W, rank)
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    shape = CalibrationShape(args.experts // W, args.d_model, args.d_expert, tuple(rows), reps=args.reps)
-    start = time.perf_counter()
+    start = None
 
     def progress(text: str) -> None:
-        if rank == 0:
-            print(f"calibrate [{time.perf_counter() - start:5.1f} s] {text}", flush=True)
+        nonlocal start
+        start = time.perf_counter() if start is None else start  # the clock starts at the first line, once set up
+        print(f"calibrate [{time.perf_counter() - start:5.1f} s] {text}", flush=True)
 
-    progress(
-        f"{device.type}, {str(dtype).replace('torch.', '')}: E={args.experts} (local {shape.experts}), "
-        f"d={args.d_model}, f={args.d_expert}, rows per expert {rows}, {args.reps} reps"
+    written = server.calibrate(
+        args.experts, args.d_model, args.d_expert, rows, args.reps, args.device, args.dtype, args.out, progress
     )
-    profile = run(shape, device, dtype, group, progress)
-    if rank == 0:
-        profile.save(args.out)
+    if written is not None:  # the first process, which wrote the profile
+        profile = DeviceProfile.load(written)
         a2a = profile.all_to_all
         print(
             f"calibrated {profile.device} ({profile.dtype}, {W} process(es)): grouped "
@@ -135,7 +123,7 @@ def calibrate(args: argparse.Namespace) -> int:
             + f"; median fit errors {', '.join(f'{k} {v:.1%}' for k, v in profile.fit_error.items())}"
             + f" -> {args.out}"
         )
-    shutdown()
+    server.shutdown()
     return 0
 
 
@@ -159,42 +147,21 @@ def verdicts(rows: list[dict]) -> list[str]:
 
 
 def prefill(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from backends.torch.distributed import shutdown
-    from backends.torch.inference.loader import load_inference_model
-    from backends.torch.inference.prefill import measure_prefill, random_prompts
-    from locmoe.cli.generate import serving_options
+    from locmoe.cli.generate import serving_options, torch_server
     from locmoe.report import format_table, write_json
 
+    server = torch_server()
     lengths = _ints(args.lengths, "--lengths")
-    opts = serving_options(args)
-    model = load_inference_model(args.checkpoint, args.router, args.device, args.dtype, args.capacity)
+    opts = serving_options(server, args)
+    model = server.load(args.checkpoint, args.router, args.device, args.dtype, args.capacity, opts)
     if max(lengths) > model.context:
         raise InferenceError(f"--lengths {max(lengths)} is longer than the model's context of {model.context}")
-    me = model.group.my_index
-    modes = [dataclasses.replace(opts, mode="plain", chunks=0)] + ([opts] if opts.mode != "plain" else [])
-    rows = []
-    for S in lengths:
-        tokens = random_prompts(model.cfg.model.vocab_size, args.batch, S, 1000 * S + me, model.rope_cos.device)
-        for o in modes:
-            r = measure_prefill(model, tokens, o, o.mode, reps=args.reps)
-            chunks = sorted({layer["chunks"] for layer in r.layers})
-            rows.append(
-                {
-                    "length": S,
-                    "mode": o.mode,
-                    "chunks": ",".join(map(str, chunks)),
-                    "tokens": r.tokens,
-                    "ms": r.seconds * 1e3,
-                    "tokens_per_s": r.tokens_per_s,
-                }
-            )
-    if me == 0:
+    rows = server.prefill(model, opts, lengths, args.batch, args.reps)
+    if model.rank == 0:
         print(format_table(rows, ["length", "mode", "chunks", "tokens", "ms", "tokens_per_s"], ".4g"))
         for line in verdicts(rows):
             print(line)
         if args.json:
-            write_json(args.json, {"rows": rows, "world_size": model.group.size})
-    shutdown()
+            write_json(args.json, {"rows": rows, "world_size": model.world_size})
+    server.shutdown()
     return 0

@@ -10,8 +10,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from locmoe.inference.errors import InferenceError
+
+if TYPE_CHECKING:
+    from locmoe.backend_api import Server
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -80,15 +84,22 @@ def add_serving_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def serving_options(args: argparse.Namespace):
-    from backends.torch.inference.options import ServeOptions
-    from locmoe.inference.profile import DeviceProfile
+def torch_server() -> Server:
+    """The torch backend's serving (the one backend that serves; MindSpore's ``server()`` refuses)."""
+    from typing import cast
 
-    profile = DeviceProfile.load(args.profile) if args.profile else None
+    import backends
+    from locmoe.backend_api import Serving
+
+    return cast(Serving, backends.get("torch", "serving")).server()
+
+
+def serving_options(server: Server, args: argparse.Namespace) -> object:
+    """The options of ``add_serving_arguments``, checked: auto mode is pipelined with a profile or chunks."""
     mode = args.mode
     if mode == "auto":
-        mode = "pipelined" if profile is not None or args.chunks > 1 else "plain"
-    return ServeOptions(mode=mode, chunks=args.chunks, kernel=args.kernel, profile=profile)
+        mode = "pipelined" if args.profile or args.chunks > 1 else "plain"
+    return server.options(mode=mode, chunks=args.chunks, kernel=args.kernel, profile=args.profile)
 
 
 def read_prompts(path: str) -> list[str]:
@@ -134,37 +145,39 @@ def default_router(checkpoint: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from backends.torch.distributed import shutdown
-    from backends.torch.inference.decode import Sampling, generate
-    from backends.torch.inference.kv_generate import generate_cached
-    from backends.torch.inference.loader import load_inference_model
     from locmoe.checkpointing import tokenizer_spec
     from locmoe.data import load_tokenizer
 
+    server = torch_server()
     if args.max_new_tokens < 1:
         raise InferenceError(f"--max-new-tokens {args.max_new_tokens}; it must be >= 1")
     prompts = read_prompts(args.prompts)
     args.router = args.router or default_router(args.checkpoint)
-    sampling = Sampling(
-        greedy=args.top_p is None, top_p=args.top_p or 1.0, temperature=args.temperature, seed=args.seed
-    )
-    opts = serving_options(args)
+    opts = serving_options(server, args)
     check_domain(args.domain, args.router)
-    model = load_inference_model(args.checkpoint, args.router, args.device, args.dtype, args.capacity)
-    model.options = opts
+    model = server.load(args.checkpoint, args.router, args.device, args.dtype, args.capacity, opts)
     tok = load_tokenizer(tokenizer_spec(model.cfg.data.tokenizer, model.checkpoint, Path(args.router)))
     ids = [tok.encode(p).tolist() for p in prompts]
     t0 = time.perf_counter()
-    if args.kv_cache:
-        new, stats = generate_cached(
-            model, ids, args.max_new_tokens, sampling, args.domain, args.eos_id, args.batch_size, args.cuda_graph
-        )
-        how = f"KV cache, batches of {args.batch_size}, time to first token {stats.first_token_s * 1e3:.0f} ms"
-    else:
-        new = generate(model, ids, args.max_new_tokens, sampling, args.domain)
-        how = "no cache"
+    new, first_token_s = server.generate(
+        model,
+        ids,
+        args.max_new_tokens,
+        top_p=args.top_p,
+        temperature=args.temperature,
+        seed=args.seed,
+        domain=args.domain,
+        eos_id=args.eos_id,
+        batch_size=args.batch_size,
+        cuda_graph=args.cuda_graph,
+        kv_cache=args.kv_cache,
+    )
     seconds = time.perf_counter() - t0
-    if model.group.my_index == 0:
+    if args.kv_cache:
+        how = f"KV cache, batches of {args.batch_size}, time to first token {first_token_s * 1e3:.0f} ms"
+    else:
+        how = "no cache"
+    if model.rank == 0:
         for i, (prompt, out) in enumerate(zip(prompts, new)):
             if i:  # a continuation may hold newlines (or blank lines): a rule tells where the next prompt starts
                 print(SEPARATOR)
@@ -174,5 +187,5 @@ def main(args: argparse.Namespace) -> int:
             f"{len(prompts)} prompts, {count} new tokens in {seconds:.2f} s: {count / seconds:.1f} tokens/s ({how})",
             file=sys.stderr,
         )
-    shutdown()
+    server.shutdown()
     return 0

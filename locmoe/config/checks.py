@@ -75,6 +75,7 @@ def _check_moe(moe: MoEConfig, d_model: int) -> None:
             f"{D} must divide moe.num_experts ({E}) so that every domain gets an equal group of experts",
         )
     group = E // D
+    assert r.top_k is not None  # filled from DEFAULT_TOP_K above
     if r.top_k > group:
         where = "moe.num_experts" if D == 1 else "moe.domains.num_domains"
         raise ConfigError(

@@ -176,7 +176,7 @@ def coerce(value: Any, hint: Any, where: str, rules: dict | None = None) -> Any:
         if not isinstance(value, list):
             raise ConfigError(where, f"expected a list, got {value!r}")
         return [coerce(v, args[0], f"{where}[{i}]", rules) for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return build(hint, value, where)
     if hint is bool:
         if not isinstance(value, bool):

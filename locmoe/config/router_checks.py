@@ -55,6 +55,7 @@ def _check_baseline_options(cfg: JobConfig) -> None:
     nodes = cfg.parallel.nodes
     if r.node_limit and nodes and r.node_limit > nodes:
         raise ConfigError("moe.router.node_limit", f"{r.node_limit} is more than parallel.nodes ({nodes})")
+    assert r.top_k is not None, "top_k is filled in when the config loads (locmoe.config.checks)"
     if r.node_limit and nodes and r.node_limit * (cfg.moe.num_experts // nodes) < r.top_k:
         raise ConfigError(
             "moe.router.node_limit",

@@ -15,6 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from locmoe.data.errors import DataError
 
@@ -40,7 +41,8 @@ def is_dataset_folder(path: Path) -> bool:
     return path.is_dir() and (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
 
 
-def _pyarrow(path: Path, fmt: str):
+def _pyarrow(path: Path, fmt: str) -> Any:
+    """pyarrow, with its submodules compute and parquet loaded (attributes the module alone does not type)."""
     try:
         import pyarrow as pa
         import pyarrow.compute  # noqa: F401  (pa.compute is a submodule, not loaded by `import pyarrow`)
@@ -51,8 +53,9 @@ def _pyarrow(path: Path, fmt: str):
 
 
 @functools.lru_cache(maxsize=8)
-def _open(path: str, fmt: str, _stamp: tuple):
-    """The opened source (``_stamp``: size and mtime, so that a rewritten file is opened again)."""
+def _open(path: str, fmt: str, _stamp: tuple) -> Any:
+    """The opened source (``_stamp``: size and mtime, so that a rewritten file is opened again): a ParquetFile
+    for parquet, else a pyarrow Table; callers branch on ``fmt``."""
     pa = _pyarrow(Path(path), fmt)
     try:
         if fmt == "parquet":

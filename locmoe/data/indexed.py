@@ -115,7 +115,7 @@ class IndexedDataset:
         idx = idx_path(self.prefix)
         S, D = self.n_sequences, self.documents + 1
         read = lambda dt, n, at: np.fromfile(idx, dtype=dt, count=n, offset=at)  # noqa: E731
-        out = {
+        out: dict[str, Optional[np.ndarray]] = {
             "lengths": read("<i4", S, HEADER_BYTES),
             "pointers": read("<i8", S, HEADER_BYTES + 4 * S),
             "doc_index": read("<i8", D, HEADER_BYTES + 12 * S),

@@ -22,6 +22,7 @@ import time
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -196,7 +197,7 @@ def _tokenise(units, spec, workers, progress, tmp, tok):
 
     dtype = indexed.token_dtype(tok.vocab_size)
     lengths: dict[int, array] = {}
-    files: dict[int, object] = {}
+    files: dict[int, BinaryIO] = {}
     lines: dict[Path, int] = {}
     max_token = -1
     bar = tqdm(

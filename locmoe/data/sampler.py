@@ -33,11 +33,10 @@ class BatchSampler:
         n = B * self.world
         pick = rng.choice(len(domains), size=n, p=windows / windows.sum())
         starts = (rng.random(n) * (windows[pick] + 1)).astype(np.int64)
-        if rows is None:
-            rows = slice(self.rank * B, (self.rank + 1) * B)
-        elif len(rows) != B or np.min(rows) < 0 or np.max(rows) >= n:
+        if rows is not None and (len(rows) != B or np.min(rows) < 0 or np.max(rows) >= n):
             raise ValueError(f"rows: {B} indices in [0, {n}) expected, got {len(rows)} ({rows!r})")
+        mine = slice(self.rank * B, (self.rank + 1) * B) if rows is None else rows
         # only the drawn windows are read (and converted to int64): the streams stay on disk in their own dtype
-        seqs = np.stack([streams[domains[p]][s : s + self.seq_len + 1] for p, s in zip(pick[rows], starts[rows])])
+        seqs = np.stack([streams[domains[p]][s : s + self.seq_len + 1] for p, s in zip(pick[mine], starts[mine])])
         seqs = seqs.astype(np.int64, copy=False)
-        return seqs[:, :-1].copy(), seqs[:, 1:].copy(), np.asarray(domains)[pick[rows]].astype(np.int64)
+        return seqs[:, :-1].copy(), seqs[:, 1:].copy(), np.asarray(domains)[pick[mine]].astype(np.int64)

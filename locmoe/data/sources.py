@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,7 @@ SUFFIX_FORMATS = {
 class ReadContext:
     """What every source is checked against."""
 
-    tokenizer: object
+    tokenizer: Any  # a locmoe.data.tokenizer tokenizer (byte or Hugging Face): vocab_size, encode
     num_domains: int
     max_bytes: int = 0
     strict_utf8: bool = True
@@ -174,6 +175,7 @@ def _indexed(prefix: Path, domain: int, ctx: ReadContext) -> list[tuple[int, Tok
     base = [ds.tokens()]
     if meta is None or not meta["document_domains"]:
         return [(domain, TokenStream(base, [0], [0], [ds.n_tokens]))]
+    assert ds.runs is not None  # ds.meta refuses per-document domains without sequence modes
     doms, starts, lens = ds.runs
     bad = doms[(doms < 0) | (doms >= ctx.num_domains)]
     if len(bad):

@@ -150,7 +150,7 @@ def scan_minmax(path: Path, dtype, offset: int = 0, count: int = -1) -> tuple[in
         f.seek(offset)
         while left > 0:
             n = min(left, len(buf))
-            got = f.readinto(memoryview(buf[:n]).cast("B")) // dtype.itemsize
+            got = f.readinto(buf[:n].data.cast("B")) // dtype.itemsize  # .data: the slice's memoryview
             if got == 0:
                 break
             part = buf[:got]

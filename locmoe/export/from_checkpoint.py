@@ -41,6 +41,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
         topo.world_size, layers, [list(placement.expert_to_rank) for _ in layers], source=cfg.parallel.placement
     )
     r, c, dom = cfg.moe.router, cfg.moe.capacity, cfg.moe.domains
+    assert r.top_k is not None, "top_k is filled in when the config loads (locmoe.config.checks)"
     manifest = RouterManifest(
         router_kind=r.kind,
         gate=r.gate,

@@ -77,6 +77,7 @@ def hf_config(cfg: JobConfig, eos_token_id: int | None = None) -> dict:
     """``config.json`` of the export (fp32 weights)."""
     m, moe = cfg.model, cfg.moe
     k = moe.router.top_k
+    assert k is not None, "top_k is filled in when the config loads (locmoe.config.checks)"
     sparse = set(moe_layer_indices(cfg.model))
     return {
         "architectures": [ARCHITECTURE],

@@ -39,6 +39,7 @@ def router_weight(cfg: JobConfig, gate_weight: np.ndarray | None) -> np.ndarray:
     """[E, d] Qwen2-MoE router weight of one MoE block (``gate_weight`` None for GrAP)."""
     r = cfg.moe.router
     G = grap_matrix(cfg.model.d_model, cfg.moe.num_experts) if r.gate == "grap" else gate_weight
+    assert G is not None, "a learned gate exports its gate_weight"
     return np.ascontiguousarray((G / F32(r.temperature)).T.astype(F32))
 
 

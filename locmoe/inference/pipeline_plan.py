@@ -161,4 +161,5 @@ def plan_pipeline(
             plan = PipelinePlan(n, order, simulate(costs, order), serial(costs), tuple(costs))
             if best is None or plan.predicted_s < best.predicted_s * (1 - 1e-9):
                 best = plan
+    assert best is not None, "no chunk count to plan for (candidates is empty)"
     return best

@@ -227,8 +227,10 @@ class Liveness:
             beating = self._threads[0].is_alive()
             if self._failure is None and quiet > self.timeout_s:
                 self._end(self._store_verdict(), publish=False, via_store=False)
-            elif self._failure is not None and (
-                not beating or (now - self._failed_at > self.diag_s + 2 * self.beat_s and quiet > 2 * self.beat_s)
+            elif (
+                self._failure is not None
+                and self._failed_at is not None
+                and (not beating or (now - self._failed_at > self.diag_s + 2 * self.beat_s and quiet > 2 * self.beat_s))
             ):
                 self._end(self._store_verdict(), publish=False, via_store=False)
 

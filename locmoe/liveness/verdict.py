@@ -27,6 +27,8 @@ def rank_list(ranks: list) -> str:
 
 def heartbeat_age(beat: Optional[str], now: float) -> Optional[float]:
     """Seconds since a ``"count wall_time"`` beat was written (wall clocks of two hosts: NTP-close)."""
+    if beat is None:
+        return None
     try:
         return max(0.0, now - float(beat.split()[1]))
     except (AttributeError, IndexError, ValueError):

@@ -8,11 +8,13 @@ are all known before the first one is sent, so no host sync sits between them).
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Optional
 
 import numpy as np
 
-from locmoe.moe.records import MoEMetrics, Tensor
+from locmoe.moe.records import CallPlan, CopyLayout, MoEMetrics, RouterOutput, Tensor
 from locmoe.moe.routing import route
 from locmoe.moe.surface import MoEOps
 
@@ -30,32 +32,92 @@ def token_ranks(ops: MoEOps, ep, num_tokens: int, like: Tensor, layer_id: int) -
     return ops.repeat_interleave(ops.arange(n, like=like) + first, num_tokens // n)
 
 
+@dataclass(frozen=True)
+class CallOptions:
+    """What a caller changes in the layer's one flow; training uses the defaults, serving its own."""
+
+    chunks: Optional[int] = None  # chunks of this rank's tokens; None: moe.overlap_chunks
+    own_tokens: bool = False  # every token is this rank's (serving), not W blocks of the ranks it stands for
+    losses: bool = True  # False: the same choices, the losses 0 (serving)
+    check_finite: bool = True  # False: moe.check_finite is not applied (serving has no NaN counter)
+    # the expert pipeline: (send rows, layout) -> finish() -> rows back in send order; None: run_chunks
+    pipeline: Optional[Callable[[Tensor, CopyLayout], Callable[[], Tensor]]] = None
+
+
+TRAINING = CallOptions()
+
+
 def moe_forward(
-    ops: MoEOps, layer, x: Tensor, token_ids: Optional[Tensor], domain: Optional[Tensor], training: bool
+    ops: MoEOps,
+    layer,
+    x: Tensor,
+    token_ids: Optional[Tensor],
+    domain: Optional[Tensor],
+    training: bool,
+    opts: CallOptions = TRAINING,
 ) -> tuple[Tensor, Tensor, MoEMetrics]:
     """x: [..., d] -> (y [..., d], auxiliary objective α·L_aux + μ·L_loc (+ z-loss), metrics).
 
     ``layer`` is the backend's shell: ``router``, ``experts``, ``dispatcher``, ``traffic``, ``ep``, ``moe``."""
-    moe, ep, router, dispatcher = layer.moe, layer.ep, layer.router, layer.dispatcher
     shape = x.shape
-    check_inputs(ops, layer, x, domain)
+    check_inputs(ops, layer, x, domain, opts.check_finite)
     x = x.reshape(-1, shape[-1])
     T = x.shape[0]
-    token_rank = token_ranks(ops, ep, T, x, layer.layer_id)
+    out, plan = route_and_plan(ops, layer, x, token_ids, domain, training, opts)
+    with ops.phase("moe/permute"):
+        send = layer.dispatcher.permute(ops.compute_dtype(x), out, plan.layout)
+    finish = (opts.pipeline or partial(run_chunks, ops, layer))(send, plan.layout)
+    with ops.phase("moe/combine"):
+        y = layer.dispatcher.unpermute(finish(), out, plan.layout, T)
+    metrics = MoEMetrics(
+        plan.stats,
+        ops.detach(out.aux_loss),
+        ops.detach(out.locality_loss),
+        layer.traffic,
+        out.token,
+        out.expert,
+        plan.kept,
+        ops.to_host,
+    )
+    return y.reshape(shape), auxiliary_objective(layer.moe.router, out), metrics
+
+
+def route_and_plan(
+    ops: MoEOps,
+    layer,
+    x: Tensor,
+    token_ids: Optional[Tensor],
+    domain: Optional[Tensor],
+    training: bool,
+    opts: CallOptions,
+) -> tuple[RouterOutput, CallPlan]:
+    """x [T, d] -> the routing of its tokens and the dispatcher's plan (after which the loss-free selection
+    bias learns from the group's load)."""
+    ep, router, T = layer.ep, layer.router, x.shape[0]
+    if opts.own_tokens:
+        token_rank, blocks = ops.full((T,), ep.rank, "int64", like=x), 1
+    else:
+        token_rank, blocks = token_ranks(ops, ep, T, x, layer.layer_id), len(ep.stands_for)
     flat = lambda t: None if t is None else t.reshape(-1)  # noqa: E731
     with ops.phase("moe/router"):
         local = ops.take_rows(router.node_mask, token_rank // ep.topology.devices_per_node)
-        out = route(ops, router, x, local, len(ep.stands_for), flat(token_ids), flat(domain))
+        out = route(ops, router, x, local, blocks, flat(token_ids), flat(domain), losses=opts.losses)
     layer.traffic.reset()
+    chunks = layer.moe.overlap_chunks if opts.chunks is None else opts.chunks
     with ops.phase("moe/capacity+admission"):
-        out, layout, stats, kept = dispatcher.plan(out, token_rank, T, moe.overlap_chunks, training)
+        plan = layer.dispatcher.plan(out, token_rank, T, chunks, training)
         if router.selection_bias is not None:  # loss-free balancing, from the group's load
-            ops.update_selection_bias_(router, stats.expert_load)
-    with ops.phase("moe/permute"):
-        send = dispatcher.permute(ops.compute_dtype(x), out, layout)
+            ops.update_selection_bias_(router, plan.stats.expert_load)
+    return plan.routing, plan
+
+
+def run_chunks(ops: MoEOps, layer, send: Tensor, layout: CopyLayout) -> Callable[[], Tensor]:
+    """send [M, d] in send order -> finish() -> the experts' rows back in send order.
+
+    Pipeline: every chunk's dispatch is launched first; chunk i's experts run while chunk i+1 is in flight,
+    and chunk i's combine travels while chunk i+1's experts run."""
+    dispatcher = layer.dispatcher
     parts = ops.split_rows(send, list(np.diff(layout.bounds))) if len(layout.chunks) > 1 else [send]
-    # Pipeline: every chunk's dispatch is launched first; chunk i's experts run while chunk i+1 is in flight,
-    # and chunk i's combine travels while chunk i+1's experts run.
     with ops.phase("moe/all_to_all"):
         arriving = [dispatcher.dispatch(part, d) for part, d in zip(parts, layout.chunks)]
     returning = []
@@ -67,28 +129,25 @@ def moe_forward(
                 y = layer.experts(rows(), d.expert_counts, d.dropped_tail)
         with ops.phase("moe/all_to_all"):
             returning.append(dispatcher.combine(y, d))
-    with ops.phase("moe/combine"):
+
+    def finish() -> Tensor:
         back = [rows() for rows in returning]
-        y = dispatcher.unpermute(back[0] if len(back) == 1 else ops.cat(back), out, layout, T)
-    r = moe.router
+        return back[0] if len(back) == 1 else ops.cat(back)
+
+    return finish
+
+
+def auxiliary_objective(r, out: RouterOutput) -> Tensor:
+    """α·L_aux + μ·L_loc (μ for LocMoE only) + the z-loss where ``r.z_loss_coef`` (``r``: ``moe.router``)."""
     aux = r.aux_loss_coef * out.aux_loss + (r.locality_loss_coef if r.kind == "locmoe" else 0.0) * out.locality_loss
-    if r.z_loss_coef:
+    if r.z_loss_coef and out.z_loss is not None:  # no z-loss without the losses (serving)
         aux = aux + r.z_loss_coef * out.z_loss
-    metrics = MoEMetrics(
-        stats,
-        ops.detach(out.aux_loss),
-        ops.detach(out.locality_loss),
-        layer.traffic,
-        out.token,
-        out.expert,
-        kept,
-        ops.to_host,
-    )
-    return y.reshape(shape), aux, metrics
+    return aux
 
 
-def check_inputs(ops: MoEOps, layer, x: Tensor, domain: Optional[Tensor]) -> None:
-    """The hidden size, the domain ids and (``moe.check_finite``) NaN/Inf in the activations."""
+def check_inputs(ops: MoEOps, layer, x: Tensor, domain: Optional[Tensor], check_finite: bool = True) -> None:
+    """The hidden size, the domain ids and (``moe.check_finite``, unless the caller opts out) NaN/Inf in the
+    activations."""
     if x.shape[-1] != layer.d_model:
         raise ValueError(
             f"MoE layer {layer.layer_id}: expected hidden size {layer.d_model}, got {x.shape[-1]} "
@@ -97,5 +156,5 @@ def check_inputs(ops: MoEOps, layer, x: Tensor, domain: Optional[Tensor]) -> Non
     D = layer.moe.domains.num_domains
     if domain is not None and D > 1:
         ops.check_index_range(domain, D, f"MoE layer {layer.layer_id}: domain ids", " (moe.domains.num_domains)")
-    if layer.moe.check_finite:
+    if check_finite and layer.moe.check_finite:
         layer.count_nonfinite(x)

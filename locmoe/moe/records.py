@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, is_dataclass, replace
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -85,6 +85,40 @@ class GroupStats:
     capacity_bound: Optional[Any]  # the angular bound (mode bound; a 0-d tensor or an int), else None
     locality_counts: Tensor  # [3] kept copies on-rank / in-node / cross-node
     total_copies: Tensor  # scalar
+
+
+class GroupView(NamedTuple):
+    """Every copy of the expert-parallel group (this rank's alone where nothing is gathered), and which are mine."""
+
+    source: Tensor  # [G] the EP rank each copy's token is on
+    expert: Tensor  # [G]
+    prob: Tensor  # [G] admission priority
+    angle: Tensor  # [G] float64 capacity-bound angle (0 without one)
+    mine: slice  # this rank's copies among them
+
+
+class ExpertCapacity(NamedTuple):
+    """The capacity stage's answer."""
+
+    per_expert: Tensor  # [E] copies each expert may admit from the whole group
+    bound: Optional[Any]  # the angular bound (mode bound), else None
+
+
+class Admission(NamedTuple):
+    """The admission stage's answer (``kept`` None: nothing is dropped)."""
+
+    locality: Tensor  # [G] 0 on the copy's own rank, 1 in its node, 2 across nodes
+    kept: Optional[Tensor]  # [G] the group's copies admitted
+    kept_mine: Optional[Tensor]  # [C] this rank's
+
+
+class CallPlan(NamedTuple):
+    """``TokenDispatcher.plan``'s answer for one layer call."""
+
+    routing: RouterOutput  # expert choice: with its copies filled in
+    layout: CopyLayout  # this rank's copies in send order, and how each chunk moves
+    stats: GroupStats  # the group's routing statistics
+    kept: Tensor  # [C] bool, this rank's copies admitted
 
 
 @dataclass

@@ -188,7 +188,7 @@ def solve_ilp(
         c,
         constraints=rows.constraint(),
         integrality=integrality,
-        bounds=Bounds(np.zeros(n), upper),
+        bounds=Bounds(np.zeros(n), upper),  # pyright: ignore[reportArgumentType]  # array bounds: documented, typed float
         options={"time_limit": float(time_limit), "disp": False},
     )
     bound = getattr(res, "mip_dual_bound", None)
@@ -260,4 +260,4 @@ class _Rows:
     def constraint(self) -> LinearConstraint:
         entries = (np.concatenate(self.row_ids), np.concatenate(self.col_ids))
         A = sparse.csr_matrix((np.concatenate(self.coefs), entries), shape=(len(self.lo), self.num_vars))
-        return LinearConstraint(A, np.asarray(self.lo), np.asarray(self.hi))
+        return LinearConstraint(A, np.asarray(self.lo), np.asarray(self.hi))  # pyright: ignore[reportArgumentType]  # array bounds: documented, typed float

@@ -60,6 +60,7 @@ def balanced_partition(affinity: np.ndarray, num_devices: int, restarts: int = 4
         mass = affinity[row[:, None] == row[None, :]].sum()
         if mass > best_mass + 1e-12:
             best, best_mass = row, mass
+    assert best is not None  # the first start always improves on -inf
     return best
 
 

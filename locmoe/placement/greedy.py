@@ -85,8 +85,9 @@ def greedy_placement(
         hops = expected_hops(weights, a)
         feasible = loads is None or load_limit is None or within_load_limit(a, loads, load_limit, num_devices)
         key = (not feasible, hops)
-        if best is None or key < best_key:
+        if best_key is None or key < best_key:
             best, best_key = a, key
+    assert best is not None  # starts holds at least the first start
     return best
 
 

@@ -49,7 +49,7 @@ def planted_trace(
             q[c, perm[c * size : (c + 1) * size]] += strength * inside
         gumbel = -np.log(-np.log(rng.random((num_tokens, E))))
         with np.errstate(divide="ignore"):  # strength 1: log 0 = -inf, never drawn
-            keys = np.log(q[topic]) + gumbel  # [T, E]: Gumbel top-k = sampling w/o replacement
+            keys: np.ndarray = np.log(q[topic]) + gumbel  # [T, E]: Gumbel top-k = sampling w/o replacement
         layers.append(np.argsort(-keys, axis=1)[:, :top_k].astype(np.int32))
     fingerprint = {
         "num_experts": E,

@@ -23,6 +23,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,8 @@ class Calibration:
         unknown = sorted(set(data) - names)
         if unknown:
             raise PlanningError(f"calibration {path}: unknown fields {unknown}; allowed: {sorted(names)}")
-        cal = Calibration(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        given: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}  # checked below
+        cal = Calibration(**given)
         for f in dataclasses.fields(Calibration):
             value, listed = getattr(cal, f.name), isinstance(f.default, tuple)
             values = value if listed and isinstance(value, tuple) else (value,)

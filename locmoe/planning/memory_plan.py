@@ -138,7 +138,7 @@ def drivers(cfg: JobConfig, ep_size: int = 1, emulated: bool = True) -> list[tup
             f"{cfg.parallel.nodes} (x parallel.devices_per_node = {cfg.parallel.devices_per_node} emulated ranks)"
         )
         effect[("parallel.nodes", emulating)] = total / max(plan_memory(cfg, 1, emulated).total, 1)
-    ranked = sorted(effect, key=effect.get, reverse=True)
+    ranked = sorted(effect, key=lambda field: effect[field], reverse=True)
     # NOTE: beside a field that alone makes it 10^9 times too large, one that doubles it is not worth naming
     strong = max(effect.values(), default=1) ** 0.5
     return [f for f in ranked if effect[f] >= max(2, strong)] or ranked[:1]

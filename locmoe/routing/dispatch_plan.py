@@ -107,7 +107,7 @@ class DispatchPlan:
             np.add.at(intra, sender[(src != dst) & ~crossing], bytes_per_copy)
             np.add.at(cross, sender[crossing], bytes_per_copy)
             return {"intra_node": intra, "cross_node": cross}
-        relay = src_node * topo.devices_per_node + topo.local_index(dst)
+        relay = np.asarray(src_node * topo.devices_per_node + topo.local_index(dst))  # [C] ranks
         hop1 = relay != src
         if direction == "dispatch":
             np.add.at(intra, src[hop1], bytes_per_copy)

@@ -66,6 +66,7 @@ def gate_space(moe: MoEConfig, x: np.ndarray, gate_weight: Optional[np.ndarray])
     """(token vectors [T, n], gate directions [n, E]) in which the capacity bound measures angles."""
     if moe.router.gate == "grap":
         return grap_scores(x, moe.num_experts), np.eye(moe.num_experts)
+    assert gate_weight is not None, "a learned gate's angles need its gate_weight"
     return x, gate_weight
 
 
@@ -96,6 +97,7 @@ def choose(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(idx [T, k] the chosen experts, best first; the choices the load-balance loss counts)."""
     r, k = moe.router, moe.router.top_k
+    assert k is not None, "top_k is filled in when the config loads (locmoe.config.checks)"
     if r.kind == "locmoe":
         idx = intra_node_first(probs, k, local, r.rho)
         return idx, (top_k(probs, k)[0] if r.balance_counts == "gate" else idx)
@@ -134,6 +136,7 @@ def route(
     """
     r, E, T = moe.router, moe.num_experts, x.shape[0]
     k = r.top_k
+    assert k is not None, "top_k is filled in when the config loads (locmoe.config.checks)"
     state = state or RouterState()
     domain = np.zeros(T, dtype=np.int64) if domain is None else np.asarray(domain)
     groups = domain_expert_groups(moe.domains.num_domains, E, moe.domains.seed)
@@ -145,13 +148,18 @@ def route(
         bias = np.zeros(E) if state.selection_bias is None else state.selection_bias
     if r.kind == "hash":
         table = hash_table(vocab_size, E // moe.domains.num_domains, r.hash_seed)
+        assert token_ids is not None, "the hash router routes by token id"
         idx = hash_route(token_ids, table, groups, domain)
         if moe.force_balance:
             idx = forced_experts(rank_positions(token_rank), k, E)
         token, expert = np.arange(T), idx[:, 0]
         weight = prob = np.ones(T, dtype=x.dtype)
     else:
-        scores = grap_scores(x, E) if r.gate == "grap" else dense_gate_scores(x, gate_weight)
+        if r.gate == "grap":
+            scores = grap_scores(x, E)
+        else:
+            assert gate_weight is not None, "a learned gate needs gate_weight"
+            scores = dense_gate_scores(x, gate_weight)
         scores = paper_gate(scores, r.gate_activation, gate_bias if r.gate_bias else None)
         logits = masked_logits(scores, r.temperature, allowed)
         affinity, probs, log_probs = affinities(logits, r.scoring)
@@ -170,7 +178,7 @@ def route(
     capacity, bound, angle_ema = expert_capacities(moe, x, gate_weight, token, expert, T, state)
     plan = build_dispatch_plan(token, expert, weight, prob, token_rank, placement, capacity, T)
     aux = loc = 0.0
-    if probs is not None and r.kind != "expert_choice":
+    if probs is not None and log_probs is not None and r.kind != "expert_choice":
         aux = float(
             np.mean(
                 [load_balance_loss(probs[token_rank == q], counted[token_rank == q], E) for q in np.unique(token_rank)]
@@ -207,6 +215,7 @@ def expert_capacities(
 ) -> tuple[np.ndarray, Optional[int], Optional[np.ndarray]]:
     """[E] capacities for this step, the angular bound C_min (mode bound) and the next angle state."""
     c, E, k = moe.capacity, moe.num_experts, moe.router.top_k
+    assert k is not None, "top_k is filled in when the config loads (locmoe.config.checks)"
     if moe.router.kind == "expert_choice" or c.mode == "dropless":
         return np.full(E, k * T if c.mode == "dropless" else len(token), dtype=np.int64), None, state.angle_ema
     factor = cap.factor_capacity(c.factor, k, T, E)
@@ -244,10 +253,12 @@ def paper_rule(
     """LocMoE Theorem 1 (``locmoe.routing.paper_bound``): one capacity for every expert from δ_max, the
     largest cosine distance of a routed copy to its expert's gate vector in the d-dim token space."""
     c, E, k, d = moe.capacity, moe.num_experts, moe.router.top_k, x.shape[1]
+    assert k is not None, "top_k is filled in when the config loads (locmoe.config.checks)"
     if c.paper_delta > 0:  # a fixed δ: nothing measured, the state stays as it is
         bound = paper_bound.paper_capacity(c.paper_delta, d, E, k, T, c.paper_form)
         return np.full(E, max(bound, floor), dtype=np.int64), bound, state.angle_ema
     columns = grap_gate_matrix(d, E) if moe.router.gate == "grap" else gate_weight
+    assert columns is not None, "a learned gate's deviation needs its gate_weight"
     deviation = paper_bound.cosine_deviation(x, columns)[token, expert]
     delta, seen = cap.expert_angles(deviation, expert, E, 1.0)
     delta_state = paper_bound.update_paper_delta(state.angle_ema, delta, seen, c.paper_schedule, c.angle_momentum)

@@ -106,7 +106,7 @@ def run(name: str, args: argparse.Namespace, out_dir: Path) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=2, help="leading steps left out of the median")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="OMP_NUM_THREADS of each run")

@@ -24,6 +24,7 @@ def synthetic_tokens(kind: str, T: int, d: int, E: int, rng: np.random.Generator
     """random: isotropic Gaussian. clustered: E Gaussian clusters around fixed random centres."""
     if kind == "random":
         return rng.standard_normal((T, d))
+    assert centers is not None, "clustered tokens need their centres"
     return centers[rng.integers(0, len(centers), T)] + 1.5 * rng.standard_normal((T, d))
 
 
@@ -84,7 +85,7 @@ def measure(kind: str, E: int, rule: str, args) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--tokens", type=int, default=8192, help="tokens per batch T (default 8192)")
     p.add_argument("--d-model", type=int, default=2048)
     p.add_argument("--steps", type=int, default=4, help="batches before the measured one, for the EMA")

@@ -53,7 +53,7 @@ def layer_inputs(run_dir: Path, batches: int):
     model.eval()
     seen: dict = {i: [] for i in model.moe_layers}
     for i in model.moe_layers:
-        model.layers[i].moe.register_forward_pre_hook(
+        model.layers[i].moe.register_forward_pre_hook(  # pyright: ignore[reportAttributeAccessIssue]  # a Module
             lambda mod, args, i=i: seen[i].append(args[0].detach().reshape(-1, args[0].shape[-1]).double().numpy())
         )
     corpus = load_corpus(cfg.data, load_tokenizer(cfg.data.tokenizer), cfg.moe.domains.num_domains)

@@ -102,9 +102,8 @@ def open_corpus(path: str, folder: Path, seq_len: int):
         from locmoe.data import TokenStream
 
         whole = TokenStream.of([np.memmap(folder / "corpus.bin", dtype=np.uint16, mode="r").view(np.ndarray)])
-        return Corpus(
-            *({0: s} for s in whole.split(len(whole) - max(int(len(whole) * 0.05), seq_len + 1))), VOCAB, "memmap"
-        )
+        train, val = whole.split(len(whole) - max(int(len(whole) * 0.05), seq_len + 1))
+        return Corpus({0: train}, {0: val}, VOCAB, "memmap")
     source = {
         PATHS[1]: DataSource(path=str(folder / "corpus.bin"), format="bin_uint16"),
         PATHS[2]: DataSource(path=str(folder / "corpus"), format="indexed"),
@@ -195,7 +194,7 @@ def run_all(folder: Path, args) -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--size-gb", type=float, default=1.0, help="synthetic corpus size (default: %(default)s)")
     p.add_argument("--batches", type=int, default=2000, help="batches sampled per path (default: %(default)s)")
     p.add_argument("--batch", type=int, default=8, help="sequences per batch (default: %(default)s)")

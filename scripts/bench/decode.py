@@ -21,6 +21,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -146,9 +147,12 @@ def bench_transformers(a, hf_dir: Path, news: list[int], batches: list[int], dty
     import transformers
 
     dev = torch.device(a.device)
-    rows, extra = [], {"transformers": transformers.__version__}
+    rows: list = []
+    extra: dict[str, Any] = {"transformers": transformers.__version__}
     t0 = time.perf_counter()
-    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=getattr(torch, dtype)).to(dev).eval()
+    # Any: transformers types from_pretrained as a generate mix-in, whose .to and .generate it does not type
+    model: Any = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=getattr(torch, dtype))
+    model = model.to(dev).eval()
     sync(dev)
     load_s = extra["transformers_load_s"] = time.perf_counter() - t0
 
@@ -208,7 +212,7 @@ def goals(rows: list, news: list[int]) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny sizes on CPU, fp32: checks the script in seconds")
     for k, v in FULL.items():
         p.add_argument(f"--{k}", type=type(v), default=None, help=f"default {v} ({SMOKE[k]} smoke)")
@@ -231,7 +235,7 @@ def main() -> None:
     ckpt = random_checkpoint(cfg, run, a.device)
     export_checkpoint(ckpt, run / "router")
     hf_dir = export_hf(ckpt, Path(a.work) / "hf")
-    extra = {"prepare_s": time.perf_counter() - t0}
+    extra: dict[str, Any] = {"prepare_s": time.perf_counter() - t0}
     rows, ours_extra, ours_b1 = bench_ours(a, ckpt, run / "router", news, batches, dtype)
     extra.update(ours_extra)
     hf_b1 = []

@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from locmoe.report import format_table, write_json  # noqa: E402
 
-mm = getattr(torch.nn.functional, "grouped_mm", None) or torch._grouped_mm
+mm = getattr(torch.nn.functional, "grouped_mm", None) or torch._grouped_mm  # pyright: ignore[reportPrivateImportUsage]  # older torch: private only
 
 
 def timed(fn, reps=20):

@@ -24,7 +24,7 @@ SPEEDUP_GOAL = 1.4
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--profile", default=None, help="JSON profile (device_kinds, model, workload)")
     p.add_argument("--budget", default="h200=8,a100-40gb=16", help="devices per kind")
     p.add_argument("--requests", type=int, default=1500)

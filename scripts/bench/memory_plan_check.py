@@ -86,7 +86,9 @@ def cpu_step_peak(fn) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    # the profiler's own records (private: kineto_results and a memory event's nbytes are not typed)
+    kineto = prof.profiler.kineto_results  # pyright: ignore[reportOptionalMemberAccess]
+    events = sorted((e.start_ns(), e.nbytes()) for e in kineto.events() if e.name() == "[memory]")  # pyright: ignore[reportAttributeAccessIssue, reportOptionalMemberAccess]
     now = top = 0
     for _, n in events:
         now += n
@@ -322,7 +324,7 @@ def cuda_part(args) -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="gloo ranks on CPU, or one GPU")
     p.add_argument("--smoke", action="store_true", help="2 gloo ranks and one CUDA-part row on CPU, tiny sizes")
     p.add_argument("--configs", default="pangu_sigma_1b,pangu_sigma_small", help="--device cuda: the jobs")

@@ -162,6 +162,7 @@ def swiglu_check() -> dict:
         a, b = h1.clone().requires_grad_(), h3.clone().requires_grad_()
         y = fusion.swiglu(a, b, fuse=fuse)
         y.backward(go)
+        assert a.grad is not None and b.grad is not None  # both require grad
         outs.append((y.float(), a.grad.float(), b.grad.float()))
     diffs = [float((p - q).abs().max() / q.abs().max()) for p, q in zip(*outs)]
     return dict(
@@ -345,7 +346,7 @@ def multi_gpu(args) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--tokens", type=int, default=None, help="tokens per GPU (default: the shape's, 32768 or 4096)")
     p.add_argument("--shape", default="ours", choices=sorted(SHAPES), help="layer sizes: ours or Megatron's proxy")
     p.add_argument(

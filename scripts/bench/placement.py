@@ -37,7 +37,7 @@ def get_trace(args):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--trace", default="", help="routing trace .npz recorded from a checkpoint")
     p.add_argument("--expect", default="", help="router export dir / manifest.json / JSON fingerprint to check")
     p.add_argument("--max-tokens", type=int, default=0, help="use the first N tokens of the trace (0 = all)")

@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -84,12 +85,12 @@ def build(a, router: str, W: int):
 
 
 def fmt_timeline(t: dict) -> str:
-    keys = sorted(t, key=t.get)
+    keys = sorted(t, key=lambda k: t[k])
     return "  ".join(f"{k}@{t[k]:.3f}" for k in keys)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny sizes on CPU (gloo) to check the script")
     for k, v in FULL.items():
         p.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=None, help=f"default {v} ({SMOKE[k]} smoke)")
@@ -111,7 +112,7 @@ def main() -> None:
     profile = None
     for router in a.routers.split(","):
         model = build(a, router, W)
-        dev, me = model.rope_cos.device, model.group.my_index
+        dev, me = cast(torch.Tensor, model.rope_cos).device, model.group.my_index  # a buffer
         if profile is None:
             t0 = time.perf_counter()
             shape = CalibrationShape(
@@ -174,6 +175,7 @@ def main() -> None:
         extra[f"{router}_max_logit_diff_pipelined_vs_plain"] = float(diff)
         extra[f"{router}_logit_scale"] = float(ref.abs().max())
         del model
+    assert profile is not None  # calibrated with the first router (a.routers names at least one)
     if me == 0:
         device = profile.device
         print(

@@ -166,7 +166,8 @@ def summarise(run: Run, mean_load: float) -> dict:
     train = [r for r in logged if r["step"] > steps // 5] or logged  # after warm-up and compilation
     val = [r for r in rows if "val_loss" in r]
     mean = lambda key: statistics.fmean(r[key] for r in train) if all(key in r for r in train) else None  # noqa
-    cap = mean("capacity")
+    cap, max_load = mean("capacity"), mean("max_expert_load")
+    assert max_load is not None  # every MoE run logs it
     return {
         "router": run.entry,
         "corpus": run.corpus_name,
@@ -176,7 +177,7 @@ def summarise(run: Run, mean_load: float) -> dict:
         "dropped_fraction": mean("dropped_fraction"),
         # the logged capacity is each layer's largest per-expert capacity (per-expert under quantile)
         "max_capacity_over_mean_load": None if cap is None else cap / mean_load,
-        "max_load_over_mean": mean("max_expert_load") / mean_load,
+        "max_load_over_mean": max_load / mean_load,
         "step_ms": 1e3 * statistics.median(r["step_time_s"] for r in train),
         "run_dir": str(run.out),
     }

@@ -46,7 +46,7 @@ def run(config: str, mode: str, steps: int, extra: list[str], where: Path) -> di
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--config", default="pangu_sigma_small")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run (tiny_cpu, 6 steps)")

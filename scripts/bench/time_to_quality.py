@@ -101,7 +101,7 @@ def grid(args) -> list:
                     run.sets = rr.run_sets(
                         run, model, args.steps, dtype, 1, nodes, device, RANKS // nodes, args.eval_every
                     )
-                    run.nodes = nodes
+                    run.nodes = nodes  # pyright: ignore[reportAttributeAccessIssue]  # this script's own tag
                     runs.append(run)
     return runs
 

@@ -21,7 +21,7 @@ of ``torchtitan_shims.py``.
 from __future__ import annotations
 
 import tempfile
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -34,8 +34,8 @@ DIFFERS = (
 def build_config(cfg, attn_backend: str, force_balance: bool):
     """torchtitan's ``Qwen3Model.Config`` at the sizes of our job ``cfg``: its MoE layer config where our block is
     an MoE block, its dense one elsewhere; tied embeddings, our RoPE base and sequence length."""
-    from torchtitan.models.common import CosSinRoPE, Embedding, Linear
-    from torchtitan.models.qwen3 import (
+    from torchtitan.models.common import CosSinRoPE, Embedding, Linear  # pyright: ignore[reportMissingImports]
+    from torchtitan.models.qwen3 import (  # pyright: ignore[reportMissingImports]
         _EMBEDDING_SKIP_INIT,
         _LINEAR_INIT,
         Qwen3Model,
@@ -86,7 +86,7 @@ def _process_group(device: torch.device) -> bool:
     if dist.is_initialized():
         return False
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)  # pyright: ignore[reportPrivateImportUsage]  # public, not in torch's __all__
     return True
 
 
@@ -107,13 +107,13 @@ def torchtitan_step(
 
     shims = torchtitan_shims.apply()
     import torch.distributed as dist
-    from torchtitan.components.loss import CrossEntropyLoss
-    from torchtitan.components.optimizer import default_adamw, register_moe_load_balancing_hook
-    from torchtitan.config import CompileConfig, ParallelismConfig, TrainingConfig
-    from torchtitan.distributed import ParallelDims
-    from torchtitan.distributed import utils as dist_utils
-    from torchtitan.distributed.spmd_types import annotate_input_spmd_types
-    from torchtitan.models.qwen3 import parallelize_qwen3
+    from torchtitan.components.loss import CrossEntropyLoss  # pyright: ignore[reportMissingImports]
+    from torchtitan.components.optimizer import default_adamw, register_moe_load_balancing_hook  # pyright: ignore[reportMissingImports]
+    from torchtitan.config import CompileConfig, ParallelismConfig, TrainingConfig  # pyright: ignore[reportMissingImports]
+    from torchtitan.distributed import ParallelDims  # pyright: ignore[reportMissingImports]
+    from torchtitan.distributed import utils as dist_utils  # pyright: ignore[reportMissingImports]
+    from torchtitan.distributed.spmd_types import annotate_input_spmd_types  # pyright: ignore[reportMissingImports]
+    from torchtitan.models.qwen3 import parallelize_qwen3  # pyright: ignore[reportMissingImports]
 
     made_group = _process_group(device)
     t = cfg.train
@@ -156,10 +156,10 @@ def torchtitan_step(
 
     graphed = fwd_bwd
     if cuda_graph and device.type == "cuda":
-        from torchtitan.distributed.cudagraph import wrap_with_cuda_graph
+        from torchtitan.distributed.cudagraph import wrap_with_cuda_graph  # pyright: ignore[reportMissingImports]
 
         graphed = wrap_with_cuda_graph(fwd_bwd)
-    state = dict(step=0, fwd_bwd=graphed, graph="captured" if graphed is not fwd_bwd else "eager")
+    state: dict[str, Any] = dict(step=0, fwd_bwd=graphed, graph="captured" if graphed is not fwd_bwd else "eager")
 
     def step():
         optimizers.zero_grad(set_to_none=graphed is fwd_bwd)  # the trainer keeps graph-owned grads
@@ -188,7 +188,7 @@ def torchtitan_step(
         if made_group and dist.is_initialized():
             dist.destroy_process_group()
 
-    import torchtitan
+    import torchtitan  # pyright: ignore[reportMissingImports]
 
     note = f"torchtitan {getattr(torchtitan, '__version__', '0.3.0')}, {attn_backend} attention; differs: {DIFFERS}"
     if shims:

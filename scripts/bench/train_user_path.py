@@ -6,7 +6,8 @@ bench's rows) on a fresh ``train.out_dir``, with logging every ``logging.log_eve
 where tensorboardX is importable), validation every ``--user-eval-every`` and a checkpoint every
 ``--user-ckpt-every`` steps; it reads back the tokens/s of ``metrics.jsonl`` (what the log lines print:
 training time only) and times the loop's wall clock from the end of one logged step to the end of the last
-(``RunRecord.end_step``, where the host has caught up with the device), validations and checkpoints included.
+(``locmoe.training.loop.RunRecord.end_step``, where the host has caught up with the device), validations and
+checkpoints included.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 from unittest import mock
 
 import torch
@@ -66,7 +67,7 @@ def user_row(args, row: str, job: Callable) -> dict:
     extra)`` builds it), with logging, validation and checkpoints on: the tokens/s its log lines print, and
     tokens over wall-clock time from step ``args.user_warmup`` on."""
     import backends.torch.train as torch_train
-    from locmoe import train_common
+    from locmoe.training import loop
 
     steps = args.user_steps
     base = job(args, row)
@@ -92,7 +93,7 @@ def user_row(args, row: str, job: Callable) -> dict:
         ],
     )
     ends, made = {}, []
-    end_step, make = train_common.RunRecord.end_step, torch_train.make_stepper
+    end_step, make = loop.RunRecord.end_step, torch_train.make_stepper
 
     def timed_end_step(self, done, *a, **k):  # after the step's log, validation and checkpoint
         end_step(self, done, *a, **k)
@@ -104,7 +105,7 @@ def user_row(args, row: str, job: Callable) -> dict:
 
     with (
         Lines() as lines,
-        mock.patch.object(train_common.RunRecord, "end_step", timed_end_step),
+        mock.patch.object(loop.RunRecord, "end_step", timed_end_step),
         mock.patch.object(torch_train, "make_stepper", kept_stepper),
     ):
         torch_train.train(cfg)
@@ -113,7 +114,9 @@ def user_row(args, row: str, job: Callable) -> dict:
     logged = [r for r in logged if "tokens_per_s" in r]
     # from the first logged step past the warm-up (a logged step reads the loss: the host has caught up there)
     start = min((r["step"] for r in logged if r["step"] >= args.user_warmup), default=None)
-    out = dict(user_steps=steps, user_graph=graph_state(made[0], lines.lines, torch.device(made_device(cfg))))
+    out: dict[str, Any] = dict(
+        user_steps=steps, user_graph=graph_state(made[0], lines.lines, torch.device(made_device(cfg)))
+    )
     if start is None or start >= steps:
         return dict(out, user_note=f"no logged step past {args.user_warmup} before step {steps}")
     after = [r for r in logged if r["step"] > start]

@@ -148,7 +148,7 @@ def analyse(runs: list, steps: int) -> dict:
             row = {"corpus": corpus, "nodes": nodes, "router": router, "seeds": len(mine)}
             for key in ("val_loss", "cross_node_fraction", "dropped_fraction", "step_ms_measured"):
                 row[key], row[key + "_std"] = mean_std([r[key] for r in mine])
-            if goal is not None:
+            if goal is not None and base_cross is not None:  # both from the gshard runs, or neither
                 row["target_val_loss"] = goal
                 row["val_loss_vs_gshard"] = row["val_loss"] / goal - 1
                 row["cross_node_vs_gshard"] = row["cross_node_fraction"] / max(base_cross, 1e-12)

@@ -21,6 +21,10 @@ from locmoe.export import load_router
 from tests.training.runs import ROOT, SMALL, losses, train
 
 MS = [*SMALL, "parallel.backend=mindspore"]
+# runs other files read too (the ``shared_run`` fixture trains each once a session): torch's 20 steps, and 4
+# msrun workers with checkpoints at 10 and 20, test_sharded_adamw.py's unsharded EP = world run
+TORCH = [*SMALL, "train.ckpt_every=0"]
+MSRUN_FOUR = [*MS, "train.ckpt_every=10", "parallel.shard=none"]
 
 
 @pytest.fixture(scope="module")
@@ -31,22 +35,21 @@ def one(tmp_path_factory) -> Path:
     return out
 
 
-def test_msrun_expert_parallel_training_equals_one_process(one, tmp_path):
+def test_msrun_expert_parallel_training_equals_one_process(one, shared_run):
     """4 msrun workers (2 nodes x 2 from the config, the all-to-alls emulated with AllGather on CPU) against
     one process holding every expert, same global batch. Tolerance 1e-4 on every step's loss (measured
     ~1.5e-5 with 2 MoE layers: the ranks sum the gradients in another order than the one process)."""
-    train(tmp_path / "four", *MS, "train.ckpt_every=0", nproc=4, launcher="msrun")
-    a, b = losses(one), losses(tmp_path / "four")
+    four = shared_run(*MSRUN_FOUR, nproc=4, launcher="msrun")
+    a, b = losses(one), losses(four)
     assert sorted(a) == sorted(b) == list(range(1, 21))
     assert max(abs(a[s] - b[s]) for s in a) <= 1e-4
-    assert losses(tmp_path / "four", "cross_node_fraction") == pytest.approx(losses(one, "cross_node_fraction"))
+    assert losses(four, "cross_node_fraction") == pytest.approx(losses(one, "cross_node_fraction"))
 
 
-def test_mindspore_training_equals_torch(one, tmp_path):
+def test_mindspore_training_equals_torch(one, shared_run):
     """Same seed → same weights (locmoe.model_spec.initial_value) → the same 20 steps in both frameworks within
     1e-4 (measured ~2e-6: fp32 kernels differ in summation order)."""
-    train(tmp_path / "torch", *SMALL, "train.ckpt_every=0")
-    a, b = losses(one), losses(tmp_path / "torch")
+    a, b = losses(one), losses(shared_run(*TORCH))
     assert max(abs(a[s] - b[s]) for s in a) <= 1e-4
 
 

@@ -11,31 +11,28 @@ import pytest
 
 from locmoe.config import ConfigError, load_config
 from tests.training.runs import losses, train
-from tests.training.test_train_mindspore import MS, SMALL
+from tests.training.test_train_mindspore import MS, TORCH
 
 STATIC = [*MS, "moe.dispatch_shape=static", "train.ckpt_every=0"]
+COMPILED = [*STATIC, "parallel.jit_step=true"]
 TOL = 1e-5
 
 
 @pytest.mark.parametrize("nproc", [1, 4], ids=["one process", "msrun 4 workers"])
-def test_compiled_step_equals_pynative(tmp_path, nproc):
+def test_compiled_step_equals_pynative(tmp_path, shared_run, nproc):
     launch = dict(nproc=nproc, launcher="msrun")
     train(tmp_path / "eager", *STATIC, "parallel.jit_step=false", **launch)
-    train(tmp_path / "compiled", *STATIC, "parallel.jit_step=true", **launch)
-    a, b = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    compiled = shared_run(*COMPILED, **launch)  # the one-process run is also test_compiled_step_equals_torch's
+    a, b = losses(tmp_path / "eager"), losses(compiled)
     assert sorted(a) == sorted(b) == list(range(1, 21))
     assert max(abs(a[s] - b[s]) for s in a) <= TOL, {s: (a[s], b[s]) for s in a}
-    assert losses(tmp_path / "compiled", "dropped_fraction") == pytest.approx(
-        losses(tmp_path / "eager", "dropped_fraction")
-    )
+    assert losses(compiled, "dropped_fraction") == pytest.approx(losses(tmp_path / "eager", "dropped_fraction"))
 
 
-def test_compiled_step_equals_torch(tmp_path):
+def test_compiled_step_equals_torch(shared_run):
     """The compiled MindSpore run against torch's (dynamic dispatch, eager) within the 1e-4 of
     ``test_mindspore_training_equals_torch``: static dispatch drops the copies dynamic dispatch drops."""
-    train(tmp_path / "compiled", *STATIC, "parallel.jit_step=true")
-    train(tmp_path / "torch", *SMALL, "train.ckpt_every=0")
-    a, b = losses(tmp_path / "compiled"), losses(tmp_path / "torch")
+    a, b = losses(shared_run(*COMPILED)), losses(shared_run(*TORCH))
     assert sorted(a) == sorted(b) == list(range(1, 21))
     assert max(abs(a[s] - b[s]) for s in a) <= 1e-4, {s: (a[s], b[s]) for s in a}
 

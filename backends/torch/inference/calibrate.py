@@ -5,16 +5,20 @@ every rank makes the same chunk-count decisions.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from backends.torch.collectives import Group
+from backends.torch.distributed import _backend_for, resolve_device
 from backends.torch.experts import GroupedExperts
 from backends.torch.inference.expert_kernels import run_experts
+from backends.torch.inference.loader import DTYPES
 from backends.torch.inference.timing import time_call
 from locmoe.inference.calibration import KernelSample, LinkSample, Measurements, fit_profile
 from locmoe.inference.errors import ProfileError
@@ -144,3 +148,38 @@ def calibrate(
     profile = box[0]
     profile.measured_at["rows_per_expert"] = list(shape.rows_per_expert)
     return profile
+
+
+def calibrate_launched(
+    experts: int,
+    d_model: int,
+    d_expert: int,
+    rows: Sequence[int],
+    reps: int,
+    device: str,
+    dtype: Optional[str],
+    out: str | Path,
+    progress: Callable[[str], None],
+) -> Optional[Path]:
+    """:func:`calibrate` over the processes the launcher started (the world group, set up here), each holding
+    ``experts / W`` experts. Rank 0 alone reports ``progress`` and writes the profile to ``out``: its path
+    there, None on the other ranks.
+
+    Args:
+        dtype: float32 / bfloat16 / float16; None = bfloat16 on CUDA, float32 elsewhere.
+    """
+    dev = resolve_device(device, int(os.environ.get("LOCAL_RANK", 0)))
+    W = int(os.environ.get("WORLD_SIZE", 1))
+    if W > 1 and not dist.is_initialized():
+        dist.init_process_group(_backend_for(dev))
+    rank = dist.get_rank() if W > 1 else 0
+    group = Group(dist.group.WORLD if W > 1 else None, tuple(range(W)), (0,) * W, rank)
+    dt = DTYPES[dtype] if dtype else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    shape = CalibrationShape(experts // W, d_model, d_expert, tuple(rows), reps=reps)
+    say = progress if rank == 0 else (lambda text: None)
+    say(
+        f"{dev.type}, {str(dt).replace('torch.', '')}: E={experts} (local {shape.experts}), "
+        f"d={d_model}, f={d_expert}, rows per expert {list(rows)}, {reps} reps"
+    )
+    profile = calibrate(shape, dev, dt, group, say)
+    return profile.save(out) if rank == 0 else None

@@ -63,6 +63,15 @@ class InferenceModel(nn.Module):
     def context(self) -> int:
         return self.rope_cos.shape[0]
 
+    @property
+    def rank(self) -> int:
+        """This process's index in the EP group (``locmoe.backend_api.ServedModel``)."""
+        return self.group.my_index
+
+    @property
+    def world_size(self) -> int:
+        return self.group.size
+
     @torch.no_grad()
     def forward(
         self, tokens: torch.Tensor, domain: Optional[torch.Tensor] = None, last_only: bool = False

@@ -1,12 +1,14 @@
-"""The MoE layer for serving: route → plan (chunk count from the cost model) → permute → expert pipeline →
-weighted combine. Same router, dispatcher and expert weights as training's ``MoELayer``, so the parameter
-names (``moe.router.*``, ``moe.experts.*``) and the routing decisions are the same; no losses, no
-gradients, and the execution options of :class:`ServeOptions`.
+"""The MoE layer for serving: training's flow (``locmoe.moe.layer.moe_forward``: route → plan → permute →
+experts → weighted combine) with the chunk count of the cost model and serving's expert pipeline. The parts
+are training's (``locmoe.moe.parts.build_moe_parts``), so the parameter names (``moe.router.*``,
+``moe.experts.*``) and the routing decisions are the same; no losses, no gradients, and the execution
+options of :class:`ServeOptions`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Optional
 
 import numpy as np
@@ -24,8 +26,8 @@ from backends.torch.router import Router
 from locmoe.config.schema import MoEConfig
 from locmoe.inference.cost_model import choose_kernel
 from locmoe.inference.pipeline_plan import PipelinePlan, chunk_costs, expected_counts, plan_pipeline, serial, simulate
-from locmoe.moe.capacity import CapacityPlanner
-from locmoe.moe.dispatcher import TokenDispatcher
+from locmoe.moe.layer import CallOptions, moe_forward
+from locmoe.moe.parts import build_moe_parts
 from locmoe.moe.records import CopyLayout
 
 
@@ -44,18 +46,26 @@ class LayerCall:
     timeline: dict = field(default_factory=dict)  # stage -> ms since the send buffer was ready
 
 
+@dataclass
+class PipelineRun:
+    """What the expert pipeline of one call did (filled in by ``InferenceMoE._pipeline``)."""
+
+    layout: Optional[CopyLayout] = None
+    loads: list = field(default_factory=list)  # per chunk, [E_local] rows per local expert (host)
+    ran: list = field(default_factory=list)  # per chunk, the kernel that ran
+    clock: Optional[StageClock] = None
+
+
 class InferenceMoE(nn.Module):
     def __init__(self, moe: MoEConfig, d_model: int, vocab_size: int, ep: ExpertParallel, layer_id: int):
         super().__init__()
         self.moe, self.d_model, self.ep, self.layer_id = moe, d_model, ep, layer_id
         self.ops = TorchOps(fuse=moe.fuse_kernels)
-        self.router = Router(moe, d_model, vocab_size, ep.placement, self.ops)
-        self.experts = GroupedExperts(
-            len(ep.local_experts), d_model, moe.d_expert, moe.activation, fuse=moe.fuse_kernels
-        )
-        gate_rows = moe.num_experts if moe.router.gate == "grap" else d_model
-        capacity = CapacityPlanner(self.ops, moe, self.router, gate_rows, d_model)
-        self.dispatcher = TokenDispatcher(self.ops, ep, moe, capacity)
+        # the expert kernel is chosen per call (``_kernel``): the experts are built with impl "auto"
+        experts = partial(GroupedExperts, fuse=moe.fuse_kernels)
+        parts = build_moe_parts(moe, self.ops, ep, d_model, vocab_size, Router, experts, expert_impl="auto")
+        self.router, self.experts = parts.router, parts.experts
+        self.traffic, self.dispatcher = parts.traffic, parts.dispatcher
         self.previous: Optional[np.ndarray] = None  # [W, W, E_local] last call's routed copies
         self.calls: list[LayerCall] = []
 
@@ -68,33 +78,34 @@ class InferenceMoE(nn.Module):
         opts: ServeOptions,
     ) -> torch.Tensor:
         """x: [T, d] this rank's tokens; ``tokens_per_rank`` [W] every rank's T (the same list on every
-        rank, so that every rank picks the same chunk count)."""
-        T = x.shape[0]
-        token_rank = torch.full((T,), self.ep.rank, dtype=torch.long, device=x.device)
-        local = self.router.node_mask[token_rank // self.ep.topology.devices_per_node]
-        out = self.router(x, local, 1, token_ids, domain)
-        plan = self._plan(x, tokens_per_rank, opts)
-        out, layout, _, _ = self.dispatcher.plan(out, token_rank, T, plan.chunks, training=False)
-        send = self.dispatcher.permute(x, out, layout)
-        loads = self._chunk_loads(layout)
-        kernels = [self._kernel(ld, opts) for ld in loads]
-        clock = StageClock(x.device) if opts.timeline else None
-        rows, ran = run_pipeline(
-            self.experts,
-            send,
-            layout,
-            loads,
-            kernels,
-            plan.order,
-            Lanes(x.device, opts.overlap and self.ep.distributed),
-            clock,
+        rank, so that every rank picks the same chunk count). The training layer's flow
+        (``locmoe.moe.layer.moe_forward``) with serving's options: this rank's tokens, no losses, the chunk
+        count of the cost model, and serving's expert pipeline."""
+        plan, run = self._plan(x, tokens_per_rank, opts), PipelineRun()
+        call = CallOptions(
+            chunks=plan.chunks,
+            own_tokens=True,
+            losses=False,
+            check_finite=False,
+            pipeline=partial(self._pipeline, run, plan.order, x.device, opts),
         )
-        y = self.dispatcher.unpermute(rows, out, layout, T)
-        if layout.counts is not None:
-            self.previous = layout.counts.sum(axis=1)
+        y, _, _ = moe_forward(self.ops, self, x, token_ids, domain, False, call)
+        if run.layout.counts is not None:
+            self.previous = run.layout.counts.sum(axis=1)
         if opts.record:
-            self.calls.append(self._record(T, plan, ran, loads, layout, x, opts, clock))
+            self.calls.append(self._record(x.shape[0], plan, run, x, opts))
         return y
+
+    def _pipeline(
+        self, run: PipelineRun, order: str, device, opts: ServeOptions, send: torch.Tensor, layout: CopyLayout
+    ):
+        """send [M, d] -> finish() -> the rows back, through serving's pipeline (lanes, a kernel per chunk)."""
+        run.layout, run.loads = layout, self._chunk_loads(layout)
+        kernels = [self._kernel(ld, opts) for ld in run.loads]
+        run.clock = StageClock(device) if opts.timeline else None
+        lanes = Lanes(device, opts.overlap and self.ep.distributed)
+        rows, run.ran = run_pipeline(self.experts, send, layout, run.loads, kernels, order, lanes, run.clock)
+        return lambda: rows
 
     # ------------------------------------------------------------------ decisions
     def _plan(self, x: torch.Tensor, tokens_per_rank: list, opts: ServeOptions) -> PipelinePlan:
@@ -127,10 +138,11 @@ class InferenceMoE(nn.Module):
             return "grouped"
         return choose_kernel(opts.profile, loads, self.d_model, self.moe.d_expert, self.moe.activation).kernel
 
-    def _record(self, T, plan, ran, loads, layout, x, opts, clock) -> LayerCall:
+    def _record(self, T: int, plan: PipelinePlan, run: PipelineRun, x: torch.Tensor, opts: ServeOptions) -> LayerCall:
         pred = pred_serial = None
+        counts = run.layout.counts
         if opts.profile is not None:
-            counts = layout.counts if layout.counts is not None else np.stack(loads)[None, :, None, :]
+            counts = counts if counts is not None else np.stack(run.loads)[None, :, None, :]
             if counts.shape[0] == 1 or opts.profile.all_to_all is not None:
                 costs = chunk_costs(
                     opts.profile, counts, self.d_model, self.moe.d_expert, self.moe.activation, x.element_size()
@@ -142,9 +154,9 @@ class InferenceMoE(nn.Module):
             T,
             plan.chunks,
             plan.order,
-            ran,
-            np.sum(loads, axis=0),
+            run.ran,
+            np.sum(run.loads, axis=0),
             pred,
             pred_serial,
-            clock.read() if clock is not None else {},
+            run.clock.read() if run.clock is not None else {},
         )

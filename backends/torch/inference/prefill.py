@@ -1,10 +1,11 @@
 """Prefill throughput of an :class:`InferenceModel` in one execution mode, and what each MoE layer did
-(shared by ``locmoe bench prefill`` and ``scripts/bench/prefill.py``)."""
+(shared by ``locmoe bench prefill``, through :func:`prefill_rows`, and ``scripts/bench/prefill.py``)."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -56,6 +57,32 @@ def measure_prefill(
     model.clear_calls()
     model.options = dataclasses.replace(opts, record=False, timeline=False)
     return PrefillResult(label, total, seconds, layers)
+
+
+def prefill_rows(
+    model: InferenceModel, opts: ServeOptions, lengths: Sequence[int], batch: int, reps: int
+) -> list[dict]:
+    """``locmoe bench prefill``'s table: per prompt length, ``batch`` random prompts a rank measured plain and
+    (unless ``opts`` is plain) in ``opts``' mode; one row each. Collective under torchrun."""
+    me = model.group.my_index
+    modes = [dataclasses.replace(opts, mode="plain", chunks=0)] + ([opts] if opts.mode != "plain" else [])
+    rows = []
+    for S in lengths:
+        tokens = random_prompts(model.cfg.model.vocab_size, batch, S, 1000 * S + me, model.rope_cos.device)
+        for o in modes:
+            r = measure_prefill(model, tokens, o, o.mode, reps=reps)
+            chunks = sorted({layer["chunks"] for layer in r.layers})
+            rows.append(
+                {
+                    "length": S,
+                    "mode": o.mode,
+                    "chunks": ",".join(map(str, chunks)),
+                    "tokens": r.tokens,
+                    "ms": r.seconds * 1e3,
+                    "tokens_per_s": r.tokens_per_s,
+                }
+            )
+    return rows
 
 
 def layer_row(call) -> dict:

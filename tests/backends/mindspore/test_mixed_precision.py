@@ -12,6 +12,7 @@ from mindspore import Tensor
 
 from backends.mindspore import train as ms_train
 from backends.mindspore.distributed import expert_parallel, init_distributed
+from backends.mindspore.moe_layer import MoELayer
 from backends.mindspore.optim import make_optimizer
 from backends.mindspore.train_step import Step
 from locmoe.config import ConfigError, load_config
@@ -22,7 +23,7 @@ from tests.backends.mindspore.test_model_jit import SMALL as SETS
 def loss_and_grads(dtype):
     cfg = load_config(overrides=SETS)
     ctx = init_distributed(cfg.parallel)
-    model = PanGuSigma(cfg, expert_parallel(ctx, cfg.parallel, cfg.moe.num_experts), compute_dtype=dtype)
+    model = PanGuSigma(cfg, expert_parallel(ctx, cfg.parallel, cfg.moe.num_experts), MoELayer, compute_dtype=dtype)
     model.reset_parameters(cfg.train.seed)
     model.set_train(True)
     tokens = np.random.default_rng(0).integers(0, 256, (8, 17))

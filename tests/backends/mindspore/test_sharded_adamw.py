@@ -23,7 +23,7 @@ from locmoe.config import load_config
 from locmoe.model_spec import is_expert_param, parameter_shapes
 from tests.backends.mindspore.test_optim import LRS, T, problem, reference
 from tests.training.runs import SMALL_MODEL, losses, train
-from tests.training.test_train_mindspore import MS
+from tests.training.test_train_mindspore import MS, MSRUN_FOUR
 
 setup_runtime("CPU")
 
@@ -142,19 +142,21 @@ def start_note(out) -> str:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict:
+def runs(tmp_path_factory, shared_run) -> dict:
     """name → out dir: EP = world without and with sharding (shard: full), EP = 2 without and with
-    (shard: optimizer)."""
+    (shard: optimizer). The unsharded EP = world run is test_train_mindspore.py's 4-worker run, trained once."""
     root = tmp_path_factory.mktemp("sharded")
     sets = {
-        "ep4 none": ["parallel.shard=none"],
         "ep4 full": ["parallel.shard=full"],
         "ep2 none": [EP2, "parallel.shard=none"],
         "ep2 optimizer": [EP2, "parallel.shard=optimizer"],
     }
     for name, extra in sets.items():
         msrun(root / name.replace(" ", "_"), *extra)
-    return {name: root / name.replace(" ", "_") for name in sets}
+    assert [*RUN, "parallel.shard=none"] == MSRUN_FOUR
+    return {"ep4 none": shared_run(*MSRUN_FOUR, nproc=4, launcher="msrun")} | {
+        name: root / name.replace(" ", "_") for name in sets
+    }
 
 
 @pytest.mark.parametrize("ep", ["ep4", "ep2"], ids=["EP = world", "EP 2 of 4"])
