@@ -17,14 +17,14 @@ from locmoe.config.schema import JobConfig
 
 if TYPE_CHECKING:
     from locmoe.data import Corpus
-    from locmoe.parallel_context import DistContext
+    from locmoe.parallel.context import DistContext
 
 
 @runtime_checkable
 class CheckpointIO(Protocol):
     """A backend's own files of one rank in a checkpoint directory: the optimiser's state and the RNG states.
     Everything else of a checkpoint (weights, ``train_state.json``) is framework-neutral
-    (:mod:`locmoe.checkpointing`); these hold numpy data in and out, so two backends convert by a copy."""
+    (:mod:`locmoe.checkpoint.directory`); these hold numpy data in and out, so two backends convert by a copy."""
 
     def read_optimizer(self, path: Path, rank: int, cfg: JobConfig) -> dict:
         """Rank ``rank``'s optimiser state under ``path``: hyper-parameters, step and moments as numpy."""

@@ -19,7 +19,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from locmoe.config.schema import JobConfig, ModelConfig
 from locmoe.model_spec import initial_state, moe_layer_indices, parameter_shapes
 from locmoe.moe.records import MoEMetrics
-from locmoe.parallel_context import ExpertParallel
+from locmoe.parallel.context import ExpertParallel
 
 
 def _weight(*shape: int) -> Parameter:

@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from locmoe.config.schema import JobConfig, ModelConfig
 from locmoe.model_spec import initial_state, moe_layer_indices, parameter_shapes
 from locmoe.moe.records import MoEMetrics
-from locmoe.parallel_context import ExpertParallel
+from locmoe.parallel.context import ExpertParallel
 
 
 class RMSNorm(nn.Module):

@@ -35,7 +35,7 @@ LOCAL="${LOCAL:-$WORKERS}"
 if [ $((WORKERS % LOCAL)) -ne 0 ]; then
     echo "train_msrun.sh: --worker_num $WORKERS must be a multiple of --local_worker_num $LOCAL" >&2; exit 2
 fi
-export MS_LOCAL_WORKER_NUM="$LOCAL"      # ranks per node, read by locmoe.topology.LaunchEnv
+export MS_LOCAL_WORKER_NUM="$LOCAL"      # ranks per node, read by locmoe.parallel.topology.LaunchEnv
 exec msrun --worker_num "$WORKERS" --local_worker_num "$LOCAL" --node_rank "$NODE_RANK" \
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --log_dir "$LOG_DIR" --join True \
     scripts/locmoe_entry.py train "$CONFIG" "$@"

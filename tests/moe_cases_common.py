@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from locmoe.config import load_config
-from locmoe.topology import Topology
+from locmoe.parallel.topology import Topology
 
 D, E, F, V = 32, 8, 16, 256
 TOKENS_PER_RANK = 16

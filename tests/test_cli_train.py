@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from locmoe import cli
 from locmoe.config import load_config
-from locmoe.log_lines import duration, final_line, step_line
-from locmoe.mfu import flops_per_token, mfu, peak_flops
 from locmoe.model_spec import moe_layer_indices
+from locmoe.training.log_lines import duration, final_line, step_line
+from locmoe.training.mfu import flops_per_token, mfu, peak_flops
 
 
 def test_print_config_prints_yaml_that_reloads_to_the_same_config(tmp_path, capsys, monkeypatch):
@@ -59,7 +59,7 @@ def test_train_refuses_an_out_dir_of_other_files_and_writes_nothing_there(tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "train.out_dir" in err[0] and "notes.txt" in err[0]
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
-    from locmoe.train_common import check_out_dir
+    from locmoe.training.common import check_out_dir
 
     (out / "metrics.jsonl").write_text("")
     check_out_dir(load_config("tiny_cpu", [f"train.out_dir={out}"]))  # a previous run's directory: allowed

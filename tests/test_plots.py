@@ -1,11 +1,11 @@
-"""locmoe.plots: the expert-load heatmap (absolute copies, capacity marked) and atomic PNG writes."""
+"""locmoe.training.plots: the expert-load heatmap (absolute copies, capacity marked) and atomic PNG writes."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from locmoe import plots
+from locmoe.training import plots
 from tests.report.images import check_png, decode_png
 
 S, E = 12, 8

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from locmoe.config import ConfigError, ParallelConfig
-from locmoe.topology import ExpertPlacement, LaunchEnv, Topology, layout_from_config
+from locmoe.parallel.topology import ExpertPlacement, LaunchEnv, Topology, layout_from_config
 
 
 def test_launch_env_from_torchrun_msrun_and_none():

@@ -1,4 +1,4 @@
-"""Checkpoints of the MindSpore backend, in the shared directory format of ``locmoe.checkpointing`` (format 2):
+"""Checkpoints of the MindSpore backend, in the shared directory format of ``locmoe.checkpoint.directory`` (format 2):
 
     model.safetensors              every parameter by its ``locmoe.model_spec`` name, experts consolidated over the
                                    EP group, fp32 (rank 0 writes it; byte-for-byte the torch backend's format,
@@ -27,16 +27,16 @@ from safetensors.numpy import save_file
 
 from backends.mindspore.collectives import all_gather_rows
 from backends.mindspore.distributed import DistContext
-from locmoe import checkpoint_files as files
-from locmoe.checkpointing import (
+from locmoe.checkpoint import files
+from locmoe.checkpoint.directory import (
     CheckpointError,
     format_version,
     read_train_state,
     reading,
 )
-from locmoe.finite import nonfinite_error
+from locmoe.checkpoint.sharded_weights import model_tensors, read_experts
 from locmoe.model_spec import is_expert_param
-from locmoe.sharded_weights import model_tensors, read_experts
+from locmoe.training.finite import nonfinite_error
 
 LEGACY_OPTIMIZER_FILE = "optimizer_rank{rank}.ckpt"
 RNG_FILE = files.RNG_FILE
@@ -138,7 +138,7 @@ def load_model_weights(model, path: Path) -> None:
 
 def load_checkpoint(path: Path, model, optimizer, ctx: DistContext) -> tuple[int, dict]:
     """Restore weights, optimiser and RNG; returns (step to continue from, train_state). The optimiser's
-    hyper-parameters stay this run's (the config's); ``locmoe.resume_check`` reported any change."""
+    hyper-parameters stay this run's (the config's); ``locmoe.training.resume_check`` reported any change."""
     state = read_train_state(path, ctx.layout, "mindspore")
     load_model_weights(model, path)
     opt = read_optimizer(path, ctx.rank)

@@ -26,7 +26,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
-from locmoe.traffic import TrafficCounter  # noqa: F401 (re-exported: the backends' counters are this one)
+from locmoe.parallel.traffic import TrafficCounter  # noqa: F401 (re-exported: the backends' counters are this one)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 ``init_distributed`` sets the device from ``parallel.device`` (``mindspore.set_device``), PyNative mode,
 ``mindspore.communication.init()`` when msrun started several workers, and the EP, intra-node, inter-node,
-expert-data-parallel and world groups from ``locmoe.topology`` through ``create_group``. One process with
+expert-data-parallel and world groups from ``locmoe.parallel.topology`` through ``create_group``. One process with
 ``parallel.nodes x devices_per_node > 1`` *emulates* that expert-parallel group: it holds every expert and
 treats its batch as the ranks' batches, rank 0's first. ``parallel.timeout_s`` becomes MindSpore's own
 timeouts and the workers' heartbeats (``backends.mindspore.liveness``: what MindSpore allows, and what not).
@@ -20,8 +20,8 @@ from backends.mindspore.liveness import scheduler_verdict, set_timeouts, start_l
 from locmoe import liveness
 from locmoe.config import ConfigError
 from locmoe.config.schema import ParallelConfig
-from locmoe.parallel_context import DistContext, ExpertParallel, expert_parallel  # noqa: F401 (re-exported)
-from locmoe.topology import LaunchEnv, ParallelLayout, Topology, layout_from_config
+from locmoe.parallel.context import DistContext, ExpertParallel, expert_parallel  # noqa: F401 (re-exported)
+from locmoe.parallel.topology import LaunchEnv, ParallelLayout, Topology, layout_from_config
 
 DEVICE_TARGETS = {"cpu": "CPU", "ascend": "Ascend", "npu": "Ascend", "gpu": "GPU", "cuda": "GPU"}
 _created: set = set()  # groups this process has created (create_group must not run twice)

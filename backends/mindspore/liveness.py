@@ -31,7 +31,7 @@ import numpy as np
 
 from locmoe import liveness
 from locmoe.config.schema import ParallelConfig
-from locmoe.topology import LaunchEnv
+from locmoe.parallel.topology import LaunchEnv
 
 TIMEOUT_ENV = ("MS_NODE_TIMEOUT", "HCCL_EXEC_TIMEOUT")
 # What MindSpore's CPU (MCCL) and Ascend (HCCL) collectives raise when a peer is gone or too slow.

@@ -13,9 +13,9 @@ from locmoe.moe.records import RouterOutput
 from locmoe.moe.router_tables import router_tables
 from locmoe.moe.routing import route
 from locmoe.moe.surface import MoEOps
+from locmoe.parallel.topology import ExpertPlacement
 from locmoe.routing.gating import grap_gate_matrix
 from locmoe.routing.node_limited import check_node_limit, node_expert_table
-from locmoe.topology import ExpertPlacement
 
 
 class Router(nn.Cell):

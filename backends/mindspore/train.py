@@ -26,15 +26,15 @@ from backends.mindspore.moe_layer import MoELayer
 from backends.mindspore.optim import all_reduce_mean, set_lr
 from backends.mindspore.sharded_adamw import optimizer_for, sharding_note
 from backends.mindspore.train_step import CompiledStep, EagerStep, loss_of
-from locmoe import train_common as common
 from locmoe.backend_api import TrainerFacts
 from locmoe.config import ConfigError
 from locmoe.config.schema import JobConfig
 from locmoe.data import BatchSampler
 from locmoe.data.placement import SequencePlacer, placer_for
 from locmoe.planning.memory_plan import host_memory
-from locmoe.schedule import lr_at
+from locmoe.training import common
 from locmoe.training.loop import run
+from locmoe.training.schedule import lr_at
 from models.pangu_sigma_mindspore import PanGuSigma
 
 
@@ -95,7 +95,7 @@ def train(cfg: JobConfig, resume: bool = False) -> dict:
 
 class MindSporeTrainer:
     """The MindSpore backend's :class:`locmoe.backend_api.Trainer`: one rank's model, optimiser, data and step.
-    No MFU: the peak of an Ascend device is not in ``locmoe.mfu``'s table."""
+    No MFU: the peak of an Ascend device is not in ``locmoe.training.mfu``'s table."""
 
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg

@@ -1,4 +1,4 @@
-"""Checkpoints of the torch backend, in the shared directory format of ``locmoe.checkpointing`` (format 2):
+"""Checkpoints of the torch backend, in the shared directory format of ``locmoe.checkpoint.directory`` (format 2):
 
     model.safetensors              every parameter by its ``locmoe.model_spec`` name, experts consolidated over the
                                    EP group, fp32 (rank 0 writes it; any layout and the MindSpore backend can
@@ -37,8 +37,8 @@ from backends.torch.sharded_checkpoint import (
     save_sharded,
 )
 from backends.torch.sharding import local, reshard_all, sharded
-from locmoe import checkpoint_files as files
-from locmoe.checkpointing import (
+from locmoe.checkpoint import files
+from locmoe.checkpoint.directory import (
     CheckpointError,
     format_version,
     layout_record,
@@ -47,9 +47,9 @@ from locmoe.checkpointing import (
     require_trust,
     safe_tensors,
 )
-from locmoe.finite import nonfinite_error
+from locmoe.checkpoint.sharded_weights import is_sharded_checkpoint
 from locmoe.model_spec import is_expert_param, parameter_shapes
-from locmoe.sharded_weights import is_sharded_checkpoint
+from locmoe.training.finite import nonfinite_error
 
 
 def consolidated_state(model, ctx: DistContext) -> dict[str, torch.Tensor]:
@@ -175,7 +175,7 @@ def load_model_weights(model, path: Path) -> None:
 
 def load_checkpoint(path: Path, model, optimizer, ctx: DistContext) -> tuple[int, dict]:
     """Restore weights, optimiser and RNG; returns (step to continue from, train_state). The optimiser's
-    hyper-parameters stay this run's (the config's); ``locmoe.resume_check`` reported any change."""
+    hyper-parameters stay this run's (the config's); ``locmoe.training.resume_check`` reported any change."""
     state = read_train_state(path, ctx.layout, "torch")
     if is_sharded_checkpoint(path):
         load_sharded(path, model, optimizer)
@@ -316,7 +316,7 @@ def optimizer_names(cfg) -> list[str]:
     from backends.torch.distributed import ExpertParallel
     from backends.torch.moe_layer import MoELayer
     from backends.torch.optim import make_optimizer
-    from locmoe.topology import ExpertPlacement, Topology
+    from locmoe.parallel.topology import ExpertPlacement, Topology
     from models.pangu_sigma_torch import PanGuSigma
 
     topo, one = Topology(1, 1), Group(None, (0,), (0,), 0)

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from locmoe.traffic import TrafficCounter  # noqa: F401 (re-exported: the backends' counters are this one)
+from locmoe.parallel.traffic import TrafficCounter  # noqa: F401 (re-exported: the backends' counters are this one)
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ from backends.torch.liveness import liveness_store, start_liveness
 from locmoe import liveness
 from locmoe.config import ConfigError
 from locmoe.config.schema import ParallelConfig
-from locmoe.parallel_context import DistContext, ExpertParallel, expert_parallel  # noqa: F401 (re-exported)
+from locmoe.parallel.context import DistContext, ExpertParallel, expert_parallel  # noqa: F401 (re-exported)
+from locmoe.parallel.topology import LaunchEnv, ParallelLayout, Topology, layout_from_config
 from locmoe.planning.memory_plan import host_memory
-from locmoe.topology import LaunchEnv, ParallelLayout, Topology, layout_from_config
 
 NCCL_MARGIN_S = 30.0  # NCCL's watchdog waits this much longer than the heartbeat verdict (module docstring)
 

@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from locmoe import liveness
 from locmoe.config.schema import ParallelConfig
-from locmoe.topology import LaunchEnv
+from locmoe.parallel.topology import LaunchEnv
 
 # What gloo, NCCL and the store say when a peer is gone or a collective timed out (they raise RuntimeError).
 COMM_ERROR_TEXT = (

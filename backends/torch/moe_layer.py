@@ -18,12 +18,12 @@ from backends.torch.experts import GroupedExperts
 from backends.torch.moe_ops import TorchOps
 from backends.torch.router import Router
 from locmoe.config.schema import MoEConfig
-from locmoe.finite import NonFiniteError
 from locmoe.moe.layer import moe_forward
 from locmoe.moe.parts import build_moe_parts
 from locmoe.moe.records import MoEMetrics
 from locmoe.moe.routing import node_preference
-from locmoe.parallel_context import ExpertParallel
+from locmoe.parallel.context import ExpertParallel
+from locmoe.training.finite import NonFiniteError
 
 
 class MoELayer(nn.Module):

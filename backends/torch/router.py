@@ -14,7 +14,7 @@ from locmoe.moe.records import RouterOutput
 from locmoe.moe.router_tables import router_tables
 from locmoe.moe.routing import route
 from locmoe.moe.surface import MoEOps
-from locmoe.topology import ExpertPlacement
+from locmoe.parallel.topology import ExpertPlacement
 
 
 class Router(nn.Module):

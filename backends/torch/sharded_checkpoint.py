@@ -1,8 +1,8 @@
 """Sharded checkpoints of the torch backend (``parallel.shard`` optimizer or full, several ranks): every rank
 writes its own shards of the weights and AdamW moments in parallel with ``torch.distributed.checkpoint`` (DCP),
-in DCP's safetensors layout (``locmoe.sharded_weights`` describes the files; nothing in them is unpickled,
+in DCP's safetensors layout (``locmoe.checkpoint.sharded_weights`` describes the files; nothing in them is unpickled,
 unlike DCP's default ``.metadata`` pickle). The directory is still built under a temporary name and sealed by
-rank 0 with a manifest (``locmoe.checkpointing``), so a kill mid-save leaves the previous checkpoint the newest.
+rank 0 with a manifest (``locmoe.checkpoint.directory``), so a kill mid-save leaves the previous checkpoint the newest.
 
 Resharding: DCP reads each piece a rank asks for from whichever files hold it, so a run saved on W ranks
 resumes on W' (and another EP size where the experts divide): dense tensors are asked for by row range, experts
@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from backends.torch.sharding import chunk_range, is_sharded, local, shard_rows
-from locmoe.checkpointing import CheckpointError, maybe_inject_fault
+from locmoe.checkpoint.directory import CheckpointError, maybe_inject_fault
+from locmoe.checkpoint.sharded_weights import MODEL, MOMENTS, SHARDED_DIR, STEP, expert_key
 from locmoe.model_spec import is_expert_param, parameter_shapes
-from locmoe.sharded_weights import MODEL, MOMENTS, SHARDED_DIR, STEP, expert_key
 
 
 def dcp_state(model, optimizer) -> dict[str, torch.Tensor]:

@@ -77,7 +77,7 @@ class GraphedStep:
 
     def _load_inputs(self, step: int) -> None:
         from backends.torch.optim import set_lr
-        from locmoe.schedule import lr_at
+        from locmoe.training.schedule import lr_at
 
         set_lr(self.optimizer, lr_at(step, self.cfg.train))
         for micro, buffers in enumerate(self.inputs):

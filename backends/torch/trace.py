@@ -18,7 +18,7 @@ import torch
 from backends.torch.checkpoint import load_model_weights
 from backends.torch.distributed import init_distributed
 from backends.torch.train import build_model
-from locmoe.checkpointing import load_state, resolve, tokenizer_spec
+from locmoe.checkpoint.directory import load_state, resolve, tokenizer_spec
 from locmoe.config import ConfigError, config_from_dict
 from locmoe.data import BatchSampler, load_corpus, load_tokenizer
 from locmoe.placement.trace import TraceError, TraceWriter, fingerprint_from_config

@@ -24,13 +24,13 @@ from backends.torch.distributed import DistContext, device_memory, expert_parall
 from backends.torch.moe_layer import MoELayer
 from backends.torch.optim import all_reduce_mean, clip_grad_norm, make_optimizer, set_lr, sync_gradients
 from backends.torch.sharding import gathered, shard_model, sharded
-from locmoe import train_common as common
 from locmoe.backend_api import TrainerFacts
 from locmoe.config.schema import JobConfig
 from locmoe.data import BatchSampler
 from locmoe.data.placement import SequencePlacer, placer_for
-from locmoe.schedule import lr_at
+from locmoe.training import common
 from locmoe.training.loop import run
+from locmoe.training.schedule import lr_at
 from models.pangu_sigma_torch import PanGuSigma
 
 
@@ -233,6 +233,6 @@ class TorchTrainer:
 
 def peak(ctx: DistContext) -> Optional[float]:
     """One GPU's peak flops (for MFU); None off CUDA."""
-    from locmoe.mfu import peak_flops
+    from locmoe.training.mfu import peak_flops
 
     return peak_flops(torch.cuda.get_device_name(ctx.device)) if ctx.device.type == "cuda" else None

@@ -1,5 +1,5 @@
 """``locmoe convert CHECKPOINT OUT_DIR [--to torch|mindspore]``: a checkpoint of one backend as the other's
-(:mod:`locmoe.checkpoint_convert`, with each backend's checkpoint files from ``backends.get``).
+(:mod:`locmoe.checkpoint.convert`, with each backend's checkpoint files from ``backends.get``).
 
 A format-1 checkpoint (older locmoe) of the torch backend holds pickles: converting it needs
 ``--trust-checkpoint``, and ``--to torch`` then rewrites it in format 2 without conversion of the backend.
@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 
 from locmoe.backend_api import CheckpointIO
-from locmoe.checkpoint_convert import BACKENDS, ConvertError, check_out_dir, convert_checkpoint
-from locmoe.checkpointing import TRUST_FLAG, trust_legacy_checkpoints
+from locmoe.checkpoint.convert import BACKENDS, ConvertError, check_out_dir, convert_checkpoint
+from locmoe.checkpoint.directory import TRUST_FLAG, trust_legacy_checkpoints
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -145,7 +145,7 @@ def default_router(checkpoint: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from locmoe.checkpointing import tokenizer_spec
+    from locmoe.checkpoint.directory import tokenizer_spec
     from locmoe.data import load_tokenizer
 
     server = torch_server()

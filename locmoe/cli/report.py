@@ -19,7 +19,7 @@ import numpy as np
 
 from locmoe.atomic_io import check_replaceable
 from locmoe.errors import LocMoEError
-from locmoe.train_log import LOADS_FILE
+from locmoe.training.train_log import LOADS_FILE
 
 
 class ReportError(LocMoEError):
@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
     figures = scalar_figures(steps) + load_figures(loads)  # everything is drawn before anything is written
     if not loads:
         print(f"note: no {LOADS_FILE} in {run}: no expert-load plots", file=sys.stderr)
-    from locmoe.plots import save_png
+    from locmoe.training.plots import save_png
 
     out.mkdir(parents=True, exist_ok=True)
     for name, fig in figures:
@@ -104,7 +104,7 @@ def series(rows: list[dict], key: str) -> tuple[list, list]:
 
 def scalar_figures(rows: list[dict]) -> list[tuple[str, object]]:
     """(file name, figure) of the line plots whose scalars the run logged."""
-    from locmoe.plots import line_figure
+    from locmoe.training.plots import line_figure
 
     def present(**named: str) -> dict:
         return {label: series(rows, key) for label, key in named.items() if series(rows, key)[0]}
@@ -142,7 +142,7 @@ def scalar_figures(rows: list[dict]) -> list[tuple[str, object]]:
 
 def load_figures(rows: list[dict]) -> list[tuple[str, object]]:
     """One expert-load heatmap per MoE layer over the whole run."""
-    from locmoe.plots import expert_load_figure
+    from locmoe.training.plots import expert_load_figure
 
     out = []
     for layer in sorted({r["layer"] for r in rows}):

@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
     from locmoe.config.checks import check_paths
 
     if args.trust_checkpoint:
-        from locmoe.checkpointing import trust_legacy_checkpoints
+        from locmoe.checkpoint.directory import trust_legacy_checkpoints
 
         trust_legacy_checkpoints(True)
     cfg = load_config(args.config, args.set, layers=args.layers)
@@ -58,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
         print(dump_config(cfg), end="")
         return 0
     check_paths(cfg)
-    # From here on Ctrl-C / SIGTERM end the step in progress, then the run (locmoe.interrupts)
+    # From here on Ctrl-C / SIGTERM end the step in progress, then the run (locmoe.training.interrupts)
     with interrupts.stop_on_signals():
         try:
             backends.get(cfg.parallel.backend).pretrain(cfg, resume=args.resume)
@@ -70,9 +70,9 @@ def main(args: argparse.Namespace) -> int:
 
 def _report_stop(err, out_dir: str, args: argparse.Namespace) -> None:
     """Rank 0's one line (stderr): the newest complete checkpoint and the command that resumes from it."""
-    from locmoe.checkpointing import list_checkpoints
-    from locmoe.interrupts import stop_line
-    from locmoe.topology import LaunchEnv
+    from locmoe.checkpoint.directory import list_checkpoints
+    from locmoe.parallel.topology import LaunchEnv
+    from locmoe.training.interrupts import stop_line
 
     if LaunchEnv.from_environ().rank != 0:
         return

@@ -1,7 +1,7 @@
 """Cross-field rules of the job config, and the resolution of its ``auto``/``null`` defaults.
 
 Each rule raises one :class:`ConfigError` naming the field, its value and what is allowed. Rules that need
-the launcher's world size live in :mod:`locmoe.topology` (``topology_from_config``).
+the launcher's world size live in :mod:`locmoe.parallel.topology` (``topology_from_config``).
 """
 
 from __future__ import annotations

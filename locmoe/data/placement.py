@@ -91,7 +91,7 @@ class SequencePlacer:
 def placer_for(cfg, ctx, sampler, preference: Callable, gather: Callable):
     """The job's :class:`SequencePlacer` (None: ``data.placement`` is ``drawn``, or the group has one node).
 
-    ``ctx``: the rank's :class:`locmoe.parallel_context.DistContext`; ``gather`` all-gathers over its
+    ``ctx``: the rank's :class:`locmoe.parallel.context.DistContext`; ``gather`` all-gathers over its
     expert-parallel group (unused when one process emulates the group)."""
     topo = ctx.layout.topology
     if cfg.data.placement == "drawn" or topo.num_nodes < 2:

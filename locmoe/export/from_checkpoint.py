@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from locmoe import __version__
-from locmoe.checkpointing import TOKENIZER_FILE, CheckpointError, load_state, resolve
+from locmoe.checkpoint.directory import TOKENIZER_FILE, CheckpointError, load_state, resolve
+from locmoe.checkpoint.sharded_weights import model_tensors
 from locmoe.config import config_from_dict
 from locmoe.export.manifest import PlacementTable, RouterManifest
 from locmoe.export.router_export import write_router_export
 from locmoe.model_spec import moe_layer_indices
+from locmoe.parallel.topology import ExpertPlacement, Topology
 from locmoe.routing.domains import domain_expert_groups
-from locmoe.sharded_weights import model_tensors
-from locmoe.topology import ExpertPlacement, Topology
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:

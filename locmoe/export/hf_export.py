@@ -23,7 +23,8 @@ from safetensors.numpy import save_file
 
 from locmoe import __version__
 from locmoe.atomic_io import atomic_directory, writing
-from locmoe.checkpointing import TOKENIZER_FILE, load_state, resolve
+from locmoe.checkpoint.directory import TOKENIZER_FILE, load_state, resolve
+from locmoe.checkpoint.sharded_weights import model_tensors
 from locmoe.config import config_from_dict
 from locmoe.export.hf_config import HFFormatError, check_exportable, hf_config
 from locmoe.export.hf_tokenizer import (
@@ -34,7 +35,6 @@ from locmoe.export.hf_tokenizer import (
 )
 from locmoe.export.hf_weights import to_hf
 from locmoe.model_spec import moe_layer_indices
-from locmoe.sharded_weights import model_tensors
 
 META = "locmoe.json"
 META_VERSION = 1

@@ -22,7 +22,7 @@ from safetensors.numpy import save_file
 
 from locmoe import __version__
 from locmoe.atomic_io import check_replaceable, write_text, writing
-from locmoe.checkpointing import TOKENIZER_FILE, list_checkpoints, seal, temp_dir
+from locmoe.checkpoint.directory import TOKENIZER_FILE, list_checkpoints, seal, temp_dir
 from locmoe.config import ConfigError, config_from_dict, config_to_dict
 from locmoe.config.schema import JobConfig
 from locmoe.export.hf_config import HFFormatError, model_fields_from_hf

@@ -12,7 +12,7 @@ from locmoe.config.schema import JobConfig
 from locmoe.export.manifest import ExportError, PlacementTable, RouterManifest
 from locmoe.inference.errors import InferenceError
 from locmoe.model_spec import moe_layer_indices
-from locmoe.topology import ExpertPlacement, Topology
+from locmoe.parallel.topology import ExpertPlacement, Topology
 
 
 def check_export_matches(

@@ -29,8 +29,8 @@ from locmoe.moe.records import (
 from locmoe.moe.routing import expert_choice_copies
 from locmoe.moe.send_layout import SendLayout
 from locmoe.moe.surface import MoEOps
-from locmoe.parallel_context import ExpertParallel
-from locmoe.traffic import TrafficCounter
+from locmoe.parallel.context import ExpertParallel
+from locmoe.parallel.traffic import TrafficCounter
 
 
 class TokenDispatcher:

@@ -21,9 +21,9 @@ import numpy as np
 
 from locmoe.moe.records import Tensor
 from locmoe.moe.surface import MoEOps
+from locmoe.parallel.topology import Topology
+from locmoe.parallel.traffic import TrafficCounter
 from locmoe.routing.hierarchical_splits import HierarchicalSplits
-from locmoe.topology import Topology
-from locmoe.traffic import TrafficCounter
 
 
 class FlatAllToAll:

@@ -15,8 +15,8 @@ from locmoe.config.schema import MoEConfig
 from locmoe.moe.capacity import CapacityPlanner
 from locmoe.moe.dispatcher import TokenDispatcher
 from locmoe.moe.surface import MoEOps
-from locmoe.parallel_context import ExpertParallel
-from locmoe.traffic import TrafficCounter
+from locmoe.parallel.context import ExpertParallel
+from locmoe.parallel.traffic import TrafficCounter
 
 
 @dataclass

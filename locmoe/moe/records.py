@@ -7,8 +7,8 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 
-from locmoe.layer_metrics import layer_summary
-from locmoe.traffic import TrafficCounter
+from locmoe.parallel.traffic import TrafficCounter
+from locmoe.training.layer_metrics import layer_summary
 
 Tensor = Any  # a torch.Tensor or a mindspore.Tensor, whichever backend runs the layer
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from locmoe.config.schema import MoEConfig
+from locmoe.parallel.topology import ExpertPlacement
 from locmoe.routing.baselines import hash_table
 from locmoe.routing.domains import domain_expert_groups
-from locmoe.topology import ExpertPlacement
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ from locmoe.moe.exchange import exchange_for, inverse
 from locmoe.moe.records import ChunkDispatch, CopyLayout, RouterOutput, StaticSlots, Tensor
 from locmoe.moe.static_exchange import StaticExchange, static_indices
 from locmoe.moe.surface import MoEOps
-from locmoe.parallel_context import ExpertParallel
+from locmoe.parallel.context import ExpertParallel
+from locmoe.parallel.traffic import TrafficCounter
 from locmoe.routing.capacity import factor_capacity
 from locmoe.routing.dispatch_plan import chunk_permutation
-from locmoe.traffic import TrafficCounter
 
 
 class SendLayout:

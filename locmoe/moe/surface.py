@@ -17,7 +17,7 @@ from typing import Callable, Optional, Protocol, Sequence
 import numpy as np
 
 from locmoe.moe.records import Tensor
-from locmoe.traffic import TrafficCounter
+from locmoe.parallel.traffic import TrafficCounter
 
 
 class MoEOps(Protocol):

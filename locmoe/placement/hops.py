@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from locmoe.parallel.topology import ExpertPlacement, Topology
 from locmoe.placement.affinity import affinity_counts
 from locmoe.placement.errors import PlacementError
 from locmoe.placement.trace import RoutingTrace
-from locmoe.topology import ExpertPlacement, Topology
 
 
 def pair_weights(trace: RoutingTrace) -> list[np.ndarray]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from locmoe.parallel.topology import ExpertPlacement, Topology
 from locmoe.planning.cluster_sim import Calibration, MoEModel, RoutingStats, System, step_time
-from locmoe.topology import ExpertPlacement, Topology
 
 
 def reference_stats(

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from locmoe.parallel.topology import ExpertPlacement
 from locmoe.routing.admission import admit
-from locmoe.topology import ExpertPlacement
 
 
 @dataclass(kw_only=True)

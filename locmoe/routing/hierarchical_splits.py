@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from locmoe.parallel.topology import Topology
 from locmoe.routing.dispatch_plan import chunk_permutation
-from locmoe.topology import Topology
 
 
 @dataclass(frozen=True)

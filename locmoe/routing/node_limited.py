@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from locmoe.config.errors import ConfigError
+from locmoe.parallel.topology import ExpertPlacement
 from locmoe.routing.topk import top_k
-from locmoe.topology import ExpertPlacement
 
 
 def node_expert_table(placement: ExpertPlacement) -> np.ndarray:

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 
 from locmoe.config.schema import MoEConfig
+from locmoe.parallel.topology import ExpertPlacement
 from locmoe.routing import capacity as cap
 from locmoe.routing import paper_bound
 from locmoe.routing.balancing import selection_scores, update_selection_bias
@@ -32,7 +33,6 @@ from locmoe.routing.losses import batch_locality_loss, load_balance_loss, locali
 from locmoe.routing.node_limited import check_node_limit, node_expert_table, node_limited_top_k
 from locmoe.routing.selection import intra_node_first
 from locmoe.routing.topk import combine_weights, top_k
-from locmoe.topology import ExpertPlacement
 
 
 @dataclass

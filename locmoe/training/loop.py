@@ -5,7 +5,7 @@
 Order of work: the trainer checks every input (config, data, checkpoint to resume) before anything is written
 and builds the model; then each step runs on the device, and ``RunRecord.end_step`` logs it (the one host
 read), validates and checkpoints, in the same order for every backend, and stops the run when a signal asks
-(``locmoe.interrupts``); at the end the routers are exported.
+(``locmoe.training.interrupts``); at the end the routers are exported.
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ import signal
 from pathlib import Path
 from typing import Any, Optional
 
-from locmoe import interrupts, run_lock
+from locmoe import run_lock
 from locmoe.backend_api import Trainer, TrainerFacts
-from locmoe.checkpointing import write_checkpoint
+from locmoe.checkpoint.directory import write_checkpoint
 from locmoe.config.schema import JobConfig
-from locmoe.log_lines import final_line
-from locmoe.mfu import mfu
-from locmoe.schedule import lr_at
-from locmoe.train_common import StepClock, due, moe_scalars, step_scalars
-from locmoe.train_log import TrainLogger
+from locmoe.training import interrupts
+from locmoe.training.common import StepClock, due, moe_scalars, step_scalars
+from locmoe.training.log_lines import final_line
+from locmoe.training.mfu import mfu
+from locmoe.training.schedule import lr_at
+from locmoe.training.train_log import TrainLogger
 
 
 def run(trainer: Trainer, cfg: JobConfig, resume: bool = False) -> dict:
@@ -33,7 +34,7 @@ def run(trainer: Trainer, cfg: JobConfig, resume: bool = False) -> dict:
     record = RunRecord(cfg, trainer, start)
     record.logger.message(start_message(cfg, trainer.facts))
     trainer.make_step(record.logger.message)
-    with record:  # a stop on a signal (locmoe.interrupts) leaves the logs flushed and the run directory free
+    with record:  # a stop on a signal (locmoe.training.interrupts) leaves the logs flushed and the run directory free
         for step in range(start, cfg.train.steps):
             outputs = trainer.step(step)
             record.end_step(step + 1, outputs)

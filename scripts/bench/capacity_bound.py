@@ -15,9 +15,9 @@ import argparse
 import numpy as np
 
 from locmoe.config import load_config
+from locmoe.parallel.topology import ExpertPlacement, Topology
 from locmoe.report import format_table, write_json
 from locmoe.routing import route
-from locmoe.topology import ExpertPlacement, Topology
 
 
 def synthetic_tokens(kind: str, T: int, d: int, E: int, rng: np.random.Generator, centers=None) -> np.ndarray:

@@ -43,7 +43,7 @@ def layer_inputs(run_dir: Path, batches: int):
     from backends.torch.distributed import init_distributed
     from backends.torch.trace import trace_config
     from backends.torch.train import build_model
-    from locmoe.checkpointing import resolve
+    from locmoe.checkpoint.directory import resolve
     from locmoe.data import BatchSampler, load_corpus, load_tokenizer
 
     path = resolve(run_dir, announce=False)
@@ -68,8 +68,8 @@ def layer_inputs(run_dir: Path, batches: int):
 
 def shadow(run_dir: Path, batches: int = 2) -> dict:
     """{rule: {"capacity_over_mean_load", "dropped_fraction"}} over the run's MoE layers and ``batches``."""
+    from locmoe.parallel.topology import ExpertPlacement, Topology
     from locmoe.routing import RouterState, route
-    from locmoe.topology import ExpertPlacement, Topology
 
     cfg, weights, seen = layer_inputs(run_dir, batches)
     topo = Topology(cfg.parallel.nodes, cfg.parallel.devices_per_node)

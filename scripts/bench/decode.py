@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from backends.torch.inference.kv_generate import CachedGenerator  # noqa: E402
 from backends.torch.inference.loader import load_inference_model  # noqa: E402
 from backends.torch.inference.timing import sync  # noqa: E402
-from locmoe.checkpointing import seal, temp_dir  # noqa: E402
+from locmoe.checkpoint.directory import seal, temp_dir  # noqa: E402
 from locmoe.config import config_to_dict, load_config  # noqa: E402
 from locmoe.export import export_checkpoint  # noqa: E402
 from locmoe.export.hf_export import export_hf  # noqa: E402

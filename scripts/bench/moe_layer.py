@@ -37,8 +37,8 @@ from backends.torch.distributed import ExpertParallel, expert_parallel, init_dis
 from backends.torch.experts import GroupedExperts, expert_flops  # noqa: E402
 from backends.torch.moe_layer import MoELayer  # noqa: E402
 from locmoe.config import load_config  # noqa: E402
+from locmoe.parallel.topology import ExpertPlacement, Topology  # noqa: E402
 from locmoe.report import format_table, write_json  # noqa: E402
-from locmoe.topology import ExpertPlacement, Topology  # noqa: E402
 
 E, D, F, K = 64, 2048, 1408, 2
 DEV, DT = "cuda", torch.bfloat16  # --smoke: CPU (gloo for the multi-process part), fp32, small, to check it

@@ -35,8 +35,8 @@ from backends.torch.inference.options import ServeOptions  # noqa: E402
 from backends.torch.inference.prefill import measure_prefill, random_prompts  # noqa: E402
 from locmoe.config import load_config  # noqa: E402
 from locmoe.model_spec import moe_layer_indices  # noqa: E402
+from locmoe.parallel.topology import ExpertPlacement, Topology  # noqa: E402
 from locmoe.report import format_table, write_json  # noqa: E402
-from locmoe.topology import ExpertPlacement, Topology  # noqa: E402
 
 FULL = dict(
     d=2048,

@@ -168,7 +168,7 @@ def tables(rows: list[dict]) -> str:
 
 def plot(runs: list[dict], path: Path) -> Path:
     """Validation loss against cross-node fraction: one panel per corpus, one point per router and seed."""
-    from locmoe.plots import new_figure
+    from locmoe.training.plots import new_figure
 
     corpora = list(dict.fromkeys(r["corpus"] for r in runs))
     routers = list(dict.fromkeys(r["router"] for r in runs))

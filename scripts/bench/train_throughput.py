@@ -70,9 +70,9 @@ from backends.torch.train import (  # noqa: E402
 )
 from locmoe.config import load_config  # noqa: E402
 from locmoe.data import BatchSampler, load_corpus, load_tokenizer  # noqa: E402
-from locmoe.mfu import flops_per_token  # noqa: E402
 from locmoe.model_spec import moe_layer_indices  # noqa: E402
 from locmoe.report import format_table, write_json  # noqa: E402
+from locmoe.training.mfu import flops_per_token  # noqa: E402
 
 PEAK_FLOPS = 989e12
 ROUTERS = {"locmoe": [], "gshard": ["configs/routers/gshard.yaml"], "switch": ["configs/routers/switch.yaml"]}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from locmoe.checkpointing import list_checkpoints, load_state
+from locmoe.checkpoint.directory import list_checkpoints, load_state
 from locmoe.config import config_from_dict, load_config
 from locmoe.planning.cluster_sim import RoutingStats
 from locmoe.planning.step_model import TARGETS, TargetModel, step_time, with_topology
@@ -233,7 +233,7 @@ def tables(result: dict) -> str:
 
 def plot(result: dict, path: Path) -> list:
     """Per target: validation loss against modeled time, one panel per (corpus, nodes), mean over seeds."""
-    from locmoe.plots import new_figure
+    from locmoe.training.plots import new_figure
 
     groups = list(dict.fromkeys((r["corpus"], r["nodes"]) for r in result["runs"]))
     out = []
@@ -264,7 +264,7 @@ def plot(result: dict, path: Path) -> list:
 
 def pareto(result: dict, groups: list, png: Path) -> Path:
     """Final validation loss against cross-node share of copies: one point per run, one panel per (corpus, nodes)."""
-    from locmoe.plots import new_figure
+    from locmoe.training.plots import new_figure
 
     fig = new_figure((5 * len(groups), 4.2))
     for i, (corpus, nodes) in enumerate(groups):

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from locmoe.atomic_io import WriteError
-from locmoe.checkpointing import CheckpointError, list_checkpoints, step_dir
+from locmoe.checkpoint.directory import CheckpointError, list_checkpoints, step_dir
 from locmoe.config import ConfigError, load_config
 from locmoe.export import export_checkpoint, load_router
-from locmoe.train_common import check_export_dir
+from locmoe.training.common import check_export_dir
 from tests.checkpoint.tiny import copy_run, locmoe, one_error_line
 from tests.training.runs import TINY
 

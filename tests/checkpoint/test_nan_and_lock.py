@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from locmoe.checkpointing import list_checkpoints, step_dir
+from locmoe.checkpoint.directory import list_checkpoints, step_dir
 from locmoe.errors import LocMoEError
-from locmoe.finite import NonFiniteError
+from locmoe.training.finite import NonFiniteError
 from tests.checkpoint.tiny import ROOT, copy_run, one_error_line, tiny_train, train_argv
 
 
@@ -58,7 +58,7 @@ def test_non_finite_activations_are_a_project_error(run4):
 
 
 def test_a_non_finite_loss_is_a_project_error():
-    from locmoe.train_common import StepClock, step_scalars
+    from locmoe.training.common import StepClock, step_scalars
 
     with pytest.raises(NonFiniteError, match="step 7: the training loss is nan"):
         step_scalars(float("nan"), 0.0, 1e-3, 1.0, 100, StepClock(6), 7)

@@ -9,11 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
-from locmoe.checkpointing import CheckpointError, step_dir
+from locmoe.checkpoint.directory import CheckpointError, step_dir
 from locmoe.config import config_to_dict, load_config
-from locmoe.resume_check import resume_changes
-from locmoe.schedule import lr_at
-from locmoe.train_log import drop_records_after
+from locmoe.training.resume_check import resume_changes
+from locmoe.training.schedule import lr_at
+from locmoe.training.train_log import drop_records_after
 from tests.checkpoint.tiny import copy_run, one_error_line, tiny_train
 from tests.training.runs import TINY
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from locmoe.checkpointing import CheckpointError, list_checkpoints, step_dir
+from locmoe.checkpoint.directory import CheckpointError, list_checkpoints, step_dir
 from tests.checkpoint.tiny import copy_run, locmoe, one_error_line, rewrite, tiny_train
 from tests.training.runs import losses
 

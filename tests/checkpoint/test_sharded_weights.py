@@ -1,4 +1,4 @@
-"""Reading a sharded checkpoint's files without torch (``locmoe.sharded_weights``): pieces assembled at their
+"""Reading a sharded checkpoint's files without torch (``locmoe.checkpoint.sharded_weights``): pieces assembled at their
 offsets, experts by id, gaps and missing experts refused; the manifest admits the one ``sharded/`` folder."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from locmoe.checkpointing import CheckpointError, _check_manifest
-from locmoe.sharded_weights import SHARDING_INFO, ShardedTensors, read_experts
+from locmoe.checkpoint.directory import CheckpointError, _check_manifest
+from locmoe.checkpoint.sharded_weights import SHARDING_INFO, ShardedTensors, read_experts
 
 W1 = "layers.1.moe.experts.w1"
 

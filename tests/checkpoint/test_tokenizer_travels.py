@@ -6,7 +6,7 @@ import pickle
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from locmoe.checkpointing import step_dir
+from locmoe.checkpoint.directory import step_dir
 from tests.checkpoint.tiny import TEXT, locmoe, one_error_line, rewrite, tiny_train
 
 

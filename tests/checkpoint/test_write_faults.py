@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from locmoe.atomic_io import WriteError, atomic_write_bytes, write_error
-from locmoe.checkpointing import list_checkpoints, step_dir
+from locmoe.checkpoint.directory import list_checkpoints, step_dir
 from locmoe.export import export_checkpoint, load_router
 from tests.checkpoint.tiny import copy_run, locmoe, one_error_line, tiny_train
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from locmoe.checkpointing import seal, temp_dir
+from locmoe.checkpoint.directory import seal, temp_dir
 from locmoe.config import config_to_dict, load_config
 from locmoe.model_spec import initial_value, parameter_shapes
 

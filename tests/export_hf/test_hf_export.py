@@ -11,7 +11,7 @@ import transformers
 
 from backends.torch.inference.kv_generate import generate_cached
 from backends.torch.inference.loader import load_inference_model
-from locmoe.checkpointing import load_state, tokenizer_spec
+from locmoe.checkpoint.directory import load_state, tokenizer_spec
 from locmoe.cli import main
 from locmoe.data import ByteTokenizer, load_tokenizer
 from locmoe.export import export_checkpoint

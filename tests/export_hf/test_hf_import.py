@@ -13,7 +13,7 @@ import transformers
 from safetensors.numpy import load_file
 
 from backends.torch.inference.loader import load_inference_model
-from locmoe.checkpointing import latest, load_state
+from locmoe.checkpoint.directory import latest, load_state
 from locmoe.cli import main
 from locmoe.config import config_from_dict
 from locmoe.export.hf_export import export_hf

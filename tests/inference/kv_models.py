@@ -8,7 +8,7 @@ from backends.torch.inference.loader import build_inference_model, finish, rando
 from backends.torch.inference.model import InferenceModel
 from locmoe.config import load_config
 from locmoe.model_spec import moe_layer_indices
-from locmoe.topology import ExpertPlacement, Topology
+from locmoe.parallel.topology import ExpertPlacement, Topology
 
 TINY = [
     "model.d_model=32",

@@ -13,7 +13,7 @@ import torch
 
 from backends.torch.inference.decode import Sampling, check_prompts, generate, next_token
 from backends.torch.inference.loader import load_inference_model
-from locmoe.checkpointing import latest
+from locmoe.checkpoint.directory import latest
 from locmoe.config import config_from_dict
 from locmoe.export import ExportError, load_router, write_router_export
 from locmoe.inference.deployment import serving_placements

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from locmoe import checkpointing, run_lock
+from locmoe import run_lock
+from locmoe.checkpoint import directory as checkpointing
 from locmoe.config import load_config
 from locmoe.config.schema import DataConfig, DataSource
 from locmoe.data import load_corpus, load_tokenizer

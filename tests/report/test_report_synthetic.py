@@ -12,7 +12,7 @@ import pytest
 from locmoe import cli
 from locmoe.cli.report import dedupe, read_jsonl
 from locmoe.config.schema import JobConfig
-from locmoe.train_log import LOADS_FILE, TAG_GROUPS, TrainLogger, _tag
+from locmoe.training.train_log import LOADS_FILE, TAG_GROUPS, TrainLogger, _tag
 from tests.report.images import check_png, tb_images
 
 LAYERS, E, STEPS = (1, 2, 3), 8, (10, 20, 30, 40)

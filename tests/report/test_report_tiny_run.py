@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from locmoe import cli
-from locmoe.train_log import LOADS_FILE, TAG_GROUPS
+from locmoe.training.train_log import LOADS_FILE, TAG_GROUPS
 from tests.report.images import check_png, tb_images
 from tests.training.runs import train
 
@@ -46,7 +46,7 @@ def test_expert_load_records(run):
 
 def test_every_logged_scalar_has_a_tag_group(run):
     keys = {k for line in (run / "metrics.jsonl").read_text().splitlines() for k in json.loads(line)} - {"step"}
-    assert keys - set(TAG_GROUPS) == set(), "add the new keys to locmoe.train_log.TAG_GROUPS"
+    assert keys - set(TAG_GROUPS) == set(), "add the new keys to locmoe.training.train_log.TAG_GROUPS"
 
 
 def test_tensorboard_heatmaps(run):

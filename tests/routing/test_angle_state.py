@@ -10,9 +10,9 @@ is seen, takes its first δ as it is, and an expert without an average falls bac
 import numpy as np
 
 from locmoe.config import load_config
+from locmoe.parallel.topology import ExpertPlacement, Topology
 from locmoe.routing import factor_capacity, route, update_angle_ema
 from locmoe.routing.domains import domain_expert_groups
-from locmoe.topology import ExpertPlacement, Topology
 
 E, D_MODEL, RANKS, PER_RANK = 8, 32, 4, 64
 

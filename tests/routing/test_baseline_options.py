@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from locmoe.config import ConfigError, load_config
+from locmoe.parallel.topology import ExpertPlacement, Topology
 from locmoe.routing import (
     RouterState,
     check_node_limit,
@@ -19,7 +20,6 @@ from locmoe.routing import (
     sigmoid,
     update_selection_bias,
 )
-from locmoe.topology import ExpertPlacement, Topology
 
 
 def moe(*overrides):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from locmoe.config import load_config
+from locmoe.parallel.topology import ExpertPlacement, Topology
 from locmoe.routing import allowed_experts, domain_expert_groups, expert_choice, hash_route, hash_table, route, top_k
-from locmoe.topology import ExpertPlacement, Topology
 
 
 def test_domain_groups_are_strided_and_seeded():

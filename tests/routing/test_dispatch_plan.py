@@ -2,8 +2,8 @@
 
 import numpy as np
 
+from locmoe.parallel.topology import ExpertPlacement, Topology
 from locmoe.routing import build_dispatch_plan, chunk_permutation
-from locmoe.topology import ExpertPlacement, Topology
 
 PLACEMENT = ExpertPlacement.contiguous(4, Topology(2, 2))
 # token t lives on rank t; its two choices:

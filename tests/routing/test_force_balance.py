@@ -14,8 +14,8 @@ import pytest
 
 from locmoe.config import load_config
 from locmoe.config.errors import ConfigError
+from locmoe.parallel.topology import ExpertPlacement, Topology
 from locmoe.routing import combine_weights, forced_experts, rank_positions, route
-from locmoe.topology import ExpertPlacement, Topology
 from tests.backends.mindspore import moe_cases as mc
 from tests.conformance import runners
 

@@ -4,8 +4,8 @@ all-to-all delivers, in the same (source-major) order."""
 import numpy as np
 import pytest
 
+from locmoe.parallel.topology import Topology
 from locmoe.routing.hierarchical_splits import HierarchicalSplits
-from locmoe.topology import Topology
 
 
 def exchange(buffers, sends, recv_order):

@@ -9,6 +9,7 @@ import pytest
 from scipy.integrate import quad
 
 from locmoe.config import load_config
+from locmoe.parallel.topology import ExpertPlacement, Topology
 from locmoe.routing import (
     batch_locality_loss,
     belong_probability,
@@ -22,7 +23,6 @@ from locmoe.routing import (
     route,
     update_paper_delta,
 )
-from locmoe.topology import ExpertPlacement, Topology
 
 ROUTERS = Path(__file__).resolve().parents[2] / "configs" / "routers"
 

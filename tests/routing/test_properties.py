@@ -9,8 +9,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from locmoe.parallel.topology import ExpertPlacement, Topology
 from locmoe.routing import build_dispatch_plan, chunk_permutation, intra_node_first, local_expert_mask, top_k
-from locmoe.topology import ExpertPlacement, Topology
 
 
 @st.composite

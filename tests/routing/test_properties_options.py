@@ -13,6 +13,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from locmoe.parallel.topology import ExpertPlacement, Topology
 from locmoe.routing import (
     allowed_experts,
     batch_locality_loss,
@@ -27,7 +28,6 @@ from locmoe.routing import (
     top_k,
     update_selection_bias,
 )
-from locmoe.topology import ExpertPlacement, Topology
 
 
 @st.composite

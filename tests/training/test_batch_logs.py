@@ -88,7 +88,7 @@ def test_wandb_missing_is_one_line_naming_the_extra(tmp_path):
 @pytest.mark.skipif(not HAS_WANDB, reason="the wandb extra is not installed (pip install 'locmoe[wandb]')")
 def test_a_run_wandb_refuses_is_one_clear_error(tmp_path, monkeypatch):
     from locmoe.config import load_config
-    from locmoe.wandb_log import WandbFailed, WandbWriter
+    from locmoe.training.wandb_log import WandbFailed, WandbWriter
 
     for key in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(key, str(tmp_path / "wandb_home"))

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from locmoe.checkpointing import latest, list_checkpoints
+from locmoe.checkpoint.directory import latest, list_checkpoints
 from tests.training.log_files import TINY_JOB, tb_scalars, tiny_corpus
 from tests.training.runs import QUIET, ROOT, TINY, losses, train
 

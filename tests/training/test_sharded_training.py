@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from locmoe.checkpointing import list_checkpoints, load_state, temp_dir
-from locmoe.sharded_weights import SHARDED_DIR, model_tensors
+from locmoe.checkpoint.directory import list_checkpoints, load_state, temp_dir
+from locmoe.checkpoint.sharded_weights import SHARDED_DIR, model_tensors
 from tests.training.runs import QUIET, ROOT, SMALL, TINY, losses
 
 ROUTERS = ("locmoe", "gshard", "switch", "hash", "expert_choice")
@@ -124,7 +124,7 @@ def test_sharded_checkpoint_holds_each_ranks_shards(four_ranks):
 def test_tools_read_a_sharded_checkpoint(four_ranks, tmp_path):
     """The sharded checkpoint's tensors, assembled, equal the replicated run's model.safetensors (the runs are
     equal to rounding); `locmoe convert` to MindSpore consolidates it; the router export reads it."""
-    from locmoe.checkpoint_convert import convert_checkpoint
+    from locmoe.checkpoint.convert import convert_checkpoint
     from locmoe.cli.convert import backend_checkpoint_io
     from locmoe.export.from_checkpoint import export_checkpoint
 

@@ -63,7 +63,7 @@ def test_a_hugging_face_tokenizer_folder_is_its_tokenizer_json(bpe_file, tmp_pat
     dataset prepared with one trains with the other), and the checkpoint keeps that file."""
     from transformers import PreTrainedTokenizerFast
 
-    from locmoe.checkpointing import copy_tokenizer
+    from locmoe.checkpoint.directory import copy_tokenizer
 
     PreTrainedTokenizerFast(tokenizer_file=str(bpe_file)).save_pretrained(tmp_path / "hf_tok")
     folder, file = load_tokenizer(str(tmp_path / "hf_tok")), load_tokenizer(str(bpe_file))

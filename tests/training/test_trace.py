@@ -10,7 +10,7 @@ import torch
 from safetensors.numpy import load_file
 
 from backends.torch.trace import copies_as_choices
-from locmoe.checkpointing import latest
+from locmoe.checkpoint.directory import latest
 from locmoe.config import config_from_dict
 from locmoe.data import BatchSampler, load_corpus, load_tokenizer
 from locmoe.placement.trace import fingerprint_from_config, load_trace

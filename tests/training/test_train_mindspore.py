@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from locmoe.checkpointing import latest, list_checkpoints, step_dir, temp_dir
+from locmoe.checkpoint.directory import latest, list_checkpoints, step_dir, temp_dir
 from locmoe.export import load_router
 from tests.training.runs import ROOT, SMALL, losses, train
 

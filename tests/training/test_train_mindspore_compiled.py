@@ -62,7 +62,7 @@ def test_compiled_step_reports_non_finite_activations_by_layer(tmp_path):
     from backends.mindspore.optim import make_optimizer
     from backends.mindspore.train import build_model, prepare
     from backends.mindspore.train_step import CompiledStep
-    from locmoe.finite import NonFiniteError
+    from locmoe.training.finite import NonFiniteError
 
     cfg = load_config("tiny_cpu", [*STATIC, "parallel.jit_step=true", f"train.out_dir={tmp_path}"])
     ctx, _, _, batches = prepare(cfg, False)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from locmoe.checkpointing import latest, list_checkpoints, temp_dir, verify
+from locmoe.checkpoint.directory import latest, list_checkpoints, temp_dir, verify
 from locmoe.export import load_router
 from tests.training.runs import losses, train
 

@@ -15,15 +15,15 @@ from torch import nn
 
 from backends.torch.distributed import ExpertParallel, init_distributed
 from backends.torch.inference.model import InferenceModel
-from locmoe.checkpointing import CheckpointError, load_state, resolve
+from locmoe.checkpoint.directory import CheckpointError, load_state, resolve
+from locmoe.checkpoint.sharded_weights import model_tensors, read_experts
 from locmoe.config import config_from_dict
 from locmoe.config.schema import JobConfig
 from locmoe.export import load_router
 from locmoe.inference.deployment import check_export_matches, serving_placements
 from locmoe.inference.errors import InferenceError
 from locmoe.model_spec import init_rule, is_expert_param, parameter_shapes
-from locmoe.sharded_weights import model_tensors, read_experts
-from locmoe.topology import ExpertPlacement, LaunchEnv, Topology
+from locmoe.parallel.topology import ExpertPlacement, LaunchEnv, Topology
 
 CAPACITY = ("dropless", "as_trained")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -66,7 +66,7 @@ def load_inference_model(
     # no full-size fp32 model on the host, which is most of the start-up time at GPU sizes
     model = finish(build_inference_model(cfg, topo, placements, device, env), dtype)
     load_weights(model, cfg, path, export.tensors)
-    model.checkpoint = path  # where serving finds the run's tokenizer copy (locmoe.checkpointing)
+    model.checkpoint = path  # where serving finds the run's tokenizer copy (locmoe.checkpoint.directory)
     return model
 
 

@@ -13,7 +13,7 @@ from mindspore import Tensor
 from backends.mindspore.collectives import Group
 from backends.mindspore.distributed import ExpertParallel
 from backends.mindspore.moe_layer import MoELayer
-from locmoe.topology import ExpertPlacement
+from locmoe.parallel.topology import ExpertPlacement
 from tests.moe_cases_common import CASES, TOKENS_PER_RANK, TOPOLOGY, D, E, F, V, case, case_name, global_weights  # noqa: F401
 from tests.moe_cases_common import job as _job
 

@@ -12,8 +12,8 @@ from backends.mindspore.experts import GroupedExperts
 from backends.mindspore.moe_layer import MoELayer
 from locmoe.config import ConfigError, ParallelConfig
 from locmoe.experts_reference import expert_ffn, moe_forward
+from locmoe.parallel.topology import ExpertPlacement, LaunchEnv, Topology, layout_from_config
 from locmoe.routing import route
-from locmoe.topology import ExpertPlacement, LaunchEnv, Topology, layout_from_config
 from tests.backends.mindspore import moe_cases as mc
 
 setup_runtime("CPU")

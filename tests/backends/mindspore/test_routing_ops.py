@@ -151,7 +151,7 @@ def test_load_balance_loss_per_block(rng):
 from backends.mindspore import routing_extras as extras  # noqa: E402
 from backends.mindspore.moe_ops import MindSporeOps  # noqa: E402
 from locmoe.moe.routing import paper_gate  # noqa: E402
-from locmoe.topology import ExpertPlacement, Topology  # noqa: E402
+from locmoe.parallel.topology import ExpertPlacement, Topology  # noqa: E402
 
 
 @pytest.mark.parametrize("how", ["max", "top2_sum"])

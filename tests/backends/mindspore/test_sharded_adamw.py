@@ -18,7 +18,7 @@ from backends.mindspore.collectives import Group
 from backends.mindspore.distributed import setup_runtime
 from backends.mindspore.optim import AdamW
 from backends.mindspore.sharded_adamw import ShardedAdamW, Slice
-from locmoe.checkpointing import step_dir
+from locmoe.checkpoint.directory import step_dir
 from locmoe.config import load_config
 from locmoe.model_spec import is_expert_param, parameter_shapes
 from tests.backends.mindspore.test_optim import LRS, T, problem, reference

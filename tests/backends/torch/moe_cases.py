@@ -14,7 +14,7 @@ import torch
 from backends.torch.collectives import Group
 from backends.torch.distributed import ExpertParallel
 from backends.torch.moe_layer import MoELayer
-from locmoe.topology import ExpertPlacement
+from locmoe.parallel.topology import ExpertPlacement
 from tests.moe_cases_common import CASES, TOKENS_PER_RANK, TOPOLOGY, D, E, F, V, case, case_name, global_weights, job  # noqa: F401
 
 

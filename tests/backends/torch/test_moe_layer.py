@@ -11,8 +11,8 @@ from backends.torch.experts import GroupedExperts
 from backends.torch.moe_layer import MoELayer
 from locmoe.config import ConfigError, ParallelConfig
 from locmoe.experts_reference import moe_forward
+from locmoe.parallel.topology import ExpertPlacement, LaunchEnv, Topology, layout_from_config
 from locmoe.routing import route
-from locmoe.topology import ExpertPlacement, LaunchEnv, Topology, layout_from_config
 from tests.backends.torch import moe_cases as mc
 
 

@@ -110,7 +110,7 @@ def test_update_angle_ema_bit_identical_to_numpy(rng):
 # ----------------------------------------------------------------------------- issue-14 options
 from backends.torch import routing_extras as extras  # noqa: E402
 from backends.torch.moe_ops import TorchOps  # noqa: E402
-from locmoe.topology import ExpertPlacement, Topology  # noqa: E402
+from locmoe.parallel.topology import ExpertPlacement, Topology  # noqa: E402
 
 
 def _table(E=16, nodes=4):

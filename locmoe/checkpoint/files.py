@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from locmoe.atomic_io import write_text, writing
-from locmoe.checkpointing import CheckpointError, read_json, safe_tensors
+from locmoe.checkpoint.directory import CheckpointError, read_json, safe_tensors
 
 OPTIMIZER_TENSORS = "optimizer_rank{rank}.safetensors"
 OPTIMIZER_META = "optimizer_rank{rank}.json"

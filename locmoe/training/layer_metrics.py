@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from locmoe.traffic import TrafficCounter
+from locmoe.parallel.traffic import TrafficCounter
 
 
 def layer_summary(

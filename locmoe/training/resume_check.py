@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from locmoe.checkpointing import CheckpointError
+from locmoe.checkpoint.directory import CheckpointError
 from locmoe.config.schema import JobConfig, TrainConfig
 
 # Fields whose change means another model (shapes, tensors) or another expert -> rank map of the optimiser state.
@@ -122,7 +122,7 @@ def resume_changes(
 
 def _schedule_effect(saved_train: dict, t: TrainConfig, step: int) -> str:
     """How the learning rate of the next step moves when the schedule's fields changed."""
-    from locmoe.schedule import lr_at
+    from locmoe.training.schedule import lr_at
 
     try:
         before = dataclasses.replace(t, **{k.split(".")[1]: saved_train[k.split(".")[1]] for k in SCHEDULE})

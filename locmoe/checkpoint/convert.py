@@ -8,7 +8,7 @@ parallel.backend=... --set train.out_dir=OUT_DIR --resume`` continues the run on
 same layout. Each backend reads and writes its own files (a :class:`locmoe.backend_api.CheckpointIO`,
 passed in); this module only moves framework-neutral numpy data between them.
 
-A sharded checkpoint (format 3, ``locmoe.sharded_weights``) is consolidated on the way: the model into one
+A sharded checkpoint (format 3, ``locmoe.checkpoint.sharded_weights``) is consolidated on the way: the model into one
 ``model.safetensors``, each rank's AdamW moments into its files, tensor by tensor. Converting one to its own
 backend is how to consolidate it.
 """
@@ -25,10 +25,18 @@ import numpy as np
 
 from locmoe.atomic_io import check_replaceable, write_text, writing
 from locmoe.backend_api import CheckpointIO
-from locmoe.checkpointing import TOKENIZER_FILE, format_version, list_checkpoints, load_state, resolve, seal, temp_dir
+from locmoe.checkpoint.directory import (
+    TOKENIZER_FILE,
+    format_version,
+    list_checkpoints,
+    load_state,
+    resolve,
+    seal,
+    temp_dir,
+)
+from locmoe.checkpoint.sharded_weights import is_sharded_checkpoint, model_tensors, sharded_adamw
 from locmoe.config import config_from_dict, config_to_dict
 from locmoe.errors import LocMoEError
-from locmoe.sharded_weights import is_sharded_checkpoint, model_tensors, sharded_adamw
 
 BACKENDS = ("torch", "mindspore")
 

@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 
 from locmoe import run_lock
-from locmoe.checkpointing import (
+from locmoe.checkpoint.directory import (
     CheckpointError,
     check_layout,
     checkpoint_root,
@@ -24,12 +24,12 @@ from locmoe.checkpointing import (
 from locmoe.config import ConfigError
 from locmoe.config.schema import JobConfig
 from locmoe.data import BatchSampler, Corpus, load_corpus, load_tokenizer
-from locmoe.finite import NonFiniteError
+from locmoe.parallel.topology import ExpertPlacement, LaunchEnv, ParallelLayout
 from locmoe.planning.memory_plan import check_fits
-from locmoe.resume_check import resume_changes
-from locmoe.topology import ExpertPlacement, LaunchEnv, ParallelLayout
-from locmoe.train_log import TrainLogger
-from locmoe.wandb_log import require_wandb
+from locmoe.training.finite import NonFiniteError
+from locmoe.training.resume_check import resume_changes
+from locmoe.training.train_log import TrainLogger
+from locmoe.training.wandb_log import require_wandb
 
 MOE_MEAN_KEYS = ("dropped_fraction", "cross_node_fraction", "in_node_fraction", "locality_loss", "aux_loss")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from locmoe.topology import ExpertPlacement, ParallelLayout, Topology
+from locmoe.parallel.topology import ExpertPlacement, ParallelLayout, Topology
 
 
 @dataclass(kw_only=True)

@@ -1,6 +1,6 @@
 """Training logs, framework-free: on rank 0 a tqdm bar on a terminal or one line per logged step elsewhere
-(``locmoe.log_lines``), tensorboardX scalars and expert-load heatmaps, the same scalars in W&B when asked
-(``locmoe.wandb_log``), a ``metrics.jsonl`` file (one JSON object of scalars per logged step) that scripts and
+(``locmoe.training.log_lines``), tensorboardX scalars and expert-load heatmaps, the same scalars in W&B when asked
+(``locmoe.training.wandb_log``), a ``metrics.jsonl`` file (one JSON object of scalars per logged step) that scripts and
 tests read back, and ``expert_load.jsonl`` beside it (one object per logged step and MoE layer: the copies
 routed to each expert and each expert's capacity) that ``locmoe report`` draws."""
 
@@ -15,9 +15,9 @@ from typing import Optional
 
 import numpy as np
 
-from locmoe import wandb_log
 from locmoe.config.schema import JobConfig
-from locmoe.log_lines import step_line
+from locmoe.training import wandb_log
+from locmoe.training.log_lines import step_line
 
 LOADS_FILE = "expert_load.jsonl"
 HEATMAP_ROWS = 200  # the tensorboard heatmap shows this process's newest logged steps, at most this many
@@ -131,7 +131,7 @@ class TrainLogger:
         if not self.to_draw:
             return
         assert self.writer is not None  # expert_load queues heatmaps only for tensorboard
-        from locmoe.plots import heatmap
+        from locmoe.training.plots import heatmap
 
         for step, layer in self.to_draw:
             steps, loads, caps = zip(*self.history[layer])

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from locmoe.checkpointing import SHARDED_DIR, CheckpointError, reading, safe_tensors
+from locmoe.checkpoint.directory import SHARDED_DIR, CheckpointError, reading, safe_tensors
 from locmoe.model_spec import is_expert_param
 
 SHARDING_INFO = "DCP_SHARDING_INFO"  # torch.distributed.checkpoint._hf_utils.CUSTOM_METADATA_KEY
@@ -112,7 +112,7 @@ class ShardedTensors:
 def sharded_adamw(path: Path, rank: int, cfg, layout: dict) -> dict:
     """Rank ``rank``'s AdamW state in ``layout`` (a train state's layout record) as ``checkpoint_files.read_adamw``
     gives it: the dense moments whole and the moments of the experts that rank holds (``locmoe convert``)."""
-    from locmoe.topology import ExpertPlacement, Topology
+    from locmoe.parallel.topology import ExpertPlacement, Topology
 
     topo = Topology(layout["nodes"], layout["devices_per_node"])
     ids = range(cfg.moe.num_experts)
@@ -131,7 +131,7 @@ def sharded_adamw(path: Path, rank: int, cfg, layout: dict) -> dict:
 
 def checkpoint_shapes(path: Path) -> dict:
     """The spec shapes of the model a checkpoint holds, from its ``train_state.json``."""
-    from locmoe.checkpointing import read_json
+    from locmoe.checkpoint.directory import read_json
     from locmoe.config import config_from_dict
     from locmoe.model_spec import parameter_shapes
 

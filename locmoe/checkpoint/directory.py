@@ -4,7 +4,7 @@ renamed when complete, so a crash mid-write leaves the previous checkpoints inta
 files do not match its manifest is reported as corrupt, never loaded half-way.
 
 Format 2 holds nothing that is unpickled: tensors in safetensors, everything else in JSON (see
-``locmoe.checkpoint_files``). Format 1 (locmoe before it) kept the torch backend's optimiser and RNG states in
+``locmoe.checkpoint.files``). Format 1 (locmoe before it) kept the torch backend's optimiser and RNG states in
 pickles; those are read only when the user says they trust the file (``--trust-checkpoint``).
 """
 
@@ -32,7 +32,7 @@ SHARDED_FORMAT_VERSION = 3  # format 2 whose weights and optimizer states are ev
 LEGACY_FORMAT_VERSIONS = (1,)  # still read; their pickled files only with --trust-checkpoint
 TOKENIZER_FILE = "tokenizer.json"
 TRUST_FLAG = "--trust-checkpoint"
-SHARDED_DIR = "sharded"  # every rank's shards (locmoe.sharded_weights): the one folder a checkpoint may hold
+SHARDED_DIR = "sharded"  # every rank's shards (locmoe.checkpoint.sharded_weights): the one folder a checkpoint may hold
 _NAME = re.compile(r"^step_(\d{8})$")
 _trust_legacy = False
 
@@ -250,7 +250,7 @@ def resolve(path: str | Path, announce: bool = True) -> Path:
 
 
 def _is_main() -> bool:
-    from locmoe.topology import LaunchEnv
+    from locmoe.parallel.topology import LaunchEnv
 
     return LaunchEnv.from_environ().rank == 0
 

@@ -16,7 +16,7 @@ class NonFiniteError(LocMoEError, FloatingPointError):
 
 def advice(out_dir: str | Path) -> str:
     """Where to go back to: the newest sealed checkpoint, which is never a diverged one."""
-    from locmoe.checkpointing import latest
+    from locmoe.checkpoint.directory import latest
 
     good = latest(out_dir)
     where = (
