@@ -5,7 +5,7 @@ attention, SwiGLU FFNs. Parameter names follow ``locmoe.model_spec`` (the checkp
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Generic, Optional, Sequence, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,9 @@ from locmoe.config.schema import JobConfig, ModelConfig
 from locmoe.model_spec import initial_state, moe_layer_indices, parameter_shapes
 from locmoe.moe.records import MoEMetrics
 from locmoe.parallel.context import ExpertParallel
+
+if TYPE_CHECKING:
+    from backends.torch.moe_layer import MoELayer
 
 
 class RMSNorm(nn.Module):
@@ -72,8 +75,13 @@ class FeedForward(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
-class Block(nn.Module):
-    def __init__(self, cfg: JobConfig, layer_id: int, ep: Optional[ExpertParallel], moe_cls: type):
+_MoE = TypeVar("_MoE", bound=nn.Module)
+
+
+class Block(nn.Module, Generic[_MoE]):
+    moe: _MoE  # MoE blocks only (dense blocks have ``ffn``)
+
+    def __init__(self, cfg: JobConfig, layer_id: int, ep: Optional[ExpertParallel], moe_cls: type[_MoE]):
         """``moe_cls``: the MoE layer of MoE blocks, given by the backend that builds the model (training's
         ``backends.torch.moe_layer.MoELayer``, serving's own; same constructor, same parameter names)."""
         super().__init__()
@@ -113,7 +121,10 @@ def _maybe_recompute(fn, recompute: bool, *args):
 
 
 class PanGuSigma(nn.Module):
-    def __init__(self, cfg: JobConfig, ep: ExpertParallel, moe_cls: type):
+    rope_cos: torch.Tensor  # buffers (``register_buffer``)
+    rope_sin: torch.Tensor
+
+    def __init__(self, cfg: JobConfig, ep: ExpertParallel, moe_cls: type[MoELayer]):
         """``ep``: what the MoE layers know of expert parallelism; ``moe_cls``: their class (see :class:`Block`)."""
         super().__init__()
         m = cfg.model
@@ -128,6 +139,11 @@ class PanGuSigma(nn.Module):
         cos, sin = rotary_tables(m.d_model // m.n_heads, m.max_seq_len, m.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+
+    @property
+    def blocks(self) -> Sequence[Block[MoELayer]]:
+        """``layers``, typed: its blocks."""
+        return cast("Sequence[Block[MoELayer]]", self.layers)
 
     def forward(
         self, tokens: torch.Tensor, domain: Optional[torch.Tensor] = None
@@ -157,7 +173,7 @@ class PanGuSigma(nn.Module):
         B, S = tokens.shape
         dom = None if domain is None else domain[:, None].expand(B, S)
         x = self.embed(tokens)
-        for block in self.layers:
+        for block in self.blocks:
             if hasattr(block, "moe"):
                 h = block.mix(x, self.rope_cos, self.rope_sin)[1] if through_blocks else block.ffn_norm(x)
                 return block.moe.node_preference(h, dom).float().mean(dim=1)
@@ -174,7 +190,7 @@ class PanGuSigma(nn.Module):
         ``activation_checkpointing``: per block, the attention half and the dense FFN (and, in MoE blocks, the
         expert FFNs) keep only their inputs and recompute in the backward pass; the router runs once.
         """
-        for block in self.layers:
+        for block in self.blocks:
             block.recompute = activation_checkpointing
             if hasattr(block, "moe"):
                 block.moe.experts.recompute = activation_checkpointing
@@ -186,7 +202,7 @@ class PanGuSigma(nn.Module):
         """Copy every parameter's global starting value (``locmoe.model_spec.initial_value``, the same numbers the
         MindSpore model starts from), keeping this rank's experts."""
         shapes = parameter_shapes(self.cfg)
-        local = {n: p for n, p in self.named_parameters()}
+        local: dict[str, torch.Tensor] = {n: p for n, p in self.named_parameters()}
         local.update({n: b for n, b in self.named_buffers() if n in shapes})
         with torch.no_grad():
             for name, value in initial_state(self.cfg, seed, local, list(self.expert_ids())):
@@ -195,9 +211,9 @@ class PanGuSigma(nn.Module):
     def check_finite_inputs(self) -> None:
         """Raise if an MoE layer saw NaN/Inf input since the last call (``moe.check_finite``; a host sync)."""
         for i in self.moe_layers:
-            self.layers[i].moe.check_finite_inputs()
+            self.blocks[i].moe.check_finite_inputs()
 
     def expert_ids(self) -> tuple:
         """Global ids of the experts this rank holds (in slot order)."""
-        block = self.layers[self.moe_layers[0]] if self.moe_layers else None
+        block = self.blocks[self.moe_layers[0]] if self.moe_layers else None
         return block.moe.ep.local_experts if block is not None else ()

@@ -7,4 +7,4 @@ PY=$(LOCMOE_EXTRAS="torch,mindspore,dev,wandb,hf-data" bash scripts/setup_env.sh
 export PATH="$(dirname "$PY"):$PATH"   # msrun starts its workers with the first python on PATH
 # 2 workers (pytest-xdist), a file (or a folder sharing session fixtures) to a worker, the slowest dealt first:
 # tests/conftest.py sets the groups and the order. `-n 0` after these runs in one process.
-exec "$PY" -m pytest -n 2 --dist loadfile --no-loadscope-reorder "${@:-tests}"
+exec "$PY" -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=20 "${@:-tests}"

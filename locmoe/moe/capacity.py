@@ -43,6 +43,7 @@ class CapacityPlanner:
         """([E] capacities, the angular bound or None) for ``num_tokens`` tokens of the group whose copies go
         to ``copy_expert`` at ``copy_angle``; ``token_angles`` [T, E] this rank's (quantile rule)."""
         ops, c, E, k = self.ops, self.moe.capacity, self.moe.num_experts, self.moe.router.top_k
+        assert k is not None, "top_k is filled in when the config loads (locmoe.config.checks)"
         like = copy_expert
         if not self.drops:
             return ops.full((E,), k * num_tokens, "int64", like=like), None
@@ -72,6 +73,7 @@ class CapacityPlanner:
         """LocMoE Theorem 1 from δ, the largest token-space cosine distance of a routed copy (the reference's
         ``paper_rule``): fixed by ``paper_delta``, or measured, with its ``paper_schedule``."""
         ops, c, E, k = self.ops, self.moe.capacity, self.moe.num_experts, self.moe.router.top_k
+        assert k is not None, "top_k is filled in when the config loads (locmoe.config.checks)"
         if c.paper_delta > 0:
             delta = ops.full((), c.paper_delta, "float64", like=copy_expert)
             bound = ops.paper_capacity(delta, self.model_dim, E, k, num_tokens, c.paper_form)

@@ -70,14 +70,15 @@ class TokenDispatcher:
         if out.choices is not None or out.token is not None:
             return out
         gathered = self.ops.all_gather_rows(self.ops.detach(out.probs), self.ep.group)
-        return expert_choice_copies(
-            self.ops, out, gathered, self.ep.group.my_index, self.moe.capacity.factor, self.moe.router.top_k
-        )
+        k = self.moe.router.top_k
+        assert k is not None, "top_k is filled in when the config loads (locmoe.config.checks)"
+        return expert_choice_copies(self.ops, out, gathered, self.ep.group.my_index, self.moe.capacity.factor, k)
 
     def group_view(self, out: RouterOutput, token_rank: Tensor) -> GroupView:
         """(source rank, expert, prob, angle) of every copy of the group, and which of them are mine: one
         all-gather where copies may be dropped in a group of several ranks, else nothing moves."""
         ops, group = self.ops, self.ep.group
+        assert out.expert is not None and out.token is not None, "copies are filled in by choose_over_group"
         C = out.expert.shape[0]
         if out.angles is not None:
             angle = ops.take(out.angles.reshape(-1), out.token * self.num_experts + out.expert)
@@ -152,6 +153,7 @@ class TokenDispatcher:
         row_token = self.ops.take(out.token, layout.order)
         if out.choices is None:  # expert choice: tokens have any number of copies
             return self.ops.take_rows(x, row_token)
+        assert layout.pos is not None, "token-choice routers' layouts have pos"
         kept = None if layout.kept is None else layout.kept.reshape(layout.pos.shape)
         return self.ops.permute_copies(x, row_token, layout.pos, kept)
 
@@ -183,5 +185,6 @@ class TokenDispatcher:
             weight = ops.take(out.weight, layout.order)
             return ops.scatter_add_rows(rows, weight, row_token, num_tokens)
         T, k = out.choices.shape
+        assert out.weight is not None, "token-choice routers give their weights"
         kept = None if layout.kept is None else layout.kept.reshape(T, k)
         return ops.combine_copies(rows, out.weight.reshape(T, k), layout.pos, kept, row_token, layout.order)

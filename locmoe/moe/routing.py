@@ -173,6 +173,7 @@ def expert_choice_copies(
     """Expert choice: each expert takes its ``capacity`` most probable tokens of the whole group
     (``group_probs`` [W·T, E], this rank's tokens are block ``my_block``); returns ``out`` with this rank's
     copies filled in."""
+    assert out.probs is not None, "expert choice routers give probs"
     T, E = out.probs.shape
     capacity = factor_capacity(factor, k, group_probs.shape[0], E)
     token, expert = ops.expert_choice(group_probs, capacity)

@@ -60,6 +60,7 @@ class SendLayout:
         copy id), dropped copies last. The buffer keeps its fixed size C, so no count reaches the host; the
         experts give dropped rows zeros (``ChunkDispatch.dropped_tail``) and the combine weighs them 0. Chunks
         only overlap communication, so there is one here."""
+        assert out.expert is not None and out.token is not None, "copies are filled in by choose_over_group"
         ops, E, W, C = self.ops, self.num_experts, self.num_ranks, out.expert.shape[0]
         key = out.expert * W + ops.take(token_rank, out.token)
         if kept is not None:
@@ -74,6 +75,7 @@ class SendLayout:
         to a multiple of ``moe.capacity.bucket`` (one host read per call; a few distinct shapes over a run)."""
         c, k, E = self.moe.capacity, self.moe.router.top_k, self.num_experts
         if c.mode == "factor":
+            assert k is not None, "top_k is filled in when the config loads (locmoe.config.checks)"
             return factor_capacity(c.factor, k, num_tokens, E)
         largest = int(self.ops.to_host(capacity).max())
         return -(-largest // c.bucket) * c.bucket
@@ -100,6 +102,7 @@ class SendLayout:
         self, out: RouterOutput, kept: Optional[Tensor], rank_of: Tensor, slot_of: Tensor, size: int
     ) -> CopyLayout:
         """Fixed-size blocks (``static_exchange``): all C copies in send order, kept first; one chunk."""
+        assert out.expert is not None, "copies are filled in by choose_over_group"
         ops, W, El, C = self.ops, self.num_ranks, self.experts_per_rank, out.expert.shape[0]
         key = ops.take(rank_of, out.expert) * El + ops.take(slot_of, out.expert)
         counts = ops.counts_of(key, W * El, kept)
@@ -119,6 +122,7 @@ class SendLayout:
     ) -> CopyLayout:
         """Kept copies only, chunk by chunk, each chunk by (destination rank, slot); the split sizes from one
         all-gather of counts read on the host."""
+        assert out.token is not None, "copies are filled in by choose_over_group"
         ops, W, El = self.ops, self.num_ranks, self.experts_per_rank
         dst, slot = ops.take(rank_of, out.expert), ops.take(slot_of, out.expert)
         chunk_of = out.token * chunks // num_tokens
