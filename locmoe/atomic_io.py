@@ -63,7 +63,10 @@ def os_errno(err: BaseException) -> Optional[int]:
 
 def write_error(err: BaseException, path: Path) -> WriteError:
     code = os_errno(err)
-    why = _WHY.get(code, os.strerror(code) if code else str(err))
+    if code is None:
+        why = str(err)
+    else:
+        why = _WHY.get(code, os.strerror(code) if code else str(err))
     return WriteError(f"cannot write {path}: {why} ({err})")
 
 

@@ -178,6 +178,7 @@ def write_optimizer(state: dict, path: Path, rank: int, cfg=None, optimizer=None
     if optimizer is not None:
         lr, betas, eps, decay = optimizer.lr, list(optimizer.betas), optimizer.eps, optimizer.decay
     else:
+        assert cfg is not None, "write_optimizer needs the optimizer or the config"
         t = cfg.train
         lr, betas, eps = t.lr, [t.beta1, t.beta2], 1e-8
         decay = {n: (t.weight_decay if np.ndim(state["exp_avg"][n]) >= 2 else 0.0) for n in names}

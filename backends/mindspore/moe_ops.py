@@ -9,6 +9,7 @@ AllGather, with its own bprop). The capacity kernels run the numpy reference's o
 from __future__ import annotations
 
 import contextlib
+from typing import cast
 
 import mindspore as ms
 import numpy as np
@@ -26,6 +27,12 @@ _DTYPES = {"int64": ms.int64, "float32": ms.float32, "float64": ms.float64, "boo
 
 def _host(t) -> np.ndarray:
     return t.asnumpy() if isinstance(t, Tensor) else np.asarray(t)
+
+
+def _detached_f64(t: Tensor) -> Tensor:
+    """``t`` without gradient, in float64 (MindSpore's ops are unannotated: pyright infers ``stop_gradient``'s
+    result as "... | None", hence the cast)."""
+    return cast(Tensor, ops.stop_gradient(t)).astype(ms.float64)
 
 
 class MindSporeOps:
@@ -105,7 +112,7 @@ class MindSporeOps:
         return ops.where(ops.isnan(t), ops.full(t.shape, float("-inf"), dtype=t.dtype), t).max()
 
     def all_nan(self, t):
-        return ops.isnan(t).all()
+        return cast(Tensor, ops.isnan(t)).all()  # unannotated op: pyright infers "... | None"
 
     def stack(self, ts, axis=0):
         # cat, not ops.stack: the bprop of Stack fails inside a traced graph (MindSpore 2.10)
@@ -191,13 +198,11 @@ class MindSporeOps:
 
     def gate_angles(self, x, gate_weight):
         # float64 so that the bound's comparisons agree with the numpy reference
-        return rops.gate_angles(
-            ops.stop_gradient(x).astype(ms.float64), ops.stop_gradient(gate_weight).astype(ms.float64)
-        )
+        return rops.gate_angles(_detached_f64(x), _detached_f64(gate_weight))
 
     def basis_angles(self, scores):
         eye = Tensor(np.eye(scores.shape[1]))
-        return rops.gate_angles(ops.stop_gradient(scores).astype(ms.float64), eye)
+        return rops.gate_angles(_detached_f64(scores), eye)
 
     def cosine_deviation(self, x, columns):
         return extras.cosine_deviation(x, columns)

@@ -50,6 +50,7 @@ class Router(nn.Cell):
         self.node_table = node_expert_table(placement)  # [N, E/N] host constants
         self.node_of_expert = None  # (derived from it by the kernel)
         if r.node_limit:
+            assert r.top_k is not None, "top_k is filled in when the config loads (locmoe.config.checks)"
             check_node_limit(self.node_table, groups, r.node_limit, r.top_k)
         paper = moe.capacity.mode == "bound" and moe.capacity.bound_rule == "paper"
         self.grap_columns = Tensor(grap_gate_matrix(d_model, E)) if paper and r.gate == "grap" else None

@@ -11,7 +11,7 @@ process groups from the launcher), ``train`` (the pretraining loop, ``build_mode
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -46,4 +46,6 @@ def record_trace(
 def server() -> Server:
     from backends.torch.inference import server
 
-    return server
+    # the module's functions take back the handles its own ``load``/``options`` return (InferenceModel,
+    # ServeOptions), narrower than the protocol's opaque ``ServedModel``/``object`` parameters
+    return cast("Server", server)

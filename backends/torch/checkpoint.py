@@ -22,6 +22,7 @@ import pickle
 import random
 import warnings
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -138,8 +139,10 @@ def write_rank_files(model, optimizer, ctx: DistContext, tmp: Path, step: int) -
         state = consolidated_state(model, ctx)
         files.write_optimizer_files(tmp, ctx.rank, *optimizer_files_state(model, optimizer), save=save_file)
     cuda = [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else None
+    # numpy's stubs type get_state() with no argument as its dict form; the legacy default gives the tuple
+    numpy_state = cast(tuple, np.random.get_state())
     files.write_rng_file(
-        files.rng_to_json(np.random.get_state(), random.getstate(), torch=torch.get_rng_state().tolist(), cuda=cuda),
+        files.rng_to_json(numpy_state, random.getstate(), torch=torch.get_rng_state().tolist(), cuda=cuda),
         tmp,
         ctx.rank,
     )
@@ -275,7 +278,8 @@ def _legacy_load(file: Path):
     """A format-1 pickle, only when trusted, and then with torch's restricted unpickler: tensors, containers
     and numpy's RNG-state array types, nothing that runs code."""
     require_trust(file)
-    allowed = [np.core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    # numpy's stubs do not declare np.core (present at run time in numpy 1.x)
+    allowed = [np.core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]  # pyright: ignore[reportAttributeAccessIssue]
     if not file.is_file():
         raise CheckpointError(f"{file} is missing")
     try:

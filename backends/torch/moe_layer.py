@@ -27,6 +27,8 @@ from locmoe.training.finite import NonFiniteError
 
 
 class MoELayer(nn.Module):
+    nonfinite_inputs: torch.Tensor  # a buffer (``register_buffer``)
+
     def __init__(self, moe: MoEConfig, d_model: int, vocab_size: int, ep: ExpertParallel, layer_id: int = 0):
         super().__init__()
         self.layer_id, self.d_model, self.ep, self.moe = layer_id, d_model, ep, moe

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from backends.torch.collectives import all_reduce_
 from backends.torch.distributed import DistContext
-from backends.torch.sharding import is_sharded, local
+from backends.torch.sharding import is_sharded, local, replicated
 from locmoe.config.schema import TrainConfig
 from locmoe.model_spec import is_expert_param
 
@@ -63,7 +63,8 @@ def sync_gradients(model: torch.nn.Module, ctx: DistContext, sharded: bool = Fal
         if unwrapped:
             torch._foreach_mul_(unwrapped, 1.0 / W)  # pyright: ignore[reportPrivateImportUsage]  # public kernel, not in torch's __all__
         return
-    _reduce_flat(dense, ctx.world, 1.0 / W)
+    if not replicated(model):  # with parallel.overlap_grad_reduce, DDP reduced them during the backward
+        _reduce_flat(dense, ctx.world, 1.0 / W)
     _reduce_flat(expert, ctx.expert_dp, 1.0 / W)
 
 

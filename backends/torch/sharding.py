@@ -45,6 +45,7 @@ def shard_model(model: nn.Module, cfg: JobConfig, ctx: DistContext) -> None:
     ``optimizer``: parameters gathered once per step, kept through the backward (ZeRO-2: gradients and AdamW
     state sharded). ``full``: gathered again for the backward (ZeRO-3: parameters sharded between uses)."""
     if not sharded(cfg, ctx):
+        replicate_model(model, cfg, ctx)
         return
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
@@ -71,6 +72,27 @@ def shard_model(model: nn.Module, cfg: JobConfig, ctx: DistContext) -> None:
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.set_force_sum_reduction_for_comms(True)
+
+
+def replicate_model(model: nn.Module, cfg: JobConfig, ctx: DistContext) -> None:
+    """``parallel.overlap_grad_reduce`` (``shard: none``, several processes): the dense parameters' gradients
+    are all-reduced in buckets as the backward produces them, overlapped with the rest of it, by PyTorch's DDP
+    (its composable ``replicate``, which leaves the module and its parameter names as they are). The experts
+    are left out: their gradients are averaged over ``expert_dp``, not the world, after the backward
+    (``backends.torch.optim.sync_gradients``). DDP divides by the world size, the objective's W."""
+    if not (cfg.parallel.overlap_grad_reduce and cfg.parallel.shard == "none" and ctx.world_size > 1):
+        return
+    from torch.distributed._composable.replicate import replicate
+
+    experts = [block.moe.experts for block in model.layers if hasattr(block, "moe")]
+    replicate(model, ignored_modules=experts, process_group=ctx.world.handle)
+
+
+def replicated(model: nn.Module) -> bool:
+    """Whether ``replicate_model`` wrapped ``model`` (its dense gradients arrive reduced)."""
+    from torch.distributed._composable.contract import _get_registry
+
+    return "replicate" in (_get_registry(model) or {})
 
 
 def _unwrapped(model: nn.Module) -> set:

@@ -164,7 +164,8 @@ def make_stepper(model, optimizer, cfg: JobConfig, ctx: DistContext, batches: Ba
 def train(cfg: JobConfig, resume: bool = False) -> dict:
     """Run the job; returns the last logged scalars (rank 0) and the final checkpoint path."""
     trainer = TorchTrainer(cfg)
-    return run(trainer, cfg, resume)
+    # pyright matches no cached_property (``facts``) to a protocol's attribute, though it may be read and set
+    return run(trainer, cfg, resume)  # pyright: ignore[reportArgumentType]
 
 
 class TorchTrainer:

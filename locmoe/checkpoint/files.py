@@ -92,7 +92,7 @@ def read_adamw(path: Path, rank: int) -> dict:
     steps = [s.get("step", 0) for s in meta["scalars"].values()]
     if not all(isinstance(s, (int, float)) and s >= 0 for s in steps):
         raise CheckpointError(f"{path / OPTIMIZER_META.format(rank=rank)}: step counts must be numbers >= 0")
-    out = {"step": int(max(steps, default=0))}
+    out: dict[str, Any] = {"step": int(max(steps, default=0))}
     for key in MOMENTS:
         out[key] = {n: np.asarray(t, dtype=np.float32) for n, t in tensors.get(key, {}).items()}
     return out

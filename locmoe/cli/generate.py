@@ -174,6 +174,7 @@ def main(args: argparse.Namespace) -> int:
     )
     seconds = time.perf_counter() - t0
     if args.kv_cache:
+        assert first_token_s is not None, "the KV-cache path times its first token"
         how = f"KV cache, batches of {args.batch_size}, time to first token {first_token_s * 1e3:.0f} ms"
     else:
         how = "no cache"

@@ -45,9 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     import backends
-    from locmoe import interrupts
     from locmoe.config import dump_config, load_config
     from locmoe.config.checks import check_paths
+    from locmoe.training import interrupts
 
     if args.trust_checkpoint:
         from locmoe.checkpoint.directory import trust_legacy_checkpoints

@@ -36,6 +36,7 @@ def resolve_and_check(cfg: JobConfig) -> JobConfig:
     _check_train(cfg)
     check_router_options(cfg)
     _check_jit_step(cfg)
+    _check_overlap(cfg)
     return cfg
 
 
@@ -125,6 +126,20 @@ def _check_dispatch_shape(moe) -> None:
             "moe.dispatch_shape",
             f"'static' moves one fixed-size block per expert; "
             f"moe.overlap_chunks = {moe.overlap_chunks} is not supported with it (use 1)",
+        )
+
+
+def _check_overlap(cfg: JobConfig) -> None:
+    """``parallel.overlap_grad_reduce`` is torch's DDP and applies to replicated ranks only: refused where it
+    would be ignored."""
+    p = cfg.parallel
+    if p.overlap_grad_reduce and p.backend == "mindspore":
+        raise ConfigError("parallel.overlap_grad_reduce", "true needs the torch backend; allowed with mindspore: false")
+    if p.overlap_grad_reduce and p.shard != "none":
+        raise ConfigError(
+            "parallel.overlap_grad_reduce",
+            f"true with parallel.shard {p.shard!r}: FSDP already reduces during the backward; allowed: false "
+            "(or parallel.shard none)",
         )
 
 

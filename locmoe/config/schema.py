@@ -273,6 +273,12 @@ class ParallelConfig:
         "nothing to shard: docs/parallelism.md",
         choices=SHARD_MODES,
     )
+    overlap_grad_reduce: bool = spec(
+        False,
+        "torch, shard none, several ranks: all-reduce the dense gradients in buckets while the backward runs "
+        "(PyTorch's DDP, through its composable replicate) instead of in one flat copy after it; the experts "
+        "keep theirs. Off until a multi-GPU measurement sets the default (docs/parallelism.md)",
+    )
     timeout_s: float = spec(
         600.0,
         "collective and heartbeat timeout: a stalled or dead rank ends every rank "

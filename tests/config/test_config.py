@@ -172,6 +172,14 @@ RULES = [
     (["data.sources=[{path: a.txt, domain: 2}]"], "data.sources[0].domain: 2 must be < moe.domains.num_domains (1)"),
     (["data.sources=[{path: a.txt, fromat: text}]"], "data.sources[0].fromat: unknown field; did you mean 'format'?"),
     (["version=2"], "version: 2 is not supported by this locmoe: the config format version is 1"),
+    (
+        ["parallel.overlap_grad_reduce=true", "parallel.backend=mindspore"],
+        "parallel.overlap_grad_reduce: true needs the torch backend; allowed with mindspore: false",
+    ),
+    (
+        ["parallel.overlap_grad_reduce=true", "parallel.shard=full"],
+        "parallel.overlap_grad_reduce: true with parallel.shard 'full': FSDP already reduces during the backward",
+    ),
 ]
 
 

@@ -142,6 +142,7 @@ def calibrate(
         except ProfileError as err:
             box[0] = str(err)
     if group.size > 1:
+        assert group.handle is not None  # a group of several ranks has one
         dist.broadcast_object_list(box, src=dist.get_global_rank(group.handle, 0), group=group.handle)
     if isinstance(box[0], str):
         raise ProfileError(box[0])

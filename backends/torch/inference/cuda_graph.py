@@ -46,6 +46,7 @@ class GraphedStep:
         if (domain is None) != (self.domain is None):
             raise ValueError("the graph was captured with" + ("out" if self.domain is None else "") + " a domain")
         if domain is not None:
+            assert self.domain is not None  # checked above: captured with a domain
             self.domain.copy_(domain)
         self.tokens.copy_(tokens)
         self.slot.copy_(slot)

@@ -74,7 +74,7 @@ class KVDecoder:
             dom = None if dom is None else dom.index_select(0, real_idx)
         per_rank: list = []  # the EP group's token counts, gathered once per call (collective path)
         x = m.embed(tokens)
-        for i, block in enumerate(m.layers):
+        for i, block in enumerate(m.blocks):
             x = x + cached_attention(
                 block.attn, block.attn_norm(x), cos, sin, cache.k[i], cache.v[i], slots, mask, kv_len
             )
@@ -94,7 +94,7 @@ class KVDecoder:
     def _moe(
         self, layer: int, x: torch.Tensor, ids: torch.Tensor, dom: Optional[torch.Tensor], per_rank: list
     ) -> torch.Tensor:
-        moe = self.model.layers[layer].moe
+        moe = self.model.blocks[layer].moe
         if self.fast_moe[layer]:
             return moe_step(moe.router, moe.experts, x, ids, dom)
         # collective: every rank of the EP group calls this the same number of times

@@ -22,12 +22,18 @@ Start = Callable[[], Callable[[], torch.Tensor]]  # launches a collective, retur
 class Pending:
     """Rows in flight on the communication lane."""
 
-    def __init__(self, finish: Callable[[], torch.Tensor], event=None, stream=None):
+    def __init__(
+        self,
+        finish: Callable[[], torch.Tensor],
+        event: Optional[torch.cuda.Event] = None,
+        stream: Optional[torch.cuda.Stream] = None,
+    ):
         self._finish, self._event, self._stream = finish, event, stream
 
     def result(self) -> torch.Tensor:
         out = self._finish()
         if self._event is not None:
+            assert self._stream is not None  # given with the event
             self._stream.wait_event(self._event)
             out.record_stream(self._stream)
         return out
@@ -43,6 +49,7 @@ class Lanes:
     def launch(self, start: Start, inputs: Sequence[torch.Tensor], clock=None, name: str = "") -> Pending:
         """Run a collective on the communication lane once ``inputs`` are ready on the compute lane."""
         if self.cuda:
+            assert self.comm is not None and self.compute is not None
             ready = torch.cuda.Event()
             ready.record(self.compute)
             self.comm.wait_event(ready)
@@ -70,6 +77,7 @@ class Lanes:
     def join(self) -> None:
         """The compute lane waits for everything issued on the communication lane."""
         if self.cuda:
+            assert self.comm is not None and self.compute is not None
             self.compute.wait_stream(self.comm)
 
 

@@ -110,7 +110,11 @@ def _no_default_init():
     """Skip nn.Linear's / nn.Embedding's random init while building: every weight is loaded (or drawn by
     :func:`random_weights`) right after, and the draws cost seconds at GPU sizes."""
     saved = nn.Linear.reset_parameters, nn.Embedding.reset_parameters
-    nn.Linear.reset_parameters = nn.Embedding.reset_parameters = lambda self: None
+
+    def skip(self: nn.Module) -> None:
+        pass
+
+    nn.Linear.reset_parameters = nn.Embedding.reset_parameters = skip
     try:
         yield
     finally:
@@ -160,7 +164,7 @@ def load_weights(model: InferenceModel, cfg: JobConfig, path: Path, router_tenso
                 if name in router_tensors:
                     t = router_tensors[name]
                 elif is_expert_param(name):
-                    t = read_experts(f, name, list(model.layers[int(name.split(".")[1])].moe.ep.local_experts))
+                    t = read_experts(f, name, list(model.blocks[int(name.split(".")[1])].moe.ep.local_experts))
                 else:
                     t = f.get_tensor(name)
                 own[name].copy_(torch.from_numpy(np.ascontiguousarray(t)).to(own[name].dtype))

@@ -5,7 +5,8 @@ placement table may differ per layer). Same parameter names as ``locmoe.model_sp
 
 from __future__ import annotations
 
-from typing import Optional
+from pathlib import Path
+from typing import Optional, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,7 @@ from locmoe.model_spec import moe_layer_indices
 from models.pangu_sigma_torch import Block, RMSNorm, rotary_tables
 
 
-class InferenceBlock(Block):
+class InferenceBlock(Block[InferenceMoE]):
     """The training block with :class:`InferenceMoE` in place of the training MoE layer."""
 
     def __init__(self, cfg: JobConfig, layer_id: int, ep: Optional[ExpertParallel]):
@@ -44,6 +45,11 @@ class InferenceBlock(Block):
 
 
 class InferenceModel(nn.Module):
+    rope_cos: torch.Tensor  # buffers (``register_buffer``)
+    rope_sin: torch.Tensor
+    device: torch.device  # set by ``loader.build_inference_model``
+    checkpoint: Path  # set by ``loader.load_inference_model``: the resolved checkpoint directory
+
     def __init__(self, cfg: JobConfig, eps: dict[int, ExpertParallel], group: Group):
         """``eps``: the expert parallelism of each MoE layer index; ``group``: the EP group (token counts)."""
         super().__init__()
@@ -58,6 +64,11 @@ class InferenceModel(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.options = ServeOptions(mode="plain")
+
+    @property
+    def blocks(self) -> Sequence[InferenceBlock]:
+        """``layers``, typed: its blocks."""
+        return cast("Sequence[InferenceBlock]", self.layers)
 
     @property
     def context(self) -> int:
@@ -102,8 +113,8 @@ class InferenceModel(nn.Module):
 
     def moe_calls(self) -> list[LayerCall]:
         """Records of the MoE layer calls since the last ``clear_calls`` (with ``options.record``)."""
-        return [c for i in self.moe_layers for c in self.layers[i].moe.calls]
+        return [c for i in self.moe_layers for c in self.blocks[i].moe.calls]
 
     def clear_calls(self) -> None:
         for i in self.moe_layers:
-            self.layers[i].moe.calls.clear()
+            self.blocks[i].moe.calls.clear()

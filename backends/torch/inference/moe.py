@@ -90,6 +90,7 @@ class InferenceMoE(nn.Module):
             pipeline=partial(self._pipeline, run, plan.order, x.device, opts),
         )
         y, _, _ = moe_forward(self.ops, self, x, token_ids, domain, False, call)
+        assert run.layout is not None  # set by ``_pipeline``
         if run.layout.counts is not None:
             self.previous = run.layout.counts.sum(axis=1)
         if opts.record:
@@ -114,10 +115,13 @@ class InferenceMoE(nn.Module):
         if fixed:
             return PipelinePlan(fixed, order, 0.0, 0.0, ())
         El = len(self.ep.local_experts)
+        top_k = self.moe.router.top_k
+        assert opts.profile is not None  # chunks = 0 needs one (``ServeOptions`` checks)
+        assert top_k is not None  # resolved (``locmoe.config.checks.resolve_and_check``)
         orders = (order,) if opts.order != "auto" else ("interleaved", "dispatch_first")
         return plan_pipeline(
             opts.profile,
-            lambda n: expected_counts(tokens_per_rank, self.moe.router.top_k, El, n, self.previous),
+            lambda n: expected_counts(tokens_per_rank, top_k, El, n, self.previous),
             self.d_model,
             self.moe.d_expert,
             self.moe.activation,
@@ -140,6 +144,7 @@ class InferenceMoE(nn.Module):
 
     def _record(self, T: int, plan: PipelinePlan, run: PipelineRun, x: torch.Tensor, opts: ServeOptions) -> LayerCall:
         pred = pred_serial = None
+        assert run.layout is not None  # set by ``_pipeline``
         counts = run.layout.counts
         if opts.profile is not None:
             counts = counts if counts is not None else np.stack(run.loads)[None, :, None, :]

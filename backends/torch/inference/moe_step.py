@@ -15,7 +15,7 @@ here are a scatter-add (``routing_ops.counts_of``), and the copies are sorted wi
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 
@@ -64,8 +64,10 @@ def route_tokens(
     """x: [T, d] -> (experts [T, K], combine weights [T, K] fp32): the router's own choices
     (``locmoe.moe.routing.route`` on node 0, without the losses)."""
     T = x.shape[0]
-    local = router.node_mask[torch.zeros(T, dtype=torch.long, device=x.device)]
+    node_mask = cast(torch.Tensor, router.node_mask)  # a buffer (``register_buffer``)
+    local = node_mask[torch.zeros(T, dtype=torch.long, device=x.device)]
     out = route(router.ops, router, x, local, 1, token_ids, domain, losses=False)
+    assert out.choices is not None and out.weight is not None  # token-choice routers (CACHE_ROUTERS) give both
     return out.choices, out.weight.view(T, -1)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Union, cast
 
 import torch
 
@@ -13,7 +13,7 @@ class StageClock:
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
-        self.marks: list[tuple[str, object]] = []
+        self.marks: list[tuple[str, Union[torch.cuda.Event, float]]] = []  # events on CUDA, else seconds
 
     def mark(self, name: str, stream: Optional["torch.cuda.Stream"] = None) -> None:
         if self.cuda:
@@ -28,10 +28,12 @@ class StageClock:
             return {}
         if self.cuda:
             torch.cuda.synchronize()
-            t0 = self.marks[0][1]
-            return {name: t0.elapsed_time(ev) for name, ev in self.marks}
-        t0 = self.marks[0][1]
-        return {name: (t - t0) * 1e3 for name, t in self.marks}
+            events = cast("list[tuple[str, torch.cuda.Event]]", self.marks)
+            t0 = events[0][1]
+            return {name: t0.elapsed_time(ev) for name, ev in events}
+        times = cast("list[tuple[str, float]]", self.marks)
+        t0 = times[0][1]
+        return {name: (t - t0) * 1e3 for name, t in times}
 
 
 def sync(device: torch.device) -> None:
@@ -45,7 +47,7 @@ def time_call(
     warmup: int = 2,
     reps: int = 5,
     rounds: int = 3,
-    barrier: Optional[Callable[[], None]] = None,
+    barrier: Optional[Callable[[], object]] = None,
 ) -> float:
     """Seconds per call of ``fn``: ``reps`` back-to-back calls timed together, the median of ``rounds``.
     ``barrier`` (e.g. a process-group barrier) lines ranks up before each round of a collective."""
