@@ -10,7 +10,8 @@ the MoE layer stays PyNative because its dispatcher reads split sizes on the hos
 from __future__ import annotations
 
 import functools
-from typing import Optional
+import typing
+from typing import Callable, Optional
 
 import mindspore as ms
 import numpy as np
@@ -156,7 +157,9 @@ def swiglu(x: Tensor, w1: Tensor, w3: Tensor, w2: Tensor) -> Tensor:
 
 # NOTE: ast capture of these pure functions; bytecode capture of a Cell method was measured to run but to
 # return zero gradients for the Cell's parameters in PyNative (MindSpore 2.10, CPU)
-attention_jit, swiglu_jit = ms.jit(attention), ms.jit(swiglu)
+# (``ms.jit(fn)`` returns ``fn`` compiled; unannotated, pyright infers the decorator form's type too)
+attention_jit = typing.cast("Callable[..., Tensor]", ms.jit(attention))
+swiglu_jit = typing.cast("Callable[..., Tensor]", ms.jit(swiglu))
 
 
 class Attention(nn.Cell):
@@ -263,7 +266,8 @@ class PanGuSigma(nn.Cell):
         for block in self.layers:
             if block.is_moe:
                 h = block.mix(x, self.rope_cos, self.rope_sin)[1] if through_blocks else block.ffn_norm(x)
-                return ops.stop_gradient(block.moe.node_preference(h, dom).mean(axis=1))
+                pref = block.moe.node_preference(h, dom).mean(axis=1)
+                return ops.stop_gradient(pref)  # pyright: ignore[reportReturnType]  # unannotated: returns its input
             if through_blocks:
                 x, _, _ = block(x, self.rope_cos, self.rope_sin, tokens, dom)
         raise ValueError("node_preference: the model has no MoE layer")

@@ -5,7 +5,7 @@ attention, SwiGLU FFNs. Parameter names follow ``locmoe.model_spec`` (the checkp
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Generic, Optional, Sequence, TypeVar, cast
+from typing import Any, Generic, Optional, Sequence, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +17,6 @@ from locmoe.config.schema import JobConfig, ModelConfig
 from locmoe.model_spec import initial_state, moe_layer_indices, parameter_shapes
 from locmoe.moe.records import MoEMetrics
 from locmoe.parallel.context import ExpertParallel
-
-if TYPE_CHECKING:
-    from backends.torch.moe_layer import MoELayer
 
 
 class RMSNorm(nn.Module):
@@ -124,7 +121,7 @@ class PanGuSigma(nn.Module):
     rope_cos: torch.Tensor  # buffers (``register_buffer``)
     rope_sin: torch.Tensor
 
-    def __init__(self, cfg: JobConfig, ep: ExpertParallel, moe_cls: type[MoELayer]):
+    def __init__(self, cfg: JobConfig, ep: ExpertParallel, moe_cls: type[nn.Module]):
         """``ep``: what the MoE layers know of expert parallelism; ``moe_cls``: their class (see :class:`Block`)."""
         super().__init__()
         m = cfg.model
@@ -141,9 +138,11 @@ class PanGuSigma(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
 
     @property
-    def blocks(self) -> Sequence[Block[MoELayer]]:
+    def blocks(self) -> Sequence[Block[Any]]:
         """``layers``, typed: its blocks."""
-        return cast("Sequence[Block[MoELayer]]", self.layers)
+        # NOTE: Any, not the backend's MoELayer: a model imports no backend module (.importlinter), and the
+        # layer class is the builder's choice (training's MoELayer, serving's InferenceMoE)
+        return cast("Sequence[Block[Any]]", self.layers)
 
     def forward(
         self, tokens: torch.Tensor, domain: Optional[torch.Tensor] = None

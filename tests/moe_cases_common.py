@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from locmoe.config import load_config
-from locmoe.parallel.topology import Topology
+from locmoe.parallel.topology import ExpertPlacement, Topology
 
 D, E, F, V = 32, 8, 16, 256
 TOKENS_PER_RANK = 16
@@ -94,3 +94,27 @@ def global_weights(cfg, seed=0) -> dict:
     if cfg.moe.activation == "swiglu":
         w["w3"] = rng.standard_normal((E, D, F)) * 0.2
     return {k: v.astype(np.float32) for k, v in w.items()}
+
+
+def emulated_ep(cfg, group_cls, expert_parallel_cls):
+    """One process holding every expert of ``TOPOLOGY``: a backend's ``ExpertParallel`` over groups of one."""
+    one = group_cls(None, (0,), (0,), 0)
+    placement = ExpertPlacement.from_config(cfg.parallel, E, TOPOLOGY)
+    return expert_parallel_cls(
+        topology=TOPOLOGY, placement=placement, rank=0, group=one, intra=one, inter=one, scheme=cfg.parallel.dispatch
+    )
+
+
+def build_layer(mc, c: dict, ep=None, seed_w=0):
+    """Case ``c``'s config, its layer (on ``ep(cfg)``; by default one process emulating every rank) and the
+    global weights loaded into it. ``mc`` is a backend's ``moe_cases`` module."""
+    cfg = mc.job(**c)
+    layer = mc.MoELayer(cfg.moe, D, V, (ep or mc.emulated_ep)(cfg))
+    w = global_weights(cfg, seed_w)
+    mc.load_weights(layer, w)
+    return cfg, layer, w
+
+
+def rank_slice(rank: int) -> slice:
+    """The rows of the global batch that ``rank`` holds."""
+    return slice(rank * TOKENS_PER_RANK, (rank + 1) * TOKENS_PER_RANK)

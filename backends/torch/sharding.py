@@ -84,7 +84,7 @@ def replicate_model(model: nn.Module, cfg: JobConfig, ctx: DistContext) -> None:
         return
     from torch.distributed._composable.replicate import replicate
 
-    experts = [block.moe.experts for block in model.layers if hasattr(block, "moe")]
+    experts = [block.moe.experts for block in cast(Iterable[Any], model.layers) if hasattr(block, "moe")]
     replicate(model, ignored_modules=experts, process_group=ctx.world.handle)
 
 

@@ -16,8 +16,9 @@ from mindspore import Tensor
 from backends.mindspore.collectives import TrafficCounter, all_gather_rows, all_reduce, all_to_all
 from backends.mindspore.distributed import expert_parallel, init_distributed, shutdown
 from backends.mindspore.moe_layer import MoELayer
-from locmoe.routing import route
 from tests.backends.mindspore import moe_cases as mc
+from tests.backends.shared_moe_checks import full_expert_grads, report_all_cases
+from tests.moe_cases_common import build_layer, rank_slice
 
 STAGES = ["flat", "stage1", "stage2"]
 STAGES = [s + tag for s in STAGES for tag in ("", ":combine", ":grad", ":combine:grad")]
@@ -100,14 +101,10 @@ def check_rank_without_tokens(ctx) -> dict:
 
 
 def run_case(c, ctx):
-    cfg = mc.job(**c)
-    ep = expert_parallel(ctx, cfg.parallel, mc.E)
-    layer = MoELayer(cfg.moe, mc.D, mc.V, ep)
-    w = mc.global_weights(cfg)
-    mc.load_weights(layer, w)
+    cfg, layer, w = build_layer(mc, c, ep=lambda cfg: expert_parallel(ctx, cfg.parallel, mc.E))
+    ep = layer.ep
     x, ids, dom, g = mc.global_batch()
-    r, T = ep.rank, mc.TOKENS_PER_RANK
-    part = slice(r * T, (r + 1) * T)
+    part = rank_slice(ep.rank)
     y, gx, m, grads = mc.run_layer(layer, x[part], ids[part], dom[part], g[part], mc.TOPOLOGY.world_size)
     out = {
         "y": gather(y, ep.group),
@@ -116,14 +113,8 @@ def run_case(c, ctx):
         "kept": gather_uneven(m.kept.asnumpy().astype(np.int64), ep.group).astype(bool),
         "summary": m.summary(),
     }
-    for name in ("w1", "w2", "w3"):
-        if "experts." + name in grads:
-            local = gather(grads["experts." + name], ep.group)
-            local = local.reshape(mc.TOPOLOGY.world_size, -1, *local.shape[1:])
-            full = np.zeros((mc.E, *local.shape[2:]), dtype=np.float32)
-            for rank in range(mc.TOPOLOGY.world_size):
-                full[list(ep.placement.local_experts(rank))] = local[rank]
-            out["grad_" + name] = full
+    local = {n: grads["experts." + n] for n in ("w1", "w2", "w3") if "experts." + n in grads}
+    out.update(full_expert_grads({n: gather(v, ep.group) for n, v in local.items()}, ep.placement))
     if "router.gate_weight" in grads:
         out["grad_gate"] = all_reduce(Tensor(grads["router.gate_weight"]), ep.group).asnumpy()
     mine = np.array([layer.traffic.by_stage.get(s, [0, 0]) for s in STAGES], dtype=np.int64)
@@ -131,71 +122,12 @@ def run_case(c, ctx):
     return cfg, w, (x, ids, dom), out
 
 
-def compare(c, cfg, w, batch, out):
-    x, ids, dom = batch
-    _, _, _, _, y_ref, gx_ref, grads_ref, m_ref = mc.single_process_reference(c)
-    res = {
-        "name": mc.case_name(c),
-        "y_err": float(np.abs(out["y"] - y_ref).max()),
-        "gx_err": float(np.abs(out["gx"] - gx_ref).max()),
-        "summary": out["summary"],
-        "ref_summary": m_ref.summary(),
-    }
-    for name in ("w1", "w2", "w3"):
-        if "grad_" + name in out:
-            res[f"g{name}_err"] = float(np.abs(out["grad_" + name] - grads_ref["experts." + name]).max())
-    if "grad_gate" in out:
-        res["ggate_err"] = float(np.abs(out["grad_gate"] - grads_ref["router.gate_weight"]).max())
-    # routing decisions against the numpy reference (fp32 inputs, as the layer sees them)
-    gate = w["gate"] if cfg.moe.router.gate == "dense" else None
-    domain = dom if cfg.moe.domains.num_domains > 1 else None
-    placement = mc.emulated_ep(cfg).placement
-    ref = route(
-        x,
-        cfg.moe,
-        placement,
-        np.repeat(np.arange(4), mc.TOKENS_PER_RANK),
-        gate_weight=gate,
-        token_ids=ids,
-        domain=domain,
-    )
-    res["experts_equal"] = bool(np.array_equal(out["expert"], ref.plan.expert))
-    res["kept_equal"] = bool(np.array_equal(out["kept"], ref.plan.kept))
-    res["dropped"] = int((~ref.plan.kept).sum())
-    # byte counters against the plan's prediction, per rank and per stage
-    row, scheme = mc.D * 4, c["dispatch"]
-    res["traffic_ok"] = True
-    for direction in ("dispatch", "combine"):
-        pred = ref.plan.traffic(row, scheme, direction)
-        for rank, stages in enumerate(out["stages"]):
-            tag = ":combine" if direction == "combine" else ""
-            names = ["flat"] if scheme == "flat" else ["stage1", "stage2"]
-            got = np.sum([stages[n + tag] for n in names], axis=0)
-            if list(got) != [pred["intra_node"][rank], pred["cross_node"][rank]]:
-                res["traffic_ok"] = False
-                res.setdefault("traffic_mismatch", []).append(
-                    [direction, rank, list(map(int, got)), int(pred["intra_node"][rank]), int(pred["cross_node"][rank])]
-                )
-    res["cross_bytes"] = int(out["summary"]["cross_node_bytes"])
-    res["cross_bytes_measured"] = int(sum(sum(v[1] for k, v in s.items() if ":grad" not in k) for s in out["stages"]))
-    res["cross_bytes_predicted"] = int(
-        sum(ref.plan.traffic(row, scheme, d)["cross_node"].sum() for d in ("dispatch", "combine"))
-    )
-    # the backward all-to-alls send what the forward ones received: same bytes, mirrored
-    res["grad_cross_bytes"] = int(sum(sum(v[1] for k, v in s.items() if ":grad" in k) for s in out["stages"]))
-    return res
-
-
 def main():
     start = time.time()
     ctx = init_distributed(mc.job().parallel)
     collectives = check_collectives(ctx)
     collectives["rank_without_tokens"] = check_rank_without_tokens(ctx)
-    report = []
-    for c in mc.CASES:
-        cfg, w, batch, out = run_case(c, ctx)
-        if ctx.rank == 0:
-            report.append(compare(c, cfg, w, batch, out))
+    report = report_all_cases(mc, ctx.rank, lambda c: run_case(c, ctx))
     if ctx.rank == 0:
         with open(sys.argv[1], "w") as f:
             json.dump({"cases": report, "collectives": collectives, "seconds": time.time() - start}, f, indent=1)

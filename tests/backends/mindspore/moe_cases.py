@@ -6,6 +6,8 @@ The sizes, ``CASES`` and weights are ``tests/moe_cases_common.py``'s, shared wit
 
 from __future__ import annotations
 
+import sys
+
 import mindspore as ms
 import numpy as np
 from mindspore import Tensor
@@ -13,7 +15,7 @@ from mindspore import Tensor
 from backends.mindspore.collectives import Group
 from backends.mindspore.distributed import ExpertParallel
 from backends.mindspore.moe_layer import MoELayer
-from locmoe.parallel.topology import ExpertPlacement
+from tests import moe_cases_common as common
 from tests.moe_cases_common import CASES, TOKENS_PER_RANK, TOPOLOGY, D, E, F, V, case, case_name, global_weights  # noqa: F401
 from tests.moe_cases_common import job as _job
 
@@ -44,11 +46,7 @@ def global_batch(seed=1, ranks=TOPOLOGY.world_size):
 
 
 def emulated_ep(cfg) -> ExpertParallel:
-    one = Group(None, (0,), (0,), 0)
-    placement = ExpertPlacement.from_config(cfg.parallel, E, TOPOLOGY)
-    return ExpertParallel(
-        topology=TOPOLOGY, placement=placement, rank=0, group=one, intra=one, inter=one, scheme=cfg.parallel.dispatch
-    )
+    return common.emulated_ep(cfg, Group, ExpertParallel)
 
 
 def run_layer(layer: MoELayer, x, ids, domain, g, num_ranks: int):
@@ -74,10 +72,7 @@ def run_layer(layer: MoELayer, x, ids, domain, g, num_ranks: int):
 
 def single_process_reference(c: dict, seed_w=0, seed_x=1):
     """The same layer with every expert local, on the whole batch: the result the EP run must equal."""
-    cfg = job(**c)
-    layer = MoELayer(cfg.moe, D, V, emulated_ep(cfg))
-    w = global_weights(cfg, seed_w)
-    load_weights(layer, w)
+    cfg, layer, w = common.build_layer(sys.modules[__name__], c, seed_w=seed_w)
     x, ids, dom, g = global_batch(seed_x)
     y, gx, m, grads = run_layer(layer, x, ids, dom, g, 1)
     return cfg, layer, w, (x, ids, dom, g), y, gx, grads, m

@@ -11,81 +11,20 @@ from backends.mindspore.distributed import ExpertParallel, init_distributed, res
 from backends.mindspore.experts import GroupedExperts
 from backends.mindspore.moe_layer import MoELayer
 from locmoe.config import ConfigError, ParallelConfig
-from locmoe.experts_reference import expert_ffn, moe_forward
-from locmoe.parallel.topology import ExpertPlacement, LaunchEnv, Topology, layout_from_config
-from locmoe.routing import route
+from locmoe.experts_reference import expert_ffn
+from locmoe.parallel.topology import LaunchEnv
+from tests.backends import shared_moe_checks as checks
 from tests.backends.mindspore import moe_cases as mc
 
 setup_runtime("CPU")
 
 
-def reference_output(cfg, w, x, ids, dom):
-    gate = w["gate"].astype(np.float64) if cfg.moe.router.gate == "dense" else None
-    plan = route(
-        x,
-        cfg.moe,
-        mc.emulated_ep(cfg).placement,
-        np.repeat(np.arange(4), len(x) // 4),
-        gate_weight=gate,
-        token_ids=ids,
-        domain=dom if cfg.moe.domains.num_domains > 1 else None,
-    ).plan
-    to64 = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
-    return moe_forward(x, plan, to64(w["w1"]), to64(w["w2"]), to64(w.get("w3")), cfg.moe.activation), plan
-
-
-@pytest.mark.parametrize("case", [c for c in mc.CASES if c["dispatch"] == "flat"], ids=mc.case_name)
-def test_output_equals_numpy_reference(case):
-    """fp32 layer vs float64 reference on the same fp32 inputs: 1e-5 absolute (outputs reach ~5; 1.4e-6 seen)."""
-    cfg, layer, w, (x, ids, dom, g), y, *_ = mc.single_process_reference(case)
-    y_ref, plan = reference_output(cfg, w, x.astype(np.float64), ids, dom)
-    np.testing.assert_allclose(y, y_ref, atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        mc.case(kind="locmoe", mode="factor", dispatch="flat"),
-        mc.case(kind="gshard", mode="bound", dispatch="flat"),
-        mc.case(kind="switch", mode="factor", dispatch="flat"),
-    ],
-    ids=mc.case_name,
-)
-def test_gradients_match_finite_differences_of_the_reference(case):
-    """Directional derivatives of f = Σ y·g along random directions in x, w1 and the gate, central
-    differences on the float64 reference (step 1e-6: routing stays fixed); tolerance 1e-4 relative."""
-    cfg, layer, w, (x, ids, dom, g), y, gx, grads, _ = mc.single_process_reference(case)
-    x64, g64 = x.astype(np.float64), g.astype(np.float64)
-    rng = np.random.default_rng(0)
-
-    def f(xv, **ww):
-        return float((reference_output(cfg, dict(w, **ww), xv, ids, dom)[0] * g64).sum())
-
-    def fd(direction, **at):
-        eps = 1e-6
-        ((name, base),) = at.items()
-        if name == "x":
-            return (f(base + eps * direction) - f(base - eps * direction)) / (2 * eps)
-        return (f(x64, **{name: base + eps * direction}) - f(x64, **{name: base - eps * direction})) / (2 * eps)
-
-    w1 = w["w1"].astype(np.float64)
-    vw = rng.standard_normal(w1.shape)
-    assert float((grads["experts.w1"] * vw).sum()) == pytest.approx(fd(vw, w1=w1), rel=1e-4)
-    # the reference is the task term only; the aux losses also depend on x and the gate, so switch them off
-    _, gx_task, _, task_grads = run_task_only(cfg, w, x, ids, dom, g)
-    vx = rng.standard_normal(x64.shape)
-    assert float((gx_task * vx).sum()) == pytest.approx(fd(vx, x=x64), rel=1e-4)
-    if cfg.moe.router.gate == "dense":
-        gate = w["gate"].astype(np.float64)
-        vg = rng.standard_normal(gate.shape)
-        assert float((task_grads["router.gate_weight"] * vg).sum()) == pytest.approx(fd(vg, gate=gate), rel=1e-4)
-
-
-def run_task_only(cfg, w, x, ids, dom, g):
-    layer = MoELayer(cfg.moe, mc.D, mc.V, mc.emulated_ep(cfg))
-    mc.load_weights(layer, w)
-    layer.aux_coef = layer.loc_coef = 0.0
-    return mc.run_layer(layer, x, ids, dom, g, 1)
+# outputs against the float64 numpy reference (1e-5 absolute; outputs reach ~5, 1.4e-6 seen) and gradients
+# along x, w1 and the learned gate against its finite differences (1e-4 relative)
+(
+    test_output_equals_numpy_reference,
+    test_gradients_match_finite_differences_of_the_reference,
+) = checks.one_process_reference_tests(mc, with_gate=True)
 
 
 @pytest.mark.parametrize("activation", ["swiglu", "gelu"])
@@ -174,16 +113,6 @@ def test_domain_ids_out_of_range():
         layer_for("gshard")(x, domain=Tensor(np.array([0, 1, 0, 1, 5, 0, 0, 1])))
 
 
-def test_experts_not_divisible_by_ep_size():
-    with pytest.raises(ConfigError, match=r"moe.num_experts: 6 is not divisible by the expert-parallel size \(4\)"):
-        ExpertPlacement.contiguous(6, Topology(2, 2))
-
-
-def test_topology_that_does_not_match_the_launcher():
-    with pytest.raises(ConfigError, match=r"2 nodes x 2 devices = 4 ranks, but the launcher started 2 \(msrun\)"):
-        layout_from_config(ParallelConfig(nodes=2, devices_per_node=2), LaunchEnv(2, 0, 2, "msrun"))
-
-
 def test_several_ranks_need_msrun():
     with pytest.raises(
         ConfigError, match="parallel.backend: mindspore with 4 ranks must be started by msrun, not torchrun"
@@ -208,16 +137,11 @@ def test_single_process_context_emulates_the_configured_topology():
     assert ctx.emulated and ctx.world_size == 1 and ctx.ep.size == 1 and ctx.device == "CPU"
 
 
+test_experts_not_divisible_by_ep_size, test_topology_that_does_not_match_the_launcher = checks.config_error_tests(
+    "msrun"
+)
+
+
 def test_group_of_one():
-    one = Group(None, (0,), (0,), 0)
+    one = checks.assert_one_process_holds_every_expert(Group, ExpertParallel)
     assert one.size == 1 and one.my_world_rank == 0
-    ep = ExpertParallel(
-        topology=Topology(1, 1),
-        placement=ExpertPlacement.contiguous(4, Topology(1, 1)),
-        rank=0,
-        group=one,
-        intra=one,
-        inter=one,
-        scheme="flat",
-    )
-    assert not ep.distributed and ep.local_experts == (0, 1, 2, 3)

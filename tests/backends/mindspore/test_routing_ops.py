@@ -8,19 +8,11 @@ from mindspore import Tensor
 from backends.mindspore import routing_ops as ops
 from backends.mindspore.distributed import setup_runtime
 from locmoe import routing as ref
+from tests.backends import shared_routing_ops as shared
 
 setup_runtime("CPU")
 
-
-@pytest.fixture(params=range(5))
-def rng(request):
-    return np.random.default_rng(request.param)
-
-
-def probs_of(rng, T=40, E=8, scale=2.0):
-    z = rng.standard_normal((T, E)) * scale
-    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
-    return p.astype(np.float32)
+rng = shared.rng  # the seeded fixture (seeds 0-4)
 
 
 @pytest.mark.parametrize("descending", [False, True])
@@ -47,9 +39,7 @@ def test_grap_and_angles(rng):
 @pytest.mark.parametrize("k", [2, 3, 5])  # 5: past the rounds of max (a sort) and the OR-ed compares
 @pytest.mark.parametrize("ties", [False, True])
 def test_top_k_and_intra_node_first(rng, ties, k):
-    p = probs_of(rng)
-    if ties:
-        p = np.round(p, 1).astype(np.float32)
+    p = shared.probs_with_ties(rng, ties)
     local = rng.random((40, 8)) < 0.4
     np.testing.assert_array_equal(ops.top_k(Tensor(p), k).asnumpy(), ref.top_k(p, k)[0])
     for rho in (0.1, 0.5, 1.0):
@@ -68,7 +58,7 @@ def test_inverse_permutation(rng, shape):
 def test_top_k_by_rounds_and_by_sort_with_ties_and_masked_experts(rng, k):
     """k <= 4 takes rounds of max, k = 5 the stable sort: both the reference's order, with ties everywhere
     (whole rows equal) and -inf entries (masked experts) that must not be taken twice."""
-    p = np.round(probs_of(rng), 1).astype(np.float32)
+    p = np.round(shared.probs_of(rng), 1).astype(np.float32)
     p[:5] = 0.125  # all tied
     p[rng.random(p.shape) < 0.3] = -np.inf
     p[5:8, :] = -np.inf  # no expert left: the lowest ids, each once
@@ -86,30 +76,19 @@ def test_top_k_by_rounds_keeps_ids_valid_on_nan():
 @pytest.mark.parametrize("k", [2, 3])
 def test_sort_choices(rng, k):
     """k = 2 swaps pairs, k = 3 sorts: both the reference's canonical order (ties to the lower id)."""
-    p = np.round(probs_of(rng), 1).astype(np.float32)
+    p = np.round(shared.probs_of(rng), 1).astype(np.float32)
     idx = np.stack([rng.permutation(8)[:k] for _ in range(40)])
     np.testing.assert_array_equal(ops.sort_choices(Tensor(p), Tensor(idx)).asnumpy(), ref.sort_choices(p, idx))
 
 
 def test_admission(rng):
-    C, E = 200, 8
-    expert = rng.integers(0, E, C)
-    prob = np.round(rng.random(C), 2).astype(np.float32)  # ties on purpose
-    locality = rng.integers(0, 3, C)
-    capacity = rng.integers(0, 40, E)
-    got = ops.admit(*(Tensor(a) for a in (expert, prob, locality, capacity))).asnumpy()
-    np.testing.assert_array_equal(got, ref.admit(expert, prob, locality, capacity))
+    expert, prob, locality = shared.check_admission(rng, lambda *a: ops.admit(*(Tensor(v) for v in a)).asnumpy())
     order = ops.admission_order(Tensor(expert), Tensor(prob), Tensor(locality)).asnumpy()
     np.testing.assert_array_equal(order, ref.admission_order(expert, prob, locality))
 
 
 def test_expert_choice(rng):
-    p = probs_of(rng)
-    p[rng.random(p.shape) < 0.2] = 0.0
-    t, e = ops.expert_choice(Tensor(p), 7)
-    rt, re = ref.expert_choice(p, 7)
-    np.testing.assert_array_equal(t.asnumpy(), rt)
-    np.testing.assert_array_equal(e.asnumpy(), re)
+    shared.check_expert_choice(rng, lambda p, c: [a.asnumpy() for a in ops.expert_choice(Tensor(p), c)])
 
 
 def test_log_softmax_with_masked_experts(rng):
@@ -125,26 +104,19 @@ def test_log_softmax_with_masked_experts(rng):
 
 
 def test_losses_and_weights(rng):
-    p = probs_of(rng).astype(np.float64)
-    idx = ref.top_k(p, 2)[0]
-    local = rng.random(p.shape) < 0.3
-    assert float(ops.load_balance_loss(Tensor(p), Tensor(idx), 8).asnumpy()) == pytest.approx(
-        ref.load_balance_loss(p, idx, 8), abs=1e-12
+    shared.check_losses_and_weights(
+        rng,
+        lambda p, idx, E: float(ops.load_balance_loss(Tensor(p), Tensor(idx), E).asnumpy()),
+        lambda p, local: float(ops.locality_loss(Tensor(np.log(p)), Tensor(local)).asnumpy()),
+        lambda chosen: ops.combine_weights(Tensor(chosen)).asnumpy(),
     )
-    assert float(ops.locality_loss(Tensor(np.log(p)), Tensor(local)).asnumpy()) == pytest.approx(
-        ref.locality_loss(np.log(p), local), abs=1e-12
-    )
-    chosen = np.take_along_axis(p, idx, 1)
-    np.testing.assert_allclose(ops.combine_weights(Tensor(chosen)).asnumpy(), ref.combine_weights(chosen))
 
 
 def test_load_balance_loss_per_block(rng):
     """[blocks, T, E] at once: each block's loss as the reference computes it on that block alone."""
-    p = probs_of(rng, T=48).astype(np.float64)
-    idx = ref.top_k(p, 2)[0]
-    got = ops.load_balance_loss(Tensor(p.reshape(4, 12, 8)), Tensor(idx.reshape(4, 12, 2)), 8).asnumpy()
-    want = [ref.load_balance_loss(p[b * 12 : (b + 1) * 12], idx[b * 12 : (b + 1) * 12], 8) for b in range(4)]
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    shared.check_load_balance_loss_per_block(
+        rng, lambda p, idx, E: ops.load_balance_loss(Tensor(p), Tensor(idx), E).asnumpy()
+    )
 
 
 # ----------------------------------------------------------------------------- issue-14 options
@@ -157,11 +129,7 @@ from locmoe.parallel.topology import ExpertPlacement, Topology  # noqa: E402
 @pytest.mark.parametrize("how", ["max", "top2_sum"])
 @pytest.mark.parametrize("ties", [False, True])
 def test_node_limited_top_k(rng, how, ties):
-    p = probs_of(rng, E=16)
-    if ties:
-        p = np.round(p, 1).astype(np.float32)
-    allowed = rng.random(p.shape) < 0.7
-    allowed[:, [0, 8]] = True  # a usable expert on each node
+    p, allowed = shared.node_limited_inputs(rng, ties)
     table = ref.node_expert_table(ExpertPlacement.round_robin(16, Topology(4, 1)))
     sel = ref.selection_scores(p, None, allowed)
     for m in (1, 2, 4):
@@ -170,7 +138,7 @@ def test_node_limited_top_k(rng, how, ties):
 
 
 def test_selection_bias_and_its_update(rng):
-    p = probs_of(rng)
+    p = shared.probs_of(rng)
     bias = (rng.standard_normal(8) * 0.1).astype(np.float32)
     got = ops.top_k(extras.selection_scores(Tensor(p), Tensor(bias), None), 2).asnumpy()
     np.testing.assert_array_equal(got, ref.top_k(ref.selection_scores(p, bias, None), 2)[0])
@@ -201,7 +169,7 @@ def test_paper_gate_sigmoid_and_z_loss(rng):
 
 
 def test_batch_locality_loss_and_cosine_deviation(rng):
-    p = probs_of(rng).astype(np.float64)
+    p = shared.probs_of(rng).astype(np.float64)
     local = np.zeros((40, 8), bool)
     local[:20, :4] = True  # rank 0 on node 0, rank 1 on node 1
     local[20:, 4:] = True

@@ -14,7 +14,7 @@ import torch
 from backends.torch.collectives import Group
 from backends.torch.distributed import ExpertParallel
 from backends.torch.moe_layer import MoELayer
-from locmoe.parallel.topology import ExpertPlacement
+from tests import moe_cases_common as common
 from tests.moe_cases_common import CASES, TOKENS_PER_RANK, TOPOLOGY, D, E, F, V, case, case_name, global_weights, job  # noqa: F401
 
 
@@ -41,11 +41,7 @@ def global_batch(seed=1, ranks=TOPOLOGY.world_size):
 
 
 def emulated_ep(cfg) -> ExpertParallel:
-    one = Group(None, (0,), (0,), 0)
-    placement = ExpertPlacement.from_config(cfg.parallel, E, TOPOLOGY)
-    return ExpertParallel(
-        topology=TOPOLOGY, placement=placement, rank=0, group=one, intra=one, inter=one, scheme=cfg.parallel.dispatch
-    )
+    return common.emulated_ep(cfg, Group, ExpertParallel)
 
 
 def run_layer(layer: MoELayer, x, ids, domain, g, num_ranks: int):
@@ -59,10 +55,7 @@ def run_layer(layer: MoELayer, x, ids, domain, g, num_ranks: int):
 
 def single_process_reference(c: dict, seed_w=0, seed_x=1):
     """The same layer with every expert local, on the whole batch: the result the EP run must equal."""
-    cfg = job(**c)
-    layer = MoELayer(cfg.moe, D, V, emulated_ep(cfg))
-    w = global_weights(cfg, seed_w)
-    load_weights(layer, w)
+    cfg, layer, w = common.build_layer(sys.modules[__name__], c, seed_w=seed_w)
     x, ids, dom, g = global_batch(seed_x)
     y, gx, m = run_layer(layer, x, ids, dom, g, 1)
     grads = {n: p.grad.detach().numpy() for n, p in layer.named_parameters() if p.grad is not None}

@@ -7,17 +7,9 @@ import torch
 from backends.torch import routing_ops as ops
 from locmoe import routing as ref
 from locmoe.moe.routing import paper_gate
+from tests.backends import shared_routing_ops as shared
 
-
-@pytest.fixture(params=range(5))
-def rng(request):
-    return np.random.default_rng(request.param)
-
-
-def probs_of(rng, T=40, E=8, scale=2.0):
-    z = rng.standard_normal((T, E)) * scale
-    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
-    return p.astype(np.float32)
+rng = shared.rng  # the seeded fixture (seeds 0-4)
 
 
 def test_grap_and_angles(rng):
@@ -30,9 +22,7 @@ def test_grap_and_angles(rng):
 
 @pytest.mark.parametrize("ties", [False, True])
 def test_top_k_and_intra_node_first(rng, ties):
-    p = probs_of(rng)
-    if ties:
-        p = np.round(p, 1).astype(np.float32)
+    p = shared.probs_with_ties(rng, ties)
     local = rng.random((40, 8)) < 0.4
     np.testing.assert_array_equal(ops.top_k(torch.from_numpy(p), 3).numpy(), ref.top_k(p, 3)[0])
     for rho in (0.1, 0.5, 1.0):
@@ -41,46 +31,27 @@ def test_top_k_and_intra_node_first(rng, ties):
 
 
 def test_admission(rng):
-    C, E = 200, 8
-    expert = rng.integers(0, E, C)
-    prob = np.round(rng.random(C), 2).astype(np.float32)  # ties on purpose
-    locality = rng.integers(0, 3, C)
-    capacity = rng.integers(0, 40, E)
-    got = ops.admit(*(torch.from_numpy(a) for a in (expert, prob, locality, capacity))).numpy()
-    np.testing.assert_array_equal(got, ref.admit(expert, prob, locality, capacity))
+    shared.check_admission(rng, lambda *a: ops.admit(*(torch.from_numpy(v) for v in a)).numpy())
 
 
 def test_expert_choice(rng):
-    p = probs_of(rng)
-    p[rng.random(p.shape) < 0.2] = 0.0
-    t, e = ops.expert_choice(torch.from_numpy(p), 7)
-    rt, re = ref.expert_choice(p, 7)
-    np.testing.assert_array_equal(t.numpy(), rt)
-    np.testing.assert_array_equal(e.numpy(), re)
+    shared.check_expert_choice(rng, lambda p, c: [a.numpy() for a in ops.expert_choice(torch.from_numpy(p), c)])
 
 
 def test_losses_and_weights(rng):
-    p = probs_of(rng).astype(np.float64)
-    idx = ref.top_k(p, 2)[0]
-    local = rng.random(p.shape) < 0.3
-    pt = torch.from_numpy(p)
-    assert float(ops.load_balance_loss(pt, torch.from_numpy(idx), 8)) == pytest.approx(
-        ref.load_balance_loss(p, idx, 8), abs=1e-12
+    shared.check_losses_and_weights(
+        rng,
+        lambda p, idx, E: float(ops.load_balance_loss(torch.from_numpy(p), torch.from_numpy(idx), E)),
+        lambda p, local: float(ops.locality_loss(torch.from_numpy(p).log(), torch.from_numpy(local))),
+        lambda chosen: ops.combine_weights(torch.from_numpy(chosen)).numpy(),
     )
-    assert float(ops.locality_loss(pt.log(), torch.from_numpy(local))) == pytest.approx(
-        ref.locality_loss(np.log(p), local), abs=1e-12
-    )
-    chosen = np.take_along_axis(p, idx, 1)
-    np.testing.assert_allclose(ops.combine_weights(torch.from_numpy(chosen)).numpy(), ref.combine_weights(chosen))
 
 
 def test_load_balance_loss_per_block(rng):
     """[blocks, T, E] at once: each block's loss as the reference computes it on that block alone."""
-    p = probs_of(rng, T=48).astype(np.float64)
-    idx = ref.top_k(p, 2)[0]
-    got = ops.load_balance_loss(torch.from_numpy(p.reshape(4, 12, 8)), torch.from_numpy(idx.reshape(4, 12, 2)), 8)
-    want = [ref.load_balance_loss(p[b * 12 : (b + 1) * 12], idx[b * 12 : (b + 1) * 12], 8) for b in range(4)]
-    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-12)
+    shared.check_load_balance_loss_per_block(
+        rng, lambda p, idx, E: ops.load_balance_loss(torch.from_numpy(p), torch.from_numpy(idx), E).numpy()
+    )
 
 
 @pytest.mark.parametrize("q", [1.0, 0.75, 0.5, 0.1, 0.999])
@@ -123,11 +94,7 @@ def _table(E=16, nodes=4):
 @pytest.mark.parametrize("how", ["max", "top2_sum"])
 @pytest.mark.parametrize("ties", [False, True])
 def test_node_limited_top_k(rng, how, ties):
-    p = probs_of(rng, E=16)
-    if ties:
-        p = np.round(p, 1).astype(np.float32)
-    allowed = rng.random(p.shape) < 0.7
-    allowed[:, [0, 8]] = True
+    p, allowed = shared.node_limited_inputs(rng, ties)
     table, t_table, node_of = _table()
     sel = ref.selection_scores(p, None, allowed)
     tsel = extras.selection_scores(torch.from_numpy(p), None, torch.from_numpy(allowed))
@@ -138,7 +105,7 @@ def test_node_limited_top_k(rng, how, ties):
 
 
 def test_selection_bias_and_its_update(rng):
-    p = probs_of(rng)
+    p = shared.probs_of(rng)
     bias = (rng.standard_normal(8) * 0.1).astype(np.float32)
     got = ops.top_k(extras.selection_scores(torch.from_numpy(p), torch.from_numpy(bias), None), 2).numpy()
     np.testing.assert_array_equal(got, ref.top_k(ref.selection_scores(p, bias, None), 2)[0])
@@ -176,7 +143,7 @@ def test_paper_gate_sigmoid_z_loss_and_batch_locality(rng):
     np.testing.assert_allclose(probs.numpy(), want / want.sum(1, keepdims=True), atol=1e-7)
     zd = torch.from_numpy(z.astype(np.float64))
     assert float(extras.router_z_loss(zd)) == pytest.approx(ref.router_z_loss(z.astype(np.float64)), rel=1e-6)
-    p = probs_of(rng).astype(np.float64)
+    p = shared.probs_of(rng).astype(np.float64)
     local = np.zeros((40, 8), bool)
     local[:20, :4] = True
     local[20:, 4:] = True

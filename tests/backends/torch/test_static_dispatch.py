@@ -5,18 +5,13 @@ drops, in one process and on 4 real gloo ranks (2 nodes x 2)."""
 import pytest
 
 from locmoe.config import ConfigError, load_config
+from tests.backends import shared_moe_checks as checks
 from tests.backends.torch import moe_cases as mc
-from tests.static_cases import STATIC_CASES, TOL, assert_static_equals_dynamic, dropped_fractions
+from tests.static_cases import STATIC_CASES, TOL
 
-
-@pytest.mark.parametrize("case", STATIC_CASES, ids=mc.case_name)
-def test_static_equals_dynamic_in_one_process(case):
-    assert_static_equals_dynamic(mc.single_process_reference, case)
-
-
-def test_the_cases_cover_drops_and_no_drops():
-    dropped = dropped_fractions(mc.single_process_reference)
-    assert dropped[0] > 0 and dropped[1] == 0
+test_static_equals_dynamic_in_one_process, test_the_cases_cover_drops_and_no_drops = checks.static_one_process_tests(
+    mc.single_process_reference
+)
 
 
 @pytest.fixture(scope="module")
