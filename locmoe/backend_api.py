@@ -196,7 +196,10 @@ class Trainer(Protocol):
     ``build_model``, ``load_checkpoint`` (resuming), ``make_step``, then per step ``step`` and, on the steps that
     log, validate or save, the rest; ``facts`` is known once the model is built."""
 
-    facts: TrainerFacts
+    @property
+    def facts(self) -> TrainerFacts:
+        """What the loop knows of the built trainer (read after ``build_model``)."""
+        ...
 
     def prepare(self, resume: bool) -> Optional[Path]:
         """Check every input (config, data, the checkpoint to resume) before anything is written, and take the

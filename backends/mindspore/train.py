@@ -11,8 +11,6 @@ validate, and write this rank's checkpoint files.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
-from pathlib import Path
 from typing import Optional
 
 import mindspore as ms
@@ -35,6 +33,7 @@ from locmoe.planning.memory_plan import host_memory
 from locmoe.training import common
 from locmoe.training.loop import run
 from locmoe.training.schedule import lr_at
+from locmoe.training.trainer_base import BackendTrainer
 from models.pangu_sigma_mindspore import PanGuSigma
 
 
@@ -91,31 +90,19 @@ def train(cfg: JobConfig, resume: bool = False) -> dict:
     """Run the job; returns the last logged scalars (rank 0) and the final checkpoint path."""
     trainer = MindSporeTrainer(cfg)
     # pyright matches no cached_property (``facts``) to a protocol's attribute, though it may be read and set
-    return run(trainer, cfg, resume)  # pyright: ignore[reportArgumentType]
+    return run(trainer, cfg, resume)
 
 
-class MindSporeTrainer:
+class MindSporeTrainer(BackendTrainer):
     """The MindSpore backend's :class:`locmoe.backend_api.Trainer`: one rank's model, optimiser, data and step.
     No MFU: the peak of an Ascend device is not in ``locmoe.training.mfu``'s table."""
 
     def __init__(self, cfg: JobConfig):
-        self.cfg = cfg
+        # the MoE statistics reach the logger as they are (it reads each as an array)
+        optimizer = lambda model, cfg, ctx: optimizer_for(model, cfg.train, cfg.parallel, ctx)  # noqa: E731
+        super().__init__(cfg, checkpoint, prepare, ms.set_seed, build_model, optimizer, lambda t: t)
 
-    def prepare(self, resume: bool) -> Optional[Path]:
-        self.ctx, self.corpus, ckpt, self.batches = prepare(self.cfg, resume)
-        return ckpt
-
-    def build_model(self) -> None:
-        ms.set_seed(self.cfg.train.seed + self.ctx.rank)
-        self.model = build_model(self.cfg, self.ctx)
-        self.batches.place_by(self.model, self.cfg, self.ctx)
-        self.optimizer = optimizer_for(self.model, self.cfg.train, self.cfg.parallel, self.ctx)
-
-    def load_checkpoint(self, path: Path) -> int:
-        return checkpoint.load_checkpoint(path, self.model, self.optimizer, self.ctx)[0]
-
-    @cached_property
-    def facts(self) -> TrainerFacts:
+    def describe(self) -> TrainerFacts:
         cfg, ctx = self.cfg, self.ctx
         parameters = sum(p.size for p in self.model.trainable_params())
         mode = "compiled step" if cfg.parallel.jit_step else "PyNative + jit" if cfg.parallel.jit else "PyNative"
@@ -139,25 +126,8 @@ class MindSporeTrainer:
         loss, aux_v = self.mean_over_ranks([float(lm.asnumpy()), float(aux.asnumpy())])
         return loss, aux_v, float(grad_norm.asnumpy()) if isinstance(grad_norm, Tensor) else grad_norm
 
-    def moe_statistics(self, outputs) -> tuple[list[dict], list, list]:
-        metrics = outputs[2]
-        return (
-            [m.summary() for m in metrics],
-            [m.stats.expert_load for m in metrics],
-            [m.stats.capacity for m in metrics],
-        )
-
     def validate(self) -> float:
         return validate(self.model, self.cfg, self.batches, self.ctx)
 
     def mean_over_ranks(self, values: list[float]) -> list[float]:
         return all_reduce_mean(values, self.ctx)
-
-    def barrier(self) -> None:
-        checkpoint.barrier(self.ctx)
-
-    def check_weights_finite(self, step: int) -> None:
-        checkpoint.check_finite(self.model, self.optimizer, self.ctx, step)
-
-    def write_rank_files(self, tmp: Path, step: int) -> None:
-        checkpoint.write_rank_files(self.model, self.optimizer, self.ctx, tmp, step)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from functools import cached_property
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -31,6 +29,7 @@ from locmoe.data.placement import SequencePlacer, placer_for
 from locmoe.training import common
 from locmoe.training.loop import run
 from locmoe.training.schedule import lr_at
+from locmoe.training.trainer_base import BackendTrainer
 from models.pangu_sigma_torch import PanGuSigma
 
 
@@ -165,30 +164,18 @@ def train(cfg: JobConfig, resume: bool = False) -> dict:
     """Run the job; returns the last logged scalars (rank 0) and the final checkpoint path."""
     trainer = TorchTrainer(cfg)
     # pyright matches no cached_property (``facts``) to a protocol's attribute, though it may be read and set
-    return run(trainer, cfg, resume)  # pyright: ignore[reportArgumentType]
+    return run(trainer, cfg, resume)
 
 
-class TorchTrainer:
+class TorchTrainer(BackendTrainer):
     """The torch backend's :class:`locmoe.backend_api.Trainer`: one rank's model, optimiser, data and step."""
 
     def __init__(self, cfg: JobConfig):
-        self.cfg = cfg
+        optimizer = lambda model, cfg, ctx: make_optimizer(model, cfg.train)  # noqa: E731
+        host = lambda t: t.cpu().numpy()  # noqa: E731
+        super().__init__(cfg, checkpoint, prepare, torch.manual_seed, build_model, optimizer, host)
 
-    def prepare(self, resume: bool) -> Optional[Path]:
-        self.ctx, self.corpus, ckpt, self.batches = prepare(self.cfg, resume)
-        return ckpt
-
-    def build_model(self) -> None:
-        torch.manual_seed(self.cfg.train.seed + self.ctx.rank)
-        self.model = build_model(self.cfg, self.ctx)
-        self.batches.place_by(self.model, self.cfg, self.ctx)
-        self.optimizer = make_optimizer(self.model, self.cfg.train)
-
-    def load_checkpoint(self, path: Path) -> int:
-        return checkpoint.load_checkpoint(path, self.model, self.optimizer, self.ctx)[0]
-
-    @cached_property
-    def facts(self) -> TrainerFacts:
+    def describe(self) -> TrainerFacts:
         ctx, model = self.ctx, self.model
         parameters = sum(p.numel() for p in model.parameters())
         tokens = common.tokens_per_step(self.cfg, self.batches.sampler, ctx)
@@ -208,28 +195,11 @@ class TorchTrainer:
         loss, aux_v = self.mean_over_ranks([float(lm.detach()), float(aux.detach())])
         return loss, aux_v, float(grad_norm)
 
-    def moe_statistics(self, outputs) -> tuple[list[dict], list, list]:
-        metrics = outputs[2]
-        return (
-            [m.summary() for m in metrics],
-            [m.stats.expert_load.cpu().numpy() for m in metrics],
-            [m.stats.capacity.cpu().numpy() for m in metrics],
-        )
-
     def validate(self) -> float:
         return validate(self.model, self.cfg, self.batches, self.ctx)
 
     def mean_over_ranks(self, values: list[float]) -> list[float]:
         return all_reduce_mean(values, self.ctx, self.ctx.device)
-
-    def barrier(self) -> None:
-        checkpoint.barrier(self.ctx)
-
-    def check_weights_finite(self, step: int) -> None:
-        checkpoint.check_finite(self.model, self.optimizer, self.ctx, step)
-
-    def write_rank_files(self, tmp: Path, step: int) -> None:
-        checkpoint.write_rank_files(self.model, self.optimizer, self.ctx, tmp, step)
 
 
 def peak(ctx: DistContext) -> Optional[float]:
