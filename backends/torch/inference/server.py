@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from backends.torch.distributed import resolve_device
 from backends.torch.distributed import shutdown as shutdown
@@ -16,6 +16,10 @@ from backends.torch.inference.model import InferenceModel
 from backends.torch.inference.options import ServeOptions
 from backends.torch.inference.prefill import prefill_rows
 from locmoe.inference.profile import DeviceProfile
+
+# the Protocol's prefill and calibrate are these functions themselves (no second signature to keep in step)
+prefill = prefill_rows
+calibrate = calibrate_launched
 
 
 def options(mode: str, chunks: int, kernel: str, profile: str | Path | None) -> ServeOptions:
@@ -59,23 +63,5 @@ def generate(
     return new, stats.first_token_s
 
 
-def prefill(model: InferenceModel, options: ServeOptions, lengths: Sequence[int], batch: int, reps: int) -> list[dict]:
-    return prefill_rows(model, options, lengths, batch, reps)
-
-
 def device_type(device: str) -> str:
     return resolve_device(device, int(os.environ.get("LOCAL_RANK", 0))).type
-
-
-def calibrate(
-    experts: int,
-    d_model: int,
-    d_expert: int,
-    rows: Sequence[int],
-    reps: int,
-    device: str,
-    dtype: Optional[str],
-    out: str | Path,
-    progress: Callable[[str], None],
-) -> Optional[Path]:
-    return calibrate_launched(experts, d_model, d_expert, rows, reps, device, dtype, out, progress)
