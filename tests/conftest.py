@@ -9,9 +9,12 @@ files that take longest go first: a 10-minute file dealt last would run alone wh
 from __future__ import annotations
 
 import functools
+import os
+import sys
 
 import pytest
 
+from tests import machine_share
 from tests.training import shared_runs
 
 # Longest first, from --durations of the full runs on the 2-core machine (each holds tests of a minute or more:
@@ -67,3 +70,21 @@ def pytest_collection_modifyitems(config, items):
     if hasattr(config, "workerinput"):
         rank = {path: i for i, path in enumerate(SLOWEST_FILES)}
         items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
+
+def pytest_configure(config):
+    """On a pytest-xdist worker: the lock files the workers share the machine by (``tests/machine_share.py``),
+    and one thread for its own tests."""
+    if hasattr(config, "workerinput"):
+        machine_share.configure(config.workerinput["testrunuid"])
+        # one thread per worker: 2 workers on 2 cores (OpenMP's waiting threads spin when oversubscribed)
+        os.environ["OMP_NUM_THREADS"] = "1"
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Each test (its fixtures' set-up included) beside the other worker's tests, but not beside a launch."""
+    with machine_share.shared():
+        yield

@@ -3,12 +3,13 @@ Nothing here looks at a timing: only that each script finishes and writes the ro
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests import machine_share
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +21,9 @@ def run(*cmd, nproc=0):
         else [sys.executable]
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.run([*launcher, *map(str, cmd)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = machine_share.run_alone(
+        [*launcher, *map(str, cmd)], alone=nproc > 1, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
 
@@ -211,3 +214,17 @@ def test_largest_one_gpu_plans_a_member_that_fits():
     cfg, fit = planned(80, 2048)
     assert cfg.data.seq_len == 2048 and cfg.model.d_model == fit.d_model and cfg.moe.num_experts == fit.num_experts
     assert plan_rank_memory(cfg, RankLayout.of(cfg, 1), "none", fit.checkpointing).needs <= 80 * 2**30
+
+
+def test_compare_trees(tmp_path):
+    """Two rounds per tree: each row's median over its rounds, the change, and each round's new / old."""
+    for tree, rounds in {"old": (100.0, 110.0), "new": (105.0, 99.0)}.items():
+        for i, tok in enumerate(rounds, 1):
+            rows = [{"row": "locmoe", "tokens_per_s": tok, "user_tokens_per_s": 2 * tok, "graph": "captured"}]
+            (tmp_path / f"{tree}_round{i}.json").write_text(json.dumps({"device": "cpu", "torch": "x", "rows": rows}))
+    run("scripts/bench/compare_trees.py", tmp_path)
+    table = {r["path"]: r for r in json.loads((tmp_path / "compare.json").read_text())["rows"]}
+    assert table["bench"]["old tokens/s"] == 105.0 and table["bench"]["new tokens/s"] == 102.0
+    assert abs(table["bench"]["change %"] - 100 * (102 / 105 - 1)) < 1e-9
+    assert table["bench"]["per round %"] == "+5.0, -10.0"
+    assert table["locmoe train"]["new tokens/s"] == 204.0

@@ -16,13 +16,12 @@ import os
 import select
 import socket
 import subprocess
-import sys
 import threading
-from pathlib import Path
 from typing import Optional
 
 import torch.distributed as dist
 
+from backends.torch import store_proxy
 from locmoe import liveness
 from locmoe.config.schema import ParallelConfig
 from locmoe.parallel.topology import LaunchEnv
@@ -40,7 +39,6 @@ COMM_ERROR_TEXT = (
     "socket",
     "watchdog",
 )
-PROXY = Path(__file__).with_name("store_proxy.py")
 
 
 class TCPStoreKV:
@@ -55,14 +53,7 @@ class TCPStoreKV:
     def __init__(self, host: str, port: int, timeout_s: float, prefix: str):
         # A request to a stalled server waits past the watchdog's verdict (due ``timeout_s`` after the last answer,
         # the exit a few beats later): a client timing out first would fail the beat before the verdict is due.
-        self._proxy = subprocess.Popen(
-            [sys.executable, str(PROXY), host, str(port), str(2 * timeout_s + 60)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
+        self._proxy = store_proxy.fork_client(host, port, 2 * timeout_s + 60)
         stdin, stdout, stderr = self._proxy.stdin, self._proxy.stdout, self._proxy.stderr
         assert stdin is not None and stdout is not None and stderr is not None  # all three are PIPEs
         self._to_proxy, self._from_proxy, self._proxy_stderr = stdin, stdout, stderr

@@ -12,6 +12,7 @@ draws are converted to int64, so a rank's memory does not grow with the corpus.
 
 from __future__ import annotations
 
+import os
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +40,13 @@ class Corpus:
 
 
 def stdlib_files() -> list[Path]:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    return sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts and "test" not in p.parts)
+    """The standard library's ``*.py`` files outside ``site-packages`` and ``test`` folders (a walk that does
+    not enter those: every rank of a run lists them, and ``rglob`` through them took a second)."""
+    files = []
+    for folder, subdirs, names in os.walk(sysconfig.get_paths()["stdlib"]):
+        subdirs[:] = [d for d in subdirs if d not in ("site-packages", "test")]
+        files += [Path(folder, n) for n in names if n.endswith(".py")]
+    return sorted(files)
 
 
 def load_corpus(cfg: DataConfig, tokenizer, num_domains: int) -> Corpus:

@@ -3,9 +3,10 @@ every MoE call is collective) equals the no-cache forward: tolerance 1e-5 as in 
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
+
+from tests import machine_share
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +26,7 @@ def test_kv_cache_over_an_expert_parallel_group(tiny, export2, tmp_path):
         str(export2),
         str(out),
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = machine_share.run_alone(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["world_size"] == 2 and r["max_err"] <= 1e-5 and r["same_tokens"], r

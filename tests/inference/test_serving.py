@@ -18,6 +18,7 @@ from locmoe.config import config_from_dict
 from locmoe.export import ExportError, load_router, write_router_export
 from locmoe.inference.deployment import serving_placements
 from locmoe.inference.errors import InferenceError
+from tests import machine_share
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,8 +105,14 @@ def run_cli(*args, nproc: int = 1) -> subprocess.CompletedProcess:
         if nproc == 1
         else [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
     )
-    return subprocess.run(
-        [*launcher, "-m", "locmoe", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    return machine_share.run_alone(
+        [*launcher, "-m", "locmoe", *args],
+        alone=nproc > 1,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

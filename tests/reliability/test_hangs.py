@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from locmoe import liveness
+from tests import machine_share
 from tests.reliability.hang_runs import TIMEOUT_S, run
 from tests.training.runs import ROOT, free_port
 
@@ -34,7 +35,7 @@ SCENARIOS = [
 def outcomes(tmp_path_factory) -> dict:
     """Every run of this file at once (they spend most of their time waiting for a timeout)."""
     base = tmp_path_factory.mktemp("hangs")
-    with ThreadPoolExecutor(len(SCENARIOS) + 1) as pool:
+    with machine_share.exclusive(), ThreadPoolExecutor(len(SCENARIOS) + 1) as pool:
         futures = {s: pool.submit(run, *s, base / "_".join(map(str, s))) for s in SCENARIOS}
         futures["group timeouts"] = pool.submit(_group_timeouts, 37)
         return {s: f.result() for s, f in futures.items()}

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests import machine_share
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
 QUIET = [
@@ -89,7 +91,9 @@ def train(
             str(ROOT / "scripts" / "locmoe_entry.py"),
         ]
     cmd = [*start, "train", str(config), *sets, *(["--resume"] if resume else [])]
-    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=900)
+    proc = machine_share.run_alone(
+        cmd, alone=nproc > 1, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=900
+    )
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + worker_logs(out_dir)
     return proc

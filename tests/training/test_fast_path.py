@@ -11,11 +11,11 @@ move few copies (at most 16 of the step's 512) and move the loss by < 1e-3."""
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
+from tests import machine_share
 from tests.training.fast_path import cases, lockstep
 from tests.training.runs import ROOT
 
@@ -57,7 +57,7 @@ def test_four_gloo_ranks(tmp_path):
         "tests.training.fast_path",
         str(out),
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    proc = machine_share.run_alone(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
     assert set(results) == {c[0] for c in cases()}

@@ -23,6 +23,7 @@ from safetensors import safe_open
 
 from locmoe.checkpoint.directory import list_checkpoints, load_state, temp_dir
 from locmoe.checkpoint.sharded_weights import SHARDED_DIR, model_tensors
+from tests import machine_share
 from tests.training.runs import QUIET, ROOT, SMALL, TINY, losses
 
 ROUTERS = ("locmoe", "gshard", "switch", "hash", "expert_choice")
@@ -43,7 +44,7 @@ def launch(nproc: int, cases: list[dict], where: Path, env: dict | None = None) 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
     cmd += [str(ROOT / "tests" / "training" / "cases_worker.py"), str(file)]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **(env or {}))
-    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=1500)
+    proc = machine_share.run_alone(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=1500)
     assert env or proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 

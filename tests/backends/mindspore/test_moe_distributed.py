@@ -13,12 +13,12 @@ the learned gate's gradient is summed across ranks, whose summation order differ
 import json
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests import machine_share
 from tests.backends import shared_moe_checks as checks
 from tests.backends.mindspore import moe_cases as mc
 
@@ -68,7 +68,7 @@ def launch(tmp_path_factory) -> dict:
         str(ROOT / "tests/backends/mindspore/dist_moe_worker.py"),
         str(out),
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = machine_share.run_alone(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and out.exists(), proc.stdout[-2000:] + proc.stderr[-2000:] + worker_logs(log_dir)
     return json.loads(out.read_text())
 

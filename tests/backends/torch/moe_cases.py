@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 from backends.torch.collectives import Group
 from backends.torch.distributed import ExpertParallel
 from backends.torch.moe_layer import MoELayer
+from tests import machine_share
 from tests import moe_cases_common as common
 from tests.moe_cases_common import CASES, TOKENS_PER_RANK, TOPOLOGY, D, E, F, V, case, case_name, global_weights, job  # noqa: F401
 
@@ -68,6 +68,6 @@ def torchrun_report(worker: str, out: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
     script = str(root / "tests" / "backends" / "torch" / worker)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4", script, str(out)]
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    proc = machine_share.run_alone(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {r["name"]: r for r in json.loads(out.read_text())}
