@@ -54,9 +54,7 @@ class TCPStoreKV:
         # A request to a stalled server waits past the watchdog's verdict (due ``timeout_s`` after the last answer,
         # the exit a few beats later): a client timing out first would fail the beat before the verdict is due.
         self._proxy = store_proxy.fork_client(host, port, 2 * timeout_s + 60)
-        stdin, stdout, stderr = self._proxy.stdin, self._proxy.stdout, self._proxy.stderr
-        assert stdin is not None and stdout is not None and stderr is not None  # all three are PIPEs
-        self._to_proxy, self._from_proxy, self._proxy_stderr = stdin, stdout, stderr
+        self._to_proxy, self._from_proxy, self._proxy_stderr = self._proxy.stdin, self._proxy.stdout, self._proxy.stderr
         self._stderr: collections.deque = collections.deque(maxlen=20)  # its last lines, for a failed start
         self._drain = threading.Thread(target=self._drain_stderr, name="locmoe-store-client-stderr", daemon=True)
         self._drain.start()

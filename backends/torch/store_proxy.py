@@ -7,7 +7,7 @@ ours: the rank reads the failure as one reply and prints its one RankFailure lin
 
 Protocol: one JSON request per line on stdin, ``[op, *args]``; one JSON reply per line on stdout,
 ``{"ok": value}`` or ``{"error": text}``; ``ready`` first, once connected. Ends at the end of stdin (the rank
-closed it or died), not at SIGTERM or SIGINT. It imports only the standard library and torch: it runs as a script.
+closed it or died), not at SIGTERM or SIGINT.
 
 ``fork_client`` starts it as a fork of the rank rather than a fresh interpreter: the rank has imported torch
 already, and a fresh ``import torch`` in the child cost each rank about 3 s of CPU at start (17 % of a 4-rank
@@ -113,7 +113,3 @@ def fork_client(host: str, port: int, timeout_s: float) -> ForkedClient:
         open(pipes[1][0], "r", buffering=1),
         open(pipes[2][0], "r", buffering=1),
     )
-
-
-if __name__ == "__main__":
-    serve(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))
