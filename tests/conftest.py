@@ -83,6 +83,21 @@ def pytest_configure(config):
             sys.modules["torch"].set_num_threads(1)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """On the xdist controller: the run's id, to remove the workers' lock files when the session ends."""
+    node.config.stash[_RUN_ID] = node.workerinput["testrunuid"]
+
+
+def pytest_sessionfinish(session):
+    run_id = session.config.stash.get(_RUN_ID, None)
+    if run_id is not None and not hasattr(session.config, "workerinput"):
+        machine_share.remove_lock_files(run_id)
+
+
+_RUN_ID = pytest.StashKey[str]()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """Each test (its fixtures' set-up included) beside the other worker's tests, but not beside a launch."""

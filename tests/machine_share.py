@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import resource
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -29,11 +32,19 @@ _exclusive_depth = 0  # a launch helper inside another one's hold (shared_run ->
 def configure(run_id: str) -> None:
     """Called once per xdist worker with the run's id."""
     global _files
-    base = Path(tempfile.gettempdir()) / f"locmoe-tests-{run_id}"
-    turnstile, machine = (
-        os.open(f"{base}.{name}.lock", os.O_CREAT | os.O_RDWR, 0o600) for name in ("turnstile", "machine")
-    )
+    turnstile, machine = (os.open(path, os.O_CREAT | os.O_RDWR, 0o600) for path in _lock_files(run_id))
     _files = (turnstile, machine)
+
+
+def remove_lock_files(run_id: str) -> None:
+    """Called by the xdist controller when the session ends (the workers have exited)."""
+    for path in _lock_files(run_id):
+        path.unlink(missing_ok=True)
+
+
+def _lock_files(run_id: str) -> tuple[Path, Path]:
+    base = Path(tempfile.gettempdir()) / f"locmoe-tests-{run_id}"
+    return Path(f"{base}.turnstile.lock"), Path(f"{base}.machine.lock")
 
 
 def _through_turnstile(mode: int) -> None:
@@ -78,7 +89,8 @@ def exclusive() -> Iterator[None]:
     _through_turnstile(fcntl.LOCK_EX)
     _exclusive_depth += 1
     try:
-        yield
+        with launch_logged():
+            yield
     finally:
         _exclusive_depth -= 1
         fcntl.flock(_files[1], fcntl.LOCK_UN)
@@ -91,3 +103,29 @@ def run_alone(cmd: list, alone: bool = True, **kwargs) -> subprocess.CompletedPr
     """``subprocess.run(cmd, **kwargs)``, holding the machine alone when ``alone`` (a multi-process launch)."""
     with exclusive() if alone else contextlib.nullcontext():
         return subprocess.run(cmd, **kwargs)
+
+
+@contextlib.contextmanager
+def launch_logged() -> Iterator[None]:
+    """With ``LOCMOE_TEST_LAUNCH_LOG=FILE``: a JSON line per exclusive hold (the test, wall and the reaped
+    children's CPU seconds), to find where the suite's time goes."""
+    log = os.environ.get("LOCMOE_TEST_LAUNCH_LOG")
+    if not log:
+        yield
+        return
+    wall, cpu = time.monotonic(), _children_cpu()
+    try:
+        yield
+    finally:
+        row = {
+            "test": os.environ.get("PYTEST_CURRENT_TEST", "?"),
+            "wall_s": round(time.monotonic() - wall, 1),
+            "cpu_s": round(_children_cpu() - cpu, 1),
+        }
+        with open(log, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime

@@ -228,3 +228,13 @@ def test_compare_trees(tmp_path):
     assert abs(table["bench"]["change %"] - 100 * (102 / 105 - 1)) < 1e-9
     assert table["bench"]["per round %"] == "+5.0, -10.0"
     assert table["locmoe train"]["new tokens/s"] == 204.0
+
+
+def test_fast_vs_eager_lockstep(tmp_path):
+    """Both pairs, every step compared; on CPU in fp32 two paths stepped from one state give one loss."""
+    out = tmp_path / "lockstep.json"
+    run("scripts/bench/fast_vs_eager_lockstep.py", "--smoke", "--out", out)
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["path"], r["against"]) for r in rows] == [("fast", "eager"), ("eager", "eager")]
+    assert all(len(r["per_step"]) == r["steps"] == 3 for r in rows)
+    assert all(s["update_rel_diff"] == s["loss_rel_diff"] == 0.0 for s in rows[1]["per_step"])

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Issue 28's benchmark figures in one GPU visit (one GPU, about 8 minutes; each stage has its own time limit,
 # so one that hangs costs only its own share; train_throughput writes its JSON after every row):
-#   bash scripts/bench/gpu_issue28.sh OUT_DIR [speed|profile]   (device tool: carry .gpu_wheels, OUT_DIR=$OUT)
+#   bash scripts/bench/gpu_issue28.sh OUT_DIR [speed|table|profile|lockstep]   (device tool: carry .gpu_wheels,
+#   OUT_DIR=$OUT)
 # speed (the default, about 8 minutes): stages 1-4 below. table (about 3 minutes): stage 2 alone. profile
 # (about 6 minutes, another visit): the fast path's bf16 loss curve against the eager path's over 100 steps
 # (issue 28's acceptance) and against a second eager run (the spread of bf16 training itself), and where a
-# LocMoE step's and the dense twin's device time goes (torch.profiler, train_phases.py).
+# LocMoE step's and the dense twin's device time goes (torch.profiler, train_phases.py). lockstep (about 6
+# minutes): the fast path against eager over 100 steps, each step from the eager path's state, and eager
+# against eager for the floor (fast_vs_eager_lockstep.py): LocMoE, GShard and the dense twin.
 # 1. the wheels torchtitan needs (scripts/bench/gpu_install_wheels.sh; without them the torchtitan rows say
 #    they were skipped);
 # 2. train_throughput.py: LocMoE, GShard, the dense twin and torchtitan's Qwen3-MoE, each timed back to back
@@ -32,7 +35,12 @@ stage() {  # stage LIMIT_S NAME COMMAND...: run with a time limit, log it, never
     source scripts/bench/gpu_install_wheels.sh .gpu_wheels /tmp/site
     python3 -c 'import torch, sys; print(torch.__version__, torch.cuda.get_device_name(), sys.version.split()[0])'
     python3 -c 'import torchtitan; print("torchtitan importable")' || true
-    if [ "$part" = profile ]; then
+    if [ "$part" = lockstep ]; then
+        for row in locmoe gshard dense; do
+            stage 200 "fast_vs_eager_lockstep ($row)" python3 scripts/bench/fast_vs_eager_lockstep.py --row "$row" \
+                --steps 100 --out "$out/lockstep_$row.json"
+        done
+    elif [ "$part" = profile ]; then
         # the fast path against eager, eager again (the run-to-run spread of bf16 training itself) and the
         # compiled step without its CUDA graph; the dense twin against eager
         stage 200 "train_throughput --curve 100 (locmoe)" python3 scripts/bench/train_throughput.py \
