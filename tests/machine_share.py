@@ -8,7 +8,8 @@ worse. So each test holds a shared lock on the machine while it runs (``pytest_r
 exclusive lock. A writer's turnstile keeps the other worker's next tests from starving a waiting launch.
 
 flock on two files named by the run's id (``testrunuid``, the same on every worker): released by the kernel
-when a worker dies. Outside xdist (``-n 0``) nothing is locked.
+when a worker dies, removed by the controller when the session ends. Outside xdist (``-n 0``) nothing is
+locked. ``LOCMOE_TEST_LAUNCH_LOG=FILE`` logs each exclusive hold (:func:`launch_logged`).
 """
 
 from __future__ import annotations

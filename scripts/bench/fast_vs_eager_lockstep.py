@@ -38,7 +38,9 @@ class TrainingPath:
     def __init__(self, args, row: str):
         cfg = job(args, row)
         ctx = init_distributed(cfg.parallel)
-        sampler = BatchSampler(corpus_for(cfg), cfg.data.seq_len, cfg.train.batch_size, rank=0, world=1, seed=0)
+        sampler = BatchSampler(
+            corpus_for(cfg), cfg.data.seq_len, cfg.train.batch_size, rank=0, world=1, seed=cfg.data.seed
+        )
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg, ctx)
         self.optimizer = make_optimizer(self.model, cfg.train)
@@ -94,7 +96,7 @@ def lockstep(args, pair: str) -> dict:
 def one_step(fast: TrainingPath, ref: TrainingPath, i: int) -> dict:
     """One step of each from one state: the relative differences of the loss (the forward), the gradient norm
     (the backward) and the update (the optimizer: |fast's new weights - ref's| / |ref's new - old weights|)."""
-    params = lambda t: [p for p in t.model.parameters()]  # noqa: E731
+    params = lambda t: list(t.model.parameters())  # noqa: E731
     old = [p.detach().clone() for p in params(ref)]
     fa, fb = fast.step(i), ref.step(i)
     (la, ga), (lb, gb) = (float(fa[0]), float(fa[-1])), (float(fb[0]), float(fb[-1]))
